@@ -1,0 +1,62 @@
+"""Per-request facts (RequestContext) and the typed keys for app and request state."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.lifecycle import Lifecycle
+    from gateway.metrics import Metrics
+    from gateway.pipeline import Pipeline
+    from gateway.pipeline.upstream.client import UpstreamClient
+    from gateway.pipeline.upstream.pool import Pool
+    from gateway.settings import Settings
+
+Route = Literal["chat", "completions", "embeddings"]
+
+# The path each route forwards to upstream.
+UPSTREAM_PATHS: dict[Route, str] = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # True when the numbers came from the backend's usage block, False when counted here.
+    reported: bool = False
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the stages know about one request; each stage reads and may amend it."""
+
+    request_id: str
+    route: Route
+    body: dict[str, Any]  # the body that will be forwarded, already shaped
+    model: str
+    stream: bool = False
+    client_wants_usage: bool = False
+    tier: str = "-"
+    decision: str = "allow"
+    started: float = field(default_factory=time.perf_counter)
+    overhead_s: float = 0.0  # time in the gateway's own code, upstream waits excluded
+    client_gone: bool = False  # the client disconnected before the response ended
+    usage: Usage = field(default_factory=Usage)
+
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+POOL: web.AppKey[Pool] = web.AppKey("pool")
+PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline")
+LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle")
+UPSTREAM: web.AppKey[UpstreamClient] = web.AppKey("upstream")
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+CONTEXT: web.RequestKey[RequestContext] = web.RequestKey("context")

@@ -1,0 +1,45 @@
+"""Every Prometheus metric the gateway exports, on an injected registry.
+
+Names are `gateway_<noun>_<unit>` in base units; labels are bounded sets only
+(route, tier, model mapped to the configured set, status class, kind) — never a
+subject, a token or a prompt.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# LLM latencies span milliseconds (cached, short) to minutes (long generations).
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+                   40.0, 80.0, 160.0, 320.0)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "gateway_requests", "Requests answered, by route, model, tier, decision and status.",
+            ["route", "model", "tier", "decision", "status"], registry=registry)
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds", "Time from request received to response end.",
+            ["route"], buckets=REQUEST_BUCKETS, registry=registry)
+        self.overhead = Histogram(
+            "gateway_overhead_seconds", "Time spent in the gateway's own stages per request.",
+            ["route"], buckets=OVERHEAD_BUCKETS, registry=registry)
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight", "Requests being handled.", registry=registry)
+        self.open_streams = Gauge(
+            "gateway_open_streams", "Streaming responses currently relayed.", registry=registry)
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors", "Failed upstream attempts, by kind.",
+            ["kind"], registry=registry)
+        self.upstream_healthy = Gauge(
+            "gateway_upstream_healthy", "1 when the backend is in rotation.",
+            ["upstream"], registry=registry)
+        self.client_disconnects = Counter(
+            "gateway_client_disconnects", "Clients gone before the response ended.",
+            ["route"], registry=registry)
+        self.tokens = Counter(
+            "gateway_tokens", "Tokens processed, by tier and direction (prompt/completion).",
+            ["tier", "direction"], registry=registry)

@@ -1,0 +1,112 @@
+"""The gateway's middleware: request ids, drain, metrics, and the one error renderer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.context import CONTEXT, LIFECYCLE, METRICS, POOL, REQUEST_ID
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
+
+log = logging.getLogger("gateway.http")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Still answered while draining: liveness and scrapes must keep working.
+_ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
+CLIENT_CLOSED = 499  # nginx's convention, for the metric only: nothing is sent
+
+
+def error_response(error: GatewayError) -> web.Response:
+    return web.Response(status=error.http_status, body=error.to_json(),
+                        content_type="application/json", headers=error.headers)
+
+
+def _from_http_exception(exc: web.HTTPException) -> GatewayError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("Request body is too large")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"Method {exc.method} is not allowed here")
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("Unknown path")
+    if 400 <= exc.status < 500:
+        return BadRequest(exc.reason)
+    return GatewayError("Internal error")
+
+
+@web.middleware
+async def render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The single place where failures become OpenAI-shaped error responses."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        return error_response(_from_http_exception(exc))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error in request %s", request.get(REQUEST_ID, "-"))
+        return error_response(GatewayError("Internal error"))
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, drain refusal, in-flight accounting and request metrics."""
+    incoming = request.headers.get("x-request-id", "")
+    request[REQUEST_ID] = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    app = request.app
+    lifecycle, metrics = app[LIFECYCLE], app[METRICS]
+    if lifecycle.draining and request.path not in _ALWAYS_OPEN:
+        return error_response(Unavailable("The gateway is shutting down"))
+    started = time.perf_counter()
+    status = 500
+    lifecycle.begin()
+    metrics.in_flight.inc()
+    try:
+        response = await handler(request)
+        ctx = request.get(CONTEXT)
+        status = CLIENT_CLOSED if ctx is not None and ctx.client_gone else response.status
+        return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        status = CLIENT_CLOSED
+        raise
+    finally:
+        lifecycle.end()
+        metrics.in_flight.dec()
+        _count(request, status, time.perf_counter() - started)
+
+
+def _count(request: web.Request, status: int, elapsed: float) -> None:
+    metrics = request.app[METRICS]
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    ctx = request.get(CONTEXT)
+    model = tier = "-"
+    decision = "none"
+    if ctx is not None:
+        model = ctx.model if ctx.model in request.app[POOL].models() else "other"
+        tier, decision = ctx.tier, ctx.decision
+    metrics.requests.labels(route, model, tier, decision, str(status)).inc()
+    metrics.request_duration.labels(route).observe(elapsed)
+    if status == CLIENT_CLOSED:
+        metrics.client_disconnects.labels(route).inc()
+
+
+async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: headers every response carries, streams included."""
+    response.headers["x-request-id"] = request.get(REQUEST_ID, "")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Cache-Control", "no-store")

@@ -1,0 +1,42 @@
+"""Output filters: the response as a stream of text deltas.
+
+Seam: `feed(delta) -> delta` returns the text to emit now (possibly holding some back),
+`finish() -> tail` returns whatever was held back when the choice ends. The same filter
+object serves streaming and non-streaming responses (non-streaming is one feed of the
+whole text followed by finish), so both behave identically. One filter instance per
+response choice; filters are never shared across requests.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class OutputFilter(Protocol):
+    def feed(self, delta: str) -> str: ...
+
+    def finish(self) -> str: ...
+
+
+class FilterChain:
+    """Filters applied in order: each one's output is the next one's input."""
+
+    __slots__ = ("filters",)
+
+    def __init__(self, filters: tuple[OutputFilter, ...]) -> None:
+        self.filters = filters
+
+    def feed(self, delta: str) -> str:
+        for f in self.filters:
+            delta = f.feed(delta)
+        return delta
+
+    def finish(self) -> str:
+        tail = ""
+        for f in self.filters:
+            tail = f.feed(tail) + f.finish()
+        return tail
+
+    def apply(self, text: str) -> str:
+        """Whole-text form, for non-streaming responses."""
+        return self.feed(text) + self.finish()

@@ -1,0 +1,133 @@
+"""Shape stage: what a request may carry, before anything else looks at it.
+
+Each endpoint has an allow-list of fields; anything else is dropped, including the vLLM
+extras that would let a client reach around the gateway (chat templates, logits
+processors, scheduling priority, KV transfer, request ids, raw vllm_xargs, watermarking
+switches). Later stages may set some of those from policy. Type checks here turn a
+client's mistake into a 400 naming the field, never a 500 further down.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.context import RequestContext, Route
+from gateway.errors import BadRequest
+from gateway.pipeline import ALLOW, Decision, deny
+
+_SAMPLING = frozenset({
+    "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "max_tokens", "n",
+    "seed", "stop", "stream", "stream_options", "temperature", "top_p", "user",
+    # vLLM sampling extras that change only how tokens are drawn
+    "top_k", "min_p", "repetition_penalty", "length_penalty", "min_tokens",
+    "stop_token_ids", "ignore_eos", "skip_special_tokens", "spaces_between_special_tokens",
+    "include_stop_str_in_output", "truncate_prompt_tokens", "bad_words",
+    "response_format", "structured_outputs", "guided_json", "guided_regex",
+    "guided_choice", "guided_grammar",
+})
+
+ALLOWED_FIELDS: dict[Route, frozenset[str]] = {
+    "chat": _SAMPLING | {
+        "model", "messages", "max_completion_tokens", "top_logprobs", "tools",
+        "tool_choice", "parallel_tool_calls", "reasoning_effort", "metadata", "store",
+    },
+    "completions": _SAMPLING | {"model", "prompt", "best_of", "echo", "suffix"},
+    "embeddings": frozenset({"model", "input", "encoding_format", "dimensions", "user"}),
+}
+
+# Never forwarded from a client, whatever an allow-list says; listed for documentation
+# and for the test that proves each one is removed.
+REACH_AROUND_FIELDS = frozenset({
+    "chat_template", "chat_template_kwargs", "logits_processors", "priority", "request_id",
+    "kv_transfer_params", "vllm_xargs", "watermarking",
+})
+
+_STREAM_OPTIONS = frozenset({"include_usage"})
+MAX_N = 16
+
+
+def _bad(message: str, param: str) -> Decision:
+    return deny(BadRequest(message, param=param, code="invalid_value"), "invalid")
+
+
+def _check_common(body: dict[str, Any]) -> Decision:
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return _bad("'model' must be a non-empty string", "model")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        return _bad("'stream' must be a boolean", "stream")
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            return _bad(f"'{key}' must be a positive integer", key)
+    n = body.get("n")
+    if n is not None and (type(n) is not int or not 1 <= n <= MAX_N):
+        return _bad(f"'n' must be an integer between 1 and {MAX_N}", "n")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        return _bad("'stream_options' must be an object", "stream_options")
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+            isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        return _bad("'stop' must be a string or a list of strings", "stop")
+    return ALLOW
+
+
+def _check_messages(messages: Any) -> Decision:
+    if not isinstance(messages, list) or not messages:
+        return _bad("'messages' must be a non-empty array", "messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return _bad(f"'messages[{i}]' must be an object with a string 'role'",
+                        f"messages[{i}]")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            return _bad(f"'messages[{i}].content' must be a string or an array",
+                        f"messages[{i}].content")
+    return ALLOW
+
+
+def _check_prompt(prompt: Any) -> Decision:
+    if isinstance(prompt, str):
+        return ALLOW
+    if isinstance(prompt, list) and prompt and (
+            all(isinstance(p, str) for p in prompt) or all(type(p) is int for p in prompt)):
+        return ALLOW
+    return _bad("'prompt' must be a string or a non-empty array of strings or tokens",
+                "prompt")
+
+
+def _check_input(value: Any) -> Decision:
+    if isinstance(value, str) or (isinstance(value, list) and value):
+        return ALLOW
+    return _bad("'input' must be a string or a non-empty array", "input")
+
+
+class ShapeStage:
+    name = "shape"
+
+    async def check(self, ctx: RequestContext) -> Decision:
+        body = ctx.body
+        decision = _check_common(body)
+        if decision.allowed:
+            if ctx.route == "chat":
+                decision = _check_messages(body.get("messages"))
+            elif ctx.route == "completions":
+                decision = _check_prompt(body.get("prompt"))
+            else:
+                decision = _check_input(body.get("input"))
+        if not decision.allowed:
+            return decision
+        allowed = ALLOWED_FIELDS[ctx.route]
+        shaped = {k: v for k, v in body.items() if k in allowed}
+        ctx.model = shaped["model"]
+        ctx.stream = shaped.get("stream") is True and ctx.route != "embeddings"
+        options = shaped.pop("stream_options", None) or {}
+        if ctx.stream:
+            # Always ask for usage so the gateway knows token counts; the relay drops the
+            # usage chunk again when the client did not ask for it.
+            ctx.client_wants_usage = options.get("include_usage") is True
+            shaped["stream_options"] = {"include_usage": True}
+        else:
+            shaped.pop("stream", None)
+        ctx.body = shaped
+        return ALLOW

@@ -1,0 +1,1 @@
+"""Upstream: the vLLM backends, their health, and relaying their answers."""

@@ -1,0 +1,129 @@
+"""Sending a request upstream: backend choice, timeouts, retries, error mapping.
+
+A request is retried on another backend only while nothing has been sent to the client:
+on a refused or reset connection, a 502/503/504 answer, or a stream that ends before its
+first event. A time-out is not retried (it would double the client's wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import aiohttp
+import orjson
+
+from gateway.context import UPSTREAM_PATHS, RequestContext
+from gateway.errors import (
+    BadGateway,
+    GatewayError,
+    GatewayTimeout,
+    Unavailable,
+    normalise_upstream_error,
+)
+from gateway.pipeline.upstream.pool import Backend, Pool
+from gateway.settings import TimeoutSettings
+
+log = logging.getLogger("gateway.upstream")
+T = TypeVar("T")
+
+_RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+class RetryUpstream(Exception):
+    """Raised by a relay that failed before sending the client anything."""
+
+    def __init__(self, error: GatewayError, kind: str) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.kind = kind
+
+
+class UpstreamClient:
+    def __init__(self, pool: Pool, session: aiohttp.ClientSession,
+                 timeouts: TimeoutSettings, retries: int) -> None:
+        self.pool = pool
+        self._session = session
+        self._timeouts = timeouts
+        self._retries = retries
+        self._client_timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeouts.connect_s, sock_connect=timeouts.connect_s)
+
+    async def forward(self, ctx: RequestContext,
+                      relay: Callable[[aiohttp.ClientResponse], Awaitable[T]]) -> T:
+        """Send ctx.body to a backend and hand its 2xx response to `relay`."""
+        body = orjson.dumps(ctx.body)
+        tried: list[Backend] = []
+        error: GatewayError | None = None
+        for _ in range(1 + self._retries):
+            try:
+                backend = self._pick(ctx.model, tried)
+            except Unavailable:
+                if error is not None:
+                    raise error from None
+                raise
+            tried.append(backend)
+            with self.pool.lease(backend):
+                try:
+                    resp = await self._send(backend, ctx, body)
+                except aiohttp.ClientError as exc:
+                    self.pool.failed(backend, "connect")
+                    log.warning("upstream %s failed: %s", backend.url, exc.__class__.__name__)
+                    error = BadGateway("The upstream server could not be reached")
+                    continue
+                except TimeoutError:
+                    self.pool.failed(backend, "timeout")
+                    raise GatewayTimeout("The upstream server did not answer in time") from None
+                try:
+                    if resp.status >= 400:
+                        error = await self._status_error(backend, resp)
+                        continue
+                    result = await relay(resp)
+                except RetryUpstream as exc:
+                    self.pool.failed(backend, exc.kind)
+                    error = exc.error
+                    continue
+                finally:
+                    resp.release()  # an unfinished body closes the connection: vLLM aborts
+                self.pool.succeeded(backend)
+                return result
+        assert error is not None
+        raise error
+
+    def _pick(self, model: str, tried: list[Backend]) -> Backend:
+        try:
+            return self.pool.pick(model, frozenset(tried))
+        except Unavailable:
+            if not tried:
+                raise
+            # Every candidate was tried once; a second try may land on a fresh connection.
+            return self.pool.pick(model)
+
+    async def _send(self, backend: Backend, ctx: RequestContext,
+                    body: bytes) -> aiohttp.ClientResponse:
+        url = backend.url + UPSTREAM_PATHS[ctx.route]
+        headers = {"content-type": "application/json", "x-request-id": ctx.request_id}
+        async with asyncio.timeout(self._timeouts.ttfb_s):
+            return await self._session.post(url, data=body, headers=headers,
+                                            timeout=self._client_timeout)
+
+    async def _status_error(self, backend: Backend,
+                            resp: aiohttp.ClientResponse) -> GatewayError:
+        """The error to retry with, or raise at once when retrying cannot help."""
+        try:
+            async with asyncio.timeout(self._timeouts.idle_s):
+                raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            raw = b""
+        if resp.status in _RETRY_STATUSES:
+            self.pool.failed(backend, f"status_{resp.status}")
+            if resp.status == 504:
+                return GatewayTimeout("The upstream server timed out")
+            return Unavailable("The upstream server is unavailable") if resp.status == 503 \
+                else BadGateway("The upstream server failed")
+        if resp.status >= 500:
+            self.pool.failed(backend, "status_5xx")
+            raise BadGateway("The upstream server failed to process the request")
+        raise normalise_upstream_error(resp.status, raw)

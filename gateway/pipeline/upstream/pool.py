@@ -1,0 +1,140 @@
+"""Backend pool: discovery, health and least-outstanding-requests routing.
+
+Each backend's models come from its own /v1/models, refreshed with the active health
+probe. Passive ejection takes a backend out of rotation after consecutive failed
+attempts; it returns once the ejection period has passed and a probe succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.errors import ModelNotFound, Unavailable
+from gateway.metrics import Metrics
+from gateway.settings import HealthSettings
+
+log = logging.getLogger("gateway.upstream")
+
+
+@dataclass(eq=False, slots=True)
+class Backend:
+    url: str
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> model object
+    healthy: bool = False
+    outstanding: int = 0
+    failures: int = 0
+    ejected_until: float = 0.0
+
+    def available(self, now: float) -> bool:
+        return self.healthy and now >= self.ejected_until
+
+
+class Pool:
+    def __init__(self, urls: tuple[str, ...], session: aiohttp.ClientSession,
+                 health: HealthSettings, metrics: Metrics) -> None:
+        self.backends = tuple(Backend(url.rstrip("/")) for url in urls)
+        self._session = session
+        self._health = health
+        self._metrics = metrics
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._probe_forever(), name="upstream-health")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def refresh(self) -> None:
+        await asyncio.gather(*(self._probe(b) for b in self.backends))
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._health.interval_s)
+            await self.refresh()
+
+    async def _probe(self, backend: Backend) -> None:
+        timeout = aiohttp.ClientTimeout(total=self._health.probe_timeout_s)
+        try:
+            async with self._session.get(f"{backend.url}/health", timeout=timeout) as resp:
+                healthy = resp.status == 200
+            if healthy:
+                async with self._session.get(f"{backend.url}/v1/models",
+                                             timeout=timeout) as resp:
+                    listing = orjson.loads(await resp.read()) if resp.status == 200 else {}
+                backend.models = {m["id"]: m for m in listing.get("data", [])
+                                  if isinstance(m, dict) and isinstance(m.get("id"), str)}
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, AttributeError):
+            healthy = False
+        if healthy != backend.healthy:
+            log.log(logging.INFO if healthy else logging.WARNING, "upstream %s is %s",
+                    backend.url, "healthy" if healthy else "unhealthy")
+        backend.healthy = healthy
+        if healthy and backend.ejected_until and time.monotonic() >= backend.ejected_until:
+            backend.failures, backend.ejected_until = 0, 0.0
+        self._metrics.upstream_healthy.labels(backend.url).set(
+            1 if backend.available(time.monotonic()) else 0)
+
+    # -- routing ---------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        now = time.monotonic()
+        return any(b.available(now) for b in self.backends)
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        """Every model any backend has reported, first report wins."""
+        merged: dict[str, dict[str, Any]] = {}
+        for backend in self.backends:
+            for model_id, entry in backend.models.items():
+                merged.setdefault(model_id, entry)
+        return merged
+
+    def pick(self, model: str, exclude: frozenset[Backend] = frozenset()) -> Backend:
+        """The available backend serving `model` with the fewest outstanding requests."""
+        now = time.monotonic()
+        serving = [b for b in self.backends if model in b.models]
+        if not serving:
+            if any(b.models for b in self.backends):
+                raise ModelNotFound(f"The model '{model}' does not exist", param="model")
+            raise Unavailable("No healthy upstream is available")
+        candidates = [b for b in serving if b.available(now) and b not in exclude]
+        if not candidates:
+            raise Unavailable(f"No healthy upstream is serving '{model}'")
+        fewest = min(b.outstanding for b in candidates)
+        return random.choice([b for b in candidates if b.outstanding == fewest])
+
+    @contextlib.contextmanager
+    def lease(self, backend: Backend) -> Iterator[Backend]:
+        backend.outstanding += 1
+        try:
+            yield backend
+        finally:
+            backend.outstanding -= 1
+
+    def succeeded(self, backend: Backend) -> None:
+        backend.failures = 0
+
+    def failed(self, backend: Backend, kind: str) -> None:
+        self._metrics.upstream_errors.labels(kind).inc()
+        backend.failures += 1
+        if backend.failures >= self._health.failures_to_eject and backend.healthy:
+            backend.ejected_until = time.monotonic() + self._health.eject_s
+            self._metrics.upstream_healthy.labels(backend.url).set(0)
+            log.warning("upstream %s ejected for %.0fs after %d failures", backend.url,
+                        self._health.eject_s, backend.failures)

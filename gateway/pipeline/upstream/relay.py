@@ -1,0 +1,213 @@
+"""Relaying a backend's answer to the client through the output filters.
+
+Streams are parsed event by event as bytes arrive (never buffered whole); each text
+delta goes through the response's filter chain, and the client's response is prepared
+only when the first event is ready, so a backend that fails before that can still be
+retried elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway.context import RequestContext
+from gateway.errors import BadGateway, GatewayError, GatewayTimeout, normalise_upstream_error
+from gateway.metrics import Metrics
+from gateway.pipeline.output import FilterChain
+from gateway.pipeline.upstream.client import RetryUpstream
+from gateway.pipeline.upstream.sse import DONE, DONE_EVENT, SSEParser, frame, frame_json
+
+log = logging.getLogger("gateway.relay")
+
+ChainFactory = Callable[[RequestContext], FilterChain | None]
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # ask reverse proxies in front of us not to buffer
+}
+
+
+def _text_key(ctx: RequestContext) -> str:
+    return "content" if ctx.route == "chat" else "text"
+
+
+def _record_usage(ctx: RequestContext, usage: Any) -> None:
+    if isinstance(usage, dict):
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        ctx.usage.prompt_tokens = prompt if type(prompt) is int else 0
+        ctx.usage.completion_tokens = completion if type(completion) is int else 0
+        ctx.usage.reported = True
+
+
+async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
+                     chains: ChainFactory, idle_s: float) -> web.Response:
+    """Non-streaming: read the whole (bounded) answer, filter each choice, respond."""
+    try:
+        async with asyncio.timeout(idle_s):
+            raw = await resp.read()
+        data = orjson.loads(raw)
+    except TimeoutError:
+        raise GatewayTimeout("The upstream server stopped sending its answer") from None
+    except (aiohttp.ClientError, orjson.JSONDecodeError):
+        raise RetryUpstream(BadGateway("The upstream server sent a broken answer"),
+                            "malformed") from None
+    if not isinstance(data, dict):
+        raise RetryUpstream(BadGateway("The upstream server sent a broken answer"), "malformed")
+    _record_usage(ctx, data.get("usage"))
+    if ctx.route != "embeddings" and _filter_choices(ctx, data, chains):
+        raw = orjson.dumps(data)
+    return web.Response(body=raw, content_type="application/json")
+
+
+def _filter_choices(ctx: RequestContext, data: dict[str, Any], chains: ChainFactory) -> bool:
+    changed = False
+    for choice in data.get("choices") or ():
+        holder = choice.get("message") if ctx.route == "chat" else choice
+        if not isinstance(holder, dict) or not isinstance(holder.get(_text_key(ctx)), str):
+            continue
+        chain = chains(ctx)
+        if chain is not None:
+            holder[_text_key(ctx)] = chain.apply(holder[_text_key(ctx)])
+            changed = True
+    return changed
+
+
+class _UpstreamBroke(Exception):
+    """The upstream stream failed after the client's response began."""
+
+    def __init__(self, error: GatewayError, kind: str) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.kind = kind
+
+
+class StreamRelay:
+    """One streaming response: upstream SSE in, filtered SSE out."""
+
+    def __init__(self, request: web.Request, ctx: RequestContext, chains: ChainFactory,
+                 metrics: Metrics, ttfb_s: float, idle_s: float) -> None:
+        self._request = request
+        self._ctx = ctx
+        self._chains = chains
+        self._metrics = metrics
+        self._ttfb_s = ttfb_s
+        self._idle_s = idle_s
+        self._text_key = _text_key(ctx)
+        self._choice_chains: dict[int, FilterChain | None] = {}
+        self._relayed = 0  # content chunks sent, the token count if usage never arrives
+        self._done = False
+        self.response: web.StreamResponse | None = None
+
+    async def run(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        self._metrics.open_streams.inc()
+        try:
+            await self._pump(upstream)
+        except _UpstreamBroke as exc:
+            log.warning("upstream stream broke (%s) for request %s", exc.kind,
+                        self._ctx.request_id)
+            self._metrics.upstream_errors.labels(exc.kind).inc()
+            await self._send(frame_json(exc.error.body()))
+        except ConnectionResetError:
+            self._ctx.client_gone = True  # counted by the observe middleware
+        finally:
+            self._metrics.open_streams.dec()
+            if not self._ctx.usage.reported:
+                self._ctx.usage.completion_tokens = self._relayed
+        assert self.response is not None
+        return self.response
+
+    async def _pump(self, upstream: aiohttp.ClientResponse) -> None:
+        parser = SSEParser()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._ttfb_s) as timer:
+                async for chunk in upstream.content.iter_any():
+                    timer.reschedule(loop.time() + self._idle_s)
+                    out = [framed for payload in parser.feed(chunk)
+                           if (framed := self._translate(payload)) is not None]
+                    if out:
+                        await self._send(b"".join(out))
+                    if self._done:
+                        break
+        except TimeoutError:
+            self._raise(GatewayTimeout("The upstream server stopped sending tokens"), "timeout")
+        except aiohttp.ClientError:
+            self._raise(BadGateway("The upstream server closed the stream early"), "reset")
+        if not self._done:
+            self._raise(BadGateway("The upstream server closed the stream early"), "truncated")
+        await self._send(DONE_EVENT)
+
+    def _raise(self, error: GatewayError, kind: str) -> NoReturn:
+        if self.response is None:
+            if isinstance(error, GatewayTimeout):
+                raise error
+            raise RetryUpstream(error, kind)
+        raise _UpstreamBroke(error, kind)
+
+    async def _send(self, data: bytes) -> None:
+        if self.response is None:
+            self.response = web.StreamResponse(headers=SSE_HEADERS)
+            await self.response.prepare(self._request)
+        await self.response.write(data)
+
+    def _translate(self, payload: bytes) -> bytes | None:
+        """The framed event to send for one upstream event, or None to drop it."""
+        if payload == DONE:
+            self._done = True
+            return None
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self._raise(BadGateway("The upstream server sent a malformed event"), "malformed")
+        if not isinstance(event, dict):
+            self._raise(BadGateway("The upstream server sent a malformed event"), "malformed")
+        if "error" in event:
+            error = normalise_upstream_error(502, payload)
+            self._raise(BadGateway(error.message), "midstream_error")
+        if event.get("usage") is not None:
+            _record_usage(self._ctx, event["usage"])
+        choices = event.get("choices")
+        if not choices:
+            return frame(payload) if self._ctx.client_wants_usage else None
+        strip_usage = not self._ctx.client_wants_usage and event.get("usage") is not None
+        changed = self._filter(choices)
+        if strip_usage:
+            del event["usage"]
+        return frame_json(event) if changed or strip_usage else frame(payload)
+
+    def _filter(self, choices: list[Any]) -> bool:
+        """Run each choice's delta through its chain; True when any text changed."""
+        changed = False
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            holder = choice.get("delta") if self._text_key == "content" else choice
+            if not isinstance(holder, dict):
+                continue
+            text = holder.get(self._text_key)
+            if isinstance(text, str) and text:
+                self._relayed += 1
+            chain = self._chain(index)
+            if chain is None:
+                continue
+            new = chain.feed(text) if isinstance(text, str) else ""
+            if choice.get("finish_reason") is not None:
+                new += chain.finish()
+            if new != (text or ""):
+                holder[self._text_key] = new
+                changed = True
+        return changed
+
+    def _chain(self, index: int) -> FilterChain | None:
+        if index not in self._choice_chains:
+            self._choice_chains[index] = self._chains(self._ctx)
+        return self._choice_chains[index]

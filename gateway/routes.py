@@ -1,0 +1,114 @@
+"""Thin HTTP handlers: parse, run the pipeline, hand over to the upstream relay."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.context import (
+    CONTEXT,
+    LIFECYCLE,
+    METRICS,
+    PIPELINE,
+    POOL,
+    REQUEST_ID,
+    SETTINGS,
+    UPSTREAM,
+    RequestContext,
+    Route,
+)
+from gateway.errors import BadRequest, InvalidJSON, UnsupportedMediaType
+from gateway.pipeline.upstream.relay import StreamRelay, relay_json
+
+_JSON_TYPES = ("application/json", "")
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    ctype = request.content_type if "Content-Type" in request.headers else ""
+    if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    raw = await request.read()  # bounded by client_max_size: 413 beyond it
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidJSON("The request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object", code="invalid_json")
+    return body
+
+
+async def _proxy(request: web.Request, route: Route) -> web.StreamResponse:
+    started = time.perf_counter()
+    app = request.app
+    body = await _read_json(request)
+    ctx = RequestContext(request_id=request[REQUEST_ID], route=route, body=body, model="")
+    request[CONTEXT] = ctx
+    pipeline = app[PIPELINE]
+    decision = await pipeline.check(ctx)
+    ctx.decision = decision.label
+    if decision.error is not None:
+        raise decision.error
+    ctx.overhead_s += time.perf_counter() - started
+    settings = app[SETTINGS]
+    if ctx.stream:
+        relay = StreamRelay(request, ctx, pipeline.output_chain, app[METRICS],
+                            settings.timeouts.ttfb_s, settings.timeouts.idle_s)
+        return await app[UPSTREAM].forward(ctx, relay.run)
+
+    async def respond(resp: Any) -> web.StreamResponse:
+        return await relay_json(ctx, resp, pipeline.output_chain, settings.timeouts.idle_s)
+
+    return await app[UPSTREAM].forward(ctx, respond)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "chat")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "completions")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "embeddings")
+
+
+async def models(request: web.Request) -> web.Response:
+    listing = sorted(request.app[POOL].models().values(), key=lambda m: str(m["id"]))
+    return web.json_response({"object": "list", "data": listing}, dumps=_dumps)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = {
+        "draining": not request.app[LIFECYCLE].draining,
+        "upstream": request.app[POOL].ready,
+    }
+    ready = all(checks.values())
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

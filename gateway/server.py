@@ -1,0 +1,77 @@
+"""`gateway serve`: run the app, start the embedded simulator when needed, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.context import LIFECYCLE
+from gateway.settings import Settings
+from gateway.sim import SimSettings, create_sim_app
+
+log = logging.getLogger("gateway")
+
+
+async def start_embedded_sim(settings: Settings) -> tuple[web.AppRunner, str]:
+    sim = SimSettings(models=settings.sim.models, ttft_s=settings.sim.ttft_s,
+                      tokens_per_second=settings.sim.tokens_per_second)
+    runner = web.AppRunner(create_sim_app(sim), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
+def _banner(settings: Settings, host: str, port: int) -> str:
+    base = f"http://{host}:{port}"
+    model = settings.sim.models[0] if settings.embedded_sim else "MODEL"
+    return f"""gateway ready on {base}
+  try it:
+    curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+  or with the openai SDK:
+    from openai import OpenAI
+    client = OpenAI(base_url="{base}/v1", api_key="unused")
+    print(client.chat.completions.create(model="{model}",
+          messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)
+"""
+
+
+async def serve(settings: Settings) -> int:
+    sim_runner = None
+    if settings.embedded_sim:
+        sim_runner, url = await start_embedded_sim(settings)
+        log.info("no upstream configured: serving the built-in vLLM simulator at %s "
+                 "(embedded default; pass --upstream URL to front real vLLM)", url)
+        settings = dataclasses.replace(settings, upstreams=(url,))
+    app = create_app(settings)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=2048)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    log.info("fronting %s", ", ".join(settings.upstreams))
+    print(_banner(settings, host, port), flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down: draining up to %.0fs", settings.drain_timeout_s)
+    drained = await app[LIFECYCLE].drain(settings.drain_timeout_s)
+    if not drained:
+        log.warning("drain timeout: cutting %d open requests", app[LIFECYCLE].in_flight)
+    await runner.cleanup()
+    if sim_runner is not None:
+        await sim_runner.cleanup()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,201 @@
+"""Typed, frozen settings: gateway.yaml, then GATEWAY_* environment, then CLI flags.
+
+Validation happens here and only here; every error names the offending key (and the
+file:line when it came from the YAML file), so a typo fails start-up loudly instead of
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.yamlfile import Located, YamlError, load_file
+
+_PROJECT_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+class SettingsError(ValueError):
+    """Configuration that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutSettings:
+    connect_s: float = 5.0
+    # Until response headers arrive. vLLM sends non-streaming headers only after the
+    # whole completion, so this also bounds a non-streaming generation.
+    ttfb_s: float = 300.0
+    idle_s: float = 60.0  # longest silence between two stream chunks
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    interval_s: float = 5.0  # active /health probe and /v1/models refresh
+    probe_timeout_s: float = 2.0
+    failures_to_eject: int = 3  # consecutive passive failures before ejection
+    eject_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettingsSpec:
+    """The embedded simulator, started when no upstream is configured."""
+
+    models: tuple[str, ...] = ("sim-llama-3-8b-instruct",)
+    ttft_s: float = 0.0
+    tokens_per_second: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSettings:
+    redact: tuple[str, ...] = ()  # literal strings replaced by "[redacted]" in output
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    upstreams: tuple[str, ...] = ()
+    policies: Path = _PROJECT_POLICIES
+    home: Path = Path(".gateway")
+    redis_url: str | None = None
+    log_level: str = "INFO"
+    max_body_bytes: int = 4 * 1024 * 1024
+    retries: int = 1  # extra attempts on another backend, only before any byte is sent
+    drain_timeout_s: float = 30.0
+    timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    sim: SimSettingsSpec = field(default_factory=SimSettingsSpec)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+    @property
+    def embedded_sim(self) -> bool:
+        return not self.upstreams
+
+
+_ENV = {
+    "GATEWAY_UPSTREAM": "upstreams",
+    "GATEWAY_POLICIES": "policies",
+    "GATEWAY_REDIS_URL": "redis_url",
+    "GATEWAY_HOME": "home",
+    "GATEWAY_HOST": "host",
+    "GATEWAY_PORT": "port",
+    "GATEWAY_LOG_LEVEL": "log_level",
+}
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, Mapping):
+            raise SettingsError(f"{key}: expected a mapping")
+        return _build(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(args[0], value, key)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise SettingsError(f"{key}: expected a list")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(item_tp, v, f"{key}.{i}") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return value.lower() in ("1", "true", "yes")
+        raise SettingsError(f"{key}: expected true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise SettingsError(f"{key}: expected a number, got {value!r}")
+        try:
+            number = tp(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{key}: expected a number, got {value!r}") from None
+        if number < 0:
+            raise SettingsError(f"{key}: must not be negative")
+        return number
+    if tp is Path:
+        if not isinstance(value, str | Path):
+            raise SettingsError(f"{key}: expected a path")
+        return Path(value)
+    if tp is str:
+        if not isinstance(value, str | int | float):
+            raise SettingsError(f"{key}: expected a string")
+        return str(value)
+    raise SettingsError(f"{key}: unsupported type")  # pragma: no cover - programming error
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for name in data:
+        if name not in known:
+            raise SettingsError(f"{prefix}{name}: unknown key (known: {', '.join(sorted(known))})")
+    return cls(**{name: _coerce(hints[name], data[name], prefix + name) for name in data})
+
+
+def _check(settings: Settings) -> None:
+    for i, url in enumerate(settings.upstreams):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(f"upstreams.{i}: expected an http(s) URL, got {url!r}")
+    if not 0 <= settings.port <= 65535:
+        raise SettingsError("port: must be between 0 and 65535")
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError("log_level: one of DEBUG, INFO, WARNING, ERROR")
+    if settings.max_body_bytes < 1024:
+        raise SettingsError("max_body_bytes: must be at least 1024")
+    if settings.timeouts.idle_s <= 0 or settings.timeouts.ttfb_s <= 0:
+        raise SettingsError("timeouts: ttfb_s and idle_s must be positive")
+    if settings.health.failures_to_eject < 1:
+        raise SettingsError("health.failures_to_eject: must be at least 1")
+
+
+def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    config: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings from the config file, then env, then explicit overrides."""
+    env = os.environ if env is None else env
+    config = config or (Path(env["GATEWAY_CONFIG"]) if env.get("GATEWAY_CONFIG") else None)
+    located: Located | None = None
+    data: dict[str, Any] = {}
+    if config is not None:
+        try:
+            located = load_file(config)
+        except YamlError as exc:
+            raise SettingsError(str(exc)) from None
+        if located.data is not None and not isinstance(located.data, Mapping):
+            raise SettingsError(f"{config}:1: expected a mapping of settings")
+        data = dict(located.data or {})
+    env_layer = {key: env[name] for name, key in _ENV.items() if env.get(name)}
+    data = _merge(_merge(data, env_layer), dict(overrides or {}))
+    try:
+        settings: Settings = _build(Settings, data)
+        _check(settings)
+    except SettingsError as exc:
+        key = tuple(str(exc).split(":", 1)[0].split("."))
+        where = located.where(key) if located is not None else None
+        if where is None:
+            raise
+        raise SettingsError(f"{where}: {exc}") from None
+    return settings
