@@ -31,6 +31,62 @@ def _sim_parser(sub: Any) -> None:
     p.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")
 
 
+def _policy_parser(sub: Any) -> None:
+    p = sub.add_parser("policy", help="validate or dry-run the policy files")
+    cmds = p.add_subparsers(dest="policy_command", required=True)
+    check = cmds.add_parser("check", help="validate policy files; file:line: message per error")
+    check.add_argument("directory", nargs="?", type=Path,
+                       help="policy directory (default GATEWAY_POLICIES or policies/)")
+    explain = cmds.add_parser("explain", help="what would happen to a request, as JSON")
+    explain.add_argument("--tier", required=True)
+    explain.add_argument("--body", required=True, type=Path, help="request body JSON file or -")
+    explain.add_argument("--policies", type=Path, help="policy directory")
+
+
+def _policy_dir(explicit: Path | None) -> Path:
+    return explicit or load_settings(overrides={}).policies
+
+
+def _run_policy(args: argparse.Namespace) -> int:
+    from gateway.policy.loader import PolicyError, load_policy
+
+    if args.policy_command == "check":
+        directory = _policy_dir(args.directory)
+        try:
+            policy = load_policy(directory)
+        except PolicyError as exc:
+            for error in exc.errors:
+                print(error, file=sys.stderr)
+            return 1
+        print(f"{directory}: ok, version {policy.version}, tiers: {', '.join(policy.tiers)}")
+        return 0
+    return _run_explain(args, load_policy, PolicyError)
+
+
+def _run_explain(args: argparse.Namespace, load_policy: Any, policy_error: Any) -> int:
+    import orjson
+
+    from gateway.policy.explain import explain
+
+    try:
+        policy = load_policy(_policy_dir(args.policies))
+    except policy_error as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    raw = sys.stdin.buffer.read() if str(args.body) == "-" else args.body.read_bytes()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        print(f"{args.body}: not valid JSON: {exc}", file=sys.stderr)
+        return 1
+    if not isinstance(body, dict):
+        print(f"{args.body}: expected a JSON object", file=sys.stderr)
+        return 1
+    report = asyncio.run(explain(policy, args.tier, body))
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -73,10 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _sim_parser(sub)
+    _policy_parser(sub)
     args = parser.parse_args(argv)
+    commands = {"serve": _run_serve, "sim": _run_sim, "policy": _run_policy}
     try:
-        if args.command == "serve":
-            return _run_serve(args)
-        return _run_sim(args)
+        return commands[args.command](args)
     except KeyboardInterrupt:
         return 130

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from gateway.pipeline import Pipeline
     from gateway.pipeline.upstream.client import UpstreamClient
     from gateway.pipeline.upstream.pool import Pool
+    from gateway.policy.spec import TierSpec
     from gateway.settings import Settings
 
 Route = Literal["chat", "completions", "embeddings"]
@@ -24,6 +25,18 @@ UPSTREAM_PATHS: dict[Route, str] = {
     "completions": "/v1/completions",
     "embeddings": "/v1/embeddings",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking, from a verified token. `sub` never leaves the gateway in labels."""
+
+    sub: str
+    tier: str
+    org: str | None = None
+    scopes: frozenset[str] = frozenset()
+    jti: str | None = None
+    expires_at: float = 0.0  # the token's exp, epoch seconds
 
 
 @dataclass(slots=True)
@@ -44,7 +57,10 @@ class RequestContext:
     model: str
     stream: bool = False
     client_wants_usage: bool = False
+    principal: Principal | None = None
     tier: str = "-"
+    tier_spec: TierSpec | None = None
+    prompt_tokens: int | None = None  # counted once (tokenizer or estimate), then reused
     decision: str = "allow"
     started: float = field(default_factory=time.perf_counter)
     overhead_s: float = 0.0  # time in the gateway's own code, upstream waits excluded

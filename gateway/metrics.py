@@ -43,3 +43,14 @@ class Metrics:
         self.tokens = Counter(
             "gateway_tokens", "Tokens processed, by tier and direction (prompt/completion).",
             ["tier", "direction"], registry=registry)
+        self.policy_reloads = Counter(
+            "gateway_policy_reloads", "Policy loads by result (ok, error).",
+            ["result"], registry=registry)
+        self.policy_reload_failures = Counter(
+            "gateway_policy_reload_failures", "Policy reloads that kept the old policy.",
+            registry=registry)
+        self.policy_info = Gauge(
+            "gateway_policy_info", "The active policy version (1 for the active one).",
+            ["version"], registry=registry)
+        self.auth_failures = Counter(
+            "gateway_auth_failures", "Refused tokens, by reason.", ["reason"], registry=registry)

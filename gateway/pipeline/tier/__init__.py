@@ -1,0 +1,159 @@
+"""Tier stage: what the caller's tier lets this request be.
+
+Looks the token's tier up in the policy, refuses (403, naming what was refused) what the
+tier forbids, clamps what it may clamp, injects the mandatory system prompt, and sets the
+vLLM scheduling `priority` and a per-tenant `cache_salt` so one tenant cannot probe
+another's prefix cache. Runs after shape, so fields are already type-checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from gateway.context import RequestContext
+from gateway.errors import Forbidden
+from gateway.pipeline import ALLOW, Decision, deny
+from gateway.policy.spec import PolicySpec, RequestCaps, SystemPromptSpec, TierSpec
+
+
+def _refuse(message: str, code: str, param: str | None = None) -> Decision:
+    return deny(Forbidden(message, param=param, code=code), "forbidden")
+
+
+def _check_caps(caps: RequestCaps, body: dict[str, Any], tier: str) -> Decision:
+    if body.get("n", 1) > caps.n:
+        return _refuse(f"tier '{tier}' allows at most n={caps.n}", "n_not_allowed", "n")
+    if body.get("logprobs") and not caps.logprobs:
+        return _refuse(f"tier '{tier}' does not allow logprobs", "logprobs_not_allowed",
+                       "logprobs")
+    top = body.get("top_logprobs")
+    if isinstance(top, int) and top > caps.top_logprobs:
+        return _refuse(f"tier '{tier}' allows at most top_logprobs={caps.top_logprobs}",
+                       "logprobs_not_allowed", "top_logprobs")
+    if not caps.tools:
+        for key in ("tools", "tool_choice", "parallel_tool_calls"):
+            if body.get(key) is not None:
+                return _refuse(f"tier '{tier}' does not allow tools", "tools_not_allowed", key)
+    if not caps.response_format and body.get("response_format") is not None:
+        return _refuse(f"tier '{tier}' does not allow response_format",
+                       "response_format_not_allowed", "response_format")
+    for key in ("temperature", "top_p"):
+        bounds: tuple[float, float] | None = getattr(caps, key)
+        value = body.get(key)
+        if bounds is not None and isinstance(value, int | float) and not (
+                bounds[0] <= value <= bounds[1]):
+            return _refuse(f"tier '{tier}' allows {key} between {bounds[0]} and {bounds[1]}",
+                           "sampling_not_allowed", key)
+    return ALLOW
+
+
+def _apply_max_tokens(caps: RequestCaps, body: dict[str, Any], tier: str) -> Decision:
+    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    asked = body.get(key)
+    if asked is None:
+        default = caps.default_max_tokens or caps.max_tokens
+        if default is not None:
+            body[key] = default
+        return ALLOW
+    if caps.max_tokens is not None and asked > caps.max_tokens:
+        if caps.max_tokens_mode == "reject":
+            return _refuse(f"tier '{tier}' allows at most {key}={caps.max_tokens}",
+                           "max_tokens_not_allowed", key)
+        body[key] = caps.max_tokens
+    return ALLOW
+
+
+def _check_conversation(caps: RequestCaps, messages: list[dict[str, Any]],
+                        tier: str) -> Decision:
+    if caps.max_messages is not None and len(messages) > caps.max_messages:
+        return _refuse(f"tier '{tier}' allows at most {caps.max_messages} messages",
+                       "too_many_messages", "messages")
+    turns = sum(1 for m in messages if m.get("role") == "user")
+    if caps.max_turns is not None and turns > caps.max_turns:
+        return _refuse(f"tier '{tier}' allows at most {caps.max_turns} user turns",
+                       "too_many_turns", "messages")
+    return ALLOW
+
+
+def _system_messages(spec: SystemPromptSpec, messages: list[dict[str, Any]],
+                     tier: str) -> list[dict[str, Any]] | Decision:
+    client_system = [m for m in messages if m.get("role") in ("system", "developer")]
+    if client_system and spec.client_system == "reject":
+        return _refuse(f"tier '{tier}' does not allow system messages",
+                       "system_prompt_not_allowed", "messages")
+    if spec.client_system == "drop" or spec.mode == "replace":
+        messages = [m for m in messages if m.get("role") not in ("system", "developer")]
+    if spec.mode == "none":
+        return messages
+    return [{"role": "system", "content": spec.text}, *messages]
+
+
+def _system_prompt_text(spec: SystemPromptSpec, prompt: Any, tier: str) -> Any:
+    if spec.mode == "none":
+        return prompt
+    if isinstance(prompt, str):
+        return f"{spec.text}\n\n{prompt}"
+    if all(isinstance(p, str) for p in prompt):
+        return [f"{spec.text}\n\n{p}" for p in prompt]
+    return _refuse(f"tier '{tier}' requires a system prompt: token-id prompts are not allowed",
+                   "token_prompt_not_allowed", "prompt")
+
+
+class TierStage:
+    name = "tier"
+
+    def __init__(self, policy: PolicySpec, salt_secret: bytes) -> None:
+        self.policy = policy
+        self._salt_secret = salt_secret
+
+    async def check(self, ctx: RequestContext) -> Decision:
+        principal = ctx.principal
+        tier = self.policy.tiers.get(principal.tier) if principal is not None else None
+        if principal is None or tier is None:
+            return _refuse("your tier is not configured on this gateway", "unknown_tier")
+        ctx.tier = tier.name
+        ctx.tier_spec = tier
+        if not tier.allows_model(ctx.model):
+            return _refuse(f"model '{ctx.model}' is not available to tier '{tier.name}'",
+                           "model_not_allowed", "model")
+        if ctx.route == "embeddings":
+            return ALLOW
+        body = ctx.body
+        for step in (_check_caps, _apply_max_tokens):
+            decision = step(tier.request, body, tier.name)
+            if not decision.allowed:
+                return decision
+        decision = self._apply_prompt(tier, body)
+        if not decision.allowed:
+            return decision
+        self._apply_scheduling(ctx, tier, body)
+        return ALLOW
+
+    def _apply_prompt(self, tier: TierSpec, body: dict[str, Any]) -> Decision:
+        if "messages" in body:
+            decision = _check_conversation(tier.request, body["messages"], tier.name)
+            if not decision.allowed:
+                return decision
+            shaped = _system_messages(tier.system_prompt, body["messages"], tier.name)
+            if isinstance(shaped, Decision):
+                return shaped
+            body["messages"] = shaped
+        elif "prompt" in body:
+            prompt = _system_prompt_text(tier.system_prompt, body["prompt"], tier.name)
+            if isinstance(prompt, Decision):
+                return prompt
+            body["prompt"] = prompt
+        return ALLOW
+
+    def _apply_scheduling(self, ctx: RequestContext, tier: TierSpec, body: dict[str, Any]) -> None:
+        if tier.priority is not None:
+            body["priority"] = tier.priority
+        assert ctx.principal is not None
+        if tier.cache_salt == "shared":
+            return
+        owner = (f"org:{ctx.principal.org}" if tier.cache_salt == "org" and ctx.principal.org
+                 else f"sub:{ctx.principal.sub}")
+        body["cache_salt"] = hmac.new(self._salt_secret, owner.encode(),
+                                      hashlib.sha256).hexdigest()[:32]

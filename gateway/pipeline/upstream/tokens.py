@@ -1,0 +1,109 @@
+"""Prompt token counts: the backend's own /tokenize when it has one, else an estimate.
+
+Counts are cached per identical (model, prompt) so a client resending the same long
+conversation costs one tokenizer call. The estimate (documented in the README) is
+ceil(characters / 3) + 4 per chat message: deliberately on the high side, because it
+feeds token reservations and caps, where undercounting lets callers overshoot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+from collections import OrderedDict
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.context import RequestContext
+from gateway.pipeline.upstream.pool import Pool
+
+log = logging.getLogger("gateway.tokens")
+
+PER_MESSAGE = 4
+CHARS_PER_TOKEN = 3
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(part.get("text", "") for part in content
+                        if isinstance(part, dict) and isinstance(part.get("text"), str))
+    return ""
+
+
+def estimate(body: dict[str, Any]) -> int:
+    if "messages" in body:
+        chars = sum(len(_text_of(m.get("content"))) for m in body["messages"])
+        return math.ceil(chars / CHARS_PER_TOKEN) + PER_MESSAGE * len(body["messages"])
+    prompt = body.get("prompt", body.get("input", ""))
+    if isinstance(prompt, str):
+        return math.ceil(len(prompt) / CHARS_PER_TOKEN)
+    if prompt and all(type(p) is int for p in prompt):
+        return len(prompt)
+    return sum(math.ceil(len(p) / CHARS_PER_TOKEN) for p in prompt if isinstance(p, str))
+
+
+class PromptCounter:
+    def __init__(self, pool: Pool, session: aiohttp.ClientSession, timeout_s: float = 1.0,
+                 cache_size: int = 4096) -> None:
+        self._pool = pool
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._cache: OrderedDict[bytes, int] = OrderedDict()
+        self._cache_size = cache_size
+        self._no_tokenize: set[str] = set()  # backends that answered 404 once
+
+    async def count(self, ctx: RequestContext) -> int:
+        if ctx.prompt_tokens is None:
+            ctx.prompt_tokens = await self._count(ctx)
+        return ctx.prompt_tokens
+
+    async def _count(self, ctx: RequestContext) -> int:
+        body = ctx.body
+        payload: dict[str, Any] = {"model": ctx.model}
+        if ctx.route == "chat":
+            payload["messages"] = body["messages"]
+        elif ctx.route == "completions" and isinstance(body.get("prompt"), str):
+            payload["prompt"] = body["prompt"]
+        else:
+            return estimate(body)  # lists of prompts and embeddings inputs: estimate
+        raw = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+        key = hashlib.blake2b(raw, digest_size=16).digest()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        count = await self._tokenize(ctx.model, raw)
+        if count is None:
+            return estimate(body)
+        self._cache[key] = count
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return count
+
+    async def _tokenize(self, model: str, raw: bytes) -> int | None:
+        try:
+            backend = self._pool.pick(model)
+        except Exception:
+            return None
+        if backend.url in self._no_tokenize:
+            return None
+        try:
+            async with self._session.post(f"{backend.url}/tokenize", data=raw,
+                                          headers={"content-type": "application/json"},
+                                          timeout=self._timeout) as resp:
+                if resp.status == 404:
+                    self._no_tokenize.add(backend.url)
+                    return None
+                if resp.status != 200:
+                    return None
+                count = orjson.loads(await resp.read()).get("count")
+        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, orjson.JSONDecodeError,
+                AttributeError):
+            log.debug("tokenize failed on %s; using the estimate", backend.url)
+            return None
+        return count if type(count) is int else None

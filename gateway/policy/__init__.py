@@ -1,0 +1,1 @@
+"""Policy files: YAML -> typed specs (loader, schema), and transactional reload."""

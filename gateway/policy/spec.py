@@ -1,0 +1,114 @@
+"""Typed, frozen policy specs: what the YAML means, with defaults filled in.
+
+The loader is the only place that turns YAML into these; the hot path never sees a dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Action = Literal["allow", "flag", "block"]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSpec:
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent_requests: int | None = None
+    tokens_per_day: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCaps:
+    max_tokens: int | None = None
+    max_tokens_mode: Literal["clamp", "reject"] = "clamp"
+    default_max_tokens: int | None = None  # used (and reserved) when the client sends none
+    clamp_to_budget: bool = False  # lower max_tokens to the remaining token budget
+    max_prompt_tokens: int | None = None
+    max_messages: int | None = None
+    max_turns: int | None = None  # many-shot guard: user turns in one conversation
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+    tools: bool = False
+    response_format: bool = True
+    temperature: tuple[float, float] | None = None
+    top_p: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SystemPromptSpec:
+    mode: Literal["none", "prepend", "replace"] = "none"
+    text: str = ""
+    client_system: Literal["allow", "drop", "reject"] = "allow"
+
+
+@dataclass(frozen=True, slots=True)
+class WatermarkSpec:
+    payload: bool = True
+    ledger: bool = True
+    store_text: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TierSpec:
+    name: str
+    models: tuple[str, ...]
+    description: str = ""
+    limits: LimitsSpec = field(default_factory=LimitsSpec)
+    request: RequestCaps = field(default_factory=RequestCaps)
+    system_prompt: SystemPromptSpec = field(default_factory=SystemPromptSpec)
+    priority: int | None = None
+    cache_salt: Literal["tenant", "org", "shared"] = "tenant"
+    categories: Mapping[str, Action] = field(default_factory=lambda: {"default": "block",
+                                                                       "benign": "allow"})
+    watermark: WatermarkSpec = field(default_factory=WatermarkSpec)
+    _model_re: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    def allows_model(self, model: str) -> bool:
+        pattern = self._model_re
+        if pattern is None:
+            pattern = re.compile("|".join(fnmatch.translate(g) for g in self.models) or "(?!)")
+            object.__setattr__(self, "_model_re", pattern)
+        return pattern.match(model) is not None
+
+    def action(self, category: str) -> Action:
+        return self.categories.get(category, self.categories["default"])
+
+
+@dataclass(frozen=True, slots=True)
+class CategorySpec:
+    name: str
+    description: str
+    llama_guard: tuple[str, ...] = ()
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySpec:
+    tiers: Mapping[str, TierSpec]
+    # Overrides keep only the fields they set; the rest come from the tier.
+    subject_limits: Mapping[str, Mapping[str, int | None]] = field(default_factory=dict)
+    org_limits: Mapping[str, Mapping[str, int | None]] = field(default_factory=dict)
+    categories: Mapping[str, CategorySpec] = field(default_factory=dict)
+    classifiers: Mapping[str, object] = field(default_factory=dict)
+    digest: str = ""  # sha256 over the files' bytes: the policy version
+    files: tuple[str, ...] = ()
+
+    @property
+    def version(self) -> str:
+        return self.digest[:12]
+
+    def limits_for(self, tier: TierSpec, sub: str, org: str | None) -> LimitsSpec:
+        """The tier's limits with the org's, then the subject's, overrides applied."""
+        limits = tier.limits
+        if org is not None and org in self.org_limits:
+            limits = dataclasses.replace(limits, **self.org_limits[org])
+        if sub in self.subject_limits:
+            limits = dataclasses.replace(limits, **self.subject_limits[sub])
+        return limits

@@ -1,0 +1,38 @@
+"""Server secrets: from the environment, else generated once under GATEWAY_HOME.
+
+GATEWAY_SECRET_<NAME> (hex or text, at least 32 bytes) wins; otherwise a random 32-byte
+secret is created in <home>/secrets/<name> with mode 0600 on first use. Fleets must set the
+environment (or mount the same Secret) so every replica shares it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+MIN_BYTES = 32
+
+
+class SecretError(ValueError):
+    pass
+
+
+def load_secret(home: Path, name: str, env: Mapping[str, str] | None = None) -> bytes:
+    env = os.environ if env is None else env
+    value = env.get(f"GATEWAY_SECRET_{name.upper()}")
+    if value:
+        raw = value.encode()
+        if len(raw) < MIN_BYTES:
+            raise SecretError(f"GATEWAY_SECRET_{name.upper()} must be at least {MIN_BYTES} bytes")
+        return raw
+    path = home / "secrets" / name
+    if path.exists():
+        return path.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    raw = secrets.token_bytes(MIN_BYTES)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    return raw

@@ -1,0 +1,170 @@
+"""Real servers on loopback: the simulator plays vLLM, the gateway runs as it does in production."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gateway.app import create_app
+from gateway.settings import load_settings
+from gateway.sim import SIM_STATS, SimSettings, SimStats, create_sim_app
+
+MODEL = "sim-llama-3-8b-instruct"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Server:
+    url: str
+    app: web.Application
+
+    @property
+    def stats(self) -> SimStats:
+        return self.app[SIM_STATS]
+
+
+async def _start(app: web.Application, runners: list[web.AppRunner], port: int = 0) -> str:
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runners.append(runner)
+    host, bound = runner.addresses[0][:2]
+    return f"http://{host}:{bound}"
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[web.AppRunner]]:
+    runners: list[web.AppRunner] = []
+    yield runners
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+StartSim = Callable[..., Awaitable[Server]]
+StartGateway = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+def start_sim(servers: list[web.AppRunner]) -> StartSim:
+    async def start(port: int = 0, **settings: Any) -> Server:
+        app = create_sim_app(SimSettings(**settings))
+        return Server(await _start(app, servers, port), app)
+
+    return start
+
+
+FAST_HEALTH = {"interval_s": 0.1, "probe_timeout_s": 0.5, "failures_to_eject": 2,
+               "eject_s": 0.3}
+
+
+@pytest.fixture
+def start_gateway(servers: list[web.AppRunner]) -> StartGateway:
+    async def start(*upstreams: str, **overrides: Any) -> Server:
+        overrides.setdefault("health", FAST_HEALTH)
+        settings = load_settings(env={}, overrides={"upstreams": list(upstreams), **overrides})
+        app = create_app(settings, CollectorRegistry())
+        return Server(await _start(app, servers), app)
+
+    return start
+
+
+@pytest.fixture
+async def sim(start_sim: StartSim) -> Server:
+    return await start_sim()
+
+
+@pytest.fixture
+async def gateway(start_gateway: StartGateway, sim: Server) -> Server:
+    return await start_gateway(sim.url)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def chat(content: str = "Hello there", **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}], **extra}
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[str]
+    url: str
+
+    def output(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.read()
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """`gateway serve` as a real process, as `make run` starts it."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, ready: bool = True) -> Process:
+        port = free_port()
+        full_env = {**os.environ, "GATEWAY_HOME": str(tmp_path / "home"), **(env or {})}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(port), *args],
+            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        if ready:
+            _wait_ready(url, proc)
+        return Process(proc, url)
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[str]) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited early with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError("gateway did not become ready")

@@ -1,0 +1,107 @@
+from typing import Any
+
+import pytest
+
+from gateway.context import RequestContext, Route
+from gateway.pipeline.shape import REACH_AROUND_FIELDS, ShapeStage
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def _shape(route: Route, body: dict[str, Any]) -> tuple[RequestContext, Any]:
+    ctx = RequestContext(request_id="r", route=route, body=dict(body), model="")
+    decision = await ShapeStage().check(ctx)
+    return ctx, decision
+
+
+@pytest.mark.parametrize("field", sorted(REACH_AROUND_FIELDS))
+async def test_reach_around_fields_are_removed(field: str) -> None:
+    ctx, decision = await _shape("chat", {**CHAT, field: {"x": 1}})
+    assert decision.allowed
+    assert field not in ctx.body
+
+
+async def test_unknown_fields_dropped_known_kept() -> None:
+    ctx, _ = await _shape("chat", {**CHAT, "temperature": 0.2, "top_k": 5, "bogus": 1})
+    assert ctx.body == {**CHAT, "temperature": 0.2, "top_k": 5}
+
+
+async def test_embeddings_allow_list_is_narrow() -> None:
+    ctx, _ = await _shape("embeddings", {"model": "e", "input": "x", "max_tokens": 3,
+                                         "stream": True})
+    assert ctx.body == {"model": "e", "input": "x"}
+    assert not ctx.stream
+
+
+@pytest.mark.parametrize(
+    ("stream_options", "wants_usage"),
+    [(None, False), ({"include_usage": False}, False), ({"include_usage": True}, True),
+     ({"include_usage": True, "continuous_usage_stats": True}, True)],
+)
+async def test_stream_always_asks_upstream_for_usage(stream_options: Any,
+                                                     wants_usage: bool) -> None:
+    body: dict[str, Any] = {**CHAT, "stream": True}
+    if stream_options is not None:
+        body["stream_options"] = stream_options
+    ctx, _ = await _shape("chat", body)
+    assert ctx.stream
+    assert ctx.client_wants_usage is wants_usage
+    assert ctx.body["stream_options"] == {"include_usage": True}
+
+
+async def test_non_stream_drops_stream_options() -> None:
+    ctx, _ = await _shape("completions", {"model": "m", "prompt": "p", "stream": False,
+                                          "stream_options": {"include_usage": True}})
+    assert "stream_options" not in ctx.body and "stream" not in ctx.body
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        ("chat", {"messages": CHAT["messages"]}, "model"),
+        ("chat", {**CHAT, "model": 3}, "model"),
+        ("chat", {**CHAT, "model": ""}, "model"),
+        ("chat", {"model": "m"}, "messages"),
+        ("chat", {"model": "m", "messages": []}, "messages"),
+        ("chat", {"model": "m", "messages": "hi"}, "messages"),
+        ("chat", {"model": "m", "messages": [1]}, "messages[0]"),
+        ("chat", {"model": "m", "messages": [{"content": "x"}]}, "messages[0]"),
+        ("chat", {"model": "m", "messages": [{"role": "user", "content": 5}]},
+         "messages[0].content"),
+        ("chat", {**CHAT, "stream": "yes"}, "stream"),
+        ("chat", {**CHAT, "max_tokens": 0}, "max_tokens"),
+        ("chat", {**CHAT, "max_tokens": 1.5}, "max_tokens"),
+        ("chat", {**CHAT, "max_tokens": True}, "max_tokens"),
+        ("chat", {**CHAT, "n": 100}, "n"),
+        ("chat", {**CHAT, "stop": [1]}, "stop"),
+        ("chat", {**CHAT, "stream_options": []}, "stream_options"),
+        ("completions", {"model": "m"}, "prompt"),
+        ("completions", {"model": "m", "prompt": [1, "a"]}, "prompt"),
+        ("completions", {"model": "m", "prompt": {}}, "prompt"),
+        ("embeddings", {"model": "m", "input": []}, "input"),
+    ],
+)
+async def test_bad_fields_are_refused_naming_the_param(route: Route, body: dict[str, Any],
+                                                       param: str) -> None:
+    _, decision = await _shape(route, body)
+    assert not decision.allowed
+    assert decision.error.http_status == 400
+    assert decision.error.param == param
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("completions", {"model": "m", "prompt": "p"}),
+        ("completions", {"model": "m", "prompt": ["a", "b"]}),
+        ("completions", {"model": "m", "prompt": [1, 2, 3]}),
+        ("chat", {"model": "m", "messages": [{"role": "user",
+                                               "content": [{"type": "text", "text": "x"}]}]}),
+        ("chat", {**CHAT, "max_tokens": None, "n": 2, "stop": ["x"]}),
+        ("embeddings", {"model": "m", "input": ["a", "b"]}),
+    ],
+)
+async def test_valid_bodies_pass(route: Route, body: dict[str, Any]) -> None:
+    ctx, decision = await _shape(route, body)
+    assert decision.allowed
+    assert ctx.model == "m"

@@ -1,0 +1,113 @@
+"""Tier enforcement as truth tables over the shipped policies."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from gateway.context import Principal, RequestContext, Route
+from gateway.pipeline.shape import ShapeStage
+from gateway.pipeline.tier import TierStage
+from gateway.policy.loader import load_policy
+from tests.conftest import MODEL, ROOT
+
+POLICY = load_policy(ROOT / "policies")
+SECRET = b"s" * 32
+
+
+def _msgs(n: int = 1, role: str = "user") -> list[dict[str, str]]:
+    return [{"role": role, "content": f"message {i}"} for i in range(n)]
+
+
+async def _run(tier: str, body: dict[str, Any], route: Route = "chat", sub: str = "alice",
+               org: str | None = None) -> tuple[RequestContext, Any]:
+    principal = Principal(sub=sub, tier=tier, org=org, expires_at=time.time() + 60)
+    ctx = RequestContext(request_id="r", route=route, body=dict(body), model="",
+                         principal=principal)
+    decision = await ShapeStage().check(ctx)
+    assert decision.allowed
+    return ctx, await TierStage(POLICY, SECRET).check(ctx)
+
+
+@pytest.mark.parametrize(
+    ("tier", "extra", "code", "param"),
+    [
+        ("nonexistent", {}, "unknown_tier", None),
+        ("public", {"model": "llama-3-70b-instruct"}, "model_not_allowed", "model"),
+        ("public", {"n": 2}, "n_not_allowed", "n"),
+        ("public", {"logprobs": True}, "logprobs_not_allowed", "logprobs"),
+        ("verified", {"logprobs": True, "top_logprobs": 6}, "logprobs_not_allowed",
+         "top_logprobs"),
+        ("public", {"tools": [{"type": "function", "function": {"name": "f"}}]},
+         "tools_not_allowed", "tools"),
+        ("public", {"tool_choice": "auto"}, "tools_not_allowed", "tool_choice"),
+        ("public", {"temperature": 1.9}, "sampling_not_allowed", "temperature"),
+        ("public", {"messages": _msgs(17)}, "too_many_messages", "messages"),
+        ("public", {"messages": _msgs(9)}, "too_many_turns", "messages"),
+        ("research", {"max_tokens": 9000}, "max_tokens_not_allowed", "max_tokens"),
+    ],
+)
+async def test_refusals_are_403_naming_what(tier: str, extra: dict[str, Any], code: str,
+                                            param: str | None) -> None:
+    _, decision = await _run(tier, {"model": MODEL, "messages": _msgs(), **extra})
+    assert not decision.allowed
+    assert decision.error.http_status == 403
+    assert decision.error.code == code
+    assert decision.error.param == param
+
+
+@pytest.mark.parametrize(
+    ("tier", "asked", "forwarded"),
+    [("public", None, 256), ("public", 100, 100), ("public", 5000, 512),
+     ("verified", None, 1024), ("research", 8000, 8000), ("trusted", None, 32768)],
+)
+async def test_max_tokens_default_and_clamp(tier: str, asked: int | None,
+                                            forwarded: int) -> None:
+    body: dict[str, Any] = {"model": MODEL, "messages": _msgs()}
+    if asked is not None:
+        body["max_tokens"] = asked
+    ctx, decision = await _run(tier, body)
+    assert decision.allowed
+    assert ctx.body["max_tokens"] == forwarded
+
+
+async def test_system_prompt_prepended_and_client_system_kept() -> None:
+    messages = [{"role": "system", "content": "be brief"}, *_msgs()]
+    ctx, decision = await _run("public", {"model": MODEL, "messages": messages})
+    assert decision.allowed
+    forwarded = ctx.body["messages"]
+    assert forwarded[0]["role"] == "system"
+    assert forwarded[0]["content"] == POLICY.tiers["public"].system_prompt.text
+    assert forwarded[1:] == messages
+
+
+async def test_completions_prompt_gets_system_text_and_token_prompts_refused() -> None:
+    ctx, decision = await _run("public", {"model": MODEL, "prompt": "hello"}, "completions")
+    assert decision.allowed
+    assert ctx.body["prompt"].endswith("\n\nhello")
+    assert ctx.body["prompt"].startswith("You are a helpful assistant.")
+    _, decision = await _run("public", {"model": MODEL, "prompt": [1, 2]}, "completions")
+    assert decision.error.code == "token_prompt_not_allowed"
+
+
+async def test_research_tier_forwards_messages_untouched() -> None:
+    messages = [{"role": "system", "content": "x"}, *_msgs()]
+    ctx, decision = await _run("research", {"model": "any-model", "messages": messages})
+    assert decision.allowed
+    assert ctx.body["messages"] == messages
+
+
+async def test_priority_and_cache_salt_per_tenant() -> None:
+    a, _ = await _run("public", {"model": MODEL, "messages": _msgs()}, sub="alice")
+    b, _ = await _run("public", {"model": MODEL, "messages": _msgs()}, sub="bob")
+    assert a.body["priority"] == 10
+    assert a.body["cache_salt"] != b.body["cache_salt"]
+    assert "alice" not in a.body["cache_salt"]
+    # research salts by org: two members of one org share a prefix cache
+    c, _ = await _run("research", {"model": MODEL, "messages": _msgs()}, sub="c", org="lab")
+    d, _ = await _run("research", {"model": MODEL, "messages": _msgs()}, sub="d", org="lab")
+    assert c.body["cache_salt"] == d.body["cache_salt"]
+    e, _ = await _run("trusted", {"model": MODEL, "messages": _msgs()})
+    assert "cache_salt" not in e.body

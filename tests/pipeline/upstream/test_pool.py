@@ -1,0 +1,101 @@
+"""Backend pool against real simulators and a fake misbehaving backend."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from tests.conftest import MODEL, Server, StartGateway, StartSim, chat, free_port, wait_until
+from gateway.context import POOL
+
+
+async def _ask(http: aiohttp.ClientSession, gateway: Server, body: dict[str, Any]) -> int:
+    async with http.post(gateway.url + "/v1/chat/completions", json=body) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_routes_by_model_discovered_from_each_backend(
+        start_sim: StartSim, start_gateway: StartGateway, http: aiohttp.ClientSession) -> None:
+    a = await start_sim(models=("model-a",))
+    b = await start_sim(models=("model-b",))
+    gateway = await start_gateway(a.url, b.url)
+    for model, backend in (("model-a", a), ("model-b", b), ("model-a", a)):
+        assert await _ask(http, gateway, {**chat(), "model": model}) == 200
+    assert (a.stats.completed, b.stats.completed) == (2, 1)
+    async with http.get(gateway.url + "/v1/models") as resp:
+        assert [m["id"] for m in (await resp.json())["data"]] == ["model-a", "model-b"]
+
+
+async def test_least_outstanding_requests_spreads_streams(
+        start_sim: StartSim, start_gateway: StartGateway) -> None:
+    a, b = await start_sim(), await start_sim()
+    gateway = await start_gateway(a.url, b.url)
+    async with aiohttp.ClientSession() as http:
+        responses = []
+        for _ in range(6):
+            resp = await http.post(gateway.url + "/v1/chat/completions",
+                                   json=chat("[[sim:tps=5]]", stream=True, max_tokens=100))
+            await resp.content.readline()
+            responses.append(resp)
+        assert (a.stats.in_flight, b.stats.in_flight) == (3, 3)
+        for resp in responses:
+            resp.close()
+
+
+async def _flaky_backend(servers: list[web.AppRunner], calls: list[int]) -> str:
+    """Healthy to probes, 503 to every completion: only passive ejection can catch it."""
+    async def health(_: web.Request) -> web.Response:
+        return web.Response()
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+    async def fail(_: web.Request) -> web.Response:
+        calls.append(1)
+        return web.json_response({"error": {"message": "overloaded", "code": 503}}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", fail)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    servers.append(runner)
+    host, port = runner.addresses[0][:2]
+    return f"http://{host}:{port}"
+
+
+async def test_passive_ejection_then_recovery(start_sim: StartSim, start_gateway: StartGateway,
+                                              servers: list[web.AppRunner],
+                                              http: aiohttp.ClientSession) -> None:
+    calls: list[int] = []
+    flaky = await _flaky_backend(servers, calls)
+    good = await start_sim()
+    gateway = await start_gateway(flaky, good.url, health={
+        "interval_s": 0.1, "failures_to_eject": 2, "eject_s": 0.5})
+    for _ in range(20):
+        assert await _ask(http, gateway, chat(max_tokens=2)) == 200  # retried on `good`
+    assert len(calls) == 2, "ejected after two failures"
+    await asyncio.sleep(0.8)  # ejection over: probes pass, it is back in rotation
+    for _ in range(10):
+        await _ask(http, gateway, chat(max_tokens=2))
+    assert len(calls) > 2
+
+
+async def test_all_down_then_one_returns(start_sim: StartSim, start_gateway: StartGateway,
+                                         http: aiohttp.ClientSession) -> None:
+    port = free_port()
+    gateway = await start_gateway(f"http://127.0.0.1:{port}")
+    async with http.get(gateway.url + "/readyz") as resp:
+        assert resp.status == 503
+    assert await _ask(http, gateway, chat()) == 503
+    await start_sim(port=port)
+    await wait_until(lambda: gateway.app[POOL].ready)
+    async with http.get(gateway.url + "/readyz") as resp:
+        assert resp.status == 200
+    assert await _ask(http, gateway, chat()) == 200

@@ -1,0 +1,99 @@
+"""Policy validation: every error names file, line and key; the shipped policies are valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.policy.loader import PolicyError, load_policy
+from tests.conftest import ROOT
+
+GOOD = """\
+tiers:
+  basic:
+    models: ["small-*"]
+    limits: {requests_per_minute: 5}
+    request: {max_tokens: 100}
+overrides:
+  subjects:
+    alice: {limits: {requests_per_minute: 50}}
+  orgs:
+    acme: {limits: {requests_per_minute: 10, tokens_per_day: null}}
+"""
+
+
+def _write(tmp_path: Path, **files: str) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def test_shipped_policies_are_valid() -> None:
+    policy = load_policy(ROOT / "policies")
+    assert set(policy.tiers) == {"public", "verified", "research", "trusted"}
+    assert policy.tiers["public"].allows_model("sim-llama-3-8b-instruct")
+    assert not policy.tiers["public"].allows_model("llama-3-70b-instruct")
+    assert len(policy.version) == 12
+
+
+def test_overrides_merge_over_tier_limits(tmp_path: Path) -> None:
+    policy = load_policy(_write(tmp_path, **{"t.yaml": GOOD}))
+    tier = policy.tiers["basic"]
+    assert policy.limits_for(tier, "bob", None).requests_per_minute == 5
+    assert policy.limits_for(tier, "bob", "acme").requests_per_minute == 10
+    assert policy.limits_for(tier, "alice", "acme").requests_per_minute == 50
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tiers:\n  basic:\n    models: [x]\n    limitz: {}\n",
+         "t.yaml:2: tiers.basic: unknown key limitz"),
+        ("tiers:\n  basic:\n    models: [x]\n    limits:\n      requests_per_minute: lots\n",
+         "t.yaml:5: tiers.basic.limits.requests_per_minute: 'lots' is not of type"),
+        ("tiers:\n  basic:\n    models: [x]\n    request: {max_tokens_mode: maybe}\n",
+         "t.yaml:4: tiers.basic.request.max_tokens_mode: 'maybe' is not one of"),
+        ("tiers:\n  basic:\n    limits: {}\n", "t.yaml:2: tiers.basic: 'models' is a required"),
+        ("tiers:\n  Bad Name:\n    models: [x]\n", "t.yaml:1: tiers: 'Bad Name' does not match"),
+        ("tiers:\n  basic:\n    models: ['[x']\n", "t.yaml:3: tiers.basic.models.0: bad glob"),
+        ("tiers: [1\n", "t.yaml:2: invalid YAML"),
+        ("", "t.yaml:1: empty policy file"),
+        ("tiers:\n  basic:\n    models: [x]\n    categories: {benign: allow}\n",
+         "t.yaml:4: tiers.basic.categories: 'default' is a required"),
+    ],
+)
+def test_errors_name_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    _write(tmp_path, **{"t.yaml": text})
+    with pytest.raises(PolicyError) as info:
+        load_policy(tmp_path)
+    assert any(expected in e.replace(str(tmp_path) + "/", "") for e in info.value.errors), \
+        info.value.errors
+
+
+def test_unknown_category_reference(tmp_path: Path) -> None:
+    _write(tmp_path, **{
+        "c.yaml": "categories:\n  cyber: {description: Malware and intrusion}\n",
+        "t.yaml": "tiers:\n  basic:\n    models: [x]\n    categories:\n"
+                  "      default: block\n      cybr: allow\n"})
+    with pytest.raises(PolicyError) as info:
+        load_policy(tmp_path)
+    assert any("t.yaml:6: tiers.basic.categories.cybr: unknown category" in e
+               for e in info.value.errors)
+
+
+def test_tier_defined_twice_and_all_errors_reported(tmp_path: Path) -> None:
+    _write(tmp_path, **{"a.yaml": "tiers:\n  basic:\n    models: [x]\n",
+                        "b.yaml": "tiers:\n  basic:\n    models: [y]\n",
+                        "c.yaml": "tiers:\n  other:\n    modelz: [y]\n"})
+    with pytest.raises(PolicyError) as info:
+        load_policy(tmp_path)
+    errors = [e.replace(str(tmp_path) + "/", "") for e in info.value.errors]
+    assert any(e.startswith("b.yaml:2: tiers.basic: already defined in") for e in errors)
+    assert any(e.startswith("c.yaml:2: tiers.other:") for e in errors)
+
+
+def test_digest_changes_with_content(tmp_path: Path) -> None:
+    first = load_policy(_write(tmp_path, **{"t.yaml": GOOD})).digest
+    (tmp_path / "t.yaml").write_text(GOOD.replace("100", "101"))
+    assert load_policy(tmp_path).digest != first

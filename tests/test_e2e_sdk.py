@@ -1,0 +1,101 @@
+"""End to end with the official openai SDK: gateway + simulator over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from tests.conftest import MODEL, Server
+
+MESSAGES = [{"role": "user", "content": "Tell me about the sea"}]
+
+
+def _async_client(server: Server) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+async def test_async_chat_non_stream_matches_direct(gateway: Server, sim: Server) -> None:
+    async with _async_client(gateway) as via, _async_client(sim) as direct:
+        got = await via.chat.completions.create(model=MODEL, messages=MESSAGES, seed=3,
+                                                max_tokens=12)
+        want = await direct.chat.completions.create(model=MODEL, messages=MESSAGES, seed=3,
+                                                    max_tokens=12)
+    assert got.choices[0].message.content == want.choices[0].message.content
+    assert got.choices[0].message.content
+    assert got.usage is not None and got.usage.completion_tokens == 12
+    assert got.choices[0].finish_reason == "length"
+
+
+async def test_async_chat_stream_with_and_without_usage(gateway: Server) -> None:
+    async with _async_client(gateway) as client:
+        for include_usage in (False, True):
+            stream = await client.chat.completions.create(
+                model=MODEL, messages=MESSAGES, seed=3, max_tokens=12, stream=True,
+                stream_options={"include_usage": include_usage})
+            chunks = [chunk async for chunk in stream]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            usage_chunks = [c for c in chunks if c.usage is not None]
+            assert len(usage_chunks) == (1 if include_usage else 0)
+            assert text
+        whole = await client.chat.completions.create(model=MODEL, messages=MESSAGES, seed=3,
+                                                     max_tokens=12)
+    assert text == whole.choices[0].message.content
+    assert usage_chunks[0].usage is not None and usage_chunks[0].usage.completion_tokens == 12
+
+
+async def test_async_completions_stream_and_not(gateway: Server) -> None:
+    async with _async_client(gateway) as client:
+        whole = await client.completions.create(model=MODEL, prompt="Once upon", max_tokens=8,
+                                                seed=1)
+        stream = await client.completions.create(model=MODEL, prompt="Once upon",
+                                                 max_tokens=8, seed=1, stream=True)
+        text = "".join([c.choices[0].text async for c in stream if c.choices])
+    assert text == whole.choices[0].text
+    assert whole.usage is not None and whole.usage.completion_tokens == 8
+
+
+def _sync_round_trip(url: str) -> tuple[str, str, list[str]]:
+    with OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as client:
+        whole = client.chat.completions.create(model=MODEL, messages=MESSAGES, seed=5,
+                                               max_tokens=10)
+        with client.chat.completions.create(model=MODEL, messages=MESSAGES, seed=5,
+                                            max_tokens=10, stream=True) as stream:
+            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        models = [m.id for m in client.models.list()]
+    return whole.choices[0].message.content or "", text, models
+
+
+async def test_sync_client_stream_and_not(gateway: Server) -> None:
+    whole, streamed, models = await asyncio.to_thread(_sync_round_trip, gateway.url)
+    assert whole and whole == streamed
+    assert models == [MODEL]
+
+
+async def test_embeddings_and_models_pass_through(gateway: Server) -> None:
+    async with _async_client(gateway) as client:
+        result = await client.embeddings.create(model=MODEL, input=["a", "b"])
+        models = await client.models.list()
+    assert len(result.data) == 2 and len(result.data[0].embedding) > 0
+    assert [m.id for m in models.data] == [MODEL]
+
+
+async def test_unknown_model_is_404_model_not_found(gateway: Server) -> None:
+    async with _async_client(gateway) as client:
+        with pytest.raises(openai.NotFoundError) as info:
+            await client.chat.completions.create(model="nope", messages=MESSAGES)
+    assert info.value.code == "model_not_found"
+    assert info.value.status_code == 404
+
+
+async def test_n_choices_streamed(gateway: Server) -> None:
+    async with _async_client(gateway) as client:
+        stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, n=2,
+                                                      max_tokens=5, stream=True)
+        texts = {0: "", 1: ""}
+        async for chunk in stream:
+            for choice in chunk.choices:
+                texts[choice.index] += choice.delta.content or ""
+    assert texts[0] and texts[1] and texts[0] != texts[1]

@@ -1,0 +1,41 @@
+import orjson
+import pytest
+
+from gateway.errors import ModelNotFound, RateLimited, normalise_upstream_error
+
+
+def test_error_renders_openai_shape() -> None:
+    error = ModelNotFound("no such model", param="model")
+    assert error.http_status == 404
+    assert orjson.loads(error.to_json()) == {"error": {
+        "message": "no such model", "type": "invalid_request_error", "param": "model",
+        "code": "model_not_found"}}
+    assert RateLimited("slow down").body()["error"]["code"] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "expected"),
+    [
+        # vLLM's current nested form with an integer code and a class-name type
+        (404, b'{"error": {"message": "The model `x` does not exist.", "type": "NotFoundError",'
+              b' "param": "model", "code": 404}}',
+         ("The model `x` does not exist.", "invalid_request_error", "model", "model_not_found")),
+        # vLLM's older flat form
+        (400, b'{"object": "error", "message": "bad n", "type": "BadRequestError",'
+              b' "param": null, "code": 400}',
+         ("bad n", "invalid_request_error", None, None)),
+        # plain text from something in between
+        (429, b"Too Many Requests",
+         ("upstream returned HTTP 429", "rate_limit_error", None, "rate_limit_exceeded")),
+        # already OpenAI-shaped: kept as it is
+        (400, b'{"error": {"message": "m", "type": "invalid_request_error", "param": "n",'
+              b' "code": "invalid_value"}}',
+         ("m", "invalid_request_error", "n", "invalid_value")),
+    ],
+)
+def test_normalise_upstream_error(status: int, raw: bytes,
+                                  expected: tuple[str, str, str | None, str | None]) -> None:
+    error = normalise_upstream_error(status, raw)
+    body = error.body()["error"]
+    assert error.http_status == status
+    assert (body["message"], body["type"], body["param"], body["code"]) == expected

@@ -1,0 +1,85 @@
+"""`gateway serve` as a real process: embedded default, config errors, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import Process, chat
+
+
+async def test_embedded_default_says_so_and_answers(
+        gateway_process: Callable[..., Process]) -> None:
+    gw = gateway_process()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gw.url + "/v1/chat/completions", json=chat()) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["choices"][0]["message"]["content"]
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(timeout=10) == 0
+    output = gw.output()
+    assert "built-in vLLM simulator" in output
+    assert "curl -s " + gw.url + "/v1/chat/completions" in output
+    assert "from openai import OpenAI" in output
+
+
+def test_bad_config_fails_start_naming_key(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("port: 8080\ntimeouts:\n  ttfb: 3\n")
+    result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2
+    assert f"{config}:3: timeouts.ttfb: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_sigterm_drains_open_streams_then_exits_zero(
+        gateway_process: Callable[..., Process], tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("drain_timeout_s: 20\nsim:\n  tokens_per_second: 20\n")
+    gw = gateway_process("--config", str(config))
+    async with aiohttp.ClientSession() as http:
+        streams = [await http.post(gw.url + "/v1/chat/completions",
+                                   json=chat(stream=True, max_tokens=30)) for _ in range(5)]
+        for resp in streams:
+            await resp.content.readline()
+        gw.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        async with http.get(gw.url + "/readyz") as resp:
+            assert resp.status == 503
+        async with http.post(gw.url + "/v1/chat/completions", json=chat()) as resp:
+            assert resp.status == 503
+            assert (await resp.json())["error"]["code"] == "service_unavailable"
+        for resp in streams:
+            raw = await resp.read()
+            assert raw.endswith(b"data: [DONE]\n\n"), "stream finished in full"
+            resp.close()
+    assert await asyncio.to_thread(gw.proc.wait, 10) == 0
+
+
+async def test_drain_timeout_cuts_streams_and_exits(
+        gateway_process: Callable[..., Process], tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("drain_timeout_s: 0.5\nsim:\n  tokens_per_second: 5\n")
+    gw = gateway_process("--config", str(config))
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(gw.url + "/v1/chat/completions",
+                               json=chat(stream=True, max_tokens=500))
+        await resp.content.readline()
+        started = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(gw.proc.wait, 10) == 0
+        assert time.monotonic() - started < 5
+        try:
+            raw = await resp.read()
+        except aiohttp.ClientPayloadError:
+            raw = b""  # cut mid-chunk: also a cut stream
+        assert b"[DONE]" not in raw
+        resp.close()

@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults_without_config_or_env() -> None:
+    settings = load_settings(env={})
+    assert settings == Settings()
+    assert settings.embedded_sim
+
+
+def test_yaml_env_and_overrides_layer_in_order(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("port: 9000\ntimeouts:\n  idle_s: 7\nupstreams: [http://a:8000]\n")
+    settings = load_settings(
+        config, env={"GATEWAY_UPSTREAM": "http://b:8000,http://c:8000"},
+        overrides={"port": 9100})
+    assert settings.port == 9100
+    assert settings.timeouts.idle_s == 7.0
+    assert settings.timeouts.ttfb_s == Settings().timeouts.ttfb_s
+    assert settings.upstreams == ("http://b:8000", "http://c:8000")
+    assert not settings.embedded_sim
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    config = tmp_path / "g.yaml"
+    config.write_text("log_level: DEBUG\n")
+    assert load_settings(env={"GATEWAY_CONFIG": str(config)}).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("port: 80\ntimeouts:\n  idel_s: 3\n", "g.yaml:3: timeouts.idel_s: unknown key"),
+        ("prot: 80\n", "g.yaml:1: prot: unknown key"),
+        ("port: eighty\n", "g.yaml:1: port: expected a number"),
+        ("upstreams: [ftp://x]\n", "g.yaml:1: upstreams.0: expected an http(s) URL"),
+        ("health:\n  failures_to_eject: 0\n", "health.failures_to_eject: must be at least 1"),
+        ("timeouts: 5\n", "g.yaml:1: timeouts: expected a mapping"),
+        ("port: [1\n", "g.yaml:2: invalid YAML"),
+        ("- 1\n", "expected a mapping of settings"),
+        ("retries: -1\n", "retries: must not be negative"),
+    ],
+)
+def test_bad_config_names_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    config = tmp_path / "g.yaml"
+    config.write_text(text)
+    with pytest.raises(SettingsError) as info:
+        load_settings(config, env={})
+    assert expected in str(info.value).replace(str(tmp_path) + "/", "")
+
+
+def test_bad_env_value_names_key_without_file() -> None:
+    with pytest.raises(SettingsError, match="^port: expected a number"):
+        load_settings(env={"GATEWAY_PORT": "http"})
