@@ -2,50 +2,120 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from functools import partial
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.context import LIFECYCLE, METRICS, PIPELINE, POOL, SETTINGS, UPSTREAM, RequestContext
+from gateway.admin import add_admin_routes
+from gateway.context import (
+    LIFECYCLE,
+    METRICS,
+    PIPELINE,
+    POOL,
+    RELOADER,
+    SETTINGS,
+    UPSTREAM,
+    RequestContext,
+)
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.middleware import add_headers, observe, render_errors
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Authenticator, Pipeline, PipelineRef
 from gateway.pipeline.output import OutputFilter
 from gateway.pipeline.output.redact import RedactFilter
 from gateway.pipeline.shape import ShapeStage
+from gateway.pipeline.tier import TierStage
 from gateway.pipeline.upstream.client import UpstreamClient
 from gateway.pipeline.upstream.pool import Pool
+from gateway.pipeline.upstream.tokens import PromptCounter
+from gateway.policy.reload import PolicyReloader
+from gateway.policy.spec import PolicySpec
 from gateway.routes import add_routes
+from gateway.secret_store import load_secret
 from gateway.settings import Settings
 
+log = logging.getLogger("gateway")
 
-def build_pipeline(settings: Settings) -> Pipeline:
-    filters = []
-    if settings.output.redact:
-        terms = settings.output.redact
+FilterFactory = Callable[[RequestContext], OutputFilter | None]
 
-        def redact(ctx: RequestContext) -> OutputFilter:
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Long-lived resources the pipeline's stages use; outlives any one policy."""
+
+    settings: Settings
+    metrics: Metrics
+    auth: Authenticator
+    counter: PromptCounter
+    cache_salt_secret: bytes
+
+
+def _output_filters(rt: Runtime) -> tuple[FilterFactory, ...]:
+    filters: list[FilterFactory] = []
+    if rt.settings.output.redact:
+        terms = rt.settings.output.redact
+
+        def redact(ctx: RequestContext) -> OutputFilter | None:
             return RedactFilter(terms)
 
         filters.append(redact)
-    return Pipeline(stages=(ShapeStage(),), output_filters=tuple(filters))
+    return tuple(filters)
 
 
-async def _upstream(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+def build_pipeline(policy: PolicySpec, rt: Runtime) -> Pipeline:
+    """Everything a request passes, in order, for one policy version."""
+    stages = (
+        ShapeStage(),
+        TierStage(policy, rt.cache_salt_secret, rt.counter),
+    )
+    return Pipeline(auth=rt.auth, stages=stages, output_filters=_output_filters(rt),
+                    policy=policy, version=policy.version)
+
+
+async def _start_auth(settings: Settings, session: aiohttp.ClientSession, metrics: Metrics,
+                      ) -> tuple[Authenticator, Callable[[], Awaitable[None]]]:
+    from gateway.pipeline.auth import AuthStage, build_verifier
+
+    verifier = build_verifier(settings.auth, settings.home, session)
+    await verifier.start()
+    return AuthStage(verifier, lambda reason: metrics.auth_failures.labels(reason).inc()), \
+        verifier.close
+
+
+async def _runtime(app: web.Application) -> AsyncIterator[None]:
+    settings, metrics = app[SETTINGS], app[METRICS]
     # limit=0: no connection cap, so hundreds of concurrent streams never queue here.
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        pool = Pool(settings.upstreams, session, settings.health, app[METRICS])
+        pool = Pool(settings.upstreams, session, settings.health, metrics)
         app[POOL] = pool
         app[UPSTREAM] = UpstreamClient(pool, session, settings.timeouts, settings.retries)
+        auth, close_auth = await _start_auth(settings, session, metrics)
+        rt = Runtime(settings=settings, metrics=metrics, auth=auth,
+                     counter=PromptCounter(pool, session),
+                     cache_salt_secret=load_secret(settings.home, "cache_salt"))
+        ref = PipelineRef(None)
+
+        def apply(policy: PolicySpec) -> None:
+            ref.current = build_pipeline(policy, rt)
+
+        reloader = PolicyReloader(settings.policies, apply, metrics)
+        reloader.load_initial()
+        app[PIPELINE], app[RELOADER] = ref, reloader
         await pool.start()
+        watcher = asyncio.create_task(reloader.watch(settings.policy_poll_s), name="policy-watch")
         yield
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
         await pool.close()
+        await close_auth()
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> web.Application:
@@ -54,11 +124,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app[SETTINGS] = settings
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
     app[LIFECYCLE] = Lifecycle()
-    app[PIPELINE] = build_pipeline(settings)
-    app.cleanup_ctx.append(_upstream)
+    app.cleanup_ctx.append(_runtime)
     app.on_response_prepare.append(add_headers)
     add_routes(app)
+    add_admin_routes(app)
     return app
-
-
-make_runner = partial(web.AppRunner, handler_cancellation=True, access_log=None)

@@ -87,6 +87,41 @@ def _run_explain(args: argparse.Namespace, load_policy: Any, policy_error: Any) 
     return 0
 
 
+def _keys_parser(sub: Any) -> None:
+    p = sub.add_parser("keys", help="development signing keys")
+    cmds = p.add_subparsers(dest="keys_command", required=True)
+    gen = cmds.add_parser("generate", help="an Ed25519 keypair and its JWKS document")
+    gen.add_argument("--out", required=True, type=Path)
+
+
+def _token_parser(sub: Any) -> None:
+    p = sub.add_parser("token", help="development tokens")
+    cmds = p.add_subparsers(dest="token_command", required=True)
+    mint = cmds.add_parser("mint", help="print a JWT the default configuration accepts")
+    mint.add_argument("--tier", required=True)
+    mint.add_argument("--sub", required=True)
+    mint.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    mint.add_argument("--org")
+    mint.add_argument("--scope", action="append", default=[], help="e.g. admin; repeatable")
+
+
+def _run_keys(args: argparse.Namespace) -> int:
+    from gateway.devkeys import generate_keys
+
+    jwks = generate_keys(args.out)
+    print(f"wrote signing key, public key and {jwks}")
+    return 0
+
+
+def _run_token(args: argparse.Namespace) -> int:
+    from gateway.devkeys import mint_token
+
+    settings = load_settings(overrides={})
+    print(mint_token(settings.home, tier=args.tier, sub=args.sub, ttl=args.ttl, org=args.org,
+                     scopes=tuple(args.scope), tier_claim=settings.auth.tier_claim))
+    return 0
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -130,8 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _serve_parser(sub)
     _sim_parser(sub)
     _policy_parser(sub)
+    _keys_parser(sub)
+    _token_parser(sub)
     args = parser.parse_args(argv)
-    commands = {"serve": _run_serve, "sim": _run_sim, "policy": _run_policy}
+    commands = {"serve": _run_serve, "sim": _run_sim, "policy": _run_policy,
+                "keys": _run_keys, "token": _run_token}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

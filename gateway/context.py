@@ -11,9 +11,10 @@ from aiohttp import web
 if TYPE_CHECKING:
     from gateway.lifecycle import Lifecycle
     from gateway.metrics import Metrics
-    from gateway.pipeline import Pipeline
+    from gateway.pipeline import PipelineRef
     from gateway.pipeline.upstream.client import UpstreamClient
     from gateway.pipeline.upstream.pool import Pool
+    from gateway.policy.reload import PolicyReloader
     from gateway.policy.spec import TierSpec
     from gateway.settings import Settings
 
@@ -65,14 +66,16 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     overhead_s: float = 0.0  # time in the gateway's own code, upstream waits excluded
     client_gone: bool = False  # the client disconnected before the response ended
+    response_headers: dict[str, str] = field(default_factory=dict)  # stages add, relay sends
     usage: Usage = field(default_factory=Usage)
 
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 POOL: web.AppKey[Pool] = web.AppKey("pool")
-PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline")
+PIPELINE: web.AppKey[PipelineRef] = web.AppKey("pipeline")
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle")
 UPSTREAM: web.AppKey[UpstreamClient] = web.AppKey("upstream")
+RELOADER: web.AppKey[PolicyReloader] = web.AppKey("reloader")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 CONTEXT: web.RequestKey[RequestContext] = web.RequestKey("context")

@@ -12,6 +12,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # LLM latencies span milliseconds (cached, short) to minutes (long generations).
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
                    40.0, 80.0, 160.0, 320.0)
+# As vLLM's own histograms: first tokens arrive in milliseconds to tens of seconds.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
+                5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
+               0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
@@ -27,6 +32,13 @@ class Metrics:
         self.overhead = Histogram(
             "gateway_overhead_seconds", "Time spent in the gateway's own stages per request.",
             ["route"], buckets=OVERHEAD_BUCKETS, registry=registry)
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Time from request received to the first streamed token sent.",
+            ["route", "tier"], buckets=TTFT_BUCKETS, registry=registry)
+        self.itl = Histogram(
+            "gateway_inter_token_latency_seconds", "Time between streamed chunks sent.",
+            ["route", "tier"], buckets=ITL_BUCKETS, registry=registry)
         self.in_flight = Gauge(
             "gateway_requests_in_flight", "Requests being handled.", registry=registry)
         self.open_streams = Gauge(
@@ -54,3 +66,36 @@ class Metrics:
             ["version"], registry=registry)
         self.auth_failures = Counter(
             "gateway_auth_failures", "Refused tokens, by reason.", ["reason"], registry=registry)
+        # classification
+        self.classifier_decisions = Counter(
+            "gateway_classifier_decisions", "Classified requests by tier, category and action.",
+            ["tier", "category", "action"], registry=registry)
+        self.classifier_duration = Histogram(
+            "gateway_classifier_duration_seconds", "Time each classifier took per request.",
+            ["classifier"], buckets=(*OVERHEAD_BUCKETS, 0.25, 0.5, 1.0), registry=registry)
+        self.classifier_errors = Counter(
+            "gateway_classifier_errors", "Classifier failures or time-outs, by outcome.",
+            ["classifier", "outcome"], registry=registry)
+        self.output_blocks = Counter(
+            "gateway_output_blocks", "Responses cut by output moderation.",
+            ["tier", "category"], registry=registry)
+        # rate limits
+        self.ratelimit_decisions = Counter(
+            "gateway_ratelimit_decisions", "Admissions and refusals by tier and limit kind.",
+            ["tier", "result", "limit"], registry=registry)
+        self.ratelimit_store_errors = Counter(
+            "gateway_ratelimit_store_errors", "Errors talking to the shared limit store.",
+            registry=registry)
+        self.ratelimit_mode = Gauge(
+            "gateway_ratelimit_mode", "1 for the limit store mode in force.",
+            ["mode"], registry=registry)
+        # watermark and provenance
+        self.watermarked = Counter(
+            "gateway_watermarked_responses", "Responses marked, by tier and mode.",
+            ["tier", "mode"], registry=registry)
+        self.ledger_writes = Counter(
+            "gateway_ledger_writes", "Provenance ledger writes by result.",
+            ["result"], registry=registry)
+        self.watermark_detections = Counter(
+            "gateway_watermark_detections", "Detection requests by result.",
+            ["result"], registry=registry)

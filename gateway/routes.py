@@ -18,13 +18,22 @@ from gateway.context import (
     REQUEST_ID,
     SETTINGS,
     UPSTREAM,
+    Principal,
     RequestContext,
     Route,
 )
-from gateway.errors import BadRequest, InvalidJSON, UnsupportedMediaType
+from gateway.errors import BadRequest, Forbidden, InvalidJSON, UnsupportedMediaType
 from gateway.pipeline.upstream.relay import StreamRelay, relay_json
 
 _JSON_TYPES = ("application/json", "")
+# Tokens in URLs end up in access logs and browser history: refused, never read.
+_QUERY_TOKEN_NAMES = ("access_token", "token", "api_key", "key")
+
+
+async def authenticate(request: web.Request) -> Principal:
+    auth = request.app[PIPELINE].current.auth
+    return await auth.authenticate(request.headers.getall("Authorization", []),
+                                   any(name in request.query for name in _QUERY_TOKEN_NAMES))
 
 
 async def _read_json(request: web.Request) -> dict[str, Any]:
@@ -44,15 +53,19 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
 async def _proxy(request: web.Request, route: Route) -> web.StreamResponse:
     started = time.perf_counter()
     app = request.app
+    pipeline = app[PIPELINE].current  # one policy version for the whole request
+    principal = await authenticate(request)
     body = await _read_json(request)
-    ctx = RequestContext(request_id=request[REQUEST_ID], route=route, body=body, model="")
+    ctx = RequestContext(request_id=request[REQUEST_ID], route=route, body=body, model="",
+                         principal=principal)
     request[CONTEXT] = ctx
-    pipeline = app[PIPELINE]
     decision = await pipeline.check(ctx)
     ctx.decision = decision.label
     if decision.error is not None:
         raise decision.error
     ctx.overhead_s += time.perf_counter() - started
+    ctx.response_headers["x-gateway-overhead-ms"] = f"{ctx.overhead_s * 1000:.2f}"
+    app[METRICS].overhead.labels(route).observe(ctx.overhead_s)
     settings = app[SETTINGS]
     if ctx.stream:
         relay = StreamRelay(request, ctx, pipeline.output_chain, app[METRICS],
@@ -78,7 +91,14 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 
 async def models(request: web.Request) -> web.Response:
-    listing = sorted(request.app[POOL].models().values(), key=lambda m: str(m["id"]))
+    """Only the models the caller's tier may use."""
+    principal = await authenticate(request)
+    policy = request.app[PIPELINE].current.policy
+    tier = policy.tiers.get(principal.tier) if policy is not None else None
+    if tier is None:
+        raise Forbidden("your tier is not configured on this gateway", code="unknown_tier")
+    listing = sorted((m for model_id, m in request.app[POOL].models().items()
+                      if tier.allows_model(model_id)), key=lambda m: str(m["id"]))
     return web.json_response({"object": "list", "data": listing}, dumps=_dumps)
 
 
@@ -89,6 +109,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     checks = {
         "draining": not request.app[LIFECYCLE].draining,
+        "policy": request.app[PIPELINE].current.policy is not None,
         "upstream": request.app[POOL].ready,
     }
     ready = all(checks.values())

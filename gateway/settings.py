@@ -69,6 +69,7 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     retries: int = 1  # extra attempts on another backend, only before any byte is sent
     drain_timeout_s: float = 30.0
+    policy_poll_s: float = 2.0  # how often the policy directory is checked for changes
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     sim: SimSettingsSpec = field(default_factory=SimSettingsSpec)

@@ -31,8 +31,8 @@ def _is_openai_error(raw: bytes) -> dict[str, object]:
         ("POST", "/v1/chat/completions", b" " * (64 * 1024 + 1), {}, 413, "request_too_large"),
         ("POST", "/v1/chat/completions",
          b'{"a":' * 2000 + b"1" + b"}" * 2000, {}, 400, "invalid_json"),
-        ("POST", "/v1/chat/completions", b'{"n": 1' + b"0" * 30 + b"}", {}, 400,
-         "invalid_json"),
+        ("POST", "/v1/chat/completions", b'{"model": "m", "n": 1' + b"0" * 30 + b"}", {}, 400,
+         "invalid_value"),
     ],
 )
 async def test_client_mistakes_get_openai_errors(

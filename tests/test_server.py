@@ -18,10 +18,10 @@ from tests.conftest import Process, chat
 async def test_embedded_default_says_so_and_answers(
         gateway_process: Callable[..., Process]) -> None:
     gw = gateway_process()
-    async with aiohttp.ClientSession() as http:
-        async with http.post(gw.url + "/v1/chat/completions", json=chat()) as resp:
-            assert resp.status == 200
-            assert (await resp.json())["choices"][0]["message"]["content"]
+    async with aiohttp.ClientSession() as http, \
+            http.post(gw.url + "/v1/chat/completions", json=chat()) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["choices"][0]["message"]["content"]
     gw.proc.send_signal(signal.SIGTERM)
     assert gw.proc.wait(timeout=10) == 0
     output = gw.output()

@@ -53,5 +53,5 @@ def test_bad_config_names_file_line_and_key(tmp_path: Path, text: str, expected:
 
 
 def test_bad_env_value_names_key_without_file() -> None:
-    with pytest.raises(SettingsError, match="^port: expected a number"):
+    with pytest.raises(SettingsError, match=r"^port: expected a number"):
         load_settings(env={"GATEWAY_PORT": "http"})

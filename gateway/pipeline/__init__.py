@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.context import RequestContext
+from gateway.context import Principal, RequestContext
 from gateway.errors import GatewayError
 from gateway.pipeline.output import FilterChain, OutputFilter
+from gateway.policy.spec import PolicySpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +41,20 @@ class RequestStage(Protocol):
         ...
 
 
+class Authenticator(Protocol):
+    """Runs before the body is read: headers only, so strangers cost no parsing."""
+
+    async def authenticate(self, authorization: list[str], query_has_token: bool) -> Principal:
+        """The caller's Principal; raises gateway.errors.Unauthorized."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Pipeline:
+    auth: Authenticator
     stages: tuple[RequestStage, ...]
-    output_filters: tuple[Callable[[RequestContext], OutputFilter], ...] = ()
+    output_filters: tuple[Callable[[RequestContext], OutputFilter | None], ...] = ()
+    policy: PolicySpec | None = None
     version: str = "builtin"
 
     async def check(self, ctx: RequestContext) -> Decision:
@@ -55,6 +66,23 @@ class Pipeline:
 
     def output_chain(self, ctx: RequestContext) -> FilterChain | None:
         """A fresh chain per response choice, or None when no filter applies."""
-        if not self.output_filters:
-            return None
-        return FilterChain(tuple(make(ctx) for make in self.output_filters))
+        filters = tuple(f for make in self.output_filters if (f := make(ctx)) is not None)
+        return FilterChain(filters) if filters else None
+
+
+class PipelineRef:
+    """The one mutable reference: reload builds a new Pipeline and swaps it here."""
+
+    __slots__ = ("_current",)
+
+    def __init__(self, pipeline: Pipeline | None) -> None:
+        self._current = pipeline
+
+    @property
+    def current(self) -> Pipeline:
+        assert self._current is not None, "pipeline used before the policy loaded"
+        return self._current
+
+    @current.setter
+    def current(self, pipeline: Pipeline) -> None:
+        self._current = pipeline

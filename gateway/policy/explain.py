@@ -18,7 +18,7 @@ _ROUTES: dict[str, Route] = {"messages": "chat", "prompt": "completions", "input
 
 async def explain(policy: PolicySpec, tier: str, body: dict[str, Any],
                   extra_stages: tuple[RequestStage, ...] = ()) -> dict[str, Any]:
-    route = next((r for key, r in _ROUTES.items() if key in body), "chat")
+    route: Route = next((r for key, r in _ROUTES.items() if key in body), "chat")
     principal = Principal(sub="explain", tier=tier, expires_at=time.time() + 60)
     ctx = RequestContext(request_id="explain", route=route, body=dict(body), model="",
                          principal=principal)

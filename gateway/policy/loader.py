@@ -90,8 +90,8 @@ def _schema_errors(doc: Located) -> list[str]:
 def _message(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         extra = re.findall(r"'([^']+)' was unexpected", error.message)
-        return f"unknown key {', '.join(extra)}" if extra else error.message
-    return error.message
+        return f"unknown key {', '.join(extra)}" if extra else str(error.message)
+    return str(error.message)
 
 
 def _pair(value: Any) -> tuple[float, float] | None:

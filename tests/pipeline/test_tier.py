@@ -61,7 +61,7 @@ async def test_refusals_are_403_naming_what(tier: str, extra: dict[str, Any], co
 @pytest.mark.parametrize(
     ("tier", "asked", "forwarded"),
     [("public", None, 256), ("public", 100, 100), ("public", 5000, 512),
-     ("verified", None, 1024), ("research", 8000, 8000), ("trusted", None, 32768)],
+     ("verified", None, 1024), ("research", 8000, 8000), ("trusted", None, 2048)],
 )
 async def test_max_tokens_default_and_clamp(tier: str, asked: int | None,
                                             forwarded: int) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from gateway.context import RequestContext
 from gateway.errors import Forbidden
 from gateway.pipeline import ALLOW, Decision, deny
+from gateway.pipeline.upstream.tokens import PromptCounter, estimate
 from gateway.policy.spec import PolicySpec, RequestCaps, SystemPromptSpec, TierSpec
 
 
@@ -104,9 +105,11 @@ def _system_prompt_text(spec: SystemPromptSpec, prompt: Any, tier: str) -> Any:
 class TierStage:
     name = "tier"
 
-    def __init__(self, policy: PolicySpec, salt_secret: bytes) -> None:
+    def __init__(self, policy: PolicySpec, salt_secret: bytes,
+                 counter: PromptCounter | None = None) -> None:
         self.policy = policy
         self._salt_secret = salt_secret
+        self._counter = counter
 
     async def check(self, ctx: RequestContext) -> Decision:
         principal = ctx.principal
@@ -128,7 +131,22 @@ class TierStage:
         decision = self._apply_prompt(tier, body)
         if not decision.allowed:
             return decision
+        decision = await self._check_prompt_tokens(ctx, tier)
+        if not decision.allowed:
+            return decision
         self._apply_scheduling(ctx, tier, body)
+        return ALLOW
+
+    async def _check_prompt_tokens(self, ctx: RequestContext, tier: TierSpec) -> Decision:
+        """Count the prompt as forwarded (system prompt included) once, for caps and limits."""
+        if self._counter is not None:
+            await self._counter.count(ctx)
+        elif ctx.prompt_tokens is None:
+            ctx.prompt_tokens = estimate(ctx.body)
+        cap = tier.request.max_prompt_tokens
+        if cap is not None and ctx.prompt_tokens is not None and ctx.prompt_tokens > cap:
+            return _refuse(f"tier '{tier.name}' allows at most {cap} prompt tokens; this "
+                           f"prompt has {ctx.prompt_tokens}", "prompt_too_long", "messages")
         return ALLOW
 
     def _apply_prompt(self, tier: TierSpec, body: dict[str, Any]) -> Decision:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -64,7 +65,8 @@ async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
     _record_usage(ctx, data.get("usage"))
     if ctx.route != "embeddings" and _filter_choices(ctx, data, chains):
         raw = orjson.dumps(data)
-    return web.Response(body=raw, content_type="application/json")
+    return web.Response(body=raw, content_type="application/json",
+                        headers=ctx.response_headers)
 
 
 def _filter_choices(ctx: RequestContext, data: dict[str, Any], chains: ChainFactory) -> bool:
@@ -104,6 +106,9 @@ class StreamRelay:
         self._choice_chains: dict[int, FilterChain | None] = {}
         self._relayed = 0  # content chunks sent, the token count if usage never arrives
         self._done = False
+        self._last_sent: float | None = None
+        self._ttft = metrics.ttft.labels(ctx.route, ctx.tier)
+        self._itl = metrics.itl.labels(ctx.route, ctx.tier)
         self.response: web.StreamResponse | None = None
 
     async def run(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
@@ -131,10 +136,10 @@ class StreamRelay:
             async with asyncio.timeout(self._ttfb_s) as timer:
                 async for chunk in upstream.content.iter_any():
                     timer.reschedule(loop.time() + self._idle_s)
-                    out = [framed for payload in parser.feed(chunk)
-                           if (framed := self._translate(payload)) is not None]
+                    out = await self._translate_all(parser.feed(chunk))
                     if out:
                         await self._send(b"".join(out))
+                        self._observe_latency()
                     if self._done:
                         break
         except TimeoutError:
@@ -145,6 +150,30 @@ class StreamRelay:
             self._raise(BadGateway("The upstream server closed the stream early"), "truncated")
         await self._send(DONE_EVENT)
 
+    async def _translate_all(self, payloads: list[bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        try:
+            for payload in payloads:
+                framed = self._translate(payload)
+                if framed is not None:
+                    out.append(framed)
+        except RetryUpstream as exc:
+            if not out:
+                raise
+            # Good events came before the bad one in the same read: they go out first, and
+            # the failure then ends a stream that has begun.
+            await self._send(b"".join(out))
+            raise _UpstreamBroke(exc.error, exc.kind) from None
+        return out
+
+    def _observe_latency(self) -> None:
+        now = time.perf_counter()
+        if self._last_sent is None:
+            self._ttft.observe(now - self._ctx.started)
+        else:
+            self._itl.observe(now - self._last_sent)
+        self._last_sent = now
+
     def _raise(self, error: GatewayError, kind: str) -> NoReturn:
         if self.response is None:
             if isinstance(error, GatewayTimeout):
@@ -154,7 +183,8 @@ class StreamRelay:
 
     async def _send(self, data: bytes) -> None:
         if self.response is None:
-            self.response = web.StreamResponse(headers=SSE_HEADERS)
+            self.response = web.StreamResponse(headers={**SSE_HEADERS,
+                                                        **self._ctx.response_headers})
             await self.response.prepare(self._request)
         await self.response.write(data)
 

@@ -8,7 +8,6 @@ feeds token reservations and caps, where undercounting lets callers overshoot.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import math
@@ -102,8 +101,7 @@ class PromptCounter:
                 if resp.status != 200:
                     return None
                 count = orjson.loads(await resp.read()).get("count")
-        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, orjson.JSONDecodeError,
-                AttributeError):
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, AttributeError):
             log.debug("tokenize failed on %s; using the estimate", backend.url)
             return None
         return count if type(count) is int else None

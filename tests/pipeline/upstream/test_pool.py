@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.conftest import MODEL, Server, StartGateway, StartSim, chat, free_port, wait_until
 from gateway.context import POOL
+from tests.conftest import MODEL, Server, StartGateway, StartSim, chat, free_port, wait_until
 
 
 async def _ask(http: aiohttp.ClientSession, gateway: Server, body: dict[str, Any]) -> int:
@@ -23,7 +23,7 @@ async def test_routes_by_model_discovered_from_each_backend(
     a = await start_sim(models=("model-a",))
     b = await start_sim(models=("model-b",))
     gateway = await start_gateway(a.url, b.url)
-    for model, backend in (("model-a", a), ("model-b", b), ("model-a", a)):
+    for model, _backend in (("model-a", a), ("model-b", b), ("model-a", a)):
         assert await _ask(http, gateway, {**chat(), "model": model}) == 200
     assert (a.stats.completed, b.stats.completed) == (2, 1)
     async with http.get(gateway.url + "/v1/models") as resp:

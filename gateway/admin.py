@@ -1,0 +1,40 @@
+"""/admin/v1: admin-scope tokens only. Policy status and reload."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.context import PIPELINE, RELOADER
+from gateway.errors import Forbidden
+from gateway.routes import authenticate
+
+ADMIN_SCOPE = "admin"
+
+
+async def require_admin(request: web.Request) -> None:
+    """401 without a valid token, 403 with a token that lacks the admin scope."""
+    principal = await authenticate(request)
+    if ADMIN_SCOPE not in principal.scopes:
+        raise Forbidden("this endpoint needs a token with the admin scope", code="admin_only")
+
+
+async def policy_status(request: web.Request) -> web.Response:
+    await require_admin(request)
+    reloader = request.app[RELOADER]
+    pipeline = request.app[PIPELINE].current
+    body = {"active": reloader.status.as_json(), "directory": str(reloader.directory),
+            "tiers": sorted(pipeline.policy.tiers) if pipeline.policy else []}
+    return web.json_response(body)
+
+
+async def policy_reload(request: web.Request) -> web.Response:
+    await require_admin(request)
+    reloader = request.app[RELOADER]
+    ok = reloader.reload("admin request")
+    return web.json_response({"reloaded": ok, "active": reloader.status.as_json()},
+                             status=200 if ok else 422)
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/v1/policy", policy_status)
+    app.router.add_post("/admin/v1/policy/reload", policy_reload)

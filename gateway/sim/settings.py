@@ -1,0 +1,14 @@
+"""Simulator settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    models: tuple[str, ...] = ("sim-llama-3-8b-instruct",)
+    ttft_s: float = 0.0  # delay before the first token
+    tokens_per_second: float = 0.0  # 0: as fast as possible
+    max_model_len: int = 8192
+    seed: int = 0

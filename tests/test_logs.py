@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from gateway.context import Principal, RequestContext, Usage
+from gateway.logs import (
+    REDACTED,
+    JsonFormatter,
+    Redactor,
+    configure_logging,
+    request_log_fields,
+)
+
+# A well-formed (unsigned-looking) JWT and a planted server secret.
+JWT = ("eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsInRpZXIiOiJwdWJsaWMifQ."
+       "MEUCIQDf0aZ3pq1iUjQ2Tb9rC2gLxYw5yqkT8h3bS4e1x6yv1wIgD8c")
+SECRET = "s3cr3t-value-of-the-cache-salt-0123456789abcdef"
+
+
+@pytest.fixture
+def stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    monkeypatch.setenv("GATEWAY_SECRET_CACHE_SALT", SECRET)
+    root = logging.getLogger()
+    level = root.level
+    out = io.StringIO()
+    handler = configure_logging("debug", stream=out)
+    yield out
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def lines(out: io.StringIO) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_one_json_object_per_line_with_extra_fields(stream: io.StringIO) -> None:
+    log = logging.getLogger("gateway.test")
+    log.info("hello %s", "world", extra={"request_id": "r1", "tier": "public"})
+    log.debug("multi\nline")
+    first, second = lines(stream)
+    assert first["message"] == "hello world" and first["level"] == "INFO"
+    assert first["logger"] == "gateway.test" and first["request_id"] == "r1"
+    assert str(first["time"]).endswith("Z") and "T" in str(first["time"])
+    assert second["message"] == "multi\nline" and len(stream.getvalue().splitlines()) == 2
+
+
+def test_planted_jwt_and_secret_never_reach_the_output(stream: io.StringIO) -> None:
+    log = logging.getLogger("gateway.test")
+    log.warning("auth header was Bearer %s", JWT)
+    log.warning("token %s and secret %s", JWT, SECRET)
+    log.info("a bare jwt: " + JWT)
+    log.info("query /v1/models?access_token=abcdef123456&x=1")
+    log.info("request", extra={"detail": f"sent {JWT}", "nested": {"auth": [SECRET]}})
+    try:
+        raise ValueError(f"could not verify {JWT} with {SECRET}")
+    except ValueError:
+        log.exception("verification failed")
+    out = stream.getvalue()
+    assert JWT not in out and SECRET not in out
+    assert JWT.split(".")[1] not in out  # not even the claims segment
+    assert "abcdef123456" not in out
+    assert out.count(REDACTED) >= 8
+    records = lines(stream)
+    assert records[0]["message"] == f"auth header was Bearer {REDACTED}"
+    assert "ValueError" in str(records[-1]["exception"])
+
+
+def test_redactor_leaves_ordinary_text_alone() -> None:
+    r = Redactor(["short", SECRET])  # too-short secrets are ignored: they would eat words
+    for text in ("gateway.pipeline.upstream relay started", "model sim-llama-3-8b-instruct",
+                 "the bearer token is missing", "short answer", "1.2.3"):
+        assert r.scrub(text) == text
+    assert r.scrub(f"Basic dXNlcjpwYXNzd29yZA== and {SECRET}") == \
+        f"Basic {REDACTED} and {REDACTED}"
+
+
+def test_text_mode_and_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+    root, level = logging.getLogger(), logging.getLogger().level
+    out = io.StringIO()
+    handler = configure_logging("WARNING", json=False, stream=out)
+    try:
+        logging.getLogger("x").info("hidden")
+        logging.getLogger("x").warning("shown %s", JWT)
+        assert "hidden" not in out.getvalue()
+        assert "WARNING x: shown [redacted]" in out.getvalue()
+        again = configure_logging("info", stream=out)  # replaces, never duplicates
+        assert handler not in root.handlers and again in root.handlers
+        handler = again
+        with pytest.raises(ValueError):
+            configure_logging("loud")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def test_request_log_fields_use_otel_genai_names() -> None:
+    ctx = RequestContext(request_id="r9", route="completions", body={}, model="m-8b",
+                         principal=Principal(sub="alice", tier="public"), tier="public",
+                         usage=Usage(prompt_tokens=5, completion_tokens=7))
+    fields = request_log_fields(ctx, 200, 0.25, key_id="k_abc")
+    assert fields["gen_ai.operation.name"] == "text_completion"
+    assert fields["gen_ai.system"] == "vllm" and fields["gen_ai.request.model"] == "m-8b"
+    assert (fields["gen_ai.usage.input_tokens"], fields["gen_ai.usage.output_tokens"]) == (5, 7)
+    assert fields["duration_ms"] == 250.0 and fields["key_id"] == "k_abc"
+    assert "alice" not in str(fields)
+    record = logging.makeLogRecord({"msg": "request", **fields})
+    line = orjson.loads(JsonFormatter().format(record))
+    assert line["gen_ai.request.model"] == "m-8b" and line["status"] == 200
