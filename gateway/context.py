@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
@@ -67,6 +68,8 @@ class RequestContext:
     overhead_s: float = 0.0  # time in the gateway's own code, upstream waits excluded
     client_gone: bool = False  # the client disconnected before the response ended
     response_headers: dict[str, str] = field(default_factory=dict)  # stages add, relay sends
+    # Called once when the response has ended, however it ended (refund unused tokens).
+    settle: Callable[[], object] | None = None
     usage: Usage = field(default_factory=Usage)
 
 

@@ -23,6 +23,7 @@ from gateway.context import (
     Route,
 )
 from gateway.errors import BadRequest, Forbidden, InvalidJSON, UnsupportedMediaType
+from gateway.pipeline import Pipeline
 from gateway.pipeline.upstream.relay import StreamRelay, relay_json
 
 _JSON_TYPES = ("application/json", "")
@@ -66,7 +67,15 @@ async def _proxy(request: web.Request, route: Route) -> web.StreamResponse:
     ctx.overhead_s += time.perf_counter() - started
     ctx.response_headers["x-gateway-overhead-ms"] = f"{ctx.overhead_s * 1000:.2f}"
     app[METRICS].overhead.labels(route).observe(ctx.overhead_s)
-    settings = app[SETTINGS]
+    try:
+        return await _forward(request, ctx, pipeline)
+    finally:
+        _finish(request, ctx)
+
+
+async def _forward(request: web.Request, ctx: RequestContext,
+                   pipeline: Pipeline) -> web.StreamResponse:
+    app, settings = request.app, request.app[SETTINGS]
     if ctx.stream:
         relay = StreamRelay(request, ctx, pipeline.output_chain, app[METRICS],
                             settings.timeouts.ttfb_s, settings.timeouts.idle_s)
@@ -76,6 +85,16 @@ async def _proxy(request: web.Request, route: Route) -> web.StreamResponse:
         return await relay_json(ctx, resp, pipeline.output_chain, settings.timeouts.idle_s)
 
     return await app[UPSTREAM].forward(ctx, respond)
+
+
+def _finish(request: web.Request, ctx: RequestContext) -> None:
+    """Runs however the response ended (even when the client went away): settle, count."""
+    if ctx.settle is not None:
+        ctx.settle()
+    metrics = request.app[METRICS]
+    if ctx.usage.prompt_tokens or ctx.usage.completion_tokens:
+        metrics.tokens.labels(ctx.tier, "prompt").inc(ctx.usage.prompt_tokens)
+        metrics.tokens.labels(ctx.tier, "completion").inc(ctx.usage.completion_tokens)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
