@@ -23,6 +23,7 @@ from gateway.context import (
     Route,
 )
 from gateway.errors import BadRequest, Forbidden, InvalidJSON, UnsupportedMediaType
+from gateway.openapi import document
 from gateway.pipeline import Pipeline
 from gateway.pipeline.upstream.relay import StreamRelay, relay_json
 
@@ -140,6 +141,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document(), dumps=_dumps)
+
+
 def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
@@ -152,3 +157,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
