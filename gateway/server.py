@@ -10,7 +10,7 @@ import signal
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.context import LIFECYCLE
+from gateway.context import LIFECYCLE, RELOADER
 from gateway.settings import Settings
 from gateway.sim import SimSettings, create_sim_app
 
@@ -64,6 +64,7 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app[RELOADER].reload, "SIGHUP")
     await stop.wait()
 
     log.info("shutting down: draining up to %.0fs", settings.drain_timeout_s)
