@@ -1,0 +1,56 @@
+"""`gateway audit verify [--db PATH] [--anchor SEQ:HASH]`: check the hash chain end to end.
+
+Exit 0 when intact (printing the head to keep as a future anchor), 1 when broken (naming
+the first broken record and why), 2 when there is no database to check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.audit.log import AuditSettings
+
+
+def default_db() -> Path:
+    """GATEWAY_HOME/audit.sqlite3, GATEWAY_HOME defaulting to .gateway/ as in settings."""
+    return AuditSettings().resolve(Path(os.environ.get("GATEWAY_HOME") or ".gateway"))
+
+
+def add_audit_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("audit", help="the decision audit log")
+    cmds = p.add_subparsers(dest="audit_command", required=True)
+    verify = cmds.add_parser("verify", help="check the audit log's hash chain end to end")
+    verify.add_argument("--db", type=Path, help="audit database (default "
+                        "GATEWAY_HOME/audit.sqlite3)")
+    verify.add_argument("--anchor", metavar="SEQ:HASH",
+                        help="a head printed by an earlier verify; fails if it is gone")
+    p.set_defaults(run=run_audit)
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from gateway.audit.verify import parse_anchor, verify_chain
+
+    path: Path = args.db or default_db()
+    try:
+        anchor = parse_anchor(args.anchor) if args.anchor else None
+    except ValueError as exc:
+        print(f"gateway audit verify: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = verify_chain(path, anchor)
+    except (FileNotFoundError, sqlite3.Error) as exc:
+        print(f"{path}: cannot read the audit log: {exc}", file=sys.stderr)
+        return 2
+    if result.ok:
+        print(f"{path}: ok, {result.checked} records, chain intact; head {result.head}")
+        return 0
+    who = f" (request {result.broken_request_id})" if result.broken_request_id else ""
+    print(f"{path}: BROKEN at record {result.broken_seq}{who}: {result.reason}; "
+          f"{result.checked} records before it verified, last good {result.head}",
+          file=sys.stderr)
+    return 1

@@ -1,0 +1,247 @@
+"""AuditLog: records in, durable rows out, off the event loop.
+
+    request ends ─► await submit(record) ─► bounded queue ─► writer thread ─► store.append
+                          ▲                                   (group commit: one
+                          └──────── resolved when committed ◄──  transaction per batch)
+
+`submit` returns True once the record is committed (in SQLite's WAL file), False when
+it was dropped or the write failed. So the guarantee is exactly this: if the caller awaits
+`submit` before the last byte of the response goes out, a client that saw the end of the
+response has a committed record, and killing the process (even SIGKILL) after that point
+cannot lose it. Records still queued when the process dies were never acknowledged.
+
+The queue bound counts records not yet committed. When it is full, `overflow="block"`
+makes `submit` wait for space: the finishing request holds its slot (and its concurrency
+limit) longer, so admission slows to the disk's pace; an admission stage can also shed
+load while `saturated`. `overflow="drop"` returns False at once and counts a drop.
+
+Measured on the development VM (2 slow vCPUs, ext4), synchronous=NORMAL: one submitter
+~0.2-0.35 ms per awaited submit (p50), 2-2.3k records/s; 256 concurrent submitters
+8-12k records/s through group commit. synchronous=FULL: 0.7-4 ms p50 alone, 7-10k/s
+with 256 submitters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from gateway.audit.record import AuditRecord, ChainedRecord
+from gateway.audit.store import SYNCHRONOUS, AuditStore, QueryFilter, SqliteStore
+
+log = logging.getLogger("gateway.audit")
+
+OVERFLOW = ("block", "drop")
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    path: Path = Path("audit.sqlite3")  # relative paths are under GATEWAY_HOME
+    queue_size: int = 10_000  # records submitted but not yet committed
+    overflow: str = "block"  # block | drop
+    store_prompts: bool = False  # master switch; a tier must opt in as well
+    synchronous: str = "normal"  # normal | full (see SqliteStore)
+    batch_size: int = 512  # most records per transaction
+
+    def problems(self) -> list[str]:
+        """Validation messages, each starting with the key, for the settings loader."""
+        found = []
+        if self.overflow not in OVERFLOW:
+            found.append(f"overflow: one of {', '.join(OVERFLOW)}")
+        if self.synchronous not in SYNCHRONOUS:
+            found.append(f"synchronous: one of {', '.join(SYNCHRONOUS)}")
+        if self.queue_size < 1:
+            found.append("queue_size: must be at least 1")
+        if self.batch_size < 1:
+            found.append("batch_size: must be at least 1")
+        return found
+
+    def resolve(self, home: Path) -> Path:
+        return self.path if self.path.is_absolute() else home / self.path
+
+
+class StoreOpener(Protocol):
+    def __call__(self, readonly: bool) -> AuditStore:
+        """A new store; the writer thread opens one, each query opens a read-only one."""
+        ...
+
+
+Callback = Callable[[int], None]
+
+
+def _ignore(n: int) -> None:
+    pass
+
+
+_Item = tuple[AuditRecord, "asyncio.Future[bool]", bool]  # record, outcome, holds a slot
+
+
+class AuditLog:
+    """The decision log. start() before use, close() to flush; submit from the loop only."""
+
+    def __init__(self, settings: AuditSettings, home: Path, *,
+                 on_written: Callback = _ignore, on_dropped: Callback = _ignore,
+                 on_failed: Callback = _ignore, opener: StoreOpener | None = None) -> None:
+        if settings.problems():
+            raise ValueError("; ".join(settings.problems()))
+        self.settings = settings
+        self.path = settings.resolve(home)
+        self._open = opener or self._open_sqlite
+        self._on_written, self._on_dropped, self._on_failed = on_written, on_dropped, on_failed
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.pending = 0  # submitted, not yet settled: for a queue-depth gauge
+
+    def _open_sqlite(self, readonly: bool) -> AuditStore:
+        return SqliteStore(self.path, synchronous=self.settings.synchronous, readonly=readonly)
+
+    async def start(self) -> None:
+        """Open the store (errors surface here) and start the writer thread."""
+        self._loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(self.settings.queue_size)
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        # A daemon thread, so a process that never calls close() can still exit.
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="audit-writer",
+                                        daemon=True)
+        self._thread.start()
+        await asyncio.wrap_future(ready)
+
+    async def submit(self, record: AuditRecord) -> bool:
+        """True once committed; False when dropped (queue full in drop mode, or closed)
+        or when the write failed. Cancelling the caller does not withdraw the record."""
+        if self._slots is None or self._loop is None:
+            raise RuntimeError("AuditLog.submit() before start()")
+        if self._closed or (self.settings.overflow == "drop" and self._slots.locked()):
+            self._on_dropped(1)
+            return False
+        try:
+            await self._slots.acquire()
+        except asyncio.CancelledError:
+            # The request went away while waiting for space; its record is still owed.
+            if self._closed:
+                self._on_dropped(1)
+            else:
+                self._enqueue(record, holds_slot=False)
+            raise
+        if self._closed:
+            self._slots.release()
+            self._on_dropped(1)
+            return False
+        # Cancelling this await cancels only the outcome future; the queued record is
+        # still written (and _settle skips outcomes nobody waits for any more).
+        return await self._enqueue(record, holds_slot=True)
+
+    @property
+    def saturated(self) -> bool:
+        """True while the queue is full: an admission stage may shed load on it."""
+        return self._slots is not None and self._slots.locked()
+
+    def _enqueue(self, record: AuditRecord, *, holds_slot: bool) -> asyncio.Future[bool]:
+        assert self._loop is not None
+        outcome: asyncio.Future[bool] = self._loop.create_future()
+        self.pending += 1
+        self._queue.put((record, outcome, holds_slot))
+        return outcome
+
+    async def close(self) -> None:
+        """Refuse new records, commit everything queued, stop the writer."""
+        if self._thread is None or self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    async def query(self, flt: QueryFilter | None = None, *, limit: int = 100,
+                    cursor: str | None = None) -> tuple[list[ChainedRecord], str | None]:
+        """Newest first. next_cursor is None on the last page. ValueError on a bad cursor."""
+        limit = max(1, min(limit, MAX_PAGE))
+        before = decode_cursor(cursor) if cursor else None
+
+        def run() -> list[ChainedRecord]:
+            store = self._open(True)
+            try:
+                return store.query(flt or QueryFilter(), limit + 1, before)
+            finally:
+                store.close()
+
+        found = await asyncio.to_thread(run)
+        more = len(found) > limit
+        page = found[:limit]
+        return page, encode_cursor(page[-1].seq) if more else None
+
+    # writer thread
+
+    def _run(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            store = self._open(False)
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        try:
+            stop = False
+            while not stop:
+                item = self._queue.get()
+                if item is None:
+                    break
+                batch = [item]
+                while len(batch) < self.settings.batch_size:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    batch.append(nxt)
+                ok = self._write(store, batch)
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._settle, batch, ok)
+        finally:
+            store.close()
+
+    def _write(self, store: AuditStore, batch: list[_Item]) -> bool:
+        try:
+            store.append([record for record, _, _ in batch])
+        except Exception:
+            log.exception("audit write failed; %d records lost", len(batch))
+            return False
+        return True
+
+    def _settle(self, batch: list[_Item], ok: bool) -> None:
+        assert self._slots is not None
+        for _, outcome, holds_slot in batch:
+            if holds_slot:
+                self._slots.release()
+            if not outcome.done():
+                outcome.set_result(ok)
+        self.pending -= len(batch)
+        (self._on_written if ok else self._on_failed)(len(batch))
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"a1:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        tag, seq = raw.split(":", 1)
+        if tag != "a1" or not seq.isdigit():
+            raise ValueError
+        return int(seq)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValueError("invalid cursor") from None

@@ -1,0 +1,172 @@
+"""Logging: one JSON object per line, secrets scrubbed before anything is formatted.
+
+`configure_logging(level)` installs one stderr handler on the root logger carrying a
+`Redactor` filter and the `JsonFormatter`. Request log lines carry the same ids as the
+audit record (request_id, key_id) plus OpenTelemetry GenAI attribute names, so a
+collector can map them without a custom parser: pass `extra=request_log_fields(...)`.
+
+    log.info("request", extra=request_log_fields(ctx, status, duration, key_id=key_id))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from typing import IO, Any
+
+import orjson
+
+from gateway.context import RequestContext
+
+REDACTED = "[redacted]"
+_MIN_SECRET = 8  # shorter "secrets" would redact ordinary words
+_PATTERNS = (
+    # Authorization header values.
+    re.compile(r"(?i)(?P<keep>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    # JWS/JWE compact form: the header is base64url JSON, so it starts with "eyJ".
+    re.compile(r"\beyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){2,4}"),
+    # Anything else shaped like three long base64url segments.
+    re.compile(r"\b[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"),
+    # Credentials in query strings.
+    re.compile(r"(?i)(?P<keep>\b(?:access_token|token|api_key|key|secret)=)[^&\s\"']+"),
+)
+_OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
+# Attributes every LogRecord has; anything else on a record came in through `extra`.
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_HANDLER_MARK = "_gateway_handler"
+
+
+class Redactor(logging.Filter):
+    """Rewrites each record's message with tokens, JWTs and known secret values removed.
+
+    The message is rendered (msg % args) and scrubbed here, before any formatter runs,
+    and args are cleared, so no later handler can format the original values again.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets = sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len,
+                               reverse=True)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        for pattern in _PATTERNS:
+            text = pattern.sub(_replacement, text)
+        return text
+
+    def _deep(self, value: object) -> object:
+        """Scrubbed copies of strings inside extra fields; the caller's objects are kept."""
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, Mapping):
+            return {k: self._deep(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._deep(v) for v in value]
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.scrub(record.getMessage())
+        record.args = None
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD:
+                record.__dict__[name] = self._deep(value)
+        # Exception text too; another handler may already have cached it unscrubbed.
+        if record.exc_info:
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+            record.exc_text = text
+        if record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.scrub(record.stack_info)
+        return True
+
+
+def _replacement(match: re.Match[str]) -> str:
+    # Keep the name ("token=", "Bearer ") so the line still says what was there.
+    keep = match.groupdict().get("keep")
+    return (keep or "") + REDACTED
+
+
+def env_secrets(env: Mapping[str, str] | None = None) -> list[str]:
+    """The values of GATEWAY_SECRET_* variables, to be scrubbed wherever they appear."""
+    env = os.environ if env is None else env
+    return [value for name, value in env.items() if name.startswith("GATEWAY_SECRET_")]
+
+
+class JsonFormatter(logging.Formatter):
+    """{"time", "level", "logger", "message", ...extra fields} on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": _rfc3339(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and not name.startswith("_"):
+                line[name] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        return orjson.dumps(line, default=str).decode()
+
+
+def _rfc3339(created: float) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{seconds}.{int(created % 1 * 1000):03d}Z"
+
+
+def configure_logging(level: str, json: bool = True, *, stream: IO[str] | None = None,
+                      secrets: Iterable[str] = ()) -> logging.Handler:
+    """Install the gateway's root handler (replacing one installed earlier) and return it.
+
+    `secrets` adds literal values to scrub, on top of GATEWAY_SECRET_* from the
+    environment; pass secrets read from files too (e.g. their hex form).
+    """
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
+        old.close()
+    handler = logging.StreamHandler(stream or sys.stderr)
+    setattr(handler, _HANDLER_MARK, True)
+    handler.addFilter(Redactor([*env_secrets(), *secrets]))
+    handler.setFormatter(JsonFormatter() if json else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    return handler
+
+
+def request_log_fields(ctx: RequestContext, status: int, duration: float, *,
+                       key_id: str | None = None) -> dict[str, Any]:
+    """The `extra` for the one log line per request. `key_id` is the audit record's keyed
+    hash of the subject (AuditKeys.key_id), never the subject itself."""
+    prompt = ctx.usage.prompt_tokens or ctx.prompt_tokens or 0
+    completion = ctx.usage.completion_tokens
+    return {
+        "request_id": ctx.request_id,
+        "key_id": key_id or "-",
+        "tier": ctx.tier,
+        "model": ctx.model,
+        "route": ctx.route,
+        "decision": ctx.decision,
+        "status": status,
+        "duration_ms": round(duration * 1000, 3),
+        "tokens": {"prompt": prompt, "completion": completion},
+        "gen_ai.system": "vllm",
+        "gen_ai.operation.name": _OPERATIONS.get(ctx.route, ctx.route),
+        "gen_ai.request.model": ctx.model,
+        "gen_ai.usage.input_tokens": prompt,
+        "gen_ai.usage.output_tokens": completion,
+    }

@@ -1,0 +1,68 @@
+"""`gateway report [--since 24h] [--db PATH] --out FILE.html`: the transparency report.
+
+    data.py   audit records -> aggregates (by tier, decision, category, limit, time)
+    svg.py    small inline-SVG charts (bar, stacked bar, line)
+    html.py   the self-contained page
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.audit.cli import default_db
+
+
+def add_report_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("report", help="transparency report from the audit log (HTML)")
+    p.add_argument("--since", default="24h",
+                   help="how far back: a duration (24h, 7d), epoch seconds or ISO 8601")
+    p.add_argument("--until", help="end of the period (default now)")
+    p.add_argument("--db", type=Path, help="audit database (default GATEWAY_HOME/audit.sqlite3)")
+    p.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    p.set_defaults(run=run_report)
+
+
+def build_report(db: Path, since: float, until: float, now: float | None = None) -> str:
+    """Verify the chain, aggregate the period, render the page."""
+    from gateway.audit.store import SqliteStore
+    from gateway.audit.verify import verify_rows
+    from gateway.report.data import aggregate
+    from gateway.report.html import render
+
+    store = SqliteStore(db, readonly=True)
+    try:
+        integrity = verify_rows(store.rows())
+        data = aggregate(store.scan(since, until), since, until)
+    finally:
+        store.close()
+    return render(data, integrity, time.time() if now is None else now)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from gateway.audit.timespec import parse_time
+
+    now = time.time()
+    try:
+        until = parse_time(args.until, now) if args.until else now
+        since = parse_time(args.since, until)
+    except ValueError as exc:
+        print(f"gateway report: {exc}", file=sys.stderr)
+        return 2
+    if since >= until:
+        print("gateway report: --since must be before --until", file=sys.stderr)
+        return 2
+    db: Path = args.db or default_db()
+    try:
+        page = build_report(db, since, until, now)
+    except (FileNotFoundError, sqlite3.Error) as exc:
+        print(f"{db}: cannot read the audit log: {exc}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(page, encoding="utf-8")
+    print(f"wrote {args.out} ({len(page) // 1024} KiB) for {db}")
+    return 0

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from gateway.audit.log import (
+    AuditLog,
+    AuditSettings,
+    StoreOpener,
+    decode_cursor,
+    encode_cursor,
+)
+from gateway.audit.record import AuditRecord, ChainedRecord
+from gateway.audit.store import AuditStore, QueryFilter, SqliteStore
+from gateway.audit.verify import verify_chain
+from tests.audit.records import T0, make_record
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.written = self.dropped = self.failed = 0
+
+    def log(self, settings: AuditSettings, home: Path,
+            opener: StoreOpener | None = None) -> AuditLog:
+        return AuditLog(settings, home, on_written=self._written, on_dropped=self._dropped,
+                        on_failed=self._failed, opener=opener)
+
+    def _written(self, n: int) -> None:
+        self.written += n
+
+    def _dropped(self, n: int) -> None:
+        self.dropped += n
+
+    def _failed(self, n: int) -> None:
+        self.failed += n
+
+
+class GatedStore(SqliteStore):
+    """A store whose writes wait for the test to open the gate: a slow disk on demand."""
+
+    def __init__(self, path: Path, gate: threading.Event, fail: bool = False) -> None:
+        super().__init__(path)
+        self.gate, self.fail = gate, fail
+
+    def append(self, records: Sequence[AuditRecord]) -> list[ChainedRecord]:
+        self.gate.wait(5)
+        if self.fail:
+            raise OSError("disk full")
+        return super().append(records)
+
+
+def gated(tmp_path: Path, gate: threading.Event, fail: bool = False) -> StoreOpener:
+    def opener(readonly: bool) -> AuditStore:
+        return SqliteStore(tmp_path / "audit.sqlite3", readonly=True) if readonly else \
+            GatedStore(tmp_path / "audit.sqlite3", gate, fail)
+    return opener
+
+
+async def test_submitted_records_are_committed_and_chained(tmp_path: Path) -> None:
+    counts = Counts()
+    audit = counts.log(AuditSettings(), tmp_path)
+    await audit.start()
+    results = await asyncio.gather(*(audit.submit(make_record(i)) for i in range(1, 201)))
+    assert all(results) and counts.written == 200 and audit.pending == 0
+    await audit.close()
+    result = verify_chain(tmp_path / "audit.sqlite3")
+    assert result.ok and result.checked == 200
+
+
+async def test_close_flushes_everything_queued(tmp_path: Path) -> None:
+    audit = AuditLog(AuditSettings(), tmp_path)
+    await audit.start()
+    tasks = [asyncio.create_task(audit.submit(make_record(i))) for i in range(1, 101)]
+    await asyncio.sleep(0)  # all enqueued, few if any committed yet
+    await audit.close()
+    assert all(await asyncio.gather(*tasks))
+    assert verify_chain(tmp_path / "audit.sqlite3").checked == 100
+    assert not await audit.submit(make_record(101))  # closed: dropped, not raised
+
+
+async def test_overflow_block_waits_for_space(tmp_path: Path) -> None:
+    gate, counts = threading.Event(), Counts()
+    audit = counts.log(AuditSettings(queue_size=2, overflow="block"), tmp_path,
+                       gated(tmp_path, gate))
+    await audit.start()
+    first = [asyncio.create_task(audit.submit(make_record(i))) for i in (1, 2)]
+    third = asyncio.create_task(audit.submit(make_record(3)))
+    await asyncio.sleep(0.05)
+    assert not third.done() and audit.pending == 2  # back-pressure: the caller waits
+    assert audit.saturated
+    gate.set()
+    assert await asyncio.gather(*first, third) == [True, True, True]
+    await audit.close()
+    assert counts.dropped == 0 and counts.written == 3
+
+
+async def test_overflow_drop_refuses_at_once_and_counts(tmp_path: Path) -> None:
+    gate, counts = threading.Event(), Counts()
+    audit = counts.log(AuditSettings(queue_size=2, overflow="drop"), tmp_path,
+                       gated(tmp_path, gate))
+    await audit.start()
+    first = [asyncio.create_task(audit.submit(make_record(i))) for i in (1, 2)]
+    await asyncio.sleep(0)
+    assert await audit.submit(make_record(3)) is False
+    assert counts.dropped == 1
+    gate.set()
+    assert await asyncio.gather(*first) == [True, True]
+    assert await audit.submit(make_record(4)) is True  # space again
+    await audit.close()
+    assert counts.written == 3
+    assert [r.request_id for r in SqliteStore(tmp_path / "audit.sqlite3").scan(None, None)] \
+        == ["req-1", "req-2", "req-4"]
+
+
+async def test_failed_write_resolves_false_and_counts(tmp_path: Path) -> None:
+    gate, counts = threading.Event(), Counts()
+    gate.set()
+    audit = counts.log(AuditSettings(), tmp_path, gated(tmp_path, gate, fail=True))
+    await audit.start()
+    assert await audit.submit(make_record(1)) is False
+    await audit.close()
+    assert counts.failed == 1 and counts.written == 0
+
+
+async def test_cancelled_caller_does_not_withdraw_its_record(tmp_path: Path) -> None:
+    gate = threading.Event()
+    audit = AuditLog(AuditSettings(queue_size=1), tmp_path, opener=gated(tmp_path, gate))
+    await audit.start()
+    committed = asyncio.create_task(audit.submit(make_record(1)))
+    waiting = asyncio.create_task(audit.submit(make_record(2)))  # blocked for space
+    await asyncio.sleep(0.02)
+    committing = asyncio.create_task(audit.submit(make_record(3)))
+    await asyncio.sleep(0.02)
+    waiting.cancel()  # the client went away while its request waited
+    committed.cancel()  # ... or while its record was being written
+    gate.set()
+    assert await committing is True
+    await audit.close()
+    ids = {r.request_id for r in SqliteStore(tmp_path / "audit.sqlite3").scan(None, None)}
+    assert ids == {"req-1", "req-2", "req-3"}
+
+
+async def test_start_fails_loudly_and_submit_needs_start(tmp_path: Path) -> None:
+    (tmp_path / "audit.sqlite3").mkdir()
+    audit = AuditLog(AuditSettings(), tmp_path)
+    with pytest.raises(RuntimeError, match="before start"):
+        await audit.submit(make_record(1))
+    with pytest.raises(Exception, match="unable to open"):
+        await audit.start()
+
+
+def test_settings_are_validated_with_key_names(tmp_path: Path) -> None:
+    bad = AuditSettings(overflow="spill", synchronous="off", queue_size=0)
+    assert [p.split(":")[0] for p in bad.problems()] == ["overflow", "synchronous",
+                                                          "queue_size"]
+    with pytest.raises(ValueError, match="overflow"):
+        AuditLog(bad, tmp_path)
+    assert AuditSettings().resolve(tmp_path) == tmp_path / "audit.sqlite3"
+    assert AuditSettings(path=Path("/x/a.db")).resolve(tmp_path) == Path("/x/a.db")
+
+
+async def test_query_pages_with_an_opaque_cursor(tmp_path: Path) -> None:
+    audit = AuditLog(AuditSettings(), tmp_path)
+    await audit.start()
+    await asyncio.gather(*(audit.submit(make_record(i)) for i in range(1, 51)))
+    seen: list[int] = []
+    cursor = None
+    while True:
+        page, cursor = await audit.query(QueryFilter(tier="public"), limit=4, cursor=cursor)
+        seen += [r.seq for r in page]
+        if cursor is None:
+            break
+    assert seen == [i for i in range(50, 0, -1) if i % 3 == 0]
+    page, cursor = await audit.query(QueryFilter(since=T0 + 100, until=T0 + 120))
+    assert [r.record.request_id for r in page] == ["req-11", "req-10"] and cursor is None
+    with pytest.raises(ValueError):
+        await audit.query(cursor="not-a-cursor")
+    await audit.close()
+
+
+def test_cursor_round_trip() -> None:
+    assert decode_cursor(encode_cursor(1234)) == 1234
+    for bad in ("", "YTE6", "eDox", "YTE6LTE", "%%%"):
+        with pytest.raises(ValueError):
+            decode_cursor(bad)
