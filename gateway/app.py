@@ -13,6 +13,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.admin import add_admin_routes
+from gateway.audit import AUDIT, AUDIT_KEYS, AuditKeys, AuditLog
+from gateway.audit.http import add_audit_routes
 from gateway.context import (
     LIFECYCLE,
     METRICS,
@@ -118,14 +120,30 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         await close_auth()
 
 
+async def _audit(app: web.Application) -> AsyncIterator[None]:
+    """Opened before, and closed after, everything that submits records."""
+    settings, metrics = app[SETTINGS], app[METRICS]
+    app[AUDIT_KEYS] = AuditKeys(load_secret(settings.home, "audit"))
+    audit = AuditLog(settings.audit, settings.home,
+                     on_written=lambda n: metrics.audit_records.labels("written").inc(n),
+                     on_dropped=lambda n: metrics.audit_dropped.inc(n),
+                     on_failed=lambda n: metrics.audit_records.labels("error").inc(n))
+    await audit.start()
+    app[AUDIT] = audit
+    yield
+    await audit.close()
+
+
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[observe, render_errors])
     app[SETTINGS] = settings
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
     app[LIFECYCLE] = Lifecycle()
+    app.cleanup_ctx.append(_audit)
     app.cleanup_ctx.append(_runtime)
     app.on_response_prepare.append(add_headers)
     add_routes(app)
     add_admin_routes(app)
+    add_audit_routes(app)
     return app

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from gateway.pipeline.upstream.client import UpstreamClient
     from gateway.pipeline.upstream.pool import Pool
     from gateway.policy.reload import PolicyReloader
+    from gateway.pipeline.classify.verdict import Verdict
     from gateway.policy.spec import TierSpec
     from gateway.settings import Settings
 
@@ -70,6 +71,10 @@ class RequestContext:
     response_headers: dict[str, str] = field(default_factory=dict)  # stages add, relay sends
     # Called once when the response has ended, however it ended (refund unused tokens).
     settle: Callable[[], object] | None = None
+    verdict: Verdict | None = None  # set by the classify stage
+    limit: str = "none"  # admitted | refused:<kind> | none, set by the ratelimit stage
+    watermark_key_id: str | None = None
+    audited: bool = False  # the audit record has been written
     usage: Usage = field(default_factory=Usage)
 
 

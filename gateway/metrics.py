@@ -99,3 +99,10 @@ class Metrics:
         self.watermark_detections = Counter(
             "gateway_watermark_detections", "Detection requests by result.",
             ["result"], registry=registry)
+        # audit
+        self.audit_records = Counter(
+            "gateway_audit_records", "Audit records by result (written, dropped, error).",
+            ["result"], registry=registry)
+        self.audit_dropped = Counter(
+            "gateway_audit_queue_dropped", "Audit records dropped because the queue was full.",
+            registry=registry)

@@ -11,6 +11,7 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.accounting import record_request
 from gateway.context import CONTEXT, LIFECYCLE, METRICS, POOL, REQUEST_ID
 from gateway.errors import (
     BadRequest,
@@ -79,9 +80,14 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
         ctx = request.get(CONTEXT)
         status = CLIENT_CLOSED if ctx is not None and ctx.client_gone else response.status
+        if ctx is not None:
+            await record_request(app, ctx, status)  # before aiohttp sends the response
         return response
     except (asyncio.CancelledError, ConnectionResetError):
         status = CLIENT_CLOSED
+        ctx = request.get(CONTEXT)
+        if ctx is not None:
+            await record_request(app, ctx, status)
         raise
     finally:
         lifecycle.end()

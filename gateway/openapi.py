@@ -79,6 +79,14 @@ def document() -> dict[str, Any]:
                                          "security": [{"bearer": []}],
                                          "responses": {"200": {"description": "Status"},
                                                        **_errors(401, 403)}}},
+            "/admin/v1/audit": {"get": {
+                "summary": "Decision audit records, newest first",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                    for n in ("since", "until", "tier", "decision", "key_id", "limit", "cursor")],
+                "responses": {"200": {"description": "A page of records"},
+                              **_errors(400, 401, 403)}}},
             "/admin/v1/policy/reload": {"post": {"summary": "Reload the policy files now",
                                                  "security": [{"bearer": []}],
                                                  "responses": {

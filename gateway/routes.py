@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from gateway.context import (
     Route,
 )
 from gateway.errors import BadRequest, Forbidden, InvalidJSON, UnsupportedMediaType
+from gateway.accounting import record_request
 from gateway.openapi import document
 from gateway.pipeline import Pipeline
 from gateway.pipeline.upstream.relay import StreamRelay, relay_json
@@ -79,7 +81,8 @@ async def _forward(request: web.Request, ctx: RequestContext,
     app, settings = request.app, request.app[SETTINGS]
     if ctx.stream:
         relay = StreamRelay(request, ctx, pipeline.output_chain, app[METRICS],
-                            settings.timeouts.ttfb_s, settings.timeouts.idle_s)
+                            settings.timeouts.ttfb_s, settings.timeouts.idle_s,
+                            on_end=functools.partial(record_request, app))
         return await app[UPSTREAM].forward(ctx, relay.run)
 
     async def respond(resp: Any) -> web.StreamResponse:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.audit.log import AuditSettings
 from gateway.yamlfile import Located, YamlError, load_file
 
 _PROJECT_POLICIES = Path(__file__).resolve().parent.parent / "policies"
@@ -74,6 +75,7 @@ class Settings:
     health: HealthSettings = field(default_factory=HealthSettings)
     sim: SimSettingsSpec = field(default_factory=SimSettingsSpec)
     output: OutputSettings = field(default_factory=OutputSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     @property
     def embedded_sim(self) -> bool:
@@ -158,6 +160,8 @@ def _check(settings: Settings) -> None:
         raise SettingsError("timeouts: ttfb_s and idle_s must be positive")
     if settings.health.failures_to_eject < 1:
         raise SettingsError("health.failures_to_eject: must be at least 1")
+    for problem in settings.audit.problems():
+        raise SettingsError(f"audit.{problem}")
 
 
 def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:

@@ -72,9 +72,16 @@ FAST_HEALTH = {"interval_s": 0.1, "probe_timeout_s": 0.5, "failures_to_eject": 2
 
 
 @pytest.fixture
-def start_gateway(servers: list[web.AppRunner]) -> StartGateway:
+def home(tmp_path: Path) -> Path:
+    """GATEWAY_HOME for the test: dev keys, secrets, audit log and ledger."""
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def start_gateway(servers: list[web.AppRunner], home: Path) -> StartGateway:
     async def start(*upstreams: str, **overrides: Any) -> Server:
         overrides.setdefault("health", FAST_HEALTH)
+        overrides.setdefault("home", str(home))
         settings = load_settings(env={}, overrides={"upstreams": list(upstreams), **overrides})
         app = create_app(settings, CollectorRegistry())
         return Server(await _start(app, servers), app)

@@ -113,6 +113,7 @@ def _tier(name: str, raw: dict[str, Any]) -> TierSpec:
         cache_salt=raw.get("cache_salt", "tenant"),
         categories=dict(raw.get("categories") or {"default": "block", "benign": "allow"}),
         watermark=WatermarkSpec(**(raw.get("watermark") or {})),
+        store_prompts=bool(raw.get("store_prompts", False)),
     )
 
 

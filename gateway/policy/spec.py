@@ -68,6 +68,7 @@ class TierSpec:
     categories: Mapping[str, Action] = field(default_factory=lambda: {"default": "block",
                                                                        "benign": "allow"})
     watermark: WatermarkSpec = field(default_factory=WatermarkSpec)
+    store_prompts: bool = False  # keep prompt text in the audit log (the deployment must allow it too)
     _model_re: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
 
     def allows_model(self, model: str) -> bool:

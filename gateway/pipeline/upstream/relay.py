@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import aiohttp
@@ -95,8 +95,10 @@ class StreamRelay:
     """One streaming response: upstream SSE in, filtered SSE out."""
 
     def __init__(self, request: web.Request, ctx: RequestContext, chains: ChainFactory,
-                 metrics: Metrics, ttfb_s: float, idle_s: float) -> None:
+                 metrics: Metrics, ttfb_s: float, idle_s: float,
+                 on_end: Callable[[RequestContext, int], Awaitable[None]] | None = None) -> None:
         self._request = request
+        self._on_end = on_end
         self._ctx = ctx
         self._chains = chains
         self._metrics = metrics
@@ -119,6 +121,7 @@ class StreamRelay:
             log.warning("upstream stream broke (%s) for request %s", exc.kind,
                         self._ctx.request_id)
             self._metrics.upstream_errors.labels(exc.kind).inc()
+            await self._end(exc.error.http_status)
             await self._send(frame_json(exc.error.body()))
         except ConnectionResetError:
             self._ctx.client_gone = True  # counted by the observe middleware
@@ -148,7 +151,15 @@ class StreamRelay:
             self._raise(BadGateway("The upstream server closed the stream early"), "reset")
         if not self._done:
             self._raise(BadGateway("The upstream server closed the stream early"), "truncated")
+        await self._end(200)
         await self._send(DONE_EVENT)
+
+    async def _end(self, status: int) -> None:
+        """The response is about to end: account for it before the client can see that."""
+        if not self._ctx.usage.reported:
+            self._ctx.usage.completion_tokens = self._relayed
+        if self._on_end is not None:
+            await self._on_end(self._ctx, status)
 
     async def _translate_all(self, payloads: list[bytes]) -> list[bytes]:
         out: list[bytes] = []

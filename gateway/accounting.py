@@ -1,0 +1,42 @@
+"""What happens when a request ends: its audit record and its one log line.
+
+Called before the last byte of a response goes out (the observe middleware for JSON
+responses and refusals, the stream relay before `[DONE]` or the error event), so a client
+that saw the end of its response has a committed audit record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from gateway.audit import AUDIT, AUDIT_KEYS
+from gateway.audit.build import build_record
+from gateway.context import PIPELINE, SETTINGS, RequestContext
+from gateway.logs import request_log_fields
+
+log = logging.getLogger("gateway.request")
+
+
+async def record_request(app: web.Application, ctx: RequestContext, status: int) -> None:
+    if ctx.audited:
+        return
+    ctx.audited = True
+    keys = app[AUDIT_KEYS]
+    pipeline = app[PIPELINE].current
+    verdict = ctx.verdict
+    tier_opt_in = ctx.tier_spec is not None and ctx.tier_spec.store_prompts
+    record = build_record(
+        ctx, status=status, keys=keys,
+        action=verdict.action if verdict is not None else "none",
+        scores=verdict.scores if verdict is not None else None,
+        categories=verdict.categories if verdict is not None else (),
+        limit=ctx.limit, watermark_key_id=ctx.watermark_key_id,
+        policy_version=pipeline.version,
+        policy_hash=pipeline.policy.digest if pipeline.policy is not None else "",
+        store_prompt=app[SETTINGS].audit.store_prompts and tier_opt_in)
+    await app[AUDIT].submit(record)
+    duration = time.perf_counter() - ctx.started
+    log.info("request", extra=request_log_fields(ctx, status, duration, key_id=record.key_id))
