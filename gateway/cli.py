@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.audit.cli import add_audit_parser
+from gateway.report import add_report_parser
 from gateway.settings import SettingsError, load_settings
 
 
@@ -123,8 +126,9 @@ def _run_token(args: argparse.Namespace) -> int:
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.logs import configure_logging
+
+    configure_logging(level, json=os.environ.get("GATEWAY_LOG_FORMAT", "json") != "text")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -167,7 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _policy_parser(sub)
     _keys_parser(sub)
     _token_parser(sub)
+    add_audit_parser(sub)
+    add_report_parser(sub)
     args = parser.parse_args(argv)
+    if hasattr(args, "run"):
+        return int(args.run(args))
     commands = {"serve": _run_serve, "sim": _run_sim, "policy": _run_policy,
                 "keys": _run_keys, "token": _run_token}
     try:
