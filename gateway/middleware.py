@@ -103,7 +103,7 @@ def _count(request: web.Request, status: int, elapsed: float) -> None:
     model = tier = "-"
     decision = "none"
     if ctx is not None:
-        model = ctx.model if ctx.model in request.app[POOL].models() else "other"
+        model = ctx.model if request.app[POOL].knows(ctx.model) else "other"
         tier, decision = ctx.tier, ctx.decision
     metrics.requests.labels(route, model, tier, decision, str(status)).inc()
     metrics.request_duration.labels(route).observe(elapsed)
@@ -113,6 +113,11 @@ def _count(request: web.Request, status: int, elapsed: float) -> None:
 
 async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: headers every response carries, streams included."""
-    response.headers["x-request-id"] = request.get(REQUEST_ID, "")
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Cache-Control", "no-store")
+    headers = response.headers
+    headers["x-request-id"] = request.get(REQUEST_ID, "")
+    headers["Server"] = "gateway"  # no framework or version banner
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Cache-Control", "no-store")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")

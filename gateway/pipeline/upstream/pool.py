@@ -97,6 +97,10 @@ class Pool:
         now = time.monotonic()
         return any(b.available(now) for b in self.backends)
 
+    def knows(self, model: str) -> bool:
+        """Cheap membership test for metric labels (no dict is built)."""
+        return any(model in b.models for b in self.backends)
+
     def models(self) -> dict[str, dict[str, Any]]:
         """Every model any backend has reported, first report wins."""
         merged: dict[str, dict[str, Any]] = {}
