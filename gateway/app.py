@@ -84,10 +84,15 @@ async def _start_auth(settings: Settings, session: aiohttp.ClientSession, metric
                       ) -> tuple[Authenticator, Callable[[], Awaitable[None]]]:
     from gateway.pipeline.auth import AuthStage, build_verifier
 
-    verifier = build_verifier(settings.auth, settings.home, session)
-    await verifier.start()
+    verifier, fetcher = build_verifier(settings.auth, settings.home, session)
+    if fetcher is not None:
+        await fetcher.refresh()  # a provider down at start is not fatal: keys come later
+
+    async def close() -> None:
+        return None
+
     return AuthStage(verifier, lambda reason: metrics.auth_failures.labels(reason).inc()), \
-        verifier.close
+        close
 
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.audit.log import AuditSettings
+from gateway.pipeline.auth.settings import AuthSettings
 from gateway.yamlfile import Located, YamlError, load_file
 
 _PROJECT_POLICIES = Path(__file__).resolve().parent.parent / "policies"
@@ -76,6 +77,7 @@ class Settings:
     sim: SimSettingsSpec = field(default_factory=SimSettingsSpec)
     output: OutputSettings = field(default_factory=OutputSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
     def embedded_sim(self) -> bool:

@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
+from gateway.devkeys import mint_token
 from gateway.settings import load_settings
 from gateway.sim import SIM_STATS, SimSettings, SimStats, create_sim_app
 
@@ -99,9 +100,28 @@ async def gateway(start_gateway: StartGateway, sim: Server) -> Server:
     return await start_gateway(sim.url)
 
 
+MintToken = Callable[..., str]
+
+
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+def mint(home: Path) -> MintToken:
+    """Tokens signed by the dev keys under the test's GATEWAY_HOME."""
+    def mint(tier: str = "trusted", sub: str = "tester", scopes: tuple[str, ...] = ("admin",),
+             **claims: Any) -> str:
+        return mint_token(home, tier=tier, sub=sub, scopes=scopes, **claims)
+
+    return mint
+
+
+@pytest.fixture
+def token(mint: MintToken) -> str:
+    return mint()
+
+
+@pytest.fixture
+async def http(token: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that sends a valid admin token of the trusted tier."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
         yield session
 
 

@@ -13,12 +13,13 @@ from tests.conftest import MODEL, Server
 MESSAGES = [{"role": "user", "content": "Tell me about the sea"}]
 
 
-def _async_client(server: Server) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+def _async_client(server: Server, token: str = "unused") -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=server.url + "/v1", api_key=token, max_retries=0)
 
 
-async def test_async_chat_non_stream_matches_direct(gateway: Server, sim: Server) -> None:
-    async with _async_client(gateway) as via, _async_client(sim) as direct:
+async def test_async_chat_non_stream_matches_direct(gateway: Server, sim: Server,
+                                                    token: str) -> None:
+    async with _async_client(gateway, token) as via, _async_client(sim) as direct:
         got = await via.chat.completions.create(model=MODEL, messages=MESSAGES, seed=3,
                                                 max_tokens=12)
         want = await direct.chat.completions.create(model=MODEL, messages=MESSAGES, seed=3,
@@ -29,8 +30,8 @@ async def test_async_chat_non_stream_matches_direct(gateway: Server, sim: Server
     assert got.choices[0].finish_reason == "length"
 
 
-async def test_async_chat_stream_with_and_without_usage(gateway: Server) -> None:
-    async with _async_client(gateway) as client:
+async def test_async_chat_stream_with_and_without_usage(gateway: Server, token: str) -> None:
+    async with _async_client(gateway, token) as client:
         for include_usage in (False, True):
             stream = await client.chat.completions.create(
                 model=MODEL, messages=MESSAGES, seed=3, max_tokens=12, stream=True,
@@ -46,8 +47,8 @@ async def test_async_chat_stream_with_and_without_usage(gateway: Server) -> None
     assert usage_chunks[0].usage is not None and usage_chunks[0].usage.completion_tokens == 12
 
 
-async def test_async_completions_stream_and_not(gateway: Server) -> None:
-    async with _async_client(gateway) as client:
+async def test_async_completions_stream_and_not(gateway: Server, token: str) -> None:
+    async with _async_client(gateway, token) as client:
         whole = await client.completions.create(model=MODEL, prompt="Once upon", max_tokens=8,
                                                 seed=1)
         stream = await client.completions.create(model=MODEL, prompt="Once upon",
@@ -57,8 +58,8 @@ async def test_async_completions_stream_and_not(gateway: Server) -> None:
     assert whole.usage is not None and whole.usage.completion_tokens == 8
 
 
-def _sync_round_trip(url: str) -> tuple[str, str, list[str]]:
-    with OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as client:
+def _sync_round_trip(url: str, token: str) -> tuple[str, str, list[str]]:
+    with OpenAI(base_url=url + "/v1", api_key=token, max_retries=0) as client:
         whole = client.chat.completions.create(model=MODEL, messages=MESSAGES, seed=5,
                                                max_tokens=10)
         with client.chat.completions.create(model=MODEL, messages=MESSAGES, seed=5,
@@ -68,30 +69,30 @@ def _sync_round_trip(url: str) -> tuple[str, str, list[str]]:
     return whole.choices[0].message.content or "", text, models
 
 
-async def test_sync_client_stream_and_not(gateway: Server) -> None:
-    whole, streamed, models = await asyncio.to_thread(_sync_round_trip, gateway.url)
+async def test_sync_client_stream_and_not(gateway: Server, token: str) -> None:
+    whole, streamed, models = await asyncio.to_thread(_sync_round_trip, gateway.url, token)
     assert whole and whole == streamed
     assert models == [MODEL]
 
 
-async def test_embeddings_and_models_pass_through(gateway: Server) -> None:
-    async with _async_client(gateway) as client:
+async def test_embeddings_and_models_pass_through(gateway: Server, token: str) -> None:
+    async with _async_client(gateway, token) as client:
         result = await client.embeddings.create(model=MODEL, input=["a", "b"])
         models = await client.models.list()
     assert len(result.data) == 2 and len(result.data[0].embedding) > 0
     assert [m.id for m in models.data] == [MODEL]
 
 
-async def test_unknown_model_is_404_model_not_found(gateway: Server) -> None:
-    async with _async_client(gateway) as client:
+async def test_unknown_model_is_404_model_not_found(gateway: Server, token: str) -> None:
+    async with _async_client(gateway, token) as client:
         with pytest.raises(openai.NotFoundError) as info:
             await client.chat.completions.create(model="nope", messages=MESSAGES)
     assert info.value.code == "model_not_found"
     assert info.value.status_code == 404
 
 
-async def test_n_choices_streamed(gateway: Server) -> None:
-    async with _async_client(gateway) as client:
+async def test_n_choices_streamed(gateway: Server, token: str) -> None:
+    async with _async_client(gateway, token) as client:
         stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, n=2,
                                                       max_tokens=5, stream=True)
         texts = {0: "", 1: ""}

@@ -16,9 +16,9 @@ from tests.conftest import Process, chat
 
 
 async def test_embedded_default_says_so_and_answers(
-        gateway_process: Callable[..., Process]) -> None:
+        gateway_process: Callable[..., Process], token: str) -> None:
     gw = gateway_process()
-    async with aiohttp.ClientSession() as http, \
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
             http.post(gw.url + "/v1/chat/completions", json=chat()) as resp:
         assert resp.status == 200
         assert (await resp.json())["choices"][0]["message"]["content"]
@@ -41,11 +41,11 @@ def test_bad_config_fails_start_naming_key(tmp_path: Path) -> None:
 
 
 async def test_sigterm_drains_open_streams_then_exits_zero(
-        gateway_process: Callable[..., Process], tmp_path: Path) -> None:
+        gateway_process: Callable[..., Process], tmp_path: Path, token: str) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text("drain_timeout_s: 20\nsim:\n  tokens_per_second: 20\n")
     gw = gateway_process("--config", str(config))
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
         streams = [await http.post(gw.url + "/v1/chat/completions",
                                    json=chat(stream=True, max_tokens=30)) for _ in range(5)]
         for resp in streams:
@@ -65,11 +65,11 @@ async def test_sigterm_drains_open_streams_then_exits_zero(
 
 
 async def test_drain_timeout_cuts_streams_and_exits(
-        gateway_process: Callable[..., Process], tmp_path: Path) -> None:
+        gateway_process: Callable[..., Process], tmp_path: Path, token: str) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text("drain_timeout_s: 0.5\nsim:\n  tokens_per_second: 5\n")
     gw = gateway_process("--config", str(config))
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
         resp = await http.post(gw.url + "/v1/chat/completions",
                                json=chat(stream=True, max_tokens=500))
         await resp.content.readline()

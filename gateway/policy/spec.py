@@ -68,7 +68,8 @@ class TierSpec:
     categories: Mapping[str, Action] = field(default_factory=lambda: {"default": "block",
                                                                        "benign": "allow"})
     watermark: WatermarkSpec = field(default_factory=WatermarkSpec)
-    store_prompts: bool = False  # keep prompt text in the audit log (the deployment must allow it too)
+    # Keep prompt text in the audit log; the deployment's audit.store_prompts must allow it.
+    store_prompts: bool = False
     _model_re: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
 
     def allows_model(self, model: str) -> bool:
@@ -90,6 +91,88 @@ class CategorySpec:
     threshold: float = 0.5
 
 
+# --- classifiers (policies/classifiers.yaml, `classifiers:` section) -----------------------
+
+Scope = Literal["prompt", "output", "both"]
+OnError = Literal["open", "closed"]
+EmbeddingInput = Literal["last_user", "full"]
+
+
+@dataclass(frozen=True, slots=True)
+class PatternSpec:
+    """One regex: a rule (any category) or a structure phrase (always `jailbreak`)."""
+
+    id: str
+    category: str
+    pattern: str
+    score: float = 0.9
+    scope: Scope = "prompt"  # prompt: requests; output: model output (moderation); both
+    match_examples: tuple[str, ...] = ()
+    no_match_examples: tuple[str, ...] = ()
+    where: str = ""  # file:line of the pattern, for messages and test ids
+
+
+@dataclass(frozen=True, slots=True)
+class RulesSpec:
+    enabled: bool = True
+    patterns: tuple[PatternSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StructureSpec:
+    enabled: bool = True
+    turns_low: int = 8  # fake dialogue turn markers: score 0 at or below this count
+    turns_high: int = 40  # ... rising linearly to 1.0 at this count
+    phrases: tuple[PatternSpec, ...] = ()
+    tag_chars: int = 4  # Unicode tag characters outside emoji flag sequences
+    zero_width: int = 8  # zero-width characters outside emoji sequences
+    bidi_overrides: int = 1  # U+202D / U+202E
+    base64_chars: int = 40  # shortest base64 run that is decoded and inspected
+    smuggling_score: float = 0.9
+    encoded_text_score: float = 0.7  # base64 that decodes to readable text
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingSpec:
+    enabled: bool = False
+    optional: bool = True  # missing `ml` extra: skip with a warning instead of failing
+    head: str | None = None  # head weights JSON; None: the one shipped with the package
+    max_tokens: int = 128
+    inputs: tuple[EmbeddingInput, ...] = ("last_user", "full")
+    timeout_s: float = 1.0
+    on_error: OnError = "open"
+
+
+@dataclass(frozen=True, slots=True)
+class GuardSpec:
+    enabled: bool = False
+    url: str = ""
+    model: str = ""
+    api: Literal["completions", "chat"] = "completions"
+    timeout_s: float = 2.0
+    on_error: OnError = "open"
+    max_chars: int = 24000  # longer text is cut in the middle before it is sent
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationSpec:
+    enabled: bool = True
+    tiers: tuple[str, ...] | None = None  # None: every tier
+    structure: bool = True  # smuggling and output-scoped phrases, besides output rules
+    margin: int = 32  # context each side of a match that a pattern may look at
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifiersSpec:
+    roles: tuple[str, ...] = ("user",)  # chat roles whose text is classified
+    unverified_category: str = "unverified"  # what fail-closed errors score 1.0 on
+    rules: RulesSpec = field(default_factory=RulesSpec)
+    structure: StructureSpec = field(default_factory=StructureSpec)
+    embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
+    guard: GuardSpec = field(default_factory=GuardSpec)
+    moderation: ModerationSpec = field(default_factory=ModerationSpec)
+
+
 @dataclass(frozen=True, slots=True)
 class PolicySpec:
     tiers: Mapping[str, TierSpec]
@@ -97,7 +180,7 @@ class PolicySpec:
     subject_limits: Mapping[str, Mapping[str, int | None]] = field(default_factory=dict)
     org_limits: Mapping[str, Mapping[str, int | None]] = field(default_factory=dict)
     categories: Mapping[str, CategorySpec] = field(default_factory=dict)
-    classifiers: Mapping[str, object] = field(default_factory=dict)
+    classifiers: ClassifiersSpec = field(default_factory=ClassifiersSpec)
     digest: str = ""  # sha256 over the files' bytes: the policy version
     files: tuple[str, ...] = ()
 

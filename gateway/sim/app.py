@@ -238,9 +238,9 @@ async def _stream(request: web.Request, job: Job, tps: float) -> web.StreamRespo
             now - (started if step == 0 else last))
         last = now
     if job.include_usage:
-        usage: dict[str, Any] = {"id": job.id, "object": "chat.completion.chunk" if job.kind == "chat"
-                 else "text_completion", "created": job.created, "model": job.model,
-                 "choices": [], "usage": _usage(job)}
+        kind = "chat.completion.chunk" if job.kind == "chat" else "text_completion"
+        usage: dict[str, Any] = {"id": job.id, "object": kind, "created": job.created,
+                                 "model": job.model, "choices": [], "usage": _usage(job)}
         await resp.write(b"data: " + orjson.dumps(usage) + b"\n\n")
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
@@ -362,9 +362,10 @@ async def detokenize(request: web.Request) -> web.Response:
 
 async def models(request: web.Request) -> web.Response:
     settings = request.app[SIM_SETTINGS]
-    data: list[dict[str, Any]] = [{"id": m, "object": "model", "created": 0, "owned_by": "vllm", "root": m,
-             "parent": None, "max_model_len": settings.max_model_len, "permission": []}
-            for m in settings.models]
+    data: list[dict[str, Any]] = [
+        {"id": m, "object": "model", "created": 0, "owned_by": "vllm", "root": m,
+         "parent": None, "max_model_len": settings.max_model_len, "permission": []}
+        for m in settings.models]
     return web.json_response({"object": "list", "data": data})
 
 

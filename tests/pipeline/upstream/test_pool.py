@@ -31,10 +31,10 @@ async def test_routes_by_model_discovered_from_each_backend(
 
 
 async def test_least_outstanding_requests_spreads_streams(
-        start_sim: StartSim, start_gateway: StartGateway) -> None:
+        start_sim: StartSim, start_gateway: StartGateway, token: str) -> None:
     a, b = await start_sim(), await start_sim()
     gateway = await start_gateway(a.url, b.url)
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
         responses = []
         for _ in range(6):
             resp = await http.post(gateway.url + "/v1/chat/completions",

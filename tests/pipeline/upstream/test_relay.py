@@ -137,9 +137,10 @@ async def test_slow_first_token_is_504(start_gateway: StartGateway, sim: Server,
 
 
 async def test_client_disconnect_mid_stream_aborts_upstream(gateway: Server,
-                                                            sim: Server) -> None:
-    async with aiohttp.ClientSession() as http, http.post(gateway.url + "/v1/chat/completions",
-                         json=chat("[[sim:tps=20]]", stream=True, max_tokens=500)) as resp:
+                                                            sim: Server, token: str) -> None:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
+            http.post(gateway.url + "/v1/chat/completions",
+                      json=chat("[[sim:tps=20]]", stream=True, max_tokens=500)) as resp:
         await resp.content.readline()
         await wait_until(lambda: sim.stats.in_flight == 1)
         resp.close()
@@ -149,8 +150,8 @@ async def test_client_disconnect_mid_stream_aborts_upstream(gateway: Server,
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_client_disconnect_before_first_token_aborts_upstream(
-        gateway: Server, sim: Server, stream: bool) -> None:
-    async with aiohttp.ClientSession() as http:
+        gateway: Server, sim: Server, stream: bool, token: str) -> None:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
         task = asyncio.create_task(http.post(gateway.url + "/v1/chat/completions",
                                              json=chat("[[sim:ttft=30]]", stream=stream)))
         await wait_until(lambda: sim.stats.in_flight == 1)
