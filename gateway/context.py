@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
@@ -13,10 +13,10 @@ if TYPE_CHECKING:
     from gateway.lifecycle import Lifecycle
     from gateway.metrics import Metrics
     from gateway.pipeline import PipelineRef
+    from gateway.pipeline.classify.verdict import Verdict
     from gateway.pipeline.upstream.client import UpstreamClient
     from gateway.pipeline.upstream.pool import Pool
     from gateway.policy.reload import PolicyReloader
-    from gateway.pipeline.classify.verdict import Verdict
     from gateway.policy.spec import TierSpec
     from gateway.settings import Settings
 

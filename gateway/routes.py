@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.accounting import record_request
 from gateway.context import (
     CONTEXT,
     LIFECYCLE,
@@ -24,7 +25,6 @@ from gateway.context import (
     Route,
 )
 from gateway.errors import BadRequest, Forbidden, InvalidJSON, UnsupportedMediaType
-from gateway.accounting import record_request
 from gateway.openapi import document
 from gateway.pipeline import Pipeline
 from gateway.pipeline.upstream.relay import StreamRelay, relay_json
