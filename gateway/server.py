@@ -31,13 +31,18 @@ async def start_embedded_sim(settings: Settings) -> tuple[web.AppRunner, str]:
 def _banner(settings: Settings, host: str, port: int) -> str:
     base = f"http://{host}:{port}"
     model = settings.sim.models[0] if settings.embedded_sim else "MODEL"
+    home = f"GATEWAY_HOME={settings.home} " if str(settings.home) != ".gateway" else ""
     return f"""gateway ready on {base}
+  get a development token (signed by the dev key under {settings.home}/keys):
+    export TOKEN=$({home}.venv/bin/gateway token mint --tier public --sub you)
   try it:
-    curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' \\
+    curl -s {base}/v1/chat/completions -H "Authorization: Bearer $TOKEN" \\
+      -H 'Content-Type: application/json' \\
       -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
   or with the openai SDK:
+    import os
     from openai import OpenAI
-    client = OpenAI(base_url="{base}/v1", api_key="unused")
+    client = OpenAI(base_url="{base}/v1", api_key=os.environ["TOKEN"])
     print(client.chat.completions.create(model="{model}",
           messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)
 """
