@@ -17,6 +17,7 @@ from gateway.audit import AUDIT, AUDIT_KEYS, AuditKeys, AuditLog
 from gateway.audit.http import add_audit_routes
 from gateway.context import (
     LIFECYCLE,
+    LIMITER,
     METRICS,
     PIPELINE,
     POOL,
@@ -31,6 +32,8 @@ from gateway.middleware import add_headers, observe, render_errors
 from gateway.pipeline import Authenticator, Pipeline, PipelineRef
 from gateway.pipeline.output import OutputFilter
 from gateway.pipeline.output.redact import RedactFilter
+from gateway.pipeline.ratelimit import FallbackLimiter, Limiter, MemoryLimiter, RedisLimiter
+from gateway.pipeline.ratelimit.stage import RateLimitStage
 from gateway.pipeline.shape import ShapeStage
 from gateway.pipeline.tier import TierStage
 from gateway.pipeline.upstream.client import UpstreamClient
@@ -56,6 +59,7 @@ class Runtime:
     auth: Authenticator
     counter: PromptCounter
     cache_salt_secret: bytes
+    limiter: Limiter
 
 
 def _output_filters(rt: Runtime) -> tuple[FilterFactory, ...]:
@@ -75,6 +79,7 @@ def build_pipeline(policy: PolicySpec, rt: Runtime) -> Pipeline:
     stages = (
         ShapeStage(),
         TierStage(policy, rt.cache_salt_secret, rt.counter),
+        RateLimitStage(rt.limiter, policy, rt.metrics),  # last: an admission must be settled
     )
     return Pipeline(auth=rt.auth, stages=stages, output_filters=_output_filters(rt),
                     policy=policy, version=policy.version)
@@ -84,15 +89,38 @@ async def _start_auth(settings: Settings, session: aiohttp.ClientSession, metric
                       ) -> tuple[Authenticator, Callable[[], Awaitable[None]]]:
     from gateway.pipeline.auth import AuthStage, build_verifier
 
-    verifier, fetcher = build_verifier(settings.auth, settings.home, session)
-    if fetcher is not None:
-        await fetcher.refresh()  # a provider down at start is not fatal: keys come later
+    verifier = build_verifier(settings.auth, settings.home, session)
+    await verifier.start()  # a JWKS URL that is down only warns: keys arrive later
+    return AuthStage(verifier, lambda reason: metrics.auth_failures.labels(reason).inc()), \
+        verifier.close
+
+
+def _limiter(settings: Settings, metrics: Metrics,
+             ) -> tuple[Limiter, Callable[[], Awaitable[None]]]:
+    """Redis (with its fail mode) when configured, else this process's memory."""
+    def show(mode: str) -> None:
+        metrics.ratelimit_mode.clear()
+        metrics.ratelimit_mode.labels(mode).set(1)
+
+    if settings.redis_url is None:
+        memory = MemoryLimiter()
+        show("memory")
+        return memory, memory.close
+    import redis.asyncio
+
+    rl = settings.ratelimit
+    client = redis.asyncio.from_url(settings.redis_url, socket_timeout=rl.redis_timeout_s,
+                                    socket_connect_timeout=rl.redis_timeout_s)
+    limiter = FallbackLimiter(RedisLimiter(client, rl.redis_prefix, rl.redis_timeout_s),
+                              rl.on_store_error, rl.replicas,  # type: ignore[arg-type]
+                              on_mode_change=show)
+    show(limiter.mode)
 
     async def close() -> None:
-        return None
+        await limiter.close()
+        await client.aclose()
 
-    return AuthStage(verifier, lambda reason: metrics.auth_failures.labels(reason).inc()), \
-        close
+    return limiter, close
 
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
@@ -104,7 +132,9 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = pool
         app[UPSTREAM] = UpstreamClient(pool, session, settings.timeouts, settings.retries)
         auth, close_auth = await _start_auth(settings, session, metrics)
-        rt = Runtime(settings=settings, metrics=metrics, auth=auth,
+        limiter, close_limiter = _limiter(settings, metrics)
+        app[LIMITER] = limiter
+        rt = Runtime(settings=settings, metrics=metrics, auth=auth, limiter=limiter,
                      counter=PromptCounter(pool, session),
                      cache_salt_secret=load_secret(settings.home, "cache_salt"))
         ref = PipelineRef(None)
@@ -123,6 +153,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
             await watcher
         await pool.close()
         await close_auth()
+        await close_limiter()
 
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:

@@ -111,7 +111,12 @@ def _token_parser(sub: Any) -> None:
 def _run_keys(args: argparse.Namespace) -> int:
     from gateway.devkeys import generate_keys
 
-    jwks = generate_keys(args.out)
+    try:
+        jwks = generate_keys(args.out)
+    except FileExistsError:
+        print(f"gateway: {args.out} already holds a signing key; not overwriting it",
+              file=sys.stderr)
+        return 1
     print(f"wrote signing key, public key and {jwks}")
     return 0
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from gateway.metrics import Metrics
     from gateway.pipeline import PipelineRef
     from gateway.pipeline.classify.verdict import Verdict
+    from gateway.pipeline.ratelimit import Limiter
     from gateway.pipeline.upstream.client import UpstreamClient
     from gateway.pipeline.upstream.pool import Pool
     from gateway.policy.reload import PolicyReloader
@@ -85,5 +86,6 @@ PIPELINE: web.AppKey[PipelineRef] = web.AppKey("pipeline")
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle")
 UPSTREAM: web.AppKey[UpstreamClient] = web.AppKey("upstream")
 RELOADER: web.AppKey[PolicyReloader] = web.AppKey("reloader")
+LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 CONTEXT: web.RequestKey[RequestContext] = web.RequestKey("context")

@@ -1,79 +1,110 @@
-"""Development keys and tokens: an Ed25519 keypair and JWKS under GATEWAY_HOME/keys.
+"""Development keys and tokens: an Ed25519 keypair and its JWKS under GATEWAY_HOME/keys.
 
 `gateway token mint` signs with the private key; `gateway serve`, when no key source is
-configured, verifies with the JWKS beside it. For development and tests only: production
-deployments point `auth.jwks_url` (or a mounted JWKS/PEM) at their identity provider.
+configured, verifies with the JWKS beside it, so both work with no configuration as long
+as they share GATEWAY_HOME. For development and tests only: production deployments point
+`auth.jwks_url` (or a mounted JWKS or PEM) at their identity provider.
+
+    <dir>/signing-key.pem   private key, PKCS#8, mode 0600
+    <dir>/public-key.pem    public key, SubjectPublicKeyInfo
+    <dir>/jwks.json         {"keys": [{kty, crv, x, kid, alg, use}]}, kid = RFC 7638 thumbprint
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.pipeline.auth.keys import b64url, thumbprint
 
 PRIVATE = "signing-key.pem"
 PUBLIC = "public-key.pem"
 JWKS = "jwks.json"
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def thumbprint(jwk: dict[str, str]) -> str:
-    """RFC 7638 thumbprint of an OKP key: the stable kid."""
-    canonical = json.dumps({"crv": jwk["crv"], "kty": jwk["kty"], "x": jwk["x"]},
-                           separators=(",", ":"), sort_keys=True)
-    return _b64(hashlib.sha256(canonical.encode()).digest())
+def public_jwk(private: Ed25519PrivateKey) -> dict[str, str]:
+    raw = private.public_key().public_bytes(serialization.Encoding.Raw,
+                                            serialization.PublicFormat.Raw)
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
+    return {**jwk, "kid": thumbprint(jwk), "alg": "EdDSA", "use": "sig"}
 
 
 def generate_keys(out_dir: Path) -> Path:
-    """Write a new keypair and its JWKS into out_dir; returns the JWKS path."""
+    """Write a new keypair and its JWKS into out_dir; returns the JWKS path.
+
+    Raises FileExistsError rather than replace a signing key: every token it signed, and
+    every deployment that trusts its JWKS, would silently stop working.
+    """
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     private = Ed25519PrivateKey.generate()
-    raw = private.public_key().public_bytes(serialization.Encoding.Raw,
-                                            serialization.PublicFormat.Raw)
-    jwk = {"kty": "OKP", "crv": "Ed25519", "x": _b64(raw)}
-    jwk |= {"kid": thumbprint(jwk), "alg": "EdDSA", "use": "sig"}
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    path = out_dir / PRIVATE
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # O_EXCL with the mode given at creation: the key is never readable by others, even
+    # for an instant, and an existing key is never overwritten.
+    fd = os.open(out_dir / PRIVATE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
     (out_dir / PUBLIC).write_bytes(private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    (out_dir / JWKS).write_text(json.dumps({"keys": [jwk]}, indent=2) + "\n")
-    return out_dir / JWKS
+    jwks = out_dir / JWKS
+    staged = out_dir / f".{JWKS}.tmp"
+    staged.write_text(json.dumps({"keys": [public_jwk(private)]}, indent=2) + "\n")
+    staged.replace(jwks)  # readers see the old document or the whole new one
+    return jwks
 
 
 def ensure_dev_keys(home: Path) -> Path:
-    """The dev JWKS under home/keys, created on first use."""
+    """The development JWKS under home/keys, created on first use; returns its path."""
     keys = home / "keys"
-    if not (keys / JWKS).exists() or not (keys / PRIVATE).exists():
-        generate_keys(keys)
+    if (keys / JWKS).exists():
+        return keys / JWKS
+    home.mkdir(parents=True, exist_ok=True)
+    # Built aside and renamed into place in one step, so a `token mint` and a `serve`
+    # starting together agree on one key instead of each writing its own.
+    staging = Path(tempfile.mkdtemp(prefix=".keys-", dir=home))
+    try:
+        generate_keys(staging)
+        try:
+            staging.rename(keys)
+        except OSError:
+            if not (keys / JWKS).exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return keys / JWKS
 
 
-def mint_token(home: Path, *, tier: str, sub: str, ttl: int = 3600, org: str | None = None,
+def _signing_key(home: Path) -> Ed25519PrivateKey:
+    path = ensure_dev_keys(home).parent / PRIVATE
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: this GATEWAY_HOME verifies development "
+                                "tokens but cannot mint them") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def mint_token(home: Path, tier: str, sub: str, ttl: int = 3600, org: str | None = None,
                scopes: tuple[str, ...] = (), tier_claim: str = "tier") -> str:
-    jwks_path = ensure_dev_keys(home)
-    kid = json.loads(jwks_path.read_text())["keys"][0]["kid"]
+    """A token the default configuration (development keys under `home`) accepts."""
+    key = _signing_key(home)
     now = int(time.time())
-    claims: dict[str, object] = {"sub": sub, tier_claim: tier, "iat": now, "exp": now + ttl,
-                                 "jti": secrets.token_hex(12)}
+    claims: dict[str, Any] = {"sub": sub, tier_claim: tier, "iat": now, "exp": now + ttl,
+                              "jti": secrets.token_urlsafe(16)}
     if org:
         claims["org"] = org
     if scopes:
         claims["scope"] = " ".join(scopes)
-    key = (home / "keys" / PRIVATE).read_bytes()
-    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": public_jwk(key)["kid"]})

@@ -14,6 +14,7 @@ from gateway.accounting import record_request
 from gateway.context import (
     CONTEXT,
     LIFECYCLE,
+    LIMITER,
     METRICS,
     PIPELINE,
     POOL,
@@ -136,7 +137,10 @@ async def readyz(request: web.Request) -> web.Response:
         "upstream": request.app[POOL].ready,
     }
     ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    limiter = request.app[LIMITER]
+    detail = {"ratelimit_mode": getattr(limiter, "mode", "memory")}
+    return web.json_response({"ready": ready, "checks": checks, "detail": detail},
+                             status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

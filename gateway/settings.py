@@ -55,6 +55,16 @@ class SimSettingsSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    """The shared store is Redis when redis_url is set, else each process's memory."""
+
+    on_store_error: str = "fail_closed"  # fail_closed | fail_open | local
+    replicas: int = 1  # local mode divides each limit by this
+    redis_timeout_s: float = 0.25  # longest wait on Redis per admission
+    redis_prefix: str = "gw:rl:"
+
+
+@dataclass(frozen=True, slots=True)
 class OutputSettings:
     redact: tuple[str, ...] = ()  # literal strings replaced by "[redacted]" in output
 
@@ -78,6 +88,7 @@ class Settings:
     output: OutputSettings = field(default_factory=OutputSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
 
     @property
     def embedded_sim(self) -> bool:
@@ -162,6 +173,12 @@ def _check(settings: Settings) -> None:
         raise SettingsError("timeouts: ttfb_s and idle_s must be positive")
     if settings.health.failures_to_eject < 1:
         raise SettingsError("health.failures_to_eject: must be at least 1")
+    if settings.ratelimit.on_store_error not in ("fail_closed", "fail_open", "local"):
+        raise SettingsError("ratelimit.on_store_error: one of fail_closed, fail_open, local")
+    if settings.ratelimit.replicas < 1:
+        raise SettingsError("ratelimit.replicas: must be at least 1")
+    for problem in settings.auth.problems():
+        raise SettingsError(f"auth.{problem}")
     for problem in settings.audit.problems():
         raise SettingsError(f"audit.{problem}")
 

@@ -1,39 +1,70 @@
-"""Verification keys: static sources (JWKS file, PEM files, HS256 secret) and a JWKS URL.
+"""Key material: JWKS entries, PEM files and an HS256 secret, each pinned to one algorithm.
 
-Each key pins its algorithm; the token's `alg` header must match it and is never used to
-choose one. `kid` values are only ever dictionary keys in memory.
+A key's algorithm is fixed when the key is loaded (from the JWK's `alg`, else from its
+kty/crv); a token's `alg` header must equal it and never chooses it. So `none`, and HS256
+"signed" with a public key, have nothing to match. Only public members of a JWK are kept:
+a JWKS that leaks a private key still yields a public verification key.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import hashlib
 import json
 import logging
-import os
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import jwt
-from cryptography.hazmat.primitives import serialization
+import orjson
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt import PyJWK, PyJWKError
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.exceptions import InvalidKeyError
 
 log = logging.getLogger("gateway.auth")
 
 ASYMMETRIC = frozenset({"EdDSA", "ES256", "RS256"})
-HS256_MIN_BYTES = 32
+
+# RFC 7638 §3.2: the required public members of each key type, in lexicographic order.
+_PUBLIC_MEMBERS = {
+    "OKP": ("crv", "kty", "x"),
+    "EC": ("crv", "kty", "x", "y"),
+    "RSA": ("e", "kty", "n"),
+    "oct": ("k", "kty"),
+}
+
+
+class UnusableKey(ValueError):
+    """A key that cannot verify tokens here; the message says why, never the key."""
 
 
 @dataclass(frozen=True, slots=True)
 class VerifyKey:
     kid: str
-    alg: str
-    key: Any  # a cryptography public key, or bytes for HS256
+    alg: str  # pinned: the only algorithm this key verifies
+    thumb: str  # RFC 7638 thumbprint: names the material whatever kid it was published under
+    jwk: PyJWK
 
 
-def _alg_for(jwk: dict[str, Any]) -> str | None:
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 JWK thumbprint (SHA-256, base64url)."""
+    kty = jwk.get("kty")
+    members = _PUBLIC_MEMBERS.get(kty) if isinstance(kty, str) else None
+    if members is None or any(not isinstance(jwk.get(m), str) for m in members):
+        raise UnusableKey("unsupported key type or missing public members")
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    return b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+def infer_alg(jwk: Mapping[str, Any]) -> str | None:
+    """The algorithm a key without `alg` verifies, from its type and curve."""
     kty, crv = jwk.get("kty"), jwk.get("crv")
     if kty == "OKP" and crv == "Ed25519":
         return "EdDSA"
@@ -44,98 +75,81 @@ def _alg_for(jwk: dict[str, Any]) -> str | None:
     return None
 
 
-def parse_jwks(document: Any) -> dict[str, VerifyKey]:
-    """Signature keys of a JWKS document by kid; others (use != sig, unknown types) dropped."""
+def jwk_key(jwk: Mapping[str, Any]) -> VerifyKey:
+    """One JWKS entry as an asymmetric verification key; raises UnusableKey."""
+    if jwk.get("use", "sig") != "sig":
+        raise UnusableKey("use is not sig")
+    ops = jwk.get("key_ops")
+    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+        raise UnusableKey("key_ops lacks verify")
+    alg = jwk.get("alg") or infer_alg(jwk)
+    if alg not in ASYMMETRIC:
+        raise UnusableKey(f"algorithm {alg!r} not accepted from a key set")
+    thumb = thumbprint(jwk)
+    kid = jwk.get("kid", thumb)
+    if not isinstance(kid, str) or not kid:
+        raise UnusableKey("kid is not a string")
+    members = _PUBLIC_MEMBERS[jwk["kty"]]
+    public: dict[str, Any] = {m: jwk[m] for m in members}
+    try:
+        key = PyJWK({**public, "kid": kid}, algorithm=alg)
+    except (PyJWKError, InvalidKeyError, ValueError) as exc:  # e.g. alg does not fit the kty
+        raise UnusableKey(f"cannot load key: {type(exc).__name__}") from None
+    # pyjwt would warn on every verification with a short RSA key; refuse it once here.
+    weak = key.Algorithm.check_key_length(key.key)
+    if weak:
+        raise UnusableKey(weak)
+    return VerifyKey(kid=kid, alg=str(alg), thumb=thumb, jwk=key)
+
+
+def parse_jwks(raw: bytes, source: str) -> dict[str, VerifyKey]:
+    """The usable keys of a JWKS document by kid; ValueError when the document is unusable.
+
+    An empty result is an error too: a provider that suddenly publishes no usable key is
+    far more likely broken than rotating everything away, so the last good set is kept.
+    """
+    doc = orjson.loads(raw)
+    entries = doc.get("keys") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{source}: not a JWKS document (no keys list)")
     keys: dict[str, VerifyKey] = {}
-    entries = document.get("keys") if isinstance(document, dict) else None
-    for jwk in entries if isinstance(entries, list) else ():
-        if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
-            continue
-        kid, alg = jwk.get("kid"), jwk.get("alg") or _alg_for(jwk)
-        if not isinstance(kid, str) or alg not in ASYMMETRIC:
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
             continue
         try:
-            key = jwt.PyJWK(jwk, algorithm=alg).key
-        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
-            log.warning("ignoring an unusable key in the key set (kid %.40r)", kid)
+            key = jwk_key(entry)
+        except UnusableKey as exc:
+            log.debug("%s: key %d ignored: %s", source, i, exc)
             continue
-        keys[kid] = VerifyKey(kid, alg, key)
+        if key.kid in keys:
+            log.warning("%s: duplicate kid, the first key is used", source)
+            continue
+        keys[key.kid] = key
+    if not keys:
+        raise ValueError(f"{source}: no usable signing key")
     return keys
 
 
-def load_pem(path: Path) -> VerifyKey:
-    key = serialization.load_pem_public_key(path.read_bytes())
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        alg = "EdDSA"
-    elif isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1":
-        alg = "ES256"
-    elif isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048:
-        alg = "RS256"
+def pem_key(path: Path) -> VerifyKey:
+    """A public key PEM file; its kid is its RFC 7638 thumbprint."""
+    public = load_pem_public_key(path.read_bytes())
+    jwk: dict[str, Any]
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
+    elif isinstance(public, rsa.RSAPublicKey):
+        jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
     else:
-        raise ValueError(f"{path}: unsupported public key type")
-    return VerifyKey(path.stem, alg, key)
+        raise UnusableKey(f"{path}: unsupported public key type")
+    jwk.pop("kid", None)
+    try:
+        return jwk_key(jwk)
+    except UnusableKey as exc:
+        raise UnusableKey(f"{path}: {exc}") from None
 
 
-def load_hs256(env_name: str) -> VerifyKey:
-    secret = os.environ.get(env_name, "").encode()
-    if len(secret) < HS256_MIN_BYTES:
-        raise ValueError(f"{env_name} must hold an HS256 secret of at least "
-                         f"{HS256_MIN_BYTES} bytes")
-    return VerifyKey("hs256", "HS256", secret)
-
-
-def load_jwks_file(path: Path) -> dict[str, VerifyKey]:
-    return parse_jwks(json.loads(path.read_text()))
-
-
-class JwksFetcher:
-    """A JWKS URL: cached for a TTL, refreshed single-flight, last good set kept on failure.
-
-    An unknown kid may trigger a refetch (a rotation in progress), but at most one per
-    `refetch_s`, so a caller spraying random kids cannot flood the identity provider.
-    """
-
-    def __init__(self, url: str, session: aiohttp.ClientSession, ttl_s: float,
-                 timeout_s: float, refetch_s: float) -> None:
-        self.url = url
-        self.keys: dict[str, VerifyKey] = {}
-        self.fetches = 0
-        self._session = session
-        self._ttl_s = ttl_s
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._refetch_s = refetch_s
-        self._fetched_at = -1e18
-        self._last_attempt = -1e18
-        self._inflight: asyncio.Task[None] | None = None
-
-    async def get(self, kid: str | None) -> VerifyKey | None:
-        now = time.monotonic()
-        stale = now - self._fetched_at > self._ttl_s
-        unknown = kid is not None and kid not in self.keys
-        if stale or (unknown and now - self._last_attempt > self._refetch_s):
-            await self.refresh()
-        if kid is None:
-            return next(iter(self.keys.values())) if len(self.keys) == 1 else None
-        return self.keys.get(kid)
-
-    async def refresh(self) -> None:
-        if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.create_task(self._fetch())
-        await asyncio.shield(self._inflight)
-
-    async def _fetch(self) -> None:
-        self._last_attempt = time.monotonic()
-        self.fetches += 1
-        try:
-            async with self._session.get(self.url, timeout=self._timeout) as resp:
-                resp.raise_for_status()
-                keys = parse_jwks(json.loads(await resp.read()))
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.warning("JWKS fetch failed (%s); keeping %d known keys",
-                        exc.__class__.__name__, len(self.keys))
-            # Retry after the throttle window, not on every request.
-            self._fetched_at = time.monotonic() - self._ttl_s + self._refetch_s
-            return
-        if keys:
-            self.keys = keys
-        self._fetched_at = time.monotonic()
+def hs256_key(secret: bytes, kid: str) -> VerifyKey:
+    jwk = {"kty": "oct", "k": b64url(secret), "kid": kid}
+    return VerifyKey(kid=kid, alg="HS256", thumb=thumbprint(jwk),
+                     jwk=PyJWK(jwk, algorithm="HS256"))

@@ -1,124 +1,168 @@
-"""Token verification: from a compact JWT to a Principal, or an AuthFailure with a reason.
+"""Verifier: a compact JWT to a Principal, or an AuthFailure with a bounded reason.
 
-Order matters: size cap and header checks run before any cryptography, the key (and with
-it the algorithm) is chosen by the gateway, and only then is the signature checked.
+Order matters. The size cap and the header checks run before any cryptography; the
+gateway picks the key by kid, and with it the only algorithm that key verifies; only then
+is the signature checked (once per token, thanks to the TokenCache); revocation is checked
+on every call. Header parameters that name other keys (`jku`, `x5u`, `jwk`, `x5c`) are
+never read: trusting a key the token brings along would let anyone sign.
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Any
+import base64
+import binascii
+import re
+from typing import Any, Literal, get_args
 
 import jwt
+import orjson
+from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
 from gateway.context import Principal
-from gateway.pipeline.auth.keys import VerifyKey
-from gateway.pipeline.auth.revocation import RevocationList
+from gateway.pipeline.auth.cache import TokenCache
+from gateway.pipeline.auth.keyring import Keyring
+from gateway.pipeline.auth.keys import ASYMMETRIC, VerifyKey
+from gateway.pipeline.auth.revocation import Revocation
 from gateway.pipeline.auth.settings import AuthSettings
 
-MAX_KID = 256
+Reason = Literal["missing", "malformed", "expired", "not_yet_valid", "bad_signature",
+                 "unknown_kid", "bad_claims", "revoked", "too_large", "bad_alg", "crit",
+                 "multiple_headers", "query_token"]
+REASONS: tuple[Reason, ...] = get_args(Reason)
+
+ALGORITHMS = ASYMMETRIC | {"HS256"}
+MAX_KID = 256  # longer kids are refused without a lookup (and without a refetch)
+# header.payload.signature, base64url; the signature may be empty so `none` gets its reason.
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 class AuthFailure(Exception):
-    """A refused token; `reason` is a bounded metric label, never token content."""
+    """A refused token. `reason` is a metric label; nothing here carries token content."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(reason)
+        self.reason: Reason = reason
 
 
-KeyLookup = Callable[[str | None], Awaitable[VerifyKey | None]]
+def _header(token: str) -> dict[str, Any]:
+    segment = token.split(".", 1)[0]
+    try:
+        raw = base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_",
+                               validate=True)
+        header = orjson.loads(raw)
+    except (binascii.Error, ValueError):
+        raise AuthFailure("malformed") from None
+    if not isinstance(header, dict):
+        raise AuthFailure("malformed")
+    return header
 
 
 class Verifier:
-    def __init__(self, settings: AuthSettings, lookup: KeyLookup,
-                 revocation: RevocationList) -> None:
-        self._settings = settings
-        self._lookup = lookup
-        self._revocation = revocation
-        self._cache: OrderedDict[str, Principal] = OrderedDict()
+    """Token in, Principal out. `signature_checks` counts the expensive step."""
+
+    def __init__(self, settings: AuthSettings, keyring: Keyring,
+                 revocation: Revocation | None = None, cache: TokenCache | None = None) -> None:
+        self.settings = settings
+        self.keyring = keyring
+        self.revocation = revocation or Revocation()
+        self.cache = cache if cache is not None else TokenCache(settings.cache_size)
+        self._generation = keyring.generation
         self.signature_checks = 0
 
+    @property
+    def max_token_bytes(self) -> int:
+        return self.settings.max_token_bytes
+
+    async def start(self) -> None:
+        await self.keyring.start()
+        await self.revocation.start()
+
+    async def close(self) -> None:
+        await self.revocation.close()
+        await self.keyring.close()
+
     async def verify(self, token: str) -> Principal:
-        principal = self._cached(token)
+        """The token's Principal; raises AuthFailure."""
+        if len(token) > self.settings.max_token_bytes:
+            raise AuthFailure("too_large")
+        generation = self.keyring.generation
+        if generation != self._generation:
+            # Keys changed (rotation, removal): earlier verdicts may rest on a gone key.
+            self.cache.clear()
+            self._generation = generation
+        principal = self.cache.get(token)
         if principal is None:
-            principal = await self._verify(token)
-            self._remember(token, principal)
-        if await self._revocation.is_revoked(principal.jti):
-            raise AuthFailure("revoked", "The token has been revoked")
+            principal = await self._verify_signed(token)
+            if self.keyring.generation == generation:
+                self.cache.put(token, principal)
+        else:
+            self.keyring.poke()  # keep the key set fresh even when every request hits
+        if await self.revocation.is_revoked(principal.jti):
+            raise AuthFailure("revoked")
         return principal
 
-    def _cached(self, token: str) -> Principal | None:
-        principal = self._cache.get(token)
-        if principal is None:
-            return None
-        if principal.expires_at + self._settings.leeway_s < time.time():
-            del self._cache[token]
-            raise AuthFailure("expired", "The token has expired")
-        self._cache.move_to_end(token)
-        return principal
-
-    def _remember(self, token: str, principal: Principal) -> None:
-        self._cache[token] = principal
-        while len(self._cache) > self._settings.cache_size:
-            self._cache.popitem(last=False)
-
-    async def _verify(self, token: str) -> Principal:
-        if len(token) > self._settings.max_token_bytes:
-            raise AuthFailure("too_large", "The token is too large")
-        if token.count(".") != 2:
-            raise AuthFailure("malformed", "The token is not a compact JWT")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
-            raise AuthFailure("malformed", "The token header cannot be decoded") from None
+    async def _verify_signed(self, token: str) -> Principal:
+        if not _COMPACT.fullmatch(token):
+            raise AuthFailure("malformed")
+        header = _header(token)
         if "crit" in header:
-            raise AuthFailure("crit", "Tokens with critical header parameters are refused")
+            # Extensions we would have to understand to verify safely: refuse them all.
+            raise AuthFailure("crit")
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise AuthFailure("malformed")
+        if alg not in ALGORITHMS:
+            raise AuthFailure("bad_alg")
         kid = header.get("kid")
-        if kid is not None and (not isinstance(kid, str) or len(kid) > MAX_KID):
-            raise AuthFailure("unknown_kid", "The token's key id is not valid")
-        key = await self._lookup(kid)
+        if "kid" in header and not isinstance(kid, str):  # null included: absent is absent
+            raise AuthFailure("malformed")
+        if kid is not None and len(kid) > MAX_KID:
+            raise AuthFailure("unknown_kid")
+        key = await self.keyring.find(kid)
         if key is None:
-            raise AuthFailure("unknown_kid", "The token was not signed by a known key")
-        if header.get("alg") != key.alg:
-            raise AuthFailure("bad_alg", "The token's algorithm does not match its key")
-        claims = self._decode(token, key)
-        return self._principal(claims)
+            raise AuthFailure("unknown_kid")
+        if alg != key.alg:  # the key's pinned algorithm decides, never the header
+            raise AuthFailure("bad_alg")
+        return self._principal(self._decode(token, key))
 
     def _decode(self, token: str, key: VerifyKey) -> dict[str, Any]:
-        s = self._settings
+        s = self.settings
         self.signature_checks += 1
         try:
             return jwt.decode(
-                token, key.key, algorithms=[key.alg], leeway=s.leeway_s, issuer=s.issuer,
-                audience=s.audience,
-                options={"require": ["exp", "iat", "sub"], "verify_aud": s.audience is not None})
+                token, key.jwk, algorithms=[key.alg], leeway=s.leeway_s, issuer=s.issuer,
+                audience=list(s.audience) or None,
+                options={"require": ["exp", "iat", "sub"], "verify_aud": bool(s.audience)})
         except jwt.ExpiredSignatureError:
-            raise AuthFailure("expired", "The token has expired") from None
+            raise AuthFailure("expired") from None
         except jwt.ImmatureSignatureError:
-            raise AuthFailure("not_yet_valid", "The token is not valid yet") from None
+            raise AuthFailure("not_yet_valid") from None
         except jwt.InvalidSignatureError:
-            raise AuthFailure("bad_signature", "The token signature is invalid") from None
-        except (jwt.MissingRequiredClaimError, jwt.InvalidIssuerError,
-                jwt.InvalidAudienceError, jwt.InvalidIssuedAtError) as exc:
-            raise AuthFailure("bad_claims", f"The token's claims are not acceptable: "
-                              f"{exc.__class__.__name__}") from None
-        except jwt.InvalidTokenError:
-            raise AuthFailure("malformed", "The token cannot be decoded") from None
+            raise AuthFailure("bad_signature") from None
+        except (jwt.MissingRequiredClaimError, jwt.InvalidIssuerError, jwt.InvalidAudienceError,
+                jwt.InvalidIssuedAtError, InvalidSubjectError, InvalidJTIError):
+            raise AuthFailure("bad_claims") from None
+        except jwt.PyJWTError:
+            raise AuthFailure("malformed") from None
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
-        sub, tier = claims.get("sub"), claims.get(self._settings.tier_claim)
-        if not isinstance(sub, str) or not sub:
-            raise AuthFailure("bad_claims", "The token has no usable 'sub' claim")
-        if not isinstance(tier, str) or not tier:
-            raise AuthFailure("bad_claims", "The token has no tier claim")
-        scope = claims.get("scope", "")
-        scopes = scope.split() if isinstance(scope, str) else [
-            s for s in scope if isinstance(s, str)] if isinstance(scope, list) else []
-        org, jti = claims.get("org"), claims.get("jti")
-        return Principal(sub=sub, tier=tier, org=org if isinstance(org, str) else None,
-                         scopes=frozenset(scopes), jti=jti if isinstance(jti, str) else None,
-                         expires_at=float(claims["exp"]))
+        s = self.settings
+        sub, tier = claims.get("sub"), claims.get(s.tier_claim)
+        org, jti = claims.get(s.org_claim), claims.get("jti")
+        if not (isinstance(sub, str) and sub and isinstance(tier, str) and tier):
+            raise AuthFailure("bad_claims")
+        if not (org is None or isinstance(org, str)) or not (jti is None or isinstance(jti, str)):
+            raise AuthFailure("bad_claims")
+        return Principal(sub=sub, tier=tier, org=org or None, scopes=_scopes(claims.get("scope")),
+                         jti=jti or None, expires_at=float(claims["exp"]))
+
+
+def _scopes(scope: object) -> frozenset[str]:
+    """OAuth's space-separated string, or the list some providers send instead."""
+    if scope is None:
+        return frozenset()
+    if isinstance(scope, str):
+        return frozenset(scope.split())
+    if isinstance(scope, list) and all(isinstance(s, str) for s in scope):
+        return frozenset(scope)
+    raise AuthFailure("bad_claims")
