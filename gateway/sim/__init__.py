@@ -1,4 +1,20 @@
-"""A vLLM-compatible simulator: the embedded default, and the backend in tests and benches."""
+"""A vLLM-compatible simulator: the embedded default backend, and the backend of tests and
+benchmarks. It plays vLLM's OpenAI server (shapes, SSE framing, errors, /tokenize,
+/metrics) with deterministic text, and misbehaves on request: a `[[sim:KEY=VALUE,...]]`
+directive in the prompt or the `x-sim-fault` header (keys status, reset, drop_after,
+stall_after, malformed_after, ttft, tps; see `gateway.sim.faults`).
+
+    settings.py    SimSettings: models, time to first token, tokens per second
+    tokenizer.py   a stateless, reversible tokenizer and the chat template
+    generate.py    what the model says for (prompt, seed, choice), and when it stops
+    faults.py      [[sim:...]] directives: errors, resets, drops, stalls, bad events
+    protocol.py    requests as vLLM validates them; vLLM's error body
+    job.py         one planned request and its vLLM-shaped bodies and SSE events
+    engine.py      serving a job: pacing, faults, noticing a client leave
+    embeddings.py  deterministic unit vectors
+    metrics.py     vLLM's metric names on an injected registry
+    app.py         the routes, SimStats, create_sim_app, run_sim
+"""
 
 from gateway.sim.app import SIM_STATS, SimStats, create_sim_app, run_sim
 from gateway.sim.settings import SimSettings

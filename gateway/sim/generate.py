@@ -1,103 +1,117 @@
-"""Deterministic text and fault directives.
+"""What the simulated model says, and when it stops.
 
-Text depends only on (prompt, seed, choice index): the same request gives the same answer,
-which lets tests compare direct and proxied responses word for word. Sentences are drawn
-from a fixed vocabulary, capitalised and punctuated, so the output reads like prose.
+Text depends only on (prompt, seed, choice index): the same request gives the same words,
+so tests can compare direct and proxied answers word for word. The model speaks in
+sentences of 5..14 words from the tokenizer's vocabulary: every word is one token with
+its leading space (" hello"), the first is capitalised, and a "." token ends the sentence.
 
-Fault injection, for tests: a directive anywhere in the prompt, `[[sim:KEY=VALUE,...]]`,
-or the same text in an `x-sim-fault` header. Keys:
-  status=N           answer with HTTP N and vLLM's error body, before any byte
-  reset              close the connection before answering
-  drop_after=K       stream: K token chunks, then close the connection (no [DONE])
-  stall_after=K      stream: K token chunks, then stall until the client goes away
-  malformed_after=K  stream: K token chunks, then one malformed event
-  ttft=SECONDS       override the time to first token
-  tps=RATE           override tokens per second
+When it stops:
+  natural end    after the first sentence that reaches a length drawn from 16..49 tokens
+                 (never before `min_tokens`), the model emits an end-of-sequence token:
+                 no text, but one generated token, as vLLM counts EOS. A natural answer
+                 is 17..64 tokens; finish_reason "stop", stop_reason None.
+  max_tokens     cut after that many tokens: finish_reason "length". `ignore_eos` lets
+                 the model talk until then.
+  stop strings   the text ends just before the earliest stop string (just after it with
+                 `include_stop_str_in_output`); the token that completed it is the last
+                 generated. finish_reason "stop", stop_reason the string.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-_DIRECTIVE = re.compile(r"\[\[sim:([^\]]*)\]\]")
+from gateway.sim.tokenizer import WORDS
 
-_WORDS = """
-the of and a to in is that it was for on are as with his they at be this from have or
-by one had not but what all were when we there can an your which their said if do will
-each about how up out them then she many some so these would other into has more her
-two like him see time could no make than first been its who now people my made over
-did down only way find use may water long little very after words called just where
-most know get through back much before go good new write our used me man too any day
-same right look think also around another came come work three word must because does
-part even place well such here take why things help put years different away again off
-went old number great tell men say small every found still between name should home
-big give air line set own under read last never us left end along while might next
-sound below saw something thought both few those always looked show large often
-together asked house world going want school important until form food keep children
-feet land side without boy once animals life enough took sometimes four head above
-kind began almost live page got earth need far hand high year mother light parts
-country father let night following picture being study second eyes soon times story
-boys since white days ever paper hard near sentence better best across during today
-others however sure means knew try told young miles sun ways thing whole hear example
-heard several change answer room sea against top turned learn point city play toward
-five using himself usually river
-"""
-VOCAB = tuple(_WORDS.split())
+EOS = ""  # the end-of-sequence token's text
 
 
 @dataclass(frozen=True, slots=True)
-class Faults:
-    status: int | None = None
-    reset: bool = False
-    drop_after: int | None = None
-    stall_after: int | None = None
-    malformed_after: int | None = None
-    ttft_s: float | None = None
-    tps: float | None = None
+class Limits:
+    max_tokens: int
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop: tuple[str, ...] = ()
+    include_stop: bool = False
 
 
-def parse_faults(*sources: str) -> Faults:
-    values: dict[str, str] = {}
-    for source in sources:
-        for match in _DIRECTIVE.finditer(source):
-            for item in match.group(1).split(","):
-                key, _, value = item.strip().partition("=")
-                values[key] = value
-    if not values:
-        return Faults()
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One choice's answer: the text of each generated token, and why it ended."""
 
-    def number(key: str) -> int | None:
-        return int(values[key]) if values.get(key, "").isdigit() else None
+    pieces: tuple[str, ...]  # "" for EOS, and for text hidden by a stop string
+    finish_reason: str  # "stop" | "length"
+    stop_reason: str | None = None
 
-    def real(key: str) -> float | None:
-        try:
-            return float(values[key]) if key in values else None
-        except ValueError:
-            return None
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
-    return Faults(status=number("status"), reset="reset" in values,
-                  drop_after=number("drop_after"), stall_after=number("stall_after"),
-                  malformed_after=number("malformed_after"), ttft_s=real("ttft"),
-                  tps=real("tps"))
+    @property
+    def tokens(self) -> int:
+        return len(self.pieces)
 
 
-def words(prompt: str, seed: int, index: int) -> Iterator[str]:
-    """An endless, deterministic stream of token texts (each with its leading space)."""
+def plan(prompt: str, seed: int, index: int, limits: Limits) -> Plan:
     digest = hashlib.blake2b(f"{seed}\0{index}\0{prompt}".encode(), digest_size=8).digest()
     rng = random.Random(int.from_bytes(digest, "big"))
+    natural = max(rng.randint(16, 49), limits.min_tokens)
+    finder = _StopFinder(limits.stop, limits.include_stop) if limits.stop else None
+    pieces: list[str] = []
+    for piece in _sentences(rng):
+        if len(pieces) >= limits.max_tokens:
+            return Plan(tuple(pieces), "length")
+        if not limits.ignore_eos and len(pieces) >= natural and pieces[-1] == ".":
+            pieces.append(EOS)
+            return Plan(tuple(pieces), "stop")
+        pieces.append(piece)
+        hit = finder.feed(piece) if finder is not None else None
+        if hit is not None:
+            cut, stop = hit
+            return Plan(_clip(pieces, cut), "stop", stop)
+    raise AssertionError("unreachable: the sentences never end")
+
+
+def _sentences(rng: random.Random) -> Iterator[str]:
     while True:
-        length = rng.randint(6, 16)
-        for i in range(length):
-            word = rng.choice(VOCAB)
-            yield " " + (word.capitalize() if i == 0 else word) + ("." if i == length - 1
-                                                                   else "")
+        length = rng.randint(5, 14)
+        yield " " + rng.choice(WORDS).capitalize()
+        for _ in range(length - 1):
+            yield " " + rng.choice(WORDS)
+        yield "."
 
 
-def natural_length(prompt: str, seed: int, index: int) -> int:
-    """How many tokens the 'model' wants to say before it stops by itself."""
-    digest = hashlib.blake2b(f"len\0{seed}\0{index}\0{prompt}".encode(), digest_size=4)
-    return 16 + int.from_bytes(digest.digest(), "big") % 49
+class _StopFinder:
+    """Finds the earliest stop string in text fed piece by piece, looking only at the tail."""
+
+    def __init__(self, stops: tuple[str, ...], include: bool) -> None:
+        self._stops = stops
+        self._include = include
+        self._keep = max(len(s) for s in stops) - 1
+        self._tail = ""
+        self._end = 0  # length of all text fed so far
+
+    def feed(self, piece: str) -> tuple[int, str] | None:
+        """(where the text is cut, the stop string) once a stop string is complete."""
+        window = self._tail + piece
+        start = self._end - len(self._tail)
+        # Earlier windows held no stop string, so any match here ends inside `piece`.
+        found = [(i, s) for s in self._stops if (i := window.find(s)) >= 0]
+        self._end += len(piece)
+        self._tail = window[-self._keep:] if self._keep else ""
+        if not found:
+            return None
+        i, stop = min(found, key=lambda hit: hit[0])
+        return start + i + (len(stop) if self._include else 0), stop
+
+
+def _clip(pieces: list[str], cut: int) -> tuple[str, ...]:
+    out: list[str] = []
+    start = 0
+    for piece in pieces:
+        out.append(piece[:max(0, cut - start)])
+        start += len(piece)
+    return tuple(out)

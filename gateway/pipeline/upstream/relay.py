@@ -19,7 +19,14 @@ import orjson
 from aiohttp import web
 
 from gateway.context import RequestContext
-from gateway.errors import BadGateway, GatewayError, GatewayTimeout, normalise_upstream_error
+from gateway.errors import (
+    BadGateway,
+    BadRequest,
+    GatewayError,
+    GatewayTimeout,
+    normalise_upstream_error,
+)
+from gateway.pipeline.classify.moderation import OutputBlocked
 from gateway.metrics import Metrics
 from gateway.pipeline.output import FilterChain
 from gateway.pipeline.upstream.client import RetryUpstream
@@ -77,7 +84,12 @@ def _filter_choices(ctx: RequestContext, data: dict[str, Any], chains: ChainFact
             continue
         chain = chains(ctx)
         if chain is not None:
-            holder[_text_key(ctx)] = chain.apply(holder[_text_key(ctx)])
+            try:
+                holder[_text_key(ctx)] = chain.apply(holder[_text_key(ctx)])
+            except OutputBlocked:
+                # Nothing of a blocked choice leaves the gateway, as OpenAI's content filter.
+                holder[_text_key(ctx)] = ""
+                choice["finish_reason"] = "content_filter"
             changed = True
     return changed
 
@@ -118,9 +130,10 @@ class StreamRelay:
         try:
             await self._pump(upstream)
         except _UpstreamBroke as exc:
-            log.warning("upstream stream broke (%s) for request %s", exc.kind,
-                        self._ctx.request_id)
-            self._metrics.upstream_errors.labels(exc.kind).inc()
+            if exc.kind != "output_blocked":  # moderation counts its own blocks
+                log.warning("upstream stream broke (%s) for request %s", exc.kind,
+                            self._ctx.request_id)
+                self._metrics.upstream_errors.labels(exc.kind).inc()
             await self._end(exc.error.http_status)
             await self._send(frame_json(exc.error.body()))
         except ConnectionResetError:
@@ -175,7 +188,25 @@ class StreamRelay:
             # the failure then ends a stream that has begun.
             await self._send(b"".join(out))
             raise _UpstreamBroke(exc.error, exc.kind) from None
+        except OutputBlocked as blocked:
+            out.append(self._content_filter_chunk(payload))
+            await self._send(b"".join(out))
+            message = f"The response was stopped by output moderation: " \
+                      f"{', '.join(blocked.categories)}"
+            raise _UpstreamBroke(BadRequest(message, code="content_policy_violation"),
+                                 "output_blocked") from None
         return out
+
+    def _content_filter_chunk(self, payload: bytes) -> bytes:
+        """The blocked event, emptied, with finish_reason content_filter (as OpenAI)."""
+        event = orjson.loads(payload)
+        for choice in event.get("choices") or ():
+            holder = choice.get("delta") if self._text_key == "content" else choice
+            if isinstance(holder, dict):
+                holder[self._text_key] = ""
+            choice["finish_reason"] = "content_filter"
+        event.pop("usage", None)
+        return frame_json(event)
 
     def _observe_latency(self) -> None:
         now = time.perf_counter()

@@ -1,0 +1,135 @@
+"""One accepted generation request, planned in full, and its vLLM-shaped output.
+
+The answer is decided before the first byte (generation is deterministic), so serving a
+job is only a matter of pacing. Shapes follow vLLM's OpenAI server: non-stream bodies
+carry every field vLLM serialises; stream events carry the fields vLLM sets, i.e. the
+role chunk `{"role": "assistant", "content": ""}`, one chunk per generated token, the
+last one with `finish_reason` and `stop_reason`, and the usage chunk with `choices: []`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.sim.generate import Plan, plan
+from gateway.sim.protocol import GenerateRequest
+
+DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    index: int
+    prompt_tokens: int
+    plan: Plan
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    request: GenerateRequest
+    id: str
+    created: int
+    choices: tuple[Choice, ...]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(p.tokens for p in self.request.prompts)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.plan.tokens for c in self.choices)
+
+    @property
+    def steps(self) -> int:
+        """Engine steps: the choices generate side by side."""
+        return max(c.plan.tokens for c in self.choices)
+
+    def usage(self) -> dict[str, Any]:
+        return _usage(self.prompt_tokens, self.completion_tokens)
+
+    def body(self) -> dict[str, Any]:
+        """The non-stream response."""
+        choices: list[dict[str, Any]]
+        if self.request.chat:
+            choices = [{"index": c.index,
+                        "message": {"role": "assistant", "content": c.plan.text,
+                                    "refusal": None, "annotations": None, "audio": None,
+                                    "function_call": None, "tool_calls": [],
+                                    "reasoning_content": None},
+                        "logprobs": None, "finish_reason": c.plan.finish_reason,
+                        "stop_reason": c.plan.stop_reason} for c in self.choices]
+        else:
+            choices = [{"index": c.index, "text": c.plan.text, "logprobs": None,
+                        "finish_reason": c.plan.finish_reason,
+                        "stop_reason": c.plan.stop_reason, "prompt_logprobs": None}
+                       for c in self.choices]
+        out = self._head("chat.completion" if self.request.chat else "text_completion")
+        out.update(choices=choices, service_tier=None, system_fingerprint=None,
+                   usage={**self.usage(), "prompt_tokens_details": None})
+        if self.request.chat:
+            out["prompt_logprobs"] = None
+        out["kv_transfer_params"] = None
+        return out
+
+    def role_event(self, choice: Choice) -> bytes:
+        """Chat streams open each choice with the assistant role and empty content."""
+        entry = {"index": choice.index, "delta": {"role": "assistant", "content": ""},
+                 "logprobs": None, "finish_reason": None}
+        return self._event(entry, choice, 0)
+
+    def token_event(self, choice: Choice, step: int) -> bytes:
+        """The chunk of `choice`'s token number `step`; the last one says why it ended."""
+        p = choice.plan
+        if self.request.chat:
+            entry: dict[str, Any] = {"index": choice.index, "delta": {"content": p.pieces[step]},
+                                     "logprobs": None, "finish_reason": None}
+            if step == p.tokens - 1:
+                entry.update(finish_reason=p.finish_reason, stop_reason=p.stop_reason)
+        else:
+            last = step == p.tokens - 1
+            entry = {"index": choice.index, "text": p.pieces[step], "logprobs": None,
+                     "finish_reason": p.finish_reason if last else None,
+                     "stop_reason": p.stop_reason if last else None}
+        return self._event(entry, choice, step + 1)
+
+    def usage_event(self) -> bytes:
+        event = self._head(self._chunk_object)
+        event.update(choices=[], usage=self.usage())
+        return b"data: " + orjson.dumps(event) + b"\n\n"
+
+    @property
+    def _chunk_object(self) -> str:
+        return "chat.completion.chunk" if self.request.chat else "text_completion"
+
+    def _head(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created,
+                "model": self.request.model}
+
+    def _event(self, entry: dict[str, Any], choice: Choice, generated: int) -> bytes:
+        event = self._head(self._chunk_object)
+        event["choices"] = [entry]
+        if self.request.continuous_usage:
+            event["usage"] = _usage(choice.prompt_tokens, generated)
+        return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def _usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {"prompt_tokens": prompt, "total_tokens": prompt + completion,
+            "completion_tokens": completion}
+
+
+def plan_job(request: GenerateRequest, max_model_len: int) -> Job:
+    """Every choice's answer. Choice i*n+j answers prompt i, as vLLM numbers them; its text
+    depends on the prompt, the seed and j only, not on the prompt's place in a batch."""
+    n = request.n
+    choices = tuple(
+        Choice(i * n + j, prompt.tokens,
+               plan(prompt.text, request.seed, j, request.limits(prompt, max_model_len)))
+        for i, prompt in enumerate(request.prompts) for j in range(n))
+    prefix = "chatcmpl" if request.chat else "cmpl"
+    return Job(request, f"{prefix}-{uuid.uuid4().hex}", int(time.time()), choices)

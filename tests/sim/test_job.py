@@ -1,0 +1,91 @@
+"""A planned job's bodies and events have vLLM's fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.sim.job import Job, plan_job
+from gateway.sim.protocol import parse_generate
+from gateway.sim.settings import SimSettings
+from gateway.sim.tokenizer import Tokenizer
+
+SETTINGS = SimSettings()
+MODEL = SETTINGS.models[0]
+
+
+def _job(chat: bool = True, **body: Any) -> Job:
+    base = {"messages": [{"role": "user", "content": "hi"}]} if chat else {"prompt": "hi"}
+    request = parse_generate({"model": MODEL, **base, **body}, chat, SETTINGS, Tokenizer())
+    return plan_job(request, SETTINGS.max_model_len)
+
+
+def _event(frame: bytes) -> dict[str, Any]:
+    assert frame.startswith(b"data: ") and frame.endswith(b"\n\n")
+    event: dict[str, Any] = orjson.loads(frame[6:])
+    return event
+
+
+def test_chat_body() -> None:
+    job = _job(max_tokens=5)
+    body = job.body()
+    assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
+    assert body["model"] == MODEL and isinstance(body["created"], int)
+    [choice] = body["choices"]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"] == job.choices[0].plan.text
+    assert (choice["finish_reason"], choice["stop_reason"], choice["logprobs"]) == \
+        ("length", None, None)
+    assert body["usage"] == {"prompt_tokens": job.prompt_tokens, "total_tokens":
+                             job.prompt_tokens + 5, "completion_tokens": 5,
+                             "prompt_tokens_details": None}
+
+
+def test_completion_body_numbers_choices_per_prompt() -> None:
+    job = _job(chat=False, prompt=["a", "b"], n=2, max_tokens=3)
+    body = job.body()
+    assert body["id"].startswith("cmpl-") and body["object"] == "text_completion"
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+    texts = [c["text"] for c in body["choices"]]
+    assert len(set(texts)) == 4
+    # A prompt's answers do not depend on its place in the batch.
+    alone = _job(chat=False, prompt="b", n=2, max_tokens=3).body()["choices"]
+    assert texts[2:] == [c["text"] for c in alone]
+    assert body["usage"]["prompt_tokens"] == 2 and body["usage"]["completion_tokens"] == 12
+
+
+def test_chat_events() -> None:
+    job = _job(max_tokens=3, stream=True)
+    choice = job.choices[0]
+    role = _event(job.role_event(choice))
+    assert role["object"] == "chat.completion.chunk" and role["id"] == job.id
+    assert role["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None, "finish_reason": None}]
+    assert "usage" not in role
+    first, last = (_event(job.token_event(choice, i))["choices"][0] for i in (0, 2))
+    assert first == {"index": 0, "delta": {"content": choice.plan.pieces[0]}, "logprobs": None,
+                     "finish_reason": None}
+    assert (last["finish_reason"], last["stop_reason"]) == ("length", None)
+
+
+def test_completion_events_and_usage_event() -> None:
+    job = _job(chat=False, max_tokens=2, stream=True, stop=[" "],
+               stream_options={"include_usage": True})
+    choice = job.choices[0]
+    entry = _event(job.token_event(choice, choice.plan.tokens - 1))["choices"][0]
+    assert entry == {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop",
+                     "stop_reason": " "}
+    usage = _event(job.usage_event())
+    assert usage["object"] == "text_completion" and usage["choices"] == []
+    assert usage["usage"] == {"prompt_tokens": 1, "total_tokens": 2, "completion_tokens": 1}
+
+
+def test_continuous_usage_counts_each_choices_tokens() -> None:
+    job = _job(max_tokens=4, n=2, stream=True,
+               stream_options={"include_usage": True, "continuous_usage_stats": True})
+    second = job.choices[1]
+    assert _event(job.role_event(second))["usage"]["completion_tokens"] == 0
+    usage = _event(job.token_event(second, 2))["usage"]
+    assert usage == {"prompt_tokens": job.prompt_tokens,
+                     "total_tokens": job.prompt_tokens + 3, "completion_tokens": 3}
