@@ -1,0 +1,109 @@
+"""Rate-limit stage: reserve tokens at admission; the response's end settles them.
+
+The reservation is the prompt (counted once by the tier stage) plus max_tokens for each
+of n choices. The tier stage has already set max_tokens to the tier's default when the
+client sent none, so a stream can never run past what was reserved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+
+from gateway.context import RequestContext
+from gateway.errors import RateLimited
+from gateway.metrics import Metrics
+from gateway.pipeline import ALLOW, Decision, deny
+from gateway.pipeline.ratelimit.limits import Admission, Limiter, Limits
+from gateway.policy.spec import PolicySpec
+
+
+def limit_key(sub: str) -> str:
+    """Subjects are hashed, so the shared store never holds user identifiers."""
+    return hashlib.blake2b(sub.encode(), digest_size=12).hexdigest()
+
+
+def reservation(ctx: RequestContext) -> int:
+    body = ctx.body
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+    return (ctx.prompt_tokens or 0) + int(max_tokens) * int(body.get("n") or 1)
+
+
+class RateLimitStage:
+    name = "ratelimit"
+
+    def __init__(self, limiter: Limiter, policy: PolicySpec, metrics: Metrics) -> None:
+        self._limiter = limiter
+        self._policy = policy
+        self._metrics = metrics
+
+    async def check(self, ctx: RequestContext) -> Decision:
+        tier, principal = ctx.tier_spec, ctx.principal
+        assert tier is not None and principal is not None, "runs after the tier stage"
+        spec = self._policy.limits_for(tier, principal.sub, principal.org)
+        limits = Limits(spec.requests_per_minute or None, spec.tokens_per_minute or None,
+                        spec.concurrent_requests or None, spec.tokens_per_day or None)
+        if limits.unlimited:
+            return ALLOW
+        key = limit_key(principal.sub)
+        admission = await self._limiter.admit(key, limits, reservation(ctx))
+        # Only the per-minute budget is visible (x-ratelimit-remaining-tokens) to clamp to.
+        if (not admission.allowed and admission.refused == "tokens"
+                and tier.request.clamp_to_budget):
+            admission = await self._clamp(ctx, key, limits, admission)
+        if not admission.allowed:
+            return self._refuse(ctx, admission)
+        self._metrics.ratelimit_decisions.labels(ctx.tier, "admitted", "-").inc()
+        ctx.limit = "admitted"
+        ctx.response_headers.update(admission.headers)
+        if admission.ticket is not None and limits.settles:
+            ctx.settle = _Settlement(self._limiter, admission, ctx)
+        return ALLOW
+
+    async def _clamp(self, ctx: RequestContext, key: str, limits: Limits,
+                     refused: Admission) -> Admission:
+        """Lower max_tokens to what the budget still holds, instead of refusing."""
+        remaining = int(refused.headers.get("x-ratelimit-remaining-tokens", "0"))
+        n = int(ctx.body.get("n") or 1)
+        room = (remaining - (ctx.prompt_tokens or 0)) // n
+        if room < 1:
+            return refused
+        name = "max_completion_tokens" if "max_completion_tokens" in ctx.body else "max_tokens"
+        ctx.body[name] = min(room, int(ctx.body.get(name) or room))
+        return await self._limiter.admit(key, limits, reservation(ctx))
+
+    def _refuse(self, ctx: RequestContext, admission: Admission) -> Decision:
+        kind = admission.refused or "requests"
+        self._metrics.ratelimit_decisions.labels(ctx.tier, "refused", kind).inc()
+        ctx.limit = f"refused:{kind}"
+        headers = dict(admission.headers)
+        headers["Retry-After"] = str(max(1, math.ceil(admission.retry_after_s)))
+        if kind == "tokens_per_day" or "can never be admitted" in admission.message:
+            headers["x-should-retry"] = "false"  # the official SDKs stop retrying on this
+        message = admission.message or "Rate limit reached; try again later."
+        return deny(RateLimited(message, headers=headers), "ratelimited")
+
+
+class _Settlement:
+    """Settles exactly once, in its own task, so a cancelled handler still refunds."""
+
+    def __init__(self, limiter: Limiter, admission: Admission, ctx: RequestContext) -> None:
+        self._limiter = limiter
+        self._admission = admission
+        self._ctx = ctx
+        self.task: asyncio.Task[None] | None = None
+
+    def __call__(self) -> None:
+        ticket = self._admission.ticket
+        if self.task is not None or ticket is None:
+            return
+        usage = self._ctx.usage
+        prompt = usage.prompt_tokens if usage.reported else (self._ctx.prompt_tokens or 0)
+        used = prompt + usage.completion_tokens
+        self.task = asyncio.ensure_future(self._limiter.settle(ticket, used))
+        _PENDING.add(self.task)
+        self.task.add_done_callback(_PENDING.discard)
+
+
+_PENDING: set[asyncio.Task[None]] = set()  # strong references until settled
