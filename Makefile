@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-classify bench-watermark helm-policies clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ test: lint
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/proxy.py
+
+bench-classify: $(VENV)/.test-installed
+	$(BIN)/python bench/classify.py
+
+bench-watermark: $(VENV)/.test-installed
+	$(BIN)/python bench/watermark.py
+
+# The chart ships a copy of policies/; a test fails when the copy is stale.
+helm-policies:
+	cp policies/*.yaml helm/gateway/files/policies/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
