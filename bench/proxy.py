@@ -16,16 +16,19 @@ import argparse
 import asyncio
 import os
 import socket
-import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import orjson
+
+from gateway.devkeys import mint_token
 
 MODEL = "sim-llama-3-8b-instruct"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -51,8 +54,8 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
-def _start(args: list[str], url: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING"}
+def _start(args: list[str], url: str, home: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_HOME": home}
     proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -82,11 +85,14 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+HEADERS = {"Content-Type": "application/json"}
+
+
 async def _one(http: aiohttp.ClientSession, url: str, body: bytes,
                stream: bool) -> tuple[float, float, int]:
     started = time.perf_counter()
     ttft, chunks = 0.0, 0
-    async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+    async with http.post(url, data=body, headers=HEADERS) as resp:
         if resp.status != 200:
             raise SystemExit(f"unexpected status {resp.status}: {await resp.text()}")
         if not stream:
@@ -153,8 +159,13 @@ async def main(requests: int) -> None:
     sim_port, gw_port = _free_port(), _free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     gw_url = f"http://127.0.0.1:{gw_port}"
-    sim = _start(["sim", "--port", str(sim_port)], sim_url + "/health")
-    gw = _start(["serve", "--port", str(gw_port), "--upstream", sim_url], gw_url + "/readyz")
+    home = tempfile.mkdtemp(prefix="gateway-bench-")
+    # The trusted tier: no system prompt and limits far above this load, so the figures
+    # are the proxy's own cost (auth, shape, tier, limits, audit, relay).
+    HEADERS["Authorization"] = "Bearer " + mint_token(Path(home), tier="trusted", sub="bench")
+    sim = _start(["sim", "--port", str(sim_port)], sim_url + "/health", home)
+    gw = _start(["serve", "--port", str(gw_port), "--upstream", sim_url], gw_url + "/readyz",
+                home)
     chat = "/v1/chat/completions"
     try:
         small = {"model": MODEL, "messages": [{"role": "user", "content": "bench"}],

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.context import PIPELINE, RELOADER
 from gateway.errors import Forbidden
+from gateway.pipeline.watermark.http import detect_handler
 from gateway.routes import authenticate
 
 ADMIN_SCOPE = "admin"
@@ -35,6 +36,12 @@ async def policy_reload(request: web.Request) -> web.Response:
                              status=200 if ok else 422)
 
 
+async def watermark_detect(request: web.Request) -> web.StreamResponse:
+    await require_admin(request)
+    return await detect_handler(request)
+
+
 def add_admin_routes(app: web.Application) -> None:
+    app.router.add_post("/admin/v1/watermark/detect", watermark_detect)
     app.router.add_get("/admin/v1/policy", policy_status)
     app.router.add_post("/admin/v1/policy/reload", policy_reload)

@@ -39,6 +39,9 @@ from gateway.pipeline.tier import TierStage
 from gateway.pipeline.upstream.client import UpstreamClient
 from gateway.pipeline.upstream.pool import Pool
 from gateway.pipeline.upstream.tokens import PromptCounter
+from gateway.pipeline.watermark.filters import watermark_filters
+from gateway.pipeline.watermark.ledger import Ledger
+from gateway.pipeline.watermark.runtime import WATERMARK, WatermarkRuntime
 from gateway.policy.reload import PolicyReloader
 from gateway.policy.spec import PolicySpec
 from gateway.routes import add_routes
@@ -60,9 +63,11 @@ class Runtime:
     counter: PromptCounter
     cache_salt_secret: bytes
     limiter: Limiter
+    watermark: WatermarkRuntime
 
 
-def _output_filters(rt: Runtime) -> tuple[FilterFactory, ...]:
+def _output_filters(rt: Runtime, policy: PolicySpec) -> tuple[FilterFactory, ...]:
+    """In order: redaction, then the watermark payload, then the ledger fingerprint."""
     filters: list[FilterFactory] = []
     if rt.settings.output.redact:
         terms = rt.settings.output.redact
@@ -71,6 +76,7 @@ def _output_filters(rt: Runtime) -> tuple[FilterFactory, ...]:
             return RedactFilter(terms)
 
         filters.append(redact)
+    filters.extend(watermark_filters(rt.watermark, policy.version))
     return tuple(filters)
 
 
@@ -81,7 +87,7 @@ def build_pipeline(policy: PolicySpec, rt: Runtime) -> Pipeline:
         TierStage(policy, rt.cache_salt_secret, rt.counter),
         RateLimitStage(rt.limiter, policy, rt.metrics),  # last: an admission must be settled
     )
-    return Pipeline(auth=rt.auth, stages=stages, output_filters=_output_filters(rt),
+    return Pipeline(auth=rt.auth, stages=stages, output_filters=_output_filters(rt, policy),
                     policy=policy, version=policy.version)
 
 
@@ -135,6 +141,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         limiter, close_limiter = _limiter(settings, metrics)
         app[LIMITER] = limiter
         rt = Runtime(settings=settings, metrics=metrics, auth=auth, limiter=limiter,
+                     watermark=app[WATERMARK],
                      counter=PromptCounter(pool, session),
                      cache_salt_secret=load_secret(settings.home, "cache_salt"))
         ref = PipelineRef(None)
@@ -154,6 +161,17 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         await pool.close()
         await close_auth()
         await close_limiter()
+
+
+async def _watermark(app: web.Application) -> AsyncIterator[None]:
+    """The signing secret and the provenance ledger, closed after the last response."""
+    settings, metrics = app[SETTINGS], app[METRICS]
+    ledger = Ledger.sqlite(settings.home / "ledger.sqlite3", metrics,
+                           retention_days=settings.watermark.ledger_retention_days)
+    await ledger.start()
+    app[WATERMARK] = WatermarkRuntime(load_secret(settings.home, "watermark"), ledger, metrics)
+    yield
+    await ledger.close()
 
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:
@@ -177,6 +195,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
     app[LIFECYCLE] = Lifecycle()
     app.cleanup_ctx.append(_audit)
+    app.cleanup_ctx.append(_watermark)
     app.cleanup_ctx.append(_runtime)
     app.on_response_prepare.append(add_headers)
     add_routes(app)

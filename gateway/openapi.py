@@ -87,6 +87,14 @@ def document() -> dict[str, Any]:
                     for n in ("since", "until", "tier", "decision", "key_id", "limit", "cursor")],
                 "responses": {"200": {"description": "A page of records"},
                               **_errors(400, 401, 403)}}},
+            "/admin/v1/watermark/detect": {"post": {
+                "summary": "Payloads and ledger matches in a suspect text",
+                "security": [{"bearer": []}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["text"],
+                               "properties": {"text": {"type": "string"}}}}}},
+                "responses": {"200": {"description": "Detection report"},
+                              **_errors(400, 401, 403, 413)}}},
             "/admin/v1/policy/reload": {"post": {"summary": "Reload the policy files now",
                                                  "security": [{"bearer": []}],
                                                  "responses": {

@@ -29,6 +29,9 @@ from gateway.errors import BadRequest, Forbidden, InvalidJSON, UnsupportedMediaT
 from gateway.openapi import document
 from gateway.pipeline import Pipeline
 from gateway.pipeline.upstream.relay import StreamRelay, relay_json
+from gateway.pipeline.watermark.filters import provenance_header, vllm_xargs
+from gateway.pipeline.watermark.provenance import HEADER as PROVENANCE
+from gateway.pipeline.watermark.runtime import WATERMARK
 
 _JSON_TYPES = ("application/json", "")
 # Tokens in URLs end up in access logs and browser history: refused, never read.
@@ -80,14 +83,24 @@ async def _proxy(request: web.Request, route: Route) -> web.StreamResponse:
 async def _forward(request: web.Request, ctx: RequestContext,
                    pipeline: Pipeline) -> web.StreamResponse:
     app, settings = request.app, request.app[SETTINGS]
+    watermark = app[WATERMARK]
+    if settings.watermark.forward_key_id:
+        ctx.body["vllm_xargs"] = vllm_xargs(ctx, watermark)
+
+    def provenance(texts: list[str] | None) -> dict[str, str]:
+        value = provenance_header(ctx, watermark, texts)
+        return {PROVENANCE: value} if value is not None else {}
+
     if ctx.stream:
+        ctx.response_headers.update(provenance(None))
         relay = StreamRelay(request, ctx, pipeline.output_chain, app[METRICS],
                             settings.timeouts.ttfb_s, settings.timeouts.idle_s,
                             on_end=functools.partial(record_request, app))
         return await app[UPSTREAM].forward(ctx, relay.run)
 
     async def respond(resp: Any) -> web.StreamResponse:
-        return await relay_json(ctx, resp, pipeline.output_chain, settings.timeouts.idle_s)
+        return await relay_json(ctx, resp, pipeline.output_chain, settings.timeouts.idle_s,
+                                provenance)
 
     return await app[UPSTREAM].forward(ctx, respond)
 

@@ -65,6 +65,14 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WatermarkSettings:
+    ledger_retention_days: float = 365.0  # provenance records older than this are deleted
+    # Forward vllm_xargs.gateway_key_id for the per-tenant logits processor
+    # (gateway.vllm_plugin); only for upstreams that run it.
+    forward_key_id: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class OutputSettings:
     redact: tuple[str, ...] = ()  # literal strings replaced by "[redacted]" in output
 
@@ -89,6 +97,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    watermark: WatermarkSettings = field(default_factory=WatermarkSettings)
 
     @property
     def embedded_sim(self) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 from gateway.context import RequestContext, Route
 from gateway.errors import BadRequest
 from gateway.pipeline import ALLOW, Decision, deny
+from gateway.pipeline.watermark.strip import strip_marks_from_messages
 
 _SAMPLING = frozenset({
     "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "max_tokens", "n",
@@ -129,5 +130,8 @@ class ShapeStage:
             shaped["stream_options"] = {"include_usage": True}
         else:
             shaped.pop("stream", None)
+        # Conversations echo earlier replies back: the gateway's own invisible marks are
+        # removed so they never reach the model, cost tokens or skew classification.
+        strip_marks_from_messages(shaped)
         ctx.body = shaped
         return ALLOW

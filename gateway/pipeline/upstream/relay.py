@@ -26,8 +26,8 @@ from gateway.errors import (
     GatewayTimeout,
     normalise_upstream_error,
 )
-from gateway.pipeline.classify.moderation import OutputBlocked
 from gateway.metrics import Metrics
+from gateway.pipeline.classify.moderation import OutputBlocked
 from gateway.pipeline.output import FilterChain
 from gateway.pipeline.upstream.client import RetryUpstream
 from gateway.pipeline.upstream.sse import DONE, DONE_EVENT, SSEParser, frame, frame_json
@@ -55,8 +55,12 @@ def _record_usage(ctx: RequestContext, usage: Any) -> None:
         ctx.usage.reported = True
 
 
+TextsHeaders = Callable[[list[str]], dict[str, str]]
+
+
 async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
-                     chains: ChainFactory, idle_s: float) -> web.Response:
+                     chains: ChainFactory, idle_s: float,
+                     headers_for: TextsHeaders | None = None) -> web.Response:
     """Non-streaming: read the whole (bounded) answer, filter each choice, respond."""
     try:
         async with asyncio.timeout(idle_s):
@@ -72,8 +76,19 @@ async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
     _record_usage(ctx, data.get("usage"))
     if ctx.route != "embeddings" and _filter_choices(ctx, data, chains):
         raw = orjson.dumps(data)
+    if headers_for is not None and ctx.route != "embeddings":
+        ctx.response_headers.update(headers_for(_texts(ctx, data)))
     return web.Response(body=raw, content_type="application/json",
                         headers=ctx.response_headers)
+
+
+def _texts(ctx: RequestContext, data: dict[str, Any]) -> list[str]:
+    texts = []
+    for choice in data.get("choices") or ():
+        holder = choice.get("message") if ctx.route == "chat" else choice
+        text = holder.get(_text_key(ctx)) if isinstance(holder, dict) else None
+        texts.append(text if isinstance(text, str) else "")
+    return texts
 
 
 def _filter_choices(ctx: RequestContext, data: dict[str, Any], chains: ChainFactory) -> bool:

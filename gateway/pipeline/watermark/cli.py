@@ -1,0 +1,109 @@
+"""`gateway watermark detect [FILE|-]` and `gateway watermark verify`.
+
+Both read the watermark secret the server uses (GATEWAY_SECRET_WATERMARK, else
+<home>/secrets/watermark) and never create one; detect also opens the ledger
+(<home>/ledger.sqlite3) when it exists. Output is JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SECRET_NAME = "watermark"
+LEDGER_FILE = "ledger.sqlite3"
+
+
+def add_watermark_parsers(sub: Any) -> None:
+    """Register `watermark detect` and `watermark verify` on the CLI's subparsers."""
+    p = sub.add_parser("watermark", help="trace text back to the key that produced it")
+    cmds = p.add_subparsers(dest="watermark_command", required=True)
+    detect = cmds.add_parser("detect", help="embedded payloads and ledger matches, as JSON")
+    detect.add_argument("file", nargs="?", default="-", help="text file, or - for stdin")
+    detect.add_argument("--limit", type=int, default=5, help="ledger matches to show")
+    _common(detect)
+    detect.add_argument("--ledger", type=Path, help=f"ledger file (default HOME/{LEDGER_FILE})")
+    detect.add_argument("--no-ledger", action="store_true", help="payloads only")
+    verify = cmds.add_parser("verify", help="check an x-gateway-provenance header value")
+    verify.add_argument("--header", help="the header value (default: read from stdin)")
+    verify.add_argument("--text", type=Path,
+                        help="the response text, to check the signed content hash")
+    _common(verify)
+    p.set_defaults(handler=run_watermark)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", type=Path, help="GATEWAY_HOME (default: from the settings)")
+
+
+def _home(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    from gateway.settings import load_settings
+
+    return load_settings(overrides={}).home
+
+
+def _secret(home: Path) -> bytes:
+    from gateway.secret_store import load_secret
+
+    if not os.environ.get(f"GATEWAY_SECRET_{SECRET_NAME.upper()}") and not (
+            home / "secrets" / SECRET_NAME).exists():
+        raise SystemExit(f"gateway watermark: no watermark secret under {home} "
+                         f"(set GATEWAY_HOME or GATEWAY_SECRET_{SECRET_NAME.upper()})")
+    return load_secret(home, SECRET_NAME)
+
+
+def _read(source: str | Path) -> str:
+    if str(source) == "-":
+        return sys.stdin.read()
+    return Path(source).read_text(encoding="utf-8")
+
+
+def _print(data: dict[str, Any]) -> None:
+    print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def run_watermark(args: argparse.Namespace) -> int:
+    if args.watermark_command == "detect":
+        return _run_detect(args)
+    return _run_verify(args)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    from gateway.pipeline.watermark.detect import detect
+    from gateway.pipeline.watermark.ledger import Ledger
+
+    home = _home(args.home)
+    secret = _secret(home)
+    text = _read(args.file)
+    path = args.ledger or home / LEDGER_FILE
+    ledger = None
+    if not args.no_ledger and path.exists():
+        ledger = Ledger.sqlite(path)
+        ledger.open()
+    try:
+        _print(detect(text, secret, ledger, limit=args.limit))
+    finally:
+        if ledger is not None:
+            ledger.store.close()
+    return 0
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from gateway.pipeline.watermark.provenance import verify_provenance
+
+    secret = _secret(_home(args.home))
+    value = args.header if args.header is not None else sys.stdin.read()
+    value = value.strip()
+    if value.lower().startswith("x-gateway-provenance:"):
+        value = value.split(":", 1)[1].strip()
+    texts = [_read(args.text)] if args.text is not None else None
+    result = verify_provenance(value, secret, texts)
+    _print(result.as_json())
+    return 0 if result.valid else 1
