@@ -16,6 +16,7 @@ from gateway.admin import add_admin_routes
 from gateway.audit import AUDIT, AUDIT_KEYS, AuditKeys, AuditLog
 from gateway.audit.http import add_audit_routes
 from gateway.context import (
+    CLASSIFY,
     LIFECYCLE,
     LIMITER,
     METRICS,
@@ -30,6 +31,7 @@ from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.middleware import add_headers, observe, render_errors
 from gateway.pipeline import Authenticator, Pipeline, PipelineRef
+from gateway.pipeline.classify import ClassifyRuntime
 from gateway.pipeline.output import OutputFilter
 from gateway.pipeline.output.redact import RedactFilter
 from gateway.pipeline.ratelimit import FallbackLimiter, Limiter, MemoryLimiter, RedisLimiter
@@ -64,11 +66,13 @@ class Runtime:
     cache_salt_secret: bytes
     limiter: Limiter
     watermark: WatermarkRuntime
+    classify: ClassifyRuntime
 
 
 def _output_filters(rt: Runtime, policy: PolicySpec) -> tuple[FilterFactory, ...]:
-    """In order: redaction, then the watermark payload, then the ledger fingerprint."""
-    filters: list[FilterFactory] = []
+    """In order: output moderation (sees the model's own text), redaction, then the
+    watermark payload, then the ledger fingerprint."""
+    filters: list[FilterFactory] = [rt.classify.output_filter(policy)]
     if rt.settings.output.redact:
         terms = rt.settings.output.redact
 
@@ -85,6 +89,7 @@ def build_pipeline(policy: PolicySpec, rt: Runtime) -> Pipeline:
     stages = (
         ShapeStage(),
         TierStage(policy, rt.cache_salt_secret, rt.counter),
+        rt.classify.stage(policy),
         RateLimitStage(rt.limiter, policy, rt.metrics),  # last: an admission must be settled
     )
     return Pipeline(auth=rt.auth, stages=stages, output_filters=_output_filters(rt, policy),
@@ -140,8 +145,11 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         auth, close_auth = await _start_auth(settings, session, metrics)
         limiter, close_limiter = _limiter(settings, metrics)
         app[LIMITER] = limiter
+        classify = ClassifyRuntime(metrics, session)
+        await classify.start()  # loads the embedding model once, when the ml extra is there
+        app[CLASSIFY] = classify
         rt = Runtime(settings=settings, metrics=metrics, auth=auth, limiter=limiter,
-                     watermark=app[WATERMARK],
+                     watermark=app[WATERMARK], classify=classify,
                      counter=PromptCounter(pool, session),
                      cache_salt_secret=load_secret(settings.home, "cache_salt"))
         ref = PipelineRef(None)
@@ -161,6 +169,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         await pool.close()
         await close_auth()
         await close_limiter()
+        await classify.close()
 
 
 async def _watermark(app: web.Application) -> AsyncIterator[None]:

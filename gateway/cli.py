@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.cli import add_audit_parser
+from gateway.pipeline.classify.eval import add_eval_parser, run_eval
 from gateway.pipeline.watermark.cli import add_watermark_parsers, run_watermark
 from gateway.report import add_report_parser
 from gateway.settings import SettingsError, load_settings
@@ -180,11 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_audit_parser(sub)
     add_report_parser(sub)
     add_watermark_parsers(sub)
+    add_eval_parser(sub)
     args = parser.parse_args(argv)
     if hasattr(args, "run"):
         return int(args.run(args))
     commands = {"serve": _run_serve, "sim": _run_sim, "policy": _run_policy,
-                "keys": _run_keys, "token": _run_token, "watermark": run_watermark}
+                "keys": _run_keys, "token": _run_token, "watermark": run_watermark,
+                "eval": run_eval}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

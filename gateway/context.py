@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from gateway.lifecycle import Lifecycle
     from gateway.metrics import Metrics
     from gateway.pipeline import PipelineRef
+    from gateway.pipeline.classify import ClassifyRuntime
     from gateway.pipeline.classify.verdict import Verdict
     from gateway.pipeline.ratelimit import Limiter
     from gateway.pipeline.upstream.client import UpstreamClient
@@ -87,5 +88,6 @@ LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle")
 UPSTREAM: web.AppKey[UpstreamClient] = web.AppKey("upstream")
 RELOADER: web.AppKey[PolicyReloader] = web.AppKey("reloader")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
+CLASSIFY: web.AppKey[ClassifyRuntime] = web.AppKey("classify")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 CONTEXT: web.RequestKey[RequestContext] = web.RequestKey("context")

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.accounting import record_request
 from gateway.context import (
+    CLASSIFY,
     CONTEXT,
     LIFECYCLE,
     LIMITER,
@@ -71,6 +72,8 @@ async def _proxy(request: web.Request, route: Route) -> web.StreamResponse:
     ctx.decision = decision.label
     if decision.error is not None:
         raise decision.error
+    if decision.label == "flag":
+        ctx.response_headers["x-gateway-decision"] = "flag"
     ctx.overhead_s += time.perf_counter() - started
     ctx.response_headers["x-gateway-overhead-ms"] = f"{ctx.overhead_s * 1000:.2f}"
     app[METRICS].overhead.labels(route).observe(ctx.overhead_s)
@@ -148,6 +151,7 @@ async def readyz(request: web.Request) -> web.Response:
         "draining": not request.app[LIFECYCLE].draining,
         "policy": request.app[PIPELINE].current.policy is not None,
         "upstream": request.app[POOL].ready,
+        "classifier": request.app[CLASSIFY].ready,
     }
     ready = all(checks.values())
     limiter = request.app[LIMITER]

@@ -58,11 +58,15 @@ class Pipeline:
     version: str = "builtin"
 
     async def check(self, ctx: RequestContext) -> Decision:
+        """The first refusal, else the last notable allowance (e.g. "flag"), else ALLOW."""
+        outcome = ALLOW
         for stage in self.stages:
             decision = await stage.check(ctx)
             if not decision.allowed:
                 return decision
-        return ALLOW
+            if decision.label != "allow":
+                outcome = decision
+        return outcome
 
     def output_chain(self, ctx: RequestContext) -> FilterChain | None:
         """A fresh chain per response choice, or None when no filter applies."""

@@ -20,9 +20,16 @@ import jsonschema
 
 from gateway.policy.spec import (
     CategorySpec,
+    ClassifiersSpec,
+    EmbeddingSpec,
+    GuardSpec,
     LimitsSpec,
+    ModerationSpec,
+    PatternSpec,
     PolicySpec,
     RequestCaps,
+    RulesSpec,
+    StructureSpec,
     SystemPromptSpec,
     TierSpec,
     WatermarkSpec,
@@ -158,6 +165,141 @@ def _cross_check(merged: dict[str, Any], docs: list[Located], errors: list[str])
                 errors.append(f"{where}: tiers.{name}.models.{i}: bad glob {glob!r}")
 
 
+# Output-scoped patterns are checked on a sliding window of the response stream, so the
+# longest text they can match must be bounded (and the window is sized from it).
+MAX_OUTPUT_MATCH = 512
+
+
+def _pattern_width(pattern: str) -> int | None:
+    """The longest text `pattern` can match, or None when unbounded."""
+    from re import _parser  # type: ignore[attr-defined]
+
+    high = int(_parser.parse(pattern).getwidth()[1])
+    return None if high >= int(_parser.MAXREPEAT) else high
+
+
+def _pattern_min_width(pattern: str) -> int:
+    from re import _parser  # type: ignore[attr-defined]
+
+    return int(_parser.parse(pattern).getwidth()[0])
+
+
+def _patterns(raw: list[dict[str, Any]], doc: Located | None, keys: tuple[str, ...],
+              category: str | None) -> tuple[PatternSpec, ...]:
+    found = []
+    for i, item in enumerate(raw):
+        examples = item.get("examples") or {}
+        where = (doc.where((*keys, str(i), "pattern")) if doc is not None else None) or ""
+        found.append(PatternSpec(
+            id=item["id"], category=category or item["category"], pattern=item["pattern"],
+            score=float(item.get("score", 0.9)), scope=item.get("scope", "prompt"),
+            match_examples=tuple(examples.get("match") or ()),
+            no_match_examples=tuple(examples.get("no_match") or ()), where=where))
+    return tuple(found)
+
+
+def _classifiers(raw: dict[str, Any], docs: dict[str, Located], directory: Path,
+                 ) -> ClassifiersSpec:
+    """The `classifiers:` section (merged across files) as typed specs."""
+    rules = raw.get("rules") or {}
+    structure = raw.get("structure") or {}
+    turns = structure.get("turns") or {}
+    smuggling = structure.get("smuggling") or {}
+    embedding = dict(raw.get("embedding") or {})
+    if embedding.get("head"):
+        embedding["head"] = str((directory / embedding["head"]).resolve())
+    if "inputs" in embedding:
+        embedding["inputs"] = tuple(embedding["inputs"])
+    moderation = dict(raw.get("moderation") or {})
+    if moderation.get("tiers") is not None:
+        moderation["tiers"] = tuple(moderation["tiers"])
+    defaults = StructureSpec()
+    return ClassifiersSpec(
+        roles=tuple(raw.get("roles") or ("user",)),
+        unverified_category=raw.get("unverified_category", "unverified"),
+        rules=RulesSpec(enabled=rules.get("enabled", True), patterns=_patterns(
+            rules.get("patterns") or [], docs.get("rules"), ("classifiers", "rules", "patterns"),
+            None)),
+        structure=StructureSpec(
+            enabled=structure.get("enabled", True),
+            turns_low=turns.get("low", defaults.turns_low),
+            turns_high=turns.get("high", defaults.turns_high),
+            phrases=_patterns(structure.get("phrases") or [], docs.get("structure"),
+                              ("classifiers", "structure", "phrases"), "jailbreak"),
+            tag_chars=smuggling.get("tag_chars", defaults.tag_chars),
+            zero_width=smuggling.get("zero_width", defaults.zero_width),
+            bidi_overrides=smuggling.get("bidi_overrides", defaults.bidi_overrides),
+            base64_chars=smuggling.get("base64_chars", defaults.base64_chars),
+            smuggling_score=float(smuggling.get("score", defaults.smuggling_score)),
+            encoded_text_score=float(smuggling.get("encoded_text_score",
+                                                   defaults.encoded_text_score))),
+        embedding=EmbeddingSpec(**embedding),
+        guard=GuardSpec(**(raw.get("guard") or {})),
+        moderation=ModerationSpec(**moderation),
+    )
+
+
+def _check_classifiers(spec: ClassifiersSpec, merged: dict[str, Any],
+                       docs: dict[str, Located], errors: list[str]) -> None:
+    """Regexes compile, output patterns are bounded, names refer to defined things."""
+    categories = set(merged["categories"])
+
+    def where(name: str, *keys: str) -> str:
+        doc = docs.get(name)
+        found = doc.where(("classifiers", name, *keys)) if doc is not None else None
+        return found or (doc.path + ":1" if doc is not None else "classifiers")
+
+    for section, items in (("rules", spec.rules.patterns),
+                           ("structure", spec.structure.phrases)):
+        for pat in items:
+            at = pat.where or where(section)
+            try:
+                re.compile(pat.pattern)
+            except re.error as exc:
+                errors.append(f"{at}: classifiers.{section}.{pat.id}: bad regex: {exc}")
+                continue
+            if categories and pat.category not in categories:
+                errors.append(f"{at}: classifiers.{section}.{pat.id}: unknown category "
+                              f"{pat.category!r} (known: {', '.join(sorted(categories))})")
+            if _pattern_min_width(pat.pattern) == 0:
+                errors.append(f"{at}: classifiers.{section}.{pat.id}: pattern matches empty "
+                              "text, so it would match everything")
+                continue
+            width = _pattern_width(pat.pattern)
+            if pat.scope != "prompt" and (width is None or width > MAX_OUTPUT_MATCH):
+                errors.append(f"{at}: classifiers.{section}.{pat.id}: an output pattern must "
+                              f"match at most {MAX_OUTPUT_MATCH} characters (bound repeats, "
+                              "e.g. .{0,40} instead of .*)")
+    if categories and merged["classifiers"] and spec.unverified_category not in categories:
+        errors.append(f"{where('unverified_category')}: classifiers.unverified_category: "
+                      f"unknown category {spec.unverified_category!r}")
+    if spec.structure.turns_low >= spec.structure.turns_high:
+        errors.append(f"{where('structure', 'turns')}: classifiers.structure.turns: "
+                      "low must be below high")
+    for tier in spec.moderation.tiers or ():
+        if tier not in merged["tiers"]:
+            errors.append(f"{where('moderation', 'tiers')}: classifiers.moderation.tiers: "
+                          f"unknown tier {tier!r}")
+    head = spec.embedding.head
+    if head is not None and not Path(head).is_file():
+        errors.append(f"{where('embedding', 'head')}: classifiers.embedding.head: "
+                      f"no such file {head}")
+
+
+def _classifier_docs(merged: dict[str, Any], docs: list[Located]) -> dict[str, Located]:
+    by_path = {d.path: d for d in docs}
+    return {name: by_path[path] for (section, name), path in merged["_origin"].items()
+            if section == "classifiers" and path in by_path}
+
+
+def _build_classifiers(merged: dict[str, Any], docs: list[Located], directory: Path,
+                       errors: list[str]) -> ClassifiersSpec:
+    located = _classifier_docs(merged, docs)
+    spec = _classifiers(merged["classifiers"], located, directory)
+    _check_classifiers(spec, merged, located, errors)
+    return spec
+
+
 def load_policy(directory: Path) -> PolicySpec:
     """Load and validate every *.yaml in `directory`; raise PolicyError listing all errors."""
     errors: list[str] = []
@@ -170,6 +312,7 @@ def load_policy(directory: Path) -> PolicySpec:
             valid.append(doc)
     merged = _merge(valid, errors)
     _cross_check(merged, valid, errors)
+    classifiers = _build_classifiers(merged, valid, directory, errors)
     if not merged["tiers"] and not errors:
         errors.append(f"{directory}: no tiers defined in any policy file")
     if errors:
@@ -182,7 +325,7 @@ def load_policy(directory: Path) -> PolicySpec:
                                        llama_guard=tuple(raw.get("llama_guard") or ()),
                                        threshold=float(raw.get("threshold", 0.5)))
                     for name, raw in merged["categories"].items()},
-        classifiers=dict(merged["classifiers"]),
+        classifiers=classifiers,
         digest=files.digest,
         files=tuple(d.path for d in files.located),
     )

@@ -1,0 +1,121 @@
+"""The classifier chain: the configured classifiers run on one text -> a Verdict.
+
+Order: the *cheap* classifiers (rules, structure: microseconds, inline) run first; when
+their scores already make the tier's action `block`, or the tier allows every category
+(nothing the model says could change the action), the expensive ones (embedding, guard)
+are skipped. Otherwise the expensive ones run concurrently, each under its own
+`timeout_s`; a time-out or an error either adds nothing (`on_error: open`) or scores the
+unverified category 1.0 (`on_error: closed`), and is reported in `Scored.errors` as
+(classifier, outcome) with outcome one of timeout_open, timeout_closed, error_open,
+error_closed. Scores are combined by `verdict.combine` (max per category).
+
+A prompt that holds token ids (`PromptText.opaque`) scores the unverified category 1.0:
+the tier decides whether unreadable prompts pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.pipeline.classify.text import PromptText
+from gateway.pipeline.classify.verdict import Verdict, combine, verdict
+from gateway.policy.spec import CategorySpec, OnError, TierSpec
+
+log = logging.getLogger("gateway.classify")
+
+
+class Classifier(Protocol):
+    """Seam shared by every classifier: scores in [0, 1] for the categories it knows."""
+
+    name: str
+    cheap: bool  # inline and fast: may run first and in output moderation
+
+    async def score(self, text: PromptText) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Guarded:
+    """An expensive classifier with its time budget and failure mode."""
+
+    classifier: Classifier
+    timeout_s: float
+    on_error: OnError
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    verdict: Verdict
+    durations: Mapping[str, float]  # seconds per classifier that ran
+    errors: tuple[tuple[str, str], ...]  # (classifier, outcome)
+
+
+def _allows_everything(tier: TierSpec | None) -> bool:
+    """A tier whose every action is allow cannot be changed by the model: skip it."""
+    return tier is not None and all(a == "allow" for a in tier.categories.values())
+
+
+class Chain:
+    """Immutable, built per policy version by `ClassifyRuntime.build_chain`."""
+
+    def __init__(self, cheap: tuple[Classifier, ...], expensive: tuple[Guarded, ...],
+                 categories: Mapping[str, CategorySpec], *, roles: tuple[str, ...] = ("user",),
+                 unverified: str = "unverified", unavailable: tuple[str, ...] = ()) -> None:
+        self.cheap = cheap
+        self.expensive = expensive
+        self.categories = categories
+        self.roles = roles
+        self.unverified = unverified
+        self.unavailable = unavailable  # why configured classifiers are not in the chain
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*(c.name for c in self.cheap), *(g.classifier.name for g in self.expensive))
+
+    async def classify(self, text: PromptText, tier: TierSpec | None) -> Verdict:
+        return (await self.run(text, tier)).verdict
+
+    async def run(self, text: PromptText, tier: TierSpec | None) -> Scored:
+        results: list[dict[str, float]] = []
+        durations: dict[str, float] = {}
+        errors: list[tuple[str, str]] = []
+        if text.opaque:
+            results.append({self.unverified: 1.0})
+        for classifier in self.cheap:
+            started = time.perf_counter()
+            results.append(await classifier.score(text))
+            durations[classifier.name] = time.perf_counter() - started
+        ran = list(durations)
+        early = verdict(combine(results), self.categories, tier, tuple(ran))
+        if early.action == "block" or not self.expensive or _allows_everything(tier):
+            return Scored(early, durations, ())
+        outcomes = await asyncio.gather(*(self._guarded(g, text) for g in self.expensive))
+        for g, (scores, seconds, outcome) in zip(self.expensive, outcomes, strict=True):
+            durations[g.classifier.name] = seconds
+            if outcome is None:
+                ran.append(g.classifier.name)
+            else:
+                errors.append((g.classifier.name, outcome))
+            results.append(scores)
+        return Scored(verdict(combine(results), self.categories, tier, tuple(ran)),
+                      durations, tuple(errors))
+
+    async def _guarded(self, g: Guarded, text: PromptText,
+                       ) -> tuple[dict[str, float], float, str | None]:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(g.timeout_s):
+                scores = await g.classifier.score(text)
+            return scores, time.perf_counter() - started, None
+        except TimeoutError:
+            kind = "timeout"
+        except Exception as exc:
+            log.warning("classifier %s failed: %s: %s", g.classifier.name,
+                        exc.__class__.__name__, exc)
+            kind = "error"
+        failed = {self.unverified: 1.0} if g.on_error == "closed" else {}
+        return failed, time.perf_counter() - started, f"{kind}_{g.on_error}"

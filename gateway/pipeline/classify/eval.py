@@ -1,0 +1,214 @@
+"""`gateway eval classify FILE.jsonl [--tier T] [--json] [--policies DIR]`.
+
+Runs the policy's classifier chain (the same one the gateway builds, embedding model
+included when installed) over a labelled file, one prompt at a time, and reports how well
+the tier's decisions match the labels. A line is `{"text", "label": "harmful"|"benign",
+"category"?, "source"?}`; a prediction is *harmful* when the tier's action is flag or
+block. Reported: precision, recall and F1 for harmful, the false-positive rate on benign,
+the same per `source`, a confusion table of labelled category x top matched category,
+and latency p50/p99 per prompt (the chain's time, measured sequentially).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.pipeline.classify.chain import Chain
+from gateway.pipeline.classify.text import PromptText
+from gateway.policy.spec import TierSpec
+
+LABELS = ("harmful", "benign")
+
+
+class EvalInputError(ValueError):
+    """The labelled file is unreadable; the message names file and line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    text: str
+    harmful: bool
+    category: str | None
+    source: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    row: Row
+    predicted: bool
+    action: str
+    top: str  # the highest matched category, or "none"
+    seconds: float
+
+
+def load_rows(path: Path) -> list[Row]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalInputError(f"{path}:1: cannot read: {exc.__class__.__name__}") from None
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvalInputError(f"{path}:{n}: not JSON: {exc.msg}") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("text"), str):
+            raise EvalInputError(f"{path}:{n}: expected an object with a string `text`")
+        if raw.get("label") not in LABELS:
+            raise EvalInputError(f"{path}:{n}: `label` must be harmful or benign")
+        category, source = raw.get("category"), raw.get("source")
+        rows.append(Row(raw["text"], raw["label"] == "harmful",
+                        category if isinstance(category, str) else None,
+                        source if isinstance(source, str) else None))
+    if not rows:
+        raise EvalInputError(f"{path}:1: no rows")
+    return rows
+
+
+async def classify_rows(chain: Chain, tier: TierSpec, rows: Sequence[Row]) -> list[Outcome]:
+    outcomes = []
+    for row in rows:
+        started = time.perf_counter()
+        verdict = await chain.classify(PromptText.of(row.text), tier)
+        seconds = time.perf_counter() - started
+        outcomes.append(Outcome(row, verdict.action in ("flag", "block"), verdict.action,
+                                verdict.categories[0] if verdict.categories else "none",
+                                seconds))
+    return outcomes
+
+
+def _ratio(a: int, b: int) -> float:
+    return round(a / b, 4) if b else 0.0
+
+
+def _scores(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    tp = sum(o.row.harmful and o.predicted for o in outcomes)
+    fp = sum(not o.row.harmful and o.predicted for o in outcomes)
+    fn = sum(o.row.harmful and not o.predicted for o in outcomes)
+    tn = sum(not o.row.harmful and not o.predicted for o in outcomes)
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    f1 = round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0
+    return {"n": len(outcomes), "harmful": tp + fn, "benign": fp + tn, "tp": tp, "fp": fp,
+            "fn": fn, "tn": tn, "precision": precision, "recall": recall, "f1": f1,
+            "fpr": _ratio(fp, fp + tn)}
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarize(outcomes: Sequence[Outcome], tier: str, chain: Chain) -> dict[str, Any]:
+    report = _scores(outcomes)
+    by_source: dict[str, list[Outcome]] = defaultdict(list)
+    confusion: dict[str, Counter[str]] = defaultdict(Counter)
+    for o in outcomes:
+        if o.row.source is not None:
+            by_source[o.row.source].append(o)
+        label = o.row.category or ("harmful" if o.row.harmful else "benign")
+        confusion[label][o.top] += 1
+    millis = [o.seconds * 1000 for o in outcomes]
+    report.update({
+        "tier": tier,
+        "classifiers": list(chain.names),
+        "unavailable": list(chain.unavailable),
+        "latency_ms_p50": round(_percentile(millis, 0.50), 3),
+        "latency_ms_p99": round(_percentile(millis, 0.99), 3),
+        "by_source": {s: _scores(rows) for s, rows in sorted(by_source.items())},
+        "confusion": {label: dict(counts.most_common())
+                      for label, counts in sorted(confusion.items())},
+    })
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [
+        f"tier {report['tier']}: classifiers {', '.join(report['classifiers']) or '(none)'}",
+        *(f"  unavailable: {u}" for u in report["unavailable"]),
+        f"{report['n']} prompts ({report['harmful']} harmful, {report['benign']} benign)",
+        f"harmful  precision {report['precision']:.3f}  recall {report['recall']:.3f}  "
+        f"F1 {report['f1']:.3f}",
+        f"benign   false-positive rate {report['fpr']:.3f}",
+        f"latency  p50 {report['latency_ms_p50']:.2f} ms  p99 {report['latency_ms_p99']:.2f} ms",
+    ]
+    if report["by_source"]:
+        lines += ["", f"{'source':<20} {'n':>5} {'recall':>7} {'fpr':>7} {'f1':>7}"]
+        for source, s in report["by_source"].items():
+            recall = f"{s['recall']:.3f}" if s["harmful"] else "-"
+            fpr = f"{s['fpr']:.3f}" if s["benign"] else "-"
+            f1 = f"{s['f1']:.3f}" if s["harmful"] else "-"
+            lines.append(f"{source:<20} {s['n']:>5} {recall:>7} {fpr:>7} {f1:>7}")
+    lines += ["", "confusion (labelled category -> top matched category)"]
+    for label, counts in report["confusion"].items():
+        cells = ", ".join(f"{c} {n}" for c, n in counts.items())
+        lines.append(f"  {label}: {cells}")
+    return "\n".join(lines)
+
+
+def add_eval_parser(subparsers: Any) -> None:
+    """Register `eval classify` on the CLI's subparsers (run with `run_eval`)."""
+    p = subparsers.add_parser("eval", help="evaluate the request classifier on labelled data")
+    cmds = p.add_subparsers(dest="eval_command", required=True)
+    c = cmds.add_parser("classify", help="precision/recall/F1 and false-positive rate of "
+                                         "the classifier chain on a labelled JSONL file")
+    c.add_argument("file", type=Path, help='JSON lines: {"text", "label", "category"?, '
+                                           '"source"?}')
+    c.add_argument("--tier", default="public", help="tier whose actions decide (public)")
+    c.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    c.add_argument("--policies", type=Path, help="policy directory (default GATEWAY_POLICIES "
+                                                 "or policies/)")
+
+
+async def evaluate(policies: Path, tier_name: str, rows: Sequence[Row]) -> dict[str, Any]:
+    """Build the policy's chain (loading the model), classify every row, summarise."""
+    from gateway.pipeline.classify.runtime import ClassifyRuntime
+    from gateway.policy.loader import load_policy
+
+    policy = load_policy(policies)
+    tier = policy.tiers.get(tier_name)
+    if tier is None:
+        raise EvalInputError(f"unknown tier {tier_name!r} (known: {', '.join(policy.tiers)})")
+    runtime = ClassifyRuntime()
+    await runtime.start(load_model=policy.classifiers.embedding.enabled)
+    try:
+        chain = runtime.build_chain(policy)
+        return summarize(await classify_rows(chain, tier, rows), tier_name, chain)
+    finally:
+        await runtime.close()
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from gateway.pipeline.classify.runtime import ClassifyConfigError
+    from gateway.policy.loader import PolicyError
+
+    policies = args.policies
+    if policies is None:
+        from gateway.settings import load_settings
+
+        policies = load_settings(overrides={}).policies
+    try:
+        rows = load_rows(args.file)
+        report = asyncio.run(evaluate(policies, args.tier, rows))
+    except (EvalInputError, ClassifyConfigError) as exc:
+        print(f"gateway eval classify: {exc}", file=sys.stderr)
+        return 2
+    except PolicyError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0

@@ -1,0 +1,171 @@
+"""Guard classifier: a Llama Guard 3 model served by vLLM, asked about the request.
+
+Off by default (`classifiers.guard.enabled`). Two ways to ask, as vLLM serves them:
+
+- `api: completions` (default): POST /v1/completions with Llama Guard 3's own prompt
+  (the model card's template, categories S1-S14, the text as the single `User:` turn),
+  `max_tokens` small, `temperature` 0 and `logprobs: 5`, so the first generated token's
+  top log-probabilities give P(unsafe). The prompt starts at `<|start_header_id|>`:
+  vLLM's tokenizer adds `<|begin_of_text|>` itself.
+- `api: chat`: POST /v1/chat/completions with the text as one user message (the model's
+  chat template builds the same prompt) and `logprobs: true, top_logprobs: 5`.
+
+The answer is `safe` or `unsafe\\nS1,S10`. The score is P(unsafe) from the first token's
+log-probabilities when present (the `unsafe` token's probability, else 1 - P(`safe`)),
+else 1.0 for `unsafe` and 0.0 for `safe`. It goes to every category whose `llama_guard`
+list names a returned code (categories.yaml); codes no category claims are ignored; an
+`unsafe` with no code scores the unverified category. Time-outs and errors are handled by
+the chain (`timeout_s`, `on_error: open|closed`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from gateway.pipeline.classify.text import PromptText
+from gateway.policy.spec import CategorySpec, GuardSpec
+
+CATEGORIES = (
+    "S1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex Crimes.\nS4: Child Exploitation.\n"
+    "S5: Defamation.\nS6: Specialized Advice.\nS7: Privacy.\nS8: Intellectual Property.\n"
+    "S9: Indiscriminate Weapons.\nS10: Hate.\nS11: Self-Harm.\nS12: Sexual Content.\n"
+    "S13: Elections.\nS14: Code Interpreter Abuse.")
+
+TEMPLATE = (
+    "<|start_header_id|>user<|end_header_id|>\n\n"
+    "Task: Check if there is unsafe content in 'User' messages in conversations according our "
+    "safety policy with the below categories.\n\n"
+    "<BEGIN UNSAFE CONTENT CATEGORIES>\n{categories}\n<END UNSAFE CONTENT CATEGORIES>\n\n"
+    "<BEGIN CONVERSATION>\n\nUser: {text}\n\n<END CONVERSATION>\n\n"
+    "Provide your safety assessment for ONLY THE LAST User message in the above conversation:\n"
+    " - First line must read 'safe' or 'unsafe'.\n"
+    " - If unsafe, a second line must include a comma-separated list of violated categories."
+    "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+
+_CODE = re.compile(r"\bS(\d{1,2})\b")
+MAX_TOKENS = 20
+TOP_LOGPROBS = 5
+
+
+class GuardError(RuntimeError):
+    """The guard answered with an error status or something that is not a verdict."""
+
+
+def guard_prompt(text: str) -> str:
+    return TEMPLATE.format(categories=CATEGORIES, text=text)
+
+
+def clip(text: str, max_chars: int) -> str:
+    """Cut the middle out of text longer than max_chars (the ask is often at either end)."""
+    if len(text) <= max_chars:
+        return text
+    half = max_chars // 2
+    return text[:half] + "\n[...]\n" + text[-half:]
+
+
+def parse(answer: str) -> tuple[bool, tuple[str, ...]]:
+    """`safe` -> (False, ()); `unsafe\\nS1,S10` -> (True, ("S1", "S10"))."""
+    lines = answer.strip().splitlines()
+    first = lines[0].strip().lower() if lines else ""
+    if first not in ("safe", "unsafe"):
+        raise GuardError(f"unexpected guard answer {answer[:40]!r}")
+    if first == "safe":
+        return False, ()
+    codes = tuple(dict.fromkeys(f"S{int(n)}" for n in _CODE.findall("\n".join(lines[1:]))))
+    return True, codes
+
+
+def _unsafe_probability(top: Mapping[str, float]) -> float | None:
+    """P(unsafe) from the first token's top log-probabilities {token: logprob}."""
+    stripped: dict[str, float] = {}
+    for token, logprob in top.items():
+        key = token.strip().lower()
+        if key and key not in stripped:
+            stripped[key] = logprob
+    if "unsafe" in stripped:
+        return math.exp(stripped["unsafe"])
+    if "safe" in stripped:
+        return max(0.0, 1.0 - math.exp(stripped["safe"]))
+    return None
+
+
+def _first_top_logprobs(choice: Mapping[str, Any], api: str) -> dict[str, float]:
+    logprobs = choice.get("logprobs")
+    if not isinstance(logprobs, dict):
+        return {}
+    if api == "chat":
+        content = logprobs.get("content") or []
+        if not content or not isinstance(content[0], dict):
+            return {}
+        return {t["token"]: float(t["logprob"]) for t in content[0].get("top_logprobs") or []
+                if isinstance(t, dict) and "token" in t and "logprob" in t}
+    tops = logprobs.get("top_logprobs") or []
+    first = tops[0] if tops else None
+    return {str(k): float(v) for k, v in first.items()} if isinstance(first, dict) else {}
+
+
+class GuardClassifier:
+    """Seam: `async def score(text) -> {category: P(unsafe)}` via an HTTP call to vLLM."""
+
+    name = "guard"
+    cheap = False
+
+    def __init__(self, spec: GuardSpec, session: aiohttp.ClientSession,
+                 categories: Mapping[str, CategorySpec], unverified: str) -> None:
+        self.spec = spec
+        self.session = session
+        self.unverified = unverified
+        self.code_to_categories: dict[str, list[str]] = {}
+        for name, category in categories.items():
+            for code in category.llama_guard:
+                self.code_to_categories.setdefault(code, []).append(name)
+
+    def _request(self, text: str) -> tuple[str, dict[str, Any]]:
+        base = self.spec.url.rstrip("/")
+        if base.endswith("/v1"):
+            base = base[:-3]
+        common: dict[str, Any] = {"model": self.spec.model, "max_tokens": MAX_TOKENS,
+                                  "temperature": 0, "stream": False}
+        if self.spec.api == "chat":
+            return base + "/v1/chat/completions", {
+                **common, "messages": [{"role": "user", "content": text}],
+                "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+        return base + "/v1/completions", {**common, "prompt": guard_prompt(text),
+                                          "logprobs": TOP_LOGPROBS}
+
+    async def ask(self, text: str) -> tuple[bool, tuple[str, ...], float]:
+        """(unsafe, codes, P(unsafe)) for one text."""
+        url, body = self._request(clip(text, self.spec.max_chars))
+        async with self.session.post(url, json=body) as resp:
+            if resp.status != 200:
+                raise GuardError(f"guard answered HTTP {resp.status}")
+            data = await resp.json(content_type=None)
+        try:
+            choice = data["choices"][0]
+            answer = (choice["message"]["content"] if self.spec.api == "chat"
+                      else choice["text"])
+        except (KeyError, IndexError, TypeError):
+            raise GuardError("guard answer has no choices") from None
+        if not isinstance(answer, str):
+            raise GuardError("guard answer is not text")
+        unsafe, codes = parse(answer)
+        probability = _unsafe_probability(_first_top_logprobs(choice, self.spec.api))
+        if probability is None:
+            probability = 1.0 if unsafe else 0.0
+        return unsafe, codes, probability
+
+    async def score(self, text: PromptText) -> dict[str, float]:
+        if not text.full.strip():
+            return {}
+        unsafe, codes, probability = await self.ask(text.full)
+        if not unsafe:
+            return {}
+        targets = [c for code in codes for c in self.code_to_categories.get(code, ())]
+        if not codes:
+            targets = [self.unverified]
+        return {category: probability for category in targets}

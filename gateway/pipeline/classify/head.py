@@ -1,0 +1,99 @@
+"""The trained head on top of the sentence embedding: two small logistic models in numpy.
+
+- `harm`: P(harmful | embedding), a binary logistic regression.
+- `category`: P(category | embedding, harmful), a softmax over the harmful categories.
+
+Score for category c = P(harm) * P(c | harm) / max_k P(k | harm): the most likely category
+carries the full harm probability (so its threshold is a threshold on P(harm)), the others
+keep their share relative to it. Both are trained by `gateway.pipeline.classify.train`;
+the weights ship as JSON (`data/head.json`, format `gateway-head/1`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FORMAT = "gateway-head/1"
+Floats = npt.NDArray[np.float32]
+
+
+def default_head_path() -> Path:
+    return Path(__file__).resolve().parent / "data" / "head.json"
+
+
+def _sigmoid(x: Floats) -> Floats:
+    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+def _softmax(x: Floats) -> Floats:
+    e: Floats = np.exp(x - x.max(axis=1, keepdims=True)).astype(np.float32)
+    total: Floats = e.sum(axis=1, keepdims=True)
+    return (e / total).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    categories: tuple[str, ...]
+    harm_w: Floats  # (dim,)
+    harm_b: float
+    cat_w: Floats  # (k, dim)
+    cat_b: Floats  # (k,)
+    meta: dict[str, Any]
+
+    @property
+    def dim(self) -> int:
+        return int(self.harm_w.shape[0])
+
+    def predict(self, x: Floats) -> list[dict[str, float]]:
+        """Scores per category for each row of x (n, dim)."""
+        harm = _sigmoid(x @ self.harm_w + self.harm_b)
+        cat = _softmax(x @ self.cat_w.T + self.cat_b)
+        rel = cat / cat.max(axis=1, keepdims=True)
+        out = harm[:, None] * rel
+        return [{c: float(v) for c, v in zip(self.categories, row, strict=True)} for row in out]
+
+    def to_json(self) -> dict[str, Any]:
+        def rounded(a: Floats) -> Any:
+            return np.round(a.astype(np.float64), 6).tolist()
+
+        return {"format": FORMAT, "categories": list(self.categories),
+                "harm": {"w": rounded(self.harm_w), "b": round(self.harm_b, 6)},
+                "category": {"w": rounded(self.cat_w), "b": rounded(self.cat_b)},
+                "meta": self.meta}
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), separators=(",", ":")) + "\n")
+
+
+class HeadError(ValueError):
+    """The head file is missing, unreadable or not a gateway head."""
+
+
+def load_head(path: Path | None = None) -> LinearHead:
+    path = path or default_head_path()
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise HeadError(f"{path}: cannot read embedding head: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise HeadError(f"{path}: not a {FORMAT} file")
+    try:
+        head = LinearHead(
+            categories=tuple(raw["categories"]),
+            harm_w=np.asarray(raw["harm"]["w"], dtype=np.float32),
+            harm_b=float(raw["harm"]["b"]),
+            cat_w=np.asarray(raw["category"]["w"], dtype=np.float32),
+            cat_b=np.asarray(raw["category"]["b"], dtype=np.float32),
+            meta=dict(raw.get("meta") or {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HeadError(f"{path}: malformed embedding head: {exc}") from None
+    k = len(head.categories)
+    if head.cat_w.shape != (k, head.dim) or head.cat_b.shape != (k,):
+        raise HeadError(f"{path}: head shapes do not match its {k} categories")
+    return head

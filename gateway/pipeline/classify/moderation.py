@@ -1,0 +1,155 @@
+"""Output moderation: a stream filter that never sends what an output check would block.
+
+`ModerationFilter` (seam `feed(delta) -> delta`, `finish() -> tail`) runs `OutputCheck`,
+which is synchronous and fast on purpose: output-scoped rules and structure phrases
+(patterns with `scope: output|both`) and invisible-text smuggling. No model runs here:
+the filter sits on the token stream and must answer per delta in microseconds.
+
+Hold-back window. Patterns match folded text (`text.fold`, per character), at most
+`width` folded characters long (the loader bounds output patterns), and may look at most
+`margin` characters beyond a match (lookarounds, `\\b`). A match is *reportable* when it
+starts at least `margin` in from the buffer's start (or the buffer starts the stream) and
+ends at least `margin` before its end (or the stream has finished). Then:
+
+- any match that includes a character at folded position p and is not reportable yet
+  ends after n - margin, so starts after n - margin - width: every character whose
+  folded text ends by n - margin - width can be emitted, nothing later is;
+- the buffer keeps the last width + 2 * margin folded characters, so every match that
+  can still become reportable stays inside it with its context.
+
+So a match in the full text is found before any of its characters is emitted, for any
+chunking. On a match whose category the tier blocks, `feed` raises `OutputBlocked`; the
+relay ends the stream (finish_reason `content_filter` plus an error event) and cancels
+the upstream. Smuggling counts look at the buffer only (invisible runs, not a drip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from gateway.pipeline.classify.rules import CompiledPattern
+from gateway.pipeline.classify.structure import JAILBREAK, StructureClassifier
+from gateway.pipeline.classify.text import fold_char
+from gateway.pipeline.classify.verdict import matched
+from gateway.policy.spec import CategorySpec, TierSpec
+
+
+class OutputBlocked(Exception):
+    """Raised by `ModerationFilter.feed/finish`: the output would contain these categories."""
+
+    def __init__(self, categories: tuple[str, ...]) -> None:
+        super().__init__(f"output blocked by moderation: {', '.join(categories)}")
+        self.categories = categories
+
+
+class OutputCheck:
+    """The synchronous check behind the filter; one per policy version."""
+
+    def __init__(self, patterns: tuple[CompiledPattern, ...],
+                 structure: StructureClassifier | None, categories: Mapping[str, CategorySpec],
+                 width: int, margin: int) -> None:
+        self.patterns = patterns
+        self.structure = structure
+        self.categories = categories
+        self.width = max(1, width)
+        self.margin = margin
+
+    def scores(self, raw: str, folded: str, lo: int = 0, hi: int | None = None,
+               ) -> dict[str, float]:
+        """Scores of the patterns with a match inside folded[lo:hi] (plus smuggling)."""
+        hi = len(folded) if hi is None else hi
+        scores: dict[str, float] = {}
+        for p in self.patterns:
+            if p.spec.score <= scores.get(p.spec.category, -1.0):
+                continue
+            pos = lo
+            while pos <= hi:
+                m = p.regex.search(folded, pos)
+                if m is None or m.start() > hi:
+                    break
+                if m.end() <= hi:
+                    scores[p.spec.category] = p.spec.score
+                    break
+                pos = m.start() + 1
+        if self.structure is not None:
+            smuggled = self.structure.scores_output(raw, "").get(JAILBREAK, 0.0)
+            if smuggled > scores.get(JAILBREAK, 0.0):
+                scores[JAILBREAK] = smuggled
+        return scores
+
+    def blocked(self, scores: Mapping[str, float], tier: TierSpec) -> tuple[str, ...]:
+        return tuple(c for c in matched(scores, self.categories) if tier.action(c) == "block")
+
+    def applies_to(self, tier: TierSpec) -> bool:
+        """Whether anything this check can find is blocked for the tier."""
+        found = {p.spec.category for p in self.patterns}
+        if self.structure is not None:
+            found.add(JAILBREAK)
+        return any(tier.action(c) == "block" for c in found)
+
+    def check_text(self, text: str, tier: TierSpec) -> tuple[str, ...]:
+        """Whole-text form: the blocked categories in `text` (for non-streaming checks)."""
+        folded = "".join(fold_char(c) for c in text)
+        return self.blocked(self.scores(text, folded), tier)
+
+
+class ModerationFilter:
+    """One per response choice. Raises OutputBlocked before any blocked text is emitted."""
+
+    __slots__ = ("_at_start", "_buf", "_check", "_emitted", "_on_block", "_parts", "_tier")
+
+    def __init__(self, check: OutputCheck, tier: TierSpec,
+                 on_block: Callable[[tuple[str, ...]], None] | None = None) -> None:
+        self._check = check
+        self._tier = tier
+        self._on_block = on_block
+        self._buf = ""  # raw text: an emitted tail for context, then the held-back text
+        self._parts: list[str] = []  # fold of each raw character of _buf
+        self._emitted = 0  # how many characters of _buf have been emitted
+        self._at_start = True  # _buf begins at the start of the stream
+
+    def feed(self, delta: str) -> str:
+        if delta:
+            self._buf += delta
+            self._parts.extend(fold_char(c) for c in delta)
+        return self._advance(final=False)
+
+    def finish(self) -> str:
+        return self._advance(final=True)
+
+    def _advance(self, final: bool) -> str:
+        check, width, margin = self._check, self._check.width, self._check.margin
+        folded = "".join(self._parts)
+        n = len(folded)
+        lo = 0 if self._at_start else margin
+        hi = n if final else n - margin
+        if hi > lo or (final and n):
+            hits = check.blocked(check.scores(self._buf, folded, lo, hi), self._tier)
+            if hits:
+                if self._on_block is not None:
+                    self._on_block(hits)
+                raise OutputBlocked(hits)
+        if final:
+            out = self._buf[self._emitted:]
+            self._buf, self._parts, self._emitted = "", [], 0
+            return out
+        safe_end = n - margin - width  # folded end of what no future match can touch
+        keep_from = safe_end - margin  # context kept in front of the earliest such match
+        emit_to = trim_to = 0
+        trimmed = offset = 0
+        for i, part in enumerate(self._parts):
+            offset += len(part)
+            if offset > safe_end:
+                break
+            emit_to = i + 1
+            if offset <= keep_from:
+                trim_to, trimmed = i + 1, offset
+        out = self._buf[self._emitted:emit_to] if emit_to > self._emitted else ""
+        self._emitted = max(self._emitted, emit_to)
+        # Trimming is safe once the dropped text was scanned with its context (see above).
+        if trim_to and trimmed >= lo:
+            self._buf = self._buf[trim_to:]
+            del self._parts[:trim_to]
+            self._emitted -= trim_to
+            self._at_start = False
+        return out

@@ -1,0 +1,58 @@
+"""ClassifyStage: the request stage that classifies the prompt and applies the tier.
+
+Runs after the tier stage (it reads `ctx.tier_spec`). Sets `ctx.verdict` for the audit
+record and the decision header, counts metrics, and:
+
+- `block`: refuses with HTTP 400 `content_policy_violation` (invalid_request_error, so
+  SDKs do not retry), naming the blocking categories and never the prompt; label "block".
+- `flag`: allowed, label "flag" (the app adds `x-gateway-decision: flag`).
+- `allow`: ALLOW.
+
+Metrics: `classifier_duration{classifier}` per classifier that ran,
+`classifier_errors{classifier, outcome}` per failure, and `classifier_decisions{tier,
+category, action}` once per matched category with the request's action (`benign` when
+none matched).
+"""
+
+from __future__ import annotations
+
+from gateway.context import RequestContext
+from gateway.errors import BadRequest
+from gateway.metrics import Metrics
+from gateway.pipeline import ALLOW, Decision, deny
+from gateway.pipeline.classify.chain import Chain
+from gateway.pipeline.classify.text import prompt_text
+from gateway.pipeline.classify.verdict import BENIGN
+
+FLAG = Decision(True, None, "flag")
+
+
+class ClassifyStage:
+    name = "classify"
+
+    def __init__(self, chain: Chain, metrics: Metrics) -> None:
+        self.chain = chain
+        self.metrics = metrics
+
+    async def check(self, ctx: RequestContext) -> Decision:
+        if ctx.route == "embeddings":
+            return ALLOW
+        scored = await self.chain.run(prompt_text(ctx, self.chain.roles), ctx.tier_spec)
+        verdict = scored.verdict
+        ctx.verdict = verdict
+        for name, seconds in scored.durations.items():
+            self.metrics.classifier_duration.labels(name).observe(seconds)
+        for name, outcome in scored.errors:
+            self.metrics.classifier_errors.labels(name, outcome).inc()
+        for category in verdict.categories or (BENIGN,):
+            self.metrics.classifier_decisions.labels(ctx.tier, category, verdict.action).inc()
+        if verdict.action == "block":
+            tier = ctx.tier_spec
+            blocking = [c for c in verdict.categories
+                        if tier is None or tier.action(c) == "block"]
+            message = ("This request was refused by the content policy "
+                       f"(categories: {', '.join(blocking)}).")
+            return deny(BadRequest(message, code="content_policy_violation"), "block")
+        if verdict.action == "flag":
+            return FLAG
+        return ALLOW

@@ -1,0 +1,134 @@
+"""Structure classifier: jailbreaks recognisable by their shape, scored on `jailbreak`.
+
+Three signals, each a score in [0, 1]; the classifier reports their max:
+
+- **many-shot**: fake dialogue turns embedded in one message ("User: ... Assistant: ...",
+  "Q: ... A: ...", "Human:/AI:" at the start of a line). Score rises linearly from 0 at
+  `turns.low` markers to 1 at `turns.high` (a pasted FAQ or a short transcript stays low).
+- **override phrases**: admin-written regexes ("ignore all previous instructions", "you are
+  now DAN", "developer mode enabled", ...), matched on folded text like rules.
+- **smuggling**: text the reader cannot see or read: Unicode tag characters (outside emoji
+  flag sequences), zero-width characters in bulk (outside emoji ZWJ sequences), bidi
+  override controls, and long base64 runs that decode to readable text (an encoded
+  instruction; base64 of binary data such as an image does not count).
+
+`scores_output` is the subset used by output moderation: output-scoped phrases and
+invisible-character smuggling only (answers legitimately contain dialogues and base64).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import unicodedata
+
+from gateway.pipeline.classify.rules import compile_patterns, match_scores
+from gateway.pipeline.classify.text import PromptText, fold
+from gateway.policy.spec import StructureSpec
+
+JAILBREAK = "jailbreak"
+
+_TURN = re.compile(
+    r"^[ \t>*_#-]*(?:user|human|assistant|ai|bot|chatbot|model|system|q|a|question|answer"
+    r"|prompt|response|input|output)[ \t]*\**[ \t]*[:\uff1a]", re.IGNORECASE | re.MULTILINE)
+_TAG = re.compile("[\U000e0000-\U000e007f]")
+_FLAG_TAGS = re.compile("\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f")
+_ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u180e\u2062\u2063\u2064]")
+_BIDI_OVERRIDE = re.compile("[\u202d\u202e]")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9_-]{16,}={0,2}")
+
+
+def _ramp(count: int, low: int, high: int) -> float:
+    if count <= low:
+        return 0.0
+    return min(1.0, (count - low) / (high - low))
+
+
+def _is_emoji(char: str) -> bool:
+    return unicodedata.category(char) == "So" or "\U0001f000" <= char <= "\U0001faff"
+
+
+def _zero_width_count(text: str) -> int:
+    """Zero-width characters, not counting a ZWJ that joins two emoji (👩‍💻)."""
+    count = 0
+    for m in _ZERO_WIDTH.finditer(text):
+        i = m.start()
+        if (m.group() == "\u200d" and 0 < i < len(text) - 1
+                and _is_emoji(text[i - 1]) and _is_emoji(text[i + 1])):
+            continue
+        count += 1
+    return count
+
+
+def _readable(data: bytes) -> bool:
+    """Decoded bytes that are mostly words: an encoded instruction, not an image or a key."""
+    try:
+        decoded = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    if len(decoded) < 16:
+        return False
+    letters = sum(c.isalpha() or c == " " for c in decoded)
+    return letters / len(decoded) >= 0.8 and " " in decoded
+
+
+def _encoded_text(text: str, min_chars: int) -> bool:
+    for m in _BASE64.finditer(text):
+        run = m.group()
+        if len(run) < min_chars:
+            continue
+        # Words and identifiers are also base64 alphabet: require a mix of character kinds.
+        if run.isalpha() or run.isdigit() or run.islower() or run.isupper():
+            continue
+        try:
+            raw = base64.b64decode(run + "=" * (-len(run) % 4), altchars=b"-_"
+                                   if "-" in run or "_" in run else None)
+        except (binascii.Error, ValueError):
+            continue
+        if _readable(raw):
+            return True
+    return False
+
+
+class StructureClassifier:
+    """Seam: `async def score(text) -> {"jailbreak": score}` (computed inline)."""
+
+    name = "structure"
+    cheap = True
+
+    def __init__(self, spec: StructureSpec) -> None:
+        self.spec = spec
+        self.phrases = compile_patterns(spec.phrases, ("prompt", "both"))
+        self.output_phrases = compile_patterns(spec.phrases, ("output", "both"))
+
+    def turns(self, text: str) -> int:
+        return len(_TURN.findall(text))
+
+    def smuggling(self, text: str, encoded: bool = True) -> float:
+        spec = self.spec
+        tags = len(_TAG.findall(text)) - sum(len(m.group()) for m in _FLAG_TAGS.finditer(text))
+        if tags >= spec.tag_chars:
+            return spec.smuggling_score
+        if len(_BIDI_OVERRIDE.findall(text)) >= spec.bidi_overrides:
+            return spec.smuggling_score
+        if _zero_width_count(text) >= spec.zero_width:
+            return spec.smuggling_score
+        if encoded and _encoded_text(text, spec.base64_chars):
+            return spec.encoded_text_score
+        return 0.0
+
+    def scores(self, text: PromptText) -> dict[str, float]:
+        raw = text.full
+        phrase = match_scores(self.phrases, fold(raw)).get(JAILBREAK, 0.0)
+        many_shot = _ramp(self.turns(raw), self.spec.turns_low, self.spec.turns_high)
+        score = max(phrase, many_shot, self.smuggling(raw))
+        return {JAILBREAK: score} if score > 0 else {}
+
+    def scores_output(self, raw: str, folded: str) -> dict[str, float]:
+        score = max(match_scores(self.output_phrases, folded).get(JAILBREAK, 0.0),
+                    self.smuggling(raw, encoded=False))
+        return {JAILBREAK: score} if score > 0 else {}
+
+    async def score(self, text: PromptText) -> dict[str, float]:
+        return self.scores(text)

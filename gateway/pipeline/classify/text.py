@@ -1,0 +1,124 @@
+"""What is classified (PromptText), how text is folded before matching, and prompt hashes.
+
+`prompt_text(ctx)` is the user-visible text of a request: for chat, the text of the
+messages whose role is configured (`classifiers.roles`, default user only: the tier's own
+system prompt is not the caller's words), joined with blank lines, with the last user
+message also kept on its own; for completions, the prompt. Token-id prompts cannot be read
+and are marked `opaque` (the stage scores them as the unverified category).
+
+`fold(text)` is the normalisation rules and phrases see: NFKC per character, casefolded,
+with invisible characters (zero-width, bidi controls, tag characters, soft hyphens,
+variation selectors) dropped, so `r\u200bansom\u00adware` and fullwidth letters match like
+plain text. It is applied per character, so fold(a + b) == fold(a) + fold(b), which the
+output moderation window relies on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.context import RequestContext
+
+INVISIBLE = frozenset((
+    0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0x3164, 0xFEFF, 0xFFA0,
+    *range(0x200B, 0x2010),  # zero-width space/non-joiner/joiner, LRM, RLM
+    *range(0x202A, 0x202F),  # bidi embeddings and overrides
+    *range(0x2060, 0x2070),  # word joiner, invisible operators, bidi isolates
+    *range(0xFE00, 0xFE10),  # variation selectors
+    *range(0xE0000, 0xE0080),  # tag characters
+))
+
+
+@dataclass(frozen=True, slots=True)
+class PromptText:
+    """The classified text of one request."""
+
+    full: str  # every included message (or the prompt), joined by blank lines
+    last_user: str  # the last user message ("" when there is none); the prompt for completions
+    opaque: bool = False  # part of the prompt was token ids: not readable here
+
+    @classmethod
+    def of(cls, text: str) -> PromptText:
+        return cls(full=text, last_user=text)
+
+
+# Typographic quotes fold to ASCII ones, so patterns can write `don't` once.
+QUOTES = {0x2018: "'", 0x2019: "'", 0x201B: "'", 0x2032: "'", 0x02BC: "'",
+          0x201C: '"', 0x201D: '"', 0x201F: '"', 0x2033: '"'}
+
+
+class _Fold(dict[int, str]):
+    """str.translate table computed per code point on first use (C speed afterwards)."""
+
+    def __missing__(self, code: int) -> str:
+        value = "" if code in INVISIBLE else QUOTES.get(code) or unicodedata.normalize(
+            "NFKC", chr(code)).casefold()
+        self[code] = value
+        return value
+
+
+_FOLD = _Fold()
+
+
+def fold(text: str) -> str:
+    return text.translate(_FOLD)
+
+
+def fold_char(char: str) -> str:
+    return _FOLD[ord(char)]
+
+
+def _content_text(content: Any) -> tuple[str, bool]:
+    """Text of one message's content (string or parts); True when it had token ids."""
+    if isinstance(content, str):
+        return content, False
+    if isinstance(content, list):
+        texts = [p["text"] for p in content
+                 if isinstance(p, dict) and p.get("type") == "text"
+                 and isinstance(p.get("text"), str)]
+        return "\n".join(texts), False
+    return "", content is not None
+
+
+def _prompt_parts(prompt: Any) -> tuple[list[str], bool]:
+    if isinstance(prompt, str):
+        return [prompt], False
+    if isinstance(prompt, list):
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt), False
+        return [p for p in prompt if isinstance(p, str)], True  # token ids
+    return [], prompt is not None
+
+
+def prompt_text(ctx: RequestContext, roles: tuple[str, ...] = ("user",)) -> PromptText:
+    """The text the classifiers see for this request (see the module docstring)."""
+    body = ctx.body
+    if "messages" in body and isinstance(body["messages"], list):
+        parts: list[str] = []
+        last_user, opaque = "", False
+        for message in body["messages"]:
+            if not isinstance(message, dict):
+                continue
+            role = message.get("role")
+            text, ids = _content_text(message.get("content"))
+            opaque = opaque or (ids and role in roles)
+            if role == "user":
+                last_user = text
+            if role in roles and text:
+                parts.append(text)
+        return PromptText(full="\n\n".join(parts), last_user=last_user, opaque=opaque)
+    texts, opaque = _prompt_parts(body.get("prompt"))
+    return PromptText(full="\n\n".join(texts), last_user=texts[-1] if texts else "",
+                      opaque=opaque)
+
+
+def prompt_hash(secret: bytes, text: str) -> str:
+    """Keyed hash of a prompt for audit records: stable per secret, not reversible.
+
+    Same construction as `gateway.audit.record.AuditKeys.prompt_hash`, so both agree.
+    """
+    return hmac.new(secret, b"prompt\0" + text.encode(), hashlib.sha256).hexdigest()

@@ -1,0 +1,244 @@
+"""Fit the embedding head: `python -m gateway.pipeline.classify.train [--out FILE]`.
+
+Reads `data/examples.txt` (written for this project, see data/DATA.md), embeds every
+example with the same Encoder the gateway runs, holds out a fixed ~20% split (by a hash
+of the text, so the split never changes when examples are added elsewhere), fits
+
+- `harm`: L2-regularised logistic regression, harmful vs benign (classes balanced);
+- `category`: L2-regularised softmax regression over the harmful categories,
+
+reports the held-out numbers, then refits on everything and writes the head JSON.
+Needs the `ml` extra. Deterministic: same examples, same head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.pipeline.classify.embedding import MODEL_NAME, Encoder
+from gateway.pipeline.classify.head import Floats, LinearHead, default_head_path
+
+DATA = Path(__file__).resolve().parent / "data"
+# The project's shared DEV set, when the checkout sits beside it (see data/DATA.md).
+DEV_DEFAULT = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "classify_dev.jsonl"
+BENIGN = "benign"
+UNKNOWN = "harmful"  # harmful, category unknown: trains the harm head only
+MAX_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    category: str  # a harmful category, or "benign"
+    near: str | None  # for hard negatives: the category they imitate
+    source: str = "examples.txt"
+
+    @property
+    def harmful(self) -> bool:
+        return self.category != BENIGN
+
+    @property
+    def heldout(self) -> bool:
+        return hashlib.sha256(self.text.encode()).digest()[0] % 5 == 0
+
+
+def read_examples(path: Path) -> list[Example]:
+    examples: list[Example] = []
+    category, near = None, None
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if line.startswith("## "):
+            parts = line[3:].split()
+            category = parts[0]
+            near = parts[1].split("=", 1)[1] if len(parts) > 1 else None
+            continue
+        if not line or line.startswith("#"):
+            continue
+        if category is None:
+            raise ValueError(f"{path}:{n}: example before any ## section")
+        examples.append(Example(line, category, near, path.name))
+    return examples
+
+
+# Rows whose licence allows training a shipped model: AdvBench and JailbreakBench (MIT).
+# Alpaca (CC BY-NC) is never trained on; it is evaluation data only.
+TRAINABLE_SOURCES = ("advbench", "jailbreakbench")
+
+
+def in_train_half(text: str) -> bool:
+    """The fixed half of the DEV set that may be trained on (the other half is evaluated)."""
+    return hashlib.sha256(b"dev-split\0" + text.encode()).digest()[0] % 2 == 0
+
+
+def read_dev(path: Path) -> list[Example]:
+    """The DEV rows from trainable sources in the train half; harm labels only."""
+    rows = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        raw = json.loads(line)
+        if raw.get("source") in TRAINABLE_SOURCES and in_train_half(raw["text"]):
+            category = BENIGN if raw["label"] == "benign" else UNKNOWN
+            rows.append(Example(raw["text"], category, None, f"dev:{raw['source']}"))
+    return rows
+
+
+def fit_binary(x: Floats, y: Floats, l2: float, steps: int = 30) -> tuple[Floats, float]:
+    """Newton's method on the balanced, L2-regularised logistic loss (bias unpenalised)."""
+    n, d = x.shape
+    pos = max(1.0, float(y.sum()))
+    neg = max(1.0, float(n - y.sum()))
+    weight = np.where(y > 0, n / (2 * pos), n / (2 * neg))
+    xb = np.hstack([x, np.ones((n, 1))])
+    w = np.zeros(d + 1)
+    reg = np.full(d + 1, l2)
+    reg[-1] = 0.0
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(xb @ w)))
+        grad = xb.T @ (weight * (p - y)) / n + reg * w
+        hess = (xb * (weight * p * (1 - p))[:, None]).T @ xb / n + np.diag(reg + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-6:
+            break
+    return w[:d].astype(np.float32), float(w[d])
+
+
+def fit_softmax(x: Floats, labels: list[int], k: int, l2: float,
+                steps: int = 400, lr: float = 2.0) -> tuple[Floats, Floats]:
+    """Gradient descent on the L2-regularised softmax loss, classes balanced."""
+    n, d = x.shape
+    y = np.zeros((n, k))
+    y[np.arange(n), labels] = 1.0
+    counts = y.sum(axis=0)
+    sample_w = (n / (k * np.maximum(counts, 1.0)))[labels]
+    w = np.zeros((k, d))
+    b = np.zeros(k)
+    for _ in range(steps):
+        z = x @ w.T + b
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        err = (p - y) * sample_w[:, None] / n
+        w -= lr * (err.T @ x + l2 * w)
+        b -= lr * err.sum(axis=0)
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def fit(examples: list[Example], vectors: Floats, l2_harm: float, l2_cat: float,
+        meta: dict[str, Any], operating_point: float = 0.5) -> LinearHead:
+    """Fit both heads; the harm bias is shifted so that a fitted P(harm) equal to
+    `operating_point` comes out as 0.5 (the categories' default threshold)."""
+    y = np.array([1.0 if e.harmful else 0.0 for e in examples])
+    harm_w, harm_b = fit_binary(vectors, y, l2_harm)
+    harm_b -= float(np.log(operating_point / (1.0 - operating_point)))
+    categories = tuple(sorted({e.category for e in examples
+                               if e.harmful and e.category != UNKNOWN}))
+    index = {c: i for i, c in enumerate(categories)}
+    harmful = [i for i, e in enumerate(examples) if e.harmful and e.category != UNKNOWN]
+    cat_w, cat_b = fit_softmax(vectors[harmful], [index[examples[i].category] for i in harmful],
+                               len(categories), l2_cat)
+    return LinearHead(categories, harm_w, harm_b, cat_w, cat_b, meta)
+
+
+def report(head: LinearHead, examples: list[Example], vectors: Floats,
+           threshold: float = 0.5) -> dict[str, Any]:
+    scores = head.predict(vectors)
+    tp = fp = fn = tn = 0
+    right_category = 0
+    for e, s in zip(examples, scores, strict=True):
+        top = max(s, key=lambda c: s[c])
+        flagged = s[top] >= threshold
+        if e.harmful:
+            tp += flagged
+            fn += not flagged
+            right_category += top == e.category or e.category == UNKNOWN
+        else:
+            fp += flagged
+            tn += not flagged
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"n": len(examples), "precision": round(precision, 3), "recall": round(recall, 3),
+            "f1": round(f1, 3), "fpr": round(fp / (fp + tn), 3) if fp + tn else 0.0,
+            "category_accuracy": round(right_category / (tp + fn), 3) if tp + fn else 0.0}
+
+
+def embed(texts: list[str], threads: int, cache: Path | None) -> Floats:
+    known: dict[str, Floats] = {}
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            known = dict(zip(z["texts"].tolist(), z["vectors"], strict=True))
+    todo = [t for t in dict.fromkeys(texts) if t not in known]
+    if todo:
+        known.update(zip(todo, Encoder(threads).encode(todo, MAX_TOKENS), strict=True))
+        if cache is not None:
+            np.savez(cache, texts=np.array(list(known)), vectors=np.stack(list(known.values())))
+    return np.stack([known[t] for t in texts]).astype(np.float32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=Path, default=DATA / "examples.txt")
+    parser.add_argument("--dev", type=Path, default=None,
+                        help="classify_dev.jsonl: also train on its MIT-licensed train half")
+    parser.add_argument("--out", type=Path, default=default_head_path())
+    parser.add_argument("--l2-harm", type=float, default=3e-3)
+    parser.add_argument("--operating-point", type=float, default=0.6,
+                        help="fitted P(harm) that maps to 0.5; chosen so the held-out benign "
+                             "false-positive rate stays near 5%%")
+    parser.add_argument("--l2-cat", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--exclude-heldout", action="store_true",
+                        help="leave the held-out split out of the written head too (to "
+                             "evaluate the whole chain on it with `gateway eval classify`)")
+    parser.add_argument("--cache", type=Path, help="reuse embeddings from/to this .npz")
+    args = parser.parse_args(argv)
+
+    examples = read_examples(args.examples)
+    if args.dev is None and DEV_DEFAULT.is_file():
+        args.dev = DEV_DEFAULT
+    extra = read_dev(args.dev) if args.dev is not None else []
+    started = time.perf_counter()
+    everything = examples + extra
+    vectors = embed([e.text for e in everything], args.threads, args.cache)
+    print(f"embedded {len(everything)} texts in {time.perf_counter() - started:.1f}s",
+          file=sys.stderr)
+    train_idx = [i for i, e in enumerate(everything) if i >= len(examples) or not e.heldout]
+    held_idx = [i for i, e in enumerate(examples) if e.heldout]
+    train = [everything[i] for i in train_idx]
+    held = [everything[i] for i in held_idx]
+    probe = fit(train, vectors[train_idx], args.l2_harm, args.l2_cat, {}, args.operating_point)
+    heldout = report(probe, held, vectors[held_idx])
+    print(f"held-out split ({len(held)} of {len(examples)} examples): {json.dumps(heldout)}")
+
+    counts = Counter(e.category for e in everything)
+    meta = {
+        "encoder": MODEL_NAME, "max_tokens": MAX_TOKENS, "trained_by": "classify/train.py",
+        "examples": len(everything), "by_category": dict(sorted(counts.items())),
+        "sources": dict(Counter(e.source for e in everything)),
+        "heldout_split": heldout, "l2_harm": args.l2_harm, "l2_cat": args.l2_cat,
+        "operating_point": args.operating_point,
+    }
+    if args.exclude_heldout:
+        keep = [i for i, e in enumerate(everything) if i >= len(examples) or not e.heldout]
+        everything, vectors = [everything[i] for i in keep], vectors[keep]
+        meta["excluded_heldout"] = True
+    head = fit(everything, vectors, args.l2_harm, args.l2_cat, meta, args.operating_point)
+    head.save(args.out)
+    print(f"wrote {args.out} ({len(head.categories)} categories)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

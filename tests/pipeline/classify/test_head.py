@@ -1,0 +1,39 @@
+"""The shipped head file and its loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+np = pytest.importorskip("numpy", reason="the embedding head needs numpy (the `ml` extra)")
+
+from gateway.pipeline.classify.head import HeadError, load_head  # noqa: E402
+from tests.pipeline.classify.conftest import POLICY  # noqa: E402
+
+
+def test_shipped_head_matches_the_taxonomy() -> None:
+    head = load_head()
+    assert head.dim == 384
+    assert set(head.categories) <= set(POLICY.categories) - {"benign", "unverified"}
+    assert head.meta["encoder"] == "all-MiniLM-L6-v2"
+    assert head.meta["examples"] >= 500
+
+
+def test_scores_are_probabilities_and_the_top_carries_p_harm() -> None:
+    head = load_head()
+    x = np.random.default_rng(0).normal(size=(3, head.dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for row in head.predict(x):
+        assert all(0.0 <= v <= 1.0 for v in row.values())
+        top = max(row.values())
+        assert sum(v == top for v in row.values()) >= 1
+
+
+@pytest.mark.parametrize("content", ["", "{}", '{"format": "other"}',
+                                     '{"format": "gateway-head/1", "categories": ["a"]}'])
+def test_bad_head_files(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "head.json"
+    path.write_text(content)
+    with pytest.raises(HeadError, match=str(path)):
+        load_head(path)

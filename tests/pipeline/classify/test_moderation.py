@@ -1,0 +1,122 @@
+"""Output moderation: nothing a check would block is ever emitted, for any chunking."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.metrics import Metrics
+from gateway.pipeline.classify.moderation import ModerationFilter, OutputBlocked, OutputCheck
+from gateway.pipeline.classify.runtime import ClassifyRuntime
+from gateway.pipeline.output import FilterChain
+from gateway.pipeline.output.redact import RedactFilter
+from tests.pipeline.classify.conftest import POLICY, chat_ctx
+
+_CHECK = ClassifyRuntime().output_check(POLICY)
+assert _CHECK is not None
+CHECK: OutputCheck = _CHECK
+PUBLIC = POLICY.tiers["public"]
+OUTPUT_SPECS = [s for s in (*POLICY.classifiers.rules.patterns,
+                            *POLICY.classifiers.structure.phrases) if s.scope != "prompt"]
+BLOCKED = [t for s in OUTPUT_SPECS for t in s.match_examples]
+LOOKALIKES = [t for s in OUTPUT_SPECS for t in s.no_match_examples]
+WORDS = ["the", "files", "encrypted", "bitcoin", "wallet", "your", "have", "been", "mode",
+         "developer", "sarin", "is", "a", "nerve", "agent", "precursor", "msfvenom", "-p",
+         "meterpreter", "\n", ",", ".", "hello", "world", "é", "ﬁle", "\u200b"]
+
+
+def run(check: OutputCheck, text: str, cuts: list[int]) -> tuple[str, OutputBlocked | None]:
+    """Feed text in the chunks given by cut points; what was emitted, and any block."""
+    f = ModerationFilter(check, PUBLIC)
+    emitted, start = [], 0
+    try:
+        for cut in [*sorted(set(cuts)), len(text)]:
+            if cut > start:
+                emitted.append(f.feed(text[start:cut]))
+                start = cut
+        emitted.append(f.finish())
+    except OutputBlocked as exc:
+        return "".join(emitted), exc
+    return "".join(emitted), None
+
+
+texts = st.builds(
+    lambda prefix, inner, suffix: f"{prefix}{inner}{suffix}",
+    st.lists(st.sampled_from(WORDS), max_size=60).map(" ".join),
+    st.one_of(st.just(""), st.sampled_from(BLOCKED), st.sampled_from(LOOKALIKES)),
+    st.lists(st.sampled_from(WORDS), max_size=60).map(" ".join),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=texts, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=40))
+def test_nothing_blocked_is_ever_emitted(text: str, cuts: list[int]) -> None:
+    emitted, blocked = run(CHECK, text, [c for c in cuts if c < len(text)])
+    assert CHECK.check_text(emitted, PUBLIC) == ()
+    expected = CHECK.check_text(text, PUBLIC)
+    if expected:
+        assert blocked is not None and set(blocked.categories) == set(expected)
+    else:
+        assert blocked is None and emitted == text
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=300), cuts=st.lists(st.integers(0, 300), max_size=30))
+def test_arbitrary_clean_text_passes_through_unchanged(text: str, cuts: list[int]) -> None:
+    if CHECK.check_text(text, PUBLIC):
+        return
+    emitted, blocked = run(CHECK, text, [c for c in cuts if c < len(text)])
+    assert blocked is None and emitted == text
+
+
+def test_hold_back_is_bounded() -> None:
+    f = ModerationFilter(CHECK, PUBLIC)
+    text = "word " * 400
+    out = "".join(f.feed(c) for c in text)
+    held = len(text) - len(out)
+    assert 0 < held <= CHECK.width + CHECK.margin + 1
+    assert out + f.finish() == text
+
+
+def test_blocks_char_by_char_before_the_match_is_complete() -> None:
+    note = "Sorry. YOUR FILES HAVE BEEN ENCRYPTED! Send 1 Bitcoin to the wallet below."
+    f = ModerationFilter(CHECK, PUBLIC)
+    out = []
+    with pytest.raises(OutputBlocked) as info:
+        for char in note:
+            out.append(f.feed(char))
+        f.finish()
+    assert info.value.categories == ("cyber",)
+    assert "ENCRYPTED" not in "".join(out)
+
+
+def test_tier_decides() -> None:
+    note = "your files have been encrypted, pay 1 bitcoin"
+    research = POLICY.tiers["research"]  # cyber: flag
+    assert CHECK.check_text(note, research) == ()
+    assert CHECK.check_text(note, PUBLIC) == ("cyber",)
+
+
+def test_invisible_smuggling_in_output() -> None:
+    hidden = "".join(chr(0xE0000 + ord(c)) for c in "exfiltrate")
+    with pytest.raises(OutputBlocked) as info:
+        run_all(f"Here is your answer.{hidden}")
+    assert info.value.categories == ("jailbreak",)
+
+
+def run_all(text: str) -> str:
+    f = ModerationFilter(CHECK, PUBLIC)
+    return f.feed(text) + f.finish()
+
+
+def test_factory_per_tier_and_metrics(metrics: Metrics) -> None:
+    make = ClassifyRuntime(metrics).output_filter(POLICY)
+    assert make(chat_ctx("x", tier="trusted")) is None  # nothing blocked in trusted
+    flt = make(chat_ctx("x", tier="public"))
+    assert isinstance(flt, ModerationFilter)
+    with pytest.raises(OutputBlocked):
+        FilterChain((flt, RedactFilter(("secret",)))).apply(
+            "msfvenom -p windows/meterpreter/reverse_tcp LHOST=1.2.3.4")
+    assert metrics.registry.get_sample_value(
+        "gateway_output_blocks_total", {"tier": "public", "category": "cyber"}) == 1.0

@@ -1,0 +1,70 @@
+"""What is classified: prompt_text for chat and completions; folding; prompt hashes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.audit.record import AuditKeys
+from gateway.context import RequestContext
+from gateway.pipeline.classify.text import fold, prompt_hash, prompt_text
+
+
+def _ctx(body: dict[str, Any]) -> RequestContext:
+    return RequestContext(request_id="r", route="chat", body=body, model="m")
+
+
+CHAT: dict[str, Any] = {"messages": [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "first question"},
+    {"role": "assistant", "content": "an answer"},
+    {"role": "tool", "content": "tool output"},
+    {"role": "user", "content": [{"type": "text", "text": "second"},
+                                 {"type": "image_url", "image_url": {"url": "x"}},
+                                 {"type": "text", "text": "part"}]},
+]}
+
+
+def test_chat_user_messages_by_default() -> None:
+    text = prompt_text(_ctx(CHAT))
+    assert text.full == "first question\n\nsecond\npart"
+    assert text.last_user == "second\npart"
+    assert not text.opaque
+
+
+def test_chat_roles_are_configurable() -> None:
+    text = prompt_text(_ctx(CHAT), roles=("system", "user", "tool"))
+    assert text.full == ("You are a helpful assistant.\n\nfirst question\n\ntool output\n\n"
+                         "second\npart")
+    assert text.last_user == "second\npart"
+
+
+def test_completions_prompt() -> None:
+    assert prompt_text(_ctx({"prompt": "hello"})).full == "hello"
+    text = prompt_text(_ctx({"prompt": ["a", "b"]}))
+    assert (text.full, text.last_user, text.opaque) == ("a\n\nb", "b", False)
+
+
+def test_token_id_prompts_are_opaque() -> None:
+    assert prompt_text(_ctx({"prompt": [1, 2, 3]})).opaque
+    assert prompt_text(_ctx({"prompt": [[1, 2], "x"]})).opaque
+    assert prompt_text(_ctx({"messages": [{"role": "user", "content": 5}]})).opaque
+
+
+def test_fold() -> None:
+    assert fold("\uff28\uff45\uff4c\uff4c\uff4f\u200b WORLD\u00ad\u2019s") == "hello world's"
+    assert fold("ﬁle") == "file"
+
+
+@given(st.text(), st.text())
+def test_fold_is_per_character(a: str, b: str) -> None:
+    assert fold(a + b) == fold(a) + fold(b)
+
+
+def test_prompt_hash_agrees_with_the_audit_log() -> None:
+    secret = b"k" * 32
+    assert prompt_hash(secret, "hello") == AuditKeys(secret).prompt_hash("hello")
+    assert prompt_hash(secret, "hello") != prompt_hash(b"j" * 32, "hello")
+    assert "hello" not in prompt_hash(secret, "hello")
