@@ -133,6 +133,9 @@ class StreamRelay:
         self._idle_s = idle_s
         self._text_key = _text_key(ctx)
         self._choice_chains: dict[int, FilterChain | None] = {}
+        self._finished: set[int] = set()  # choices whose chain has run finish()
+        self._meta: dict[str, Any] = {}  # id/object/created/model of the last chunk
+        self._blocked_index = 0
         self._relayed = 0  # content chunks sent, the token count if usage never arrives
         self._done = False
         self._last_sent: float | None = None
@@ -214,6 +217,8 @@ class StreamRelay:
 
     def _content_filter_chunk(self, payload: bytes) -> bytes:
         """The blocked event, emptied, with finish_reason content_filter (as OpenAI)."""
+        if payload == DONE:
+            return frame_json(self._synthetic(self._blocked_index, "", "content_filter"))
         event = orjson.loads(payload)
         for choice in event.get("choices") or ():
             holder = choice.get("delta") if self._text_key == "content" else choice
@@ -249,7 +254,7 @@ class StreamRelay:
         """The framed event to send for one upstream event, or None to drop it."""
         if payload == DONE:
             self._done = True
-            return None
+            return self._flush_unfinished()
         try:
             event = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -264,6 +269,8 @@ class StreamRelay:
         choices = event.get("choices")
         if not choices:
             return frame(payload) if self._ctx.client_wants_usage else None
+        if not self._meta:
+            self._meta = {k: event[k] for k in ("id", "object", "created", "model") if k in event}
         strip_usage = not self._ctx.client_wants_usage and event.get("usage") is not None
         changed = self._filter(choices)
         if strip_usage:
@@ -288,11 +295,33 @@ class StreamRelay:
                 continue
             new = chain.feed(text) if isinstance(text, str) else ""
             if choice.get("finish_reason") is not None:
+                self._finished.add(index)
                 new += chain.finish()
             if new != (text or ""):
                 holder[self._text_key] = new
                 changed = True
         return changed
+
+    def _flush_unfinished(self) -> bytes | None:
+        """A backend that ended without finish_reason: release what the filters hold."""
+        out = []
+        for index, chain in self._choice_chains.items():
+            if chain is None or index in self._finished:
+                continue
+            self._finished.add(index)
+            self._blocked_index = index
+            tail = chain.finish()
+            if tail:
+                out.append(frame_json(self._synthetic(index, tail, None)))
+        return b"".join(out) or None
+
+    def _synthetic(self, index: int, text: str, finish: str | None) -> dict[str, Any]:
+        entry: dict[str, Any] = {"index": index, "finish_reason": finish}
+        if self._text_key == "content":
+            entry["delta"] = {"content": text}
+        else:
+            entry["text"] = text
+        return {**self._meta, "choices": [entry]}
 
     def _chain(self, index: int) -> FilterChain | None:
         if index not in self._choice_chains:
