@@ -56,6 +56,8 @@ def _rss_mib(pid: int) -> float:
 
 def _start(args: list[str], url: str, home: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_HOME": home}
+    if NO_LIMITS:
+        env["GATEWAY_POLICIES"] = _unlimited_policies(home)
     proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -67,6 +69,25 @@ def _start(args: list[str], url: str, home: str) -> subprocess.Popen[bytes]:
             time.sleep(0.1)
     proc.kill()
     raise SystemExit(f"could not start: gateway {' '.join(args)}")
+
+
+NO_LIMITS = False
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _unlimited_policies(home: str) -> str:
+    """A copy of the shipped policies with the trusted tier's limits removed."""
+    import shutil
+
+    import yaml
+
+    target = Path(home) / "policies-unlimited"
+    if not target.exists():
+        shutil.copytree(ROOT / "policies", target)
+        tiers = yaml.safe_load((target / "tiers.yaml").read_text())
+        tiers["tiers"]["trusted"].pop("limits", None)
+        (target / "tiers.yaml").write_text(yaml.safe_dump(tiers))
+    return str(target)
 
 
 @dataclass
@@ -198,5 +219,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
+    parser.add_argument("--no-limits", action="store_true",
+                        help="the same run with the trusted tier's rate limits removed")
     args = parser.parse_args()
+    NO_LIMITS = args.no_limits
     asyncio.run(main(400 if args.quick else args.requests))
