@@ -24,6 +24,7 @@ from gateway.errors import (
 
 log = logging.getLogger("gateway.http")
 
+STARTED: web.RequestKey[float] = web.RequestKey("started")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Still answered while draining: liveness and scrapes must keep working.
 _ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -73,6 +74,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     if lifecycle.draining and request.path not in _ALWAYS_OPEN:
         return error_response(Unavailable("The gateway is shutting down"))
     started = time.perf_counter()
+    request[STARTED] = started
     status = 500
     lifecycle.begin()
     metrics.in_flight.inc()
@@ -115,6 +117,10 @@ async def add_headers(request: web.Request, response: web.StreamResponse) -> Non
     """on_response_prepare: headers every response carries, streams included."""
     headers = response.headers
     headers["x-request-id"] = request.get(REQUEST_ID, "")
+    if "x-gateway-overhead-ms" not in headers and STARTED in request:
+        # Answered by the gateway alone: all of its time is the gateway's own.
+        elapsed = time.perf_counter() - request[STARTED]
+        headers["x-gateway-overhead-ms"] = f"{elapsed * 1000:.2f}"
     headers["Server"] = "gateway"  # no framework or version banner
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Cache-Control", "no-store")

@@ -52,3 +52,4 @@ async def test_security_headers_on_every_response(gateway: Server,
             assert resp.headers["Server"] == "gateway"
             assert resp.headers["Referrer-Policy"] == "no-referrer"
             assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+            assert float(resp.headers["x-gateway-overhead-ms"]) >= 0
