@@ -182,7 +182,8 @@ def test_oci_labels(final: Stage) -> None:
     keys = set(re.findall(r"(org\.opencontainers\.image\.[a-z.]+)=", labels))
     assert keys >= {f"org.opencontainers.image.{k}" for k in (
         "title", "description", "version", "revision", "created", "licenses", "base.name")}
-    license_ = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]["text"]
+    declared_license = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
+    license_ = declared_license if isinstance(declared_license, str) else declared_license["text"]
     assert f'org.opencontainers.image.licenses="{license_}"' in labels
 
 

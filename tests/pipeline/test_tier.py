@@ -73,6 +73,15 @@ async def test_max_tokens_default_and_clamp(tier: str, asked: int | None,
     assert ctx.body["max_tokens"] == forwarded
 
 
+@pytest.mark.parametrize("nulls", [{"n": None}, {"n": None, "max_tokens": None,
+                                                 "temperature": None, "top_logprobs": None}])
+async def test_explicit_nulls_mean_defaults(nulls: dict[str, Any]) -> None:
+    """Found by schemathesis: `"n": null` once reached a comparison and gave a 500."""
+    ctx, decision = await _run("public", {"model": MODEL, "messages": _msgs(), **nulls})
+    assert decision.allowed
+    assert ctx.body["max_tokens"] == 256
+
+
 async def test_system_prompt_prepended_and_client_system_kept() -> None:
     messages = [{"role": "system", "content": "be brief"}, *_msgs()]
     ctx, decision = await _run("public", {"model": MODEL, "messages": messages})

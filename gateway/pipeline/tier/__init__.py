@@ -24,7 +24,7 @@ def _refuse(message: str, code: str, param: str | None = None) -> Decision:
 
 
 def _check_caps(caps: RequestCaps, body: dict[str, Any], tier: str) -> Decision:
-    if body.get("n", 1) > caps.n:
+    if (body.get("n") or 1) > caps.n:  # n: null means the default, 1
         return _refuse(f"tier '{tier}' allows at most n={caps.n}", "n_not_allowed", "n")
     if body.get("logprobs") and not caps.logprobs:
         return _refuse(f"tier '{tier}' does not allow logprobs", "logprobs_not_allowed",
