@@ -100,10 +100,21 @@ async def _start_auth(settings: Settings, session: aiohttp.ClientSession, metric
                       ) -> tuple[Authenticator, Callable[[], Awaitable[None]]]:
     from gateway.pipeline.auth import AuthStage, build_verifier
 
-    verifier = build_verifier(settings.auth, settings.home, session)
+    redis_client = None
+    if settings.redis_url is not None:  # revoked jtis are shared through a Redis set too
+        import redis.asyncio
+
+        redis_client = redis.asyncio.from_url(settings.redis_url)
+    verifier = build_verifier(settings.auth, settings.home, session, redis=redis_client)
     await verifier.start()  # a JWKS URL that is down only warns: keys arrive later
+
+    async def close() -> None:
+        await verifier.close()
+        if redis_client is not None:
+            await redis_client.aclose()
+
     return AuthStage(verifier, lambda reason: metrics.auth_failures.labels(reason).inc()), \
-        verifier.close
+        close
 
 
 def _limiter(settings: Settings, metrics: Metrics,

@@ -154,3 +154,23 @@ async def test_two_processes_share_one_limit(gateway_process: Callable[..., Proc
     assert admitted <= allowed + 0.01 * limit, (admitted, allowed)
     assert admitted >= limit * 0.99, "shared, not divided: both processes admit"
     print(f"admitted {admitted} of {2 * limit}, bound {allowed:.1f} in {elapsed:.2f}s")
+
+
+async def test_revoked_jti_in_shared_redis_set_is_refused(start_gateway: StartGateway,
+                                                          sim: Server, redis_url: str,
+                                                          mint: MintToken) -> None:
+    """With Redis configured, a jti revoked in the shared set is refused by every replica."""
+    import jwt
+    import redis.asyncio
+
+    gateway = await start_gateway(sim.url, redis_url=redis_url)
+    token = mint(tier="trusted")
+    async with aiohttp.ClientSession() as http:
+        assert (await _post(http, gateway.url, token))[0] == 200
+        client = redis.asyncio.from_url(redis_url)
+        await client.sadd("gateway:revoked_jti", jwt.decode(
+            token, options={"verify_signature": False})["jti"])
+        await client.aclose()
+        status, headers, _ = await _post(http, gateway.url, token)
+    assert status == 401
+    assert 'error="invalid_token"' in headers["WWW-Authenticate"]
