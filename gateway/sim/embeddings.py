@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.sim.protocol import Prompt, SimError, decode, model_of
+from gateway.sim.protocol import Prompt, SimError, model_of, text_inputs
 from gateway.sim.settings import SimSettings
 from gateway.sim.tokenizer import Tokenizer
 
@@ -29,22 +29,7 @@ def vector(text: str, dimensions: int = DIMENSIONS) -> list[float]:
 
 
 def _inputs(value: Any, tokenizer: Tokenizer) -> list[Prompt]:
-    if isinstance(value, str) or (isinstance(value, list) and value
-                                  and all(type(t) is int for t in value)):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise SimError(400, "input: a string, a list of strings or token ids is required",
-                       "input")
-    out = []
-    for item in value:
-        if isinstance(item, str):
-            out.append(Prompt(item, tokenizer.count(item)))
-        elif isinstance(item, list) and all(type(t) is int for t in item):
-            out.append(Prompt(decode(item, tokenizer), len(item)))
-        else:
-            raise SimError(400, "input: a string, a list of strings or token ids is required",
-                           "input")
-    return out
+    return text_inputs(value, "input", tokenizer)
 
 
 def embeddings_body(body: Mapping[str, Any], settings: SimSettings,

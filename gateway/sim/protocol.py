@@ -158,28 +158,30 @@ def chat_prompt(body: Mapping[str, Any], tokenizer: Tokenizer) -> Prompt:
     return Prompt(text, tokenizer.count(text))
 
 
-def completion_prompts(body: Mapping[str, Any], tokenizer: Tokenizer) -> tuple[Prompt, ...]:
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        items: list[Any] = [prompt]
-    elif isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
-        items = [prompt]
-    elif isinstance(prompt, list) and prompt:
-        items = prompt
-    else:
-        raise SimError(400, "prompt: a string, a list of strings or token ids is required",
-                       "prompt")
+def text_inputs(value: Any, field: str, tokenizer: Tokenizer) -> list[Prompt]:
+    """`prompt` or `input`: a string, a list of strings, token ids, or a list of those."""
+    error = SimError(400, f"{field}: a string, a list of strings or token ids is required",
+                     field)
+    if isinstance(value, str) or (isinstance(value, list) and value
+                                  and all(type(t) is int for t in value)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise error
     out = []
-    for item in items:
+    for item in value:
         if isinstance(item, str):
             out.append(Prompt(item, tokenizer.count(item)))
         elif isinstance(item, list) and all(type(t) is int for t in item):
             out.append(Prompt(decode(item, tokenizer), len(item)))
         else:
-            raise SimError(400, "prompt: a string, a list of strings or token ids is required",
-                           "prompt")
-        if out[-1].tokens == 0:
-            raise SimError(400, "The decoder prompt cannot be empty", "prompt")
+            raise error
+    return out
+
+
+def completion_prompts(body: Mapping[str, Any], tokenizer: Tokenizer) -> tuple[Prompt, ...]:
+    out = text_inputs(body.get("prompt"), "prompt", tokenizer)
+    if any(p.tokens == 0 for p in out):
+        raise SimError(400, "The decoder prompt cannot be empty", "prompt")
     return tuple(out)
 
 
