@@ -73,6 +73,10 @@ class Metrics:
         self.classifier_duration = Histogram(
             "gateway_classifier_duration_seconds", "Time each classifier took per request.",
             ["classifier"], buckets=(*OVERHEAD_BUCKETS, 0.25, 0.5, 1.0), registry=registry)
+        self.classifier_embedding_paths = Counter(
+            "gateway_classifier_embedding_paths",
+            "Embedding classifications answered by the static head alone or by the "
+            "contextual model.", ["path"], registry=registry)
         self.classifier_errors = Counter(
             "gateway_classifier_errors", "Classifier failures or time-outs, by outcome.",
             ["classifier", "outcome"], registry=registry)

@@ -210,6 +210,9 @@ def _classifiers(raw: dict[str, Any], docs: dict[str, Located], directory: Path,
         embedding["head"] = str((directory / embedding["head"]).resolve())
     if "inputs" in embedding:
         embedding["inputs"] = tuple(embedding["inputs"])
+    if "contextual_band" in embedding:
+        low, high = (float(x) for x in embedding["contextual_band"])
+        embedding["contextual_band"] = (low, high)
     moderation = dict(raw.get("moderation") or {})
     if moderation.get("tiers") is not None:
         moderation["tiers"] = tuple(moderation["tiers"])
@@ -280,6 +283,10 @@ def _check_classifiers(spec: ClassifiersSpec, merged: dict[str, Any],
         if tier not in merged["tiers"]:
             errors.append(f"{where('moderation', 'tiers')}: classifiers.moderation.tiers: "
                           f"unknown tier {tier!r}")
+    low, high = spec.embedding.contextual_band
+    if low > high:
+        errors.append(f"{where('embedding', 'contextual_band')}: "
+                      "classifiers.embedding.contextual_band: low must not exceed high")
     head = spec.embedding.head
     if head is not None and not Path(head).is_file():
         errors.append(f"{where('embedding', 'head')}: classifiers.embedding.head: "

@@ -141,6 +141,9 @@ class EmbeddingSpec:
     inputs: tuple[EmbeddingInput, ...] = ("last_user", "full")
     timeout_s: float = 1.0
     on_error: OnError = "open"
+    # The fast static head decides alone when its P(harm) is outside [low, high]; inside,
+    # the contextual model decides. (0.5, 0.5): static only; (0, 1): always the model.
+    contextual_band: tuple[float, float] = (0.2, 0.8)
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,10 @@ def test_overrides_merge_over_tier_limits(tmp_path: Path) -> None:
         ("", "t.yaml:1: empty policy file"),
         ("tiers:\n  basic:\n    models: [x]\n    categories: {benign: allow}\n",
          "t.yaml:4: tiers.basic.categories: 'default' is a required"),
+        ("classifiers:\n  embedding:\n    contextual_band: [0.9, 0.1]\n",
+         "t.yaml:3: classifiers.embedding.contextual_band: low must not exceed high"),
+        ("classifiers:\n  embedding:\n    contextual_band: [0.2]\n",
+         "t.yaml:3: classifiers.embedding.contextual_band: [0.2] is too short"),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:

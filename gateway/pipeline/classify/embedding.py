@@ -37,7 +37,9 @@ from typing import TYPE_CHECKING, Any
 from gateway.pipeline.classify.text import PromptText
 
 if TYPE_CHECKING:
+    from gateway.metrics import Metrics
     from gateway.pipeline.classify.head import Floats, LinearHead
+    from gateway.pipeline.classify.static import StaticEncoder
     from gateway.policy.spec import EmbeddingSpec
 
 log = logging.getLogger("gateway.classify")
@@ -71,12 +73,21 @@ class Encoder:
         model_dir = package.get_model_path()
         torch.set_num_threads(threads)
         self._torch = torch
+        self._tokenizers = tokenizers
+        self._tokenizer_file = model_dir / "tokenizer.json"
         self._tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         self._model = transformers.AutoModel.from_pretrained(
             str(model_dir), local_files_only=True).eval()
         self.dim = int(self._model.config.hidden_size)
+
+    def static(self) -> StaticEncoder:
+        """The fast path over this model's input token table (see static.py)."""
+        from gateway.pipeline.classify.static import StaticEncoder
+
+        table = self._model.embeddings.word_embeddings.weight.detach().numpy()
+        return StaticEncoder(self._tokenizer_file, table, self._tokenizers)
 
     def _ids(self, text: str, max_tokens: int) -> list[int]:
         ids: list[int] = self._tokenizer.encode(text).ids  # [CLS] ... [SEP]
@@ -146,6 +157,7 @@ class Embedder:
         self.max_batch = max_batch
         self.ready = False
         self.unavailable: str | None = None
+        self.static: StaticEncoder | None = None  # set with the model; used on the loop
         self.batches = 0  # forward passes run, for tests and benchmarks
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -216,6 +228,7 @@ class Embedder:
             started = time.perf_counter()
             encoder = Encoder(self.threads)
             encoder.encode(["warm up"])
+            self.static = encoder.static()
         except Exception as exc:
             self.unavailable = f"the embedding model failed to load: {exc!r}"
             log.exception("embedding model failed to load")
@@ -273,15 +286,21 @@ class Embedder:
 
 
 class EmbeddingClassifier:
-    """Seam: `async def score(text) -> {category: score}`; the model runs off the loop."""
+    """Seam: `async def score(text) -> {category: score}`; the model runs off the loop.
+
+    A cascade: the static head (`static.py`, tens of microseconds, on the loop) answers
+    alone when it is sure about every input; otherwise the contextual model decides.
+    """
 
     name = "embedding"
     cheap = False
 
-    def __init__(self, embedder: Embedder, head: LinearHead, spec: EmbeddingSpec) -> None:
+    def __init__(self, embedder: Embedder, head: LinearHead, spec: EmbeddingSpec,
+                 metrics: Metrics | None = None) -> None:
         self.embedder = embedder
         self.head = head
         self.spec = spec
+        self.metrics = metrics
 
     def _inputs(self, text: PromptText) -> list[str]:
         texts: list[str] = []
@@ -295,10 +314,32 @@ class EmbeddingClassifier:
         texts = self._inputs(text)
         if not texts:
             return {}
-        vectors = await self.embedder.embed(texts, self.spec.max_tokens)
-        scores: dict[str, float] = {}
-        for row in self.head.predict(vectors):
-            for category, value in row.items():
-                if value > scores.get(category, 0.0):
-                    scores[category] = value
+        scores = self._static_scores(texts)
+        path = "static"
+        if scores is None:
+            vectors = await self.embedder.embed(texts, self.spec.max_tokens)
+            scores, path = _max_per_category(self.head.predict(vectors)), "contextual"
+        if self.metrics is not None:
+            self.metrics.classifier_embedding_paths.labels(path).inc()
         return scores
+
+    def _static_scores(self, texts: list[str]) -> dict[str, float] | None:
+        """The static head's scores when it is sure about every input, else None."""
+        static, fast = self.embedder.static, self.head.fast
+        if static is None or fast is None:
+            return None
+        rows = fast.predict(static.encode(texts, self.spec.max_tokens))
+        low, high = self.spec.contextual_band
+        # A row's top score is the head's P(harm) (head.py).
+        if any(low <= max(row.values(), default=0.0) <= high for row in rows):
+            return None
+        return _max_per_category(rows)
+
+
+def _max_per_category(rows: list[dict[str, float]]) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for row in rows:
+        for category, value in row.items():
+            if value > scores.get(category, 0.0):
+                scores[category] = value
+    return scores

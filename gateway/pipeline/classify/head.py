@@ -3,6 +3,10 @@
 - `harm`: P(harmful | embedding), a binary logistic regression.
 - `category`: P(category | embedding, harmful), a softmax over the harmful categories.
 
+`fast` (optional): the same two models trained on the static token-table vectors
+(`static.py`), for the cascade: it decides alone when it is sure, the contextual model
+decides otherwise.
+
 Score for category c = P(harm) * P(c | harm) / max_k P(k | harm): the most likely category
 carries the full harm probability (so its threshold is a threshold on P(harm)), the others
 keep their share relative to it. Both are trained by `gateway.pipeline.classify.train`;
@@ -12,7 +16,7 @@ the weights ship as JSON (`data/head.json`, format `gateway-head/1`).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,7 @@ class LinearHead:
     cat_w: Floats  # (k, dim)
     cat_b: Floats  # (k,)
     meta: dict[str, Any]
+    fast: LinearHead | None = None  # the same heads over static vectors (static.py)
 
     @property
     def dim(self) -> int:
@@ -65,7 +70,8 @@ class LinearHead:
         return {"format": FORMAT, "categories": list(self.categories),
                 "harm": {"w": rounded(self.harm_w), "b": round(self.harm_b, 6)},
                 "category": {"w": rounded(self.cat_w), "b": rounded(self.cat_b)},
-                "meta": self.meta}
+                "meta": self.meta,
+                **({"fast": self.fast.to_json()} if self.fast is not None else {})}
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), separators=(",", ":")) + "\n")
@@ -83,6 +89,16 @@ def load_head(path: Path | None = None) -> LinearHead:
         raise HeadError(f"{path}: cannot read embedding head: {exc}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise HeadError(f"{path}: not a {FORMAT} file")
+    head = _parse(raw, path)
+    if raw.get("fast") is not None:
+        fast = _parse(raw["fast"], path)
+        if fast.categories != head.categories:
+            raise HeadError(f"{path}: the fast head predicts other categories")
+        head = replace(head, fast=fast)
+    return head
+
+
+def _parse(raw: Any, path: Path) -> LinearHead:
     try:
         head = LinearHead(
             categories=tuple(raw["categories"]),

@@ -113,7 +113,7 @@ class ClassifyRuntime:
         if unknown:
             raise ClassifyConfigError(f"classifiers.embedding.head: predicts categories not "
                                       f"defined in the policy: {', '.join(unknown)}")
-        return EmbeddingClassifier(self.embedder, head, spec)
+        return EmbeddingClassifier(self.embedder, head, spec, self.metrics)
 
     def stage(self, policy: PolicySpec) -> ClassifyStage:
         if self.metrics is None:

@@ -7,7 +7,9 @@ of the text, so the split never changes when examples are added elsewhere), fits
 - `harm`: L2-regularised logistic regression, harmful vs benign (classes balanced);
 - `category`: L2-regularised softmax regression over the harmful categories,
 
-reports the held-out numbers, then refits on everything and writes the head JSON.
+and the same two heads again on the static token-table vectors (`static.py`) as the
+cascade's fast head; reports the held-out numbers (model, static head, and the cascade with
+the default band), then refits on everything and writes the head JSON.
 Needs the `ml` extra. Deterministic: same examples, same head.
 """
 
@@ -19,7 +21,7 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +176,19 @@ def report(head: LinearHead, examples: list[Example], vectors: Floats,
             "category_accuracy": round(right_category / (tp + fn), 3) if tp + fn else 0.0}
 
 
+def cascade_report(head: LinearHead, held: list[Example], vectors: Floats,
+                   static: Floats, band: tuple[float, float]) -> dict[str, Any]:
+    """Held-out figures of the cascade: the static head when sure, else the model."""
+    assert head.fast is not None
+    fast = [max(row.values()) for row in head.fast.predict(static)]
+    full = [max(row.values()) for row in head.predict(vectors)]
+    routed = [band[0] <= p <= band[1] for p in fast]
+    decided = [f if r else p for p, f, r in zip(fast, full, routed, strict=True)]
+    right = sum((p >= 0.5) == e.harmful for p, e in zip(decided, held, strict=True))
+    return {"band": list(band), "routed_to_model": round(sum(routed) / len(held), 3),
+            "accuracy": round(right / len(held), 3)}
+
+
 def embed(texts: list[str], threads: int, cache: Path | None) -> Floats:
     known: dict[str, Floats] = {}
     if cache is not None and cache.is_file():
@@ -198,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="fitted P(harm) that maps to 0.5; chosen so the held-out benign "
                              "false-positive rate stays near 5%%")
     parser.add_argument("--l2-cat", type=float, default=1e-3)
+    parser.add_argument("--l2-fast", type=float, default=1e-4,
+                        help="L2 of the static fast head (its features are weaker, so it "
+                             "needs less shrinkage)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--exclude-heldout", action="store_true",
                         help="leave the held-out split out of the written head too (to "
@@ -216,25 +234,40 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     train_idx = [i for i, e in enumerate(everything) if i >= len(examples) or not e.heldout]
     held_idx = [i for i, e in enumerate(examples) if e.heldout]
-    train = [everything[i] for i in train_idx]
     held = [everything[i] for i in held_idx]
-    probe = fit(train, vectors[train_idx], args.l2_harm, args.l2_cat, {}, args.operating_point)
+    static = Encoder(1).static().encode([e.text for e in everything], MAX_TOKENS)
+
+    def fit_both(idx: list[int], meta: dict[str, Any]) -> LinearHead:
+        rows = [everything[i] for i in idx]
+        fast = fit(rows, static[idx], args.l2_fast, args.l2_cat, {}, args.operating_point)
+        head = fit(rows, vectors[idx], args.l2_harm, args.l2_cat, meta, args.operating_point)
+        return replace(head, fast=fast)
+
+    probe = fit_both(train_idx, {})
+    assert probe.fast is not None
     heldout = report(probe, held, vectors[held_idx])
-    print(f"held-out split ({len(held)} of {len(examples)} examples): {json.dumps(heldout)}")
+    heldout_static = report(probe.fast, held, static[held_idx])
+    cascade = cascade_report(probe, held, vectors[held_idx], static[held_idx], (0.2, 0.8))
+    print(f"held-out split ({len(held)} of {len(examples)} examples): model "
+          f"{json.dumps(heldout)}\n  static head {json.dumps(heldout_static)}\n  "
+          f"cascade {json.dumps(cascade)}")
 
     counts = Counter(e.category for e in everything)
     meta = {
         "encoder": MODEL_NAME, "max_tokens": MAX_TOKENS, "trained_by": "classify/train.py",
         "examples": len(everything), "by_category": dict(sorted(counts.items())),
         "sources": dict(Counter(e.source for e in everything)),
-        "heldout_split": heldout, "l2_harm": args.l2_harm, "l2_cat": args.l2_cat,
+        "heldout_split": heldout, "heldout_static": heldout_static,
+        "heldout_cascade": cascade, "l2_fast": args.l2_fast,
+        "l2_harm": args.l2_harm, "l2_cat": args.l2_cat,
         "operating_point": args.operating_point,
     }
     if args.exclude_heldout:
         keep = [i for i, e in enumerate(everything) if i >= len(examples) or not e.heldout]
-        everything, vectors = [everything[i] for i in keep], vectors[keep]
         meta["excluded_heldout"] = True
-    head = fit(everything, vectors, args.l2_harm, args.l2_cat, meta, args.operating_point)
+    else:
+        keep = list(range(len(everything)))
+    head = fit_both(keep, meta)
     head.save(args.out)
     print(f"wrote {args.out} ({len(head.categories)} categories)")
     return 0

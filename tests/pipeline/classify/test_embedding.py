@@ -6,7 +6,9 @@ import asyncio
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from gateway.metrics import Metrics
 from gateway.pipeline.classify import embedding
 from gateway.pipeline.classify.embedding import Embedder, EmbedderUnavailable
 from gateway.pipeline.classify.runtime import ClassifyConfigError, ClassifyRuntime
@@ -101,3 +103,66 @@ async def test_unavailable_without_the_ml_extra(monkeypatch: pytest.MonkeyPatch)
             POLICY.classifiers.embedding, optional=False)))
     with pytest.raises(ClassifyConfigError, match="ml"):
         rt.build_chain(required)
+
+
+def _cascade(embedder: Embedder, band: tuple[float, float]
+             ) -> tuple[embedding.EmbeddingClassifier, Metrics]:
+    from gateway.pipeline.classify.head import load_head
+
+    metrics = Metrics(CollectorRegistry())
+    spec = EmbeddingSpec(enabled=True, contextual_band=band)
+    return embedding.EmbeddingClassifier(embedder, load_head(), spec, metrics), metrics
+
+
+def _paths(metrics: Metrics, path: str) -> float:
+    return metrics.classifier_embedding_paths.labels(path)._value.get()
+
+
+async def test_static_only_band_never_runs_the_model(embedder: Embedder) -> None:
+    classifier, metrics = _cascade(embedder, (0.5, 0.5))
+    before = embedder.batches
+    harmful = [max((await classifier.score(PromptText.of(t))).values()) for t in HARMFUL]
+    benign = [max((await classifier.score(PromptText.of(t))).values()) for t in BENIGN]
+    # The static head is the weaker of the two (that is what the band is for), but it
+    # still ranks every harmful example above every benign one.
+    assert min(harmful) > max(benign), (harmful, benign)
+    assert embedder.batches == before
+    assert _paths(metrics, "static") == len(HARMFUL) + len(BENIGN)
+    assert _paths(metrics, "contextual") == 0
+
+
+async def test_full_band_always_asks_the_model(embedder: Embedder) -> None:
+    classifier, metrics = _cascade(embedder, (0.0, 1.0))
+    before = embedder.batches
+    await classifier.score(PromptText.of("What is the capital of Peru? (model only)"))
+    assert embedder.batches == before + 1
+    assert _paths(metrics, "contextual") == 1 and _paths(metrics, "static") == 0
+
+
+async def test_unsure_static_head_defers_to_the_model(embedder: Embedder) -> None:
+    from gateway.pipeline.classify.head import load_head
+
+    fast = load_head().fast
+    assert fast is not None and embedder.static is not None
+    texts = HARMFUL + BENIGN + ["How do locks get picked in heist movies?",
+                                "Explain how phishing emails trick people."]
+    p_harm = [max(row.values()) for row in fast.predict(embedder.static.encode(texts))]
+    low, high = sorted(p_harm)[1], sorted(p_harm)[-2]
+    classifier, metrics = _cascade(embedder, (low, high))
+    for text in texts:
+        await classifier.score(PromptText.of(text))
+    # Only the most and the least harmful-looking texts fall outside the band.
+    assert _paths(metrics, "static") == 2
+    assert _paths(metrics, "contextual") == len(texts) - 2
+
+
+def test_static_vectors_are_unit_and_keep_head_and_tail(embedder: Embedder) -> None:
+    static = embedder.static
+    assert static is not None
+    rows = static.encode(["hello world", ""])
+    assert rows.shape == (2, 384)
+    assert abs(float((rows[0] ** 2).sum()) - 1.0) < 1e-4
+    long_text = "alpha " + "filler " * 300 + "omega"
+    ids = static.ids(long_text, 16)
+    assert len(ids) == 16
+    assert ids[0] == static.ids("alpha", 16)[0] and ids[-1] == static.ids("omega", 16)[-1]

@@ -37,3 +37,23 @@ def test_bad_head_files(tmp_path: Path, content: str) -> None:
     path.write_text(content)
     with pytest.raises(HeadError, match=str(path)):
         load_head(path)
+
+
+def test_the_fast_head_round_trips_and_must_match_categories(tmp_path: Path) -> None:
+    import json
+    from dataclasses import replace
+
+    head = load_head()
+    assert head.fast is not None and head.fast.categories == head.categories
+    path = tmp_path / "head.json"
+    head.save(path)
+    again = load_head(path)
+    assert again.fast is not None
+    assert np.allclose(again.fast.harm_w, head.fast.harm_w, atol=1e-6)
+    raw = json.loads(path.read_text())
+    raw["fast"]["categories"] = list(reversed(raw["fast"]["categories"]))
+    path.write_text(json.dumps(raw))
+    with pytest.raises(HeadError, match="fast head"):
+        load_head(path)
+    replace(head, fast=None).save(path)
+    assert load_head(path).fast is None
