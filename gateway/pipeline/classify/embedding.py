@@ -267,6 +267,8 @@ class Embedder:
     def _encode(self, encoder: Encoder, batch: list[_Job]) -> None:
         by_tokens: dict[int, list[_Job]] = {}
         for job in batch:
+            if job.future.done():  # the caller gave up (time-out, disconnect): save the CPU
+                continue
             by_tokens.setdefault(job.max_tokens, []).append(job)
         for max_tokens, jobs in by_tokens.items():
             texts = [t for job in jobs for t in job.texts]
@@ -314,26 +316,36 @@ class EmbeddingClassifier:
         texts = self._inputs(text)
         if not texts:
             return {}
-        scores = self._static_scores(texts)
-        path = "static"
-        if scores is None:
-            vectors = await self.embedder.embed(texts, self.spec.max_tokens)
-            scores, path = _max_per_category(self.head.predict(vectors)), "contextual"
+        static, sure = self._static_scores(texts)
+        if static is not None and sure:
+            return self._count("static", static)
+        embedding = self.embedder.embed(texts, self.spec.max_tokens)
+        if static is None:
+            return self._count("contextual", self._predict(await embedding))
+        try:
+            vectors = await asyncio.wait_for(embedding, self.spec.contextual_timeout_s)
+        except TimeoutError:  # a busy model: the static head's answer stands
+            return self._count("static_after_timeout", static)
+        return self._count("contextual", self._predict(vectors))
+
+    def _predict(self, vectors: Floats) -> dict[str, float]:
+        return _max_per_category(self.head.predict(vectors))
+
+    def _count(self, path: str, scores: dict[str, float]) -> dict[str, float]:
         if self.metrics is not None:
             self.metrics.classifier_embedding_paths.labels(path).inc()
         return scores
 
-    def _static_scores(self, texts: list[str]) -> dict[str, float] | None:
-        """The static head's scores when it is sure about every input, else None."""
+    def _static_scores(self, texts: list[str]) -> tuple[dict[str, float] | None, bool]:
+        """The static head's scores (None without it) and whether it is sure of them."""
         static, fast = self.embedder.static, self.head.fast
         if static is None or fast is None:
-            return None
+            return None, False
         rows = fast.predict(static.encode(texts, self.spec.max_tokens))
         low, high = self.spec.contextual_band
         # A row's top score is the head's P(harm) (head.py).
-        if any(low <= max(row.values(), default=0.0) <= high for row in rows):
-            return None
-        return _max_per_category(rows)
+        unsure = any(low <= max(row.values(), default=0.0) <= high for row in rows)
+        return _max_per_category(rows), not unsure
 
 
 def _max_per_category(rows: list[dict[str, float]]) -> dict[str, float]:

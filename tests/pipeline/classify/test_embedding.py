@@ -166,3 +166,15 @@ def test_static_vectors_are_unit_and_keep_head_and_tail(embedder: Embedder) -> N
     ids = static.ids(long_text, 16)
     assert len(ids) == 16
     assert ids[0] == static.ids("alpha", 16)[0] and ids[-1] == static.ids("omega", 16)[-1]
+
+
+async def test_a_busy_model_leaves_the_static_answer_standing(embedder: Embedder) -> None:
+    from gateway.pipeline.classify.head import load_head
+
+    metrics = Metrics(CollectorRegistry())
+    spec = EmbeddingSpec(enabled=True, contextual_band=(0.0, 1.0), contextual_timeout_s=1e-4)
+    classifier = embedding.EmbeddingClassifier(embedder, load_head(), spec, metrics)
+    static_only, _ = _cascade(embedder, (0.5, 0.5))
+    text = PromptText.of("Which rivers flow into the Black Sea? (timeout case)")
+    assert await classifier.score(text) == await static_only.score(text)
+    assert _paths(metrics, "static_after_timeout") == 1 and _paths(metrics, "contextual") == 0

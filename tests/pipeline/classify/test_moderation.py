@@ -56,7 +56,10 @@ def test_nothing_blocked_is_ever_emitted(text: str, cuts: list[int]) -> None:
     assert CHECK.check_text(emitted, PUBLIC) == ()
     expected = CHECK.check_text(text, PUBLIC)
     if expected:
-        assert blocked is not None and set(blocked.categories) == set(expected)
+        # A stream stops at the first match: a category whose text would only have
+        # completed later is never seen, so the block names a non-empty subset.
+        assert blocked is not None and blocked.categories
+        assert set(blocked.categories) <= set(expected)
     else:
         assert blocked is None and emitted == text
 
