@@ -44,18 +44,26 @@ def rss_mib(pid: int) -> float:
 def start(args: list[str], ready_url: str, home: str, timeout_s: float = 60,
           **env: str) -> subprocess.Popen[bytes]:
     """`python -m gateway ARGS`, returned once `ready_url` answers 2xx."""
+    return start_command([sys.executable, "-m", "gateway", *args], ready_url, home,
+                         timeout_s, **env)
+
+
+def start_command(command: list[str], ready_url: str, home: str, timeout_s: float = 60,
+                  **env: str) -> subprocess.Popen[bytes]:
     environ = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_HOME": home, **env}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], env=environ,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, env=environ, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(ready_url, timeout=1):
                 return proc
         except OSError:
+            if proc.poll() is not None:
+                break
             time.sleep(0.1)
     proc.kill()
-    raise SystemExit(f"could not start: gateway {' '.join(args)}")
+    raise SystemExit(f"could not start: {' '.join(command)}")
 
 
 def stop(*procs: subprocess.Popen[bytes]) -> None:

@@ -1,119 +1,90 @@
-"""Bare-proxy overhead: the same load straight at the simulator and through the gateway.
+"""Proxy overhead: the same load straight at the simulator and through three relays.
 
-Starts `gateway sim` and `gateway serve --upstream <sim>` as separate processes, drives
-fixed-concurrency load from this process, and prints, for each scenario, requests/s and
-p50/p99 latency direct and via the gateway, the added latency, and the gateway's own CPU
-time per request and per relayed chunk (from /proc, so the load generator's CPU is not
-counted). Targets (issue 2): <= 250 us CPU per non-streaming request, <= 25 us per relayed
-chunk, <= 0.6 ms added p50 unloaded, 256 slow streams with < 1 ms added TTFT.
+Starts `gateway sim` and, in front of it, as separate processes:
 
-    python bench/proxy.py [--requests N] [--quick]
+- `minimal`: bench/minrelay.py, the least an aiohttp relay can do (the reference point:
+  what this machine charges for aiohttp's server and client alone);
+- `bare`: the gateway with only its spine on (trusted tier: auth, shape, tier, upstream
+  pool, audit log, metrics; no limits, classification, moderation or watermark);
+- `full`: the gateway with every stage on (public tier with its rate limits lifted: auth,
+  shape and system prompt, classification incl. the embedding cascade, output moderation,
+  watermark payload and ledger, audit).
+
+For each scenario it prints requests/s, p50/p99 latency (or time to first token), the
+added p50 over direct, and each relay's own CPU per request and per relayed chunk (from
+/proc, so the load generator's CPU is not counted), with the ratio to `minimal`. Issue 2's
+targets (<= 250 us CPU per request, <= 25 us per chunk, <= 0.6 ms added p50 unloaded,
+256 slow streams with < 1 ms added TTFT) were set against a minimal relay costing about
+145 us per request; the `minimal` row says what that reference costs on this machine.
+
+    python bench/proxy.py [--requests N] [--quick] [--only minimal,bare,full]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
+from procs import MODEL, cpu_seconds, free_port, policy_copy, rss_mib, start, start_command, stop
 
 from gateway.devkeys import mint_token
 
-MODEL = "sim-llama-3-8b-instruct"
-TICKS = os.sysconf("SC_CLK_TCK")
+HERE = Path(__file__).resolve().parent
+CHAT = "/v1/chat/completions"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _bare(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
+    trusted = tiers["tiers"]["trusted"]
+    trusted.pop("limits", None)
+    trusted["watermark"] = {"payload": False, "ledger": False}
+    for name in ("rules", "structure", "embedding", "moderation"):
+        classifiers["classifiers"].setdefault(name, {})["enabled"] = False
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+def _full(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
+    tiers["tiers"]["public"].pop("limits", None)
 
 
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _start(args: list[str], url: str, home: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_HOME": home}
-    if NO_LIMITS:
-        env["GATEWAY_POLICIES"] = _unlimited_policies(home)
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"could not start: gateway {' '.join(args)}")
-
-
-NO_LIMITS = False
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _unlimited_policies(home: str) -> str:
-    """A copy of the shipped policies with the trusted tier's limits removed."""
-    import shutil
-
-    import yaml
-
-    target = Path(home) / "policies-unlimited"
-    if not target.exists():
-        shutil.copytree(ROOT / "policies", target)
-        tiers = yaml.safe_load((target / "tiers.yaml").read_text())
-        tiers["tiers"]["trusted"].pop("limits", None)
-        (target / "tiers.yaml").write_text(yaml.safe_dump(tiers))
-    return str(target)
+@dataclass
+class Relay:
+    name: str
+    url: str
+    pid: int | None  # None: the simulator itself (direct)
+    token: str = ""
 
 
 @dataclass
 class Result:
-    latencies: list[float]
-    ttfts: list[float]
-    chunks: int
-    wall: float
+    latencies: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
+    chunks: int = 0
+    wall: float = 0.0
+    cpu: float = 0.0
 
     @property
     def rps(self) -> float:
         return len(self.latencies) / self.wall
 
-    def pct(self, values: list[float], q: float) -> float:
+    @staticmethod
+    def pct(values: list[float], q: float) -> float:
         ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-HEADERS = {"Content-Type": "application/json"}
-
-
-async def _one(http: aiohttp.ClientSession, url: str, body: bytes,
-               stream: bool) -> tuple[float, float, int]:
+async def _one(http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
+               stream: bool, out: Result) -> None:
     started = time.perf_counter()
-    ttft, chunks = 0.0, 0
-    async with http.post(url, data=body, headers=HEADERS) as resp:
+    chunks = 0
+    async with http.post(url, data=body, headers=headers) as resp:
         if resp.status != 200:
             raise SystemExit(f"unexpected status {resp.status}: {await resp.text()}")
         if not stream:
@@ -123,104 +94,133 @@ async def _one(http: aiohttp.ClientSession, url: str, body: bytes,
                 if line.startswith(b"data: {"):
                     chunks += 1
                     if chunks == 1:
-                        ttft = time.perf_counter() - started
-    return time.perf_counter() - started, ttft, chunks
+                        out.ttfts.append(time.perf_counter() - started)
+    out.latencies.append(time.perf_counter() - started)
+    out.chunks += chunks
 
 
-async def _load(url: str, body: dict[str, object], total: int, concurrency: int) -> Result:
+async def _load(relay: Relay, body: dict[str, object], total: int, concurrency: int,
+                ) -> Result:
     raw = orjson.dumps(body)
     stream = bool(body.get("stream"))
-    latencies: list[float] = []
-    ttfts: list[float] = []
-    chunks = 0
-    remaining = total
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as http:
-        async def worker() -> None:
-            nonlocal remaining, chunks
-            while remaining > 0:
-                remaining -= 1
-                latency, ttft, n = await _one(http, url, raw, stream)
-                latencies.append(latency)
-                ttfts.append(ttft)
-                chunks += n
+    headers = {"Content-Type": "application/json"}
+    if relay.token:
+        headers["Authorization"] = f"Bearer {relay.token}"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        async def run(n: int, out: Result) -> None:
+            remaining = n
 
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, total))))  # warm-up
-        latencies.clear(), ttfts.clear()
-        chunks, remaining = 0, total
+            async def worker() -> None:
+                nonlocal remaining
+                while remaining > 0:
+                    remaining -= 1
+                    await _one(http, relay.url + CHAT, raw, headers, stream, out)
+
+            await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
+
+        await run(min(concurrency, total), Result())  # warm-up: connections, caches
+        result = Result()
+        cpu0 = cpu_seconds(relay.pid) if relay.pid else 0.0
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    return Result(latencies, ttfts, chunks, wall)
+        await run(total, result)
+        result.wall = time.perf_counter() - started
+        result.cpu = (cpu_seconds(relay.pid) - cpu0) if relay.pid else 0.0
+    return result
 
 
-async def _compare(name: str, direct: str, via: str, gw_pid: int,
-                   run: Callable[[str], Awaitable[Result]], ttft: bool = False) -> Result:
-    d = await run(direct)
-    cpu0 = _cpu_seconds(gw_pid)
-    g = await run(via)
-    cpu = _cpu_seconds(gw_pid) - cpu0
-    values = (lambda r: r.ttfts) if ttft else (lambda r: r.latencies)
+Run = Callable[[Relay], Awaitable[Result]]
+
+
+async def scenario(title: str, relays: list[Relay], run: Run, ttft: bool = False,
+                   per_request_cpu: dict[str, float] | None = None) -> dict[str, float]:
+    """Print one table; return each relay's CPU per request (for the per-chunk figure)."""
     label = "TTFT" if ttft else "latency"
-    print(f"\n{name}")
-    print(f"  direct : {d.rps:8.0f} req/s  {label} p50 {d.pct(values(d), .5):7.2f} ms  "
-          f"p99 {d.pct(values(d), .99):7.2f} ms")
-    print(f"  gateway: {g.rps:8.0f} req/s  {label} p50 {g.pct(values(g), .5):7.2f} ms  "
-          f"p99 {g.pct(values(g), .99):7.2f} ms")
-    print(f"  added {label} p50: {g.pct(values(g), .5) - d.pct(values(d), .5):.3f} ms   "
-          f"gateway CPU per request: {cpu / len(g.latencies) * 1e6:.0f} us")
-    if g.chunks:
-        print(f"  relayed chunks/s: {g.chunks / g.wall:.0f}   gateway CPU per chunk (all "
-              f"cost / chunks): {cpu / g.chunks * 1e6:.1f} us")
-    g.latencies.append(cpu)  # carried to the caller: last element is the CPU seconds
-    return g
+    print(f"\n{title}")
+    print(f"  {'':8} {'req/s':>8} {label + ' p50':>12} {'p99':>9} {'added p50':>10} "
+          f"{'CPU/req':>9} {'CPU/chunk':>10} {'x minimal':>10}")
+    results = {r.name: await run(r) for r in relays}
+    direct = results["direct"]
+    values: Callable[[Result], list[float]] = (
+        (lambda r: r.ttfts) if ttft else (lambda r: r.latencies))
+    cpu_per_request: dict[str, float] = {}
+    for relay in relays:
+        res = results[relay.name]
+        p50, p99 = res.pct(values(res), .5), res.pct(values(res), .99)
+        line = (f"  {relay.name:8} {res.rps:8.0f} {p50:9.2f} ms {p99:6.2f} ms "
+                f"{p50 - res.pct(values(direct), .5):7.2f} ms")
+        if relay.pid:
+            per_req = res.cpu / len(res.latencies)
+            cpu_per_request[relay.name] = per_req
+            line += f" {per_req * 1e6:6.0f} us"
+            ratio_of = per_req
+            if res.chunks and per_request_cpu is not None:
+                # What each chunk costs once the relay's per-request cost is taken out.
+                per_chunk = (res.cpu - per_request_cpu[relay.name] * len(res.latencies)
+                             ) / res.chunks
+                line += f" {per_chunk * 1e6:7.1f} us"
+                cpu_per_request[relay.name] = per_chunk
+                ratio_of = per_chunk
+            else:
+                line += f" {'':>10}"
+            if relay.name != "minimal" and "minimal" in cpu_per_request:
+                line += f" {ratio_of / cpu_per_request['minimal']:9.1f}x"
+        print(line)
+    return cpu_per_request
 
 
-async def main(requests: int) -> None:
-    sim_port, gw_port = _free_port(), _free_port()
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    gw_url = f"http://127.0.0.1:{gw_port}"
+async def main(args: argparse.Namespace) -> None:
     home = tempfile.mkdtemp(prefix="gateway-bench-")
-    # The trusted tier: no system prompt and limits far above this load, so the figures
-    # are the proxy's own cost (auth, shape, tier, limits, audit, relay).
-    HEADERS["Authorization"] = "Bearer " + mint_token(Path(home), tier="trusted", sub="bench")
-    sim = _start(["sim", "--port", str(sim_port)], sim_url + "/health", home)
-    gw = _start(["serve", "--port", str(gw_port), "--upstream", sim_url], gw_url + "/readyz",
-                home)
-    chat = "/v1/chat/completions"
+    sim_url = f"http://127.0.0.1:{free_port()}"
+    procs = [start(["sim", "--port", sim_url.rsplit(":", 1)[1]], sim_url + "/health", home)]
+    relays = [Relay("direct", sim_url, None)]
     try:
-        small = {"model": MODEL, "messages": [{"role": "user", "content": "bench"}],
-                 "max_tokens": 16, "ignore_eos": True}
-        streamed = {**small, "max_tokens": 64, "stream": True}
-        slow = {**small, "max_tokens": 50, "stream": True,
-                "messages": [{"role": "user", "content": "[[sim:tps=50]] bench"}]}
-
-        await _compare("unloaded, non-streaming, 16 tokens, concurrency 1", sim_url + chat,
-                       gw_url + chat, gw.pid, lambda u: _load(u, small, requests // 10, 1))
-        ns = await _compare("non-streaming, 16 tokens, concurrency 32", sim_url + chat,
-                            gw_url + chat, gw.pid, lambda u: _load(u, small, requests, 32))
-        per_request_cpu = ns.latencies.pop() / len(ns.latencies)
-        st = await _compare("streaming, 64 tokens, concurrency 32", sim_url + chat,
-                            gw_url + chat, gw.pid,
-                            lambda u: _load(u, streamed, requests // 4, 32))
-        cpu = st.latencies.pop()
-        net = (cpu - per_request_cpu * len(st.latencies)) / st.chunks
-        print(f"  gateway CPU per chunk, per-request cost taken out: {net * 1e6:.1f} us")
-        await _compare("256 concurrent slow streams (50 tokens/s, 50 tokens)", sim_url + chat,
-                       gw_url + chat, gw.pid, lambda u: _load(u, slow, 512, 256), ttft=True)
-        print(f"\ngateway RSS: {_rss_mib(gw.pid):.0f} MiB")
+        for name in args.only:
+            url = f"http://127.0.0.1:{free_port()}"
+            port = url.rsplit(":", 1)[1]
+            if name == "minimal":
+                proc = start_command([sys.executable, str(HERE / "minrelay.py"), sim_url, port],
+                                     url + "/health", home)
+                relays.append(Relay(name, url, proc.pid))
+            else:
+                tier, edit = ("trusted", _bare) if name == "bare" else ("public", _full)
+                policies = policy_copy(Path(home) / f"policies-{name}", edit)
+                proc = start(["serve", "--port", port, "--upstream", sim_url],
+                             url + "/readyz", home, timeout_s=120, GATEWAY_POLICIES=policies)
+                relays.append(Relay(name, url, proc.pid,
+                                    mint_token(Path(home), tier=tier, sub=f"bench-{name}")))
+            procs.append(proc)
+        await _scenarios(relays, args.requests)
+        print("\nRSS: " + ", ".join(f"{r.name} {rss_mib(r.pid):.0f} MiB"
+                                    for r in relays if r.pid))
     finally:
-        for proc in (gw, sim):
-            proc.terminate()
-            proc.wait(timeout=30)
+        stop(*reversed(procs))
+
+
+async def _scenarios(relays: list[Relay], requests: int) -> None:
+    small = {"model": MODEL, "messages": [{"role": "user", "content": "bench"}],
+             "max_tokens": 16, "ignore_eos": True}
+    streamed = {**small, "max_tokens": 64, "stream": True}
+    slow = {**small, "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "[[sim:tps=50]] bench"}]}
+    await scenario("unloaded, non-streaming, 16 tokens, concurrency 1", relays,
+                   lambda r: _load(r, small, max(50, requests // 10), 1))
+    per_request = await scenario("non-streaming, 16 tokens, concurrency 32", relays,
+                                 lambda r: _load(r, small, requests, 32))
+    await scenario("streaming, 64 tokens, concurrency 32 (CPU/chunk: per-request cost "
+                   "taken out)", relays, lambda r: _load(r, streamed, requests // 4, 32),
+                   per_request_cpu=per_request)
+    await scenario("256 concurrent slow streams (50 tokens/s, 50 tokens)", relays,
+                   lambda r: _load(r, slow, 512, 256), ttft=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
-    parser.add_argument("--no-limits", action="store_true",
-                        help="the same run with the trusted tier's rate limits removed")
-    args = parser.parse_args()
-    NO_LIMITS = args.no_limits
-    asyncio.run(main(400 if args.quick else args.requests))
+    parser.add_argument("--only", default="minimal,bare,full",
+                        help="comma-separated relays among minimal, bare, full")
+    ns = parser.parse_args()
+    ns.only = [name for name in ns.only.split(",") if name]
+    if ns.quick:
+        ns.requests = 400
+    asyncio.run(main(ns))
