@@ -18,9 +18,13 @@ ends at least `margin` before its end (or the stream has finished). Then:
   can still become reportable stays inside it with its context.
 
 So a match in the full text is found before any of its characters is emitted, for any
-chunking. On a match whose category the tier blocks, `feed` raises `OutputBlocked`; the
-relay ends the stream (finish_reason `content_filter` plus an error event) and cancels
-the upstream. Smuggling counts look at the buffer only (invisible runs, not a drip).
+chunking. A scan runs once SCAN_STEP new characters can be checked (and at the end), and
+looks only where a new reportable match can be: a match of a pattern is at most its width
+long, so one ending after the previous scan's end starts at most that width before it
+(earlier text was already checked). On a match whose category the tier blocks, `feed`
+raises `OutputBlocked`; the relay ends the stream (finish_reason `content_filter` plus an
+error event) and cancels the upstream. Smuggling counts look at the buffer only
+(invisible runs, not a drip).
 """
 
 from __future__ import annotations
@@ -47,24 +51,30 @@ class OutputCheck:
 
     def __init__(self, patterns: tuple[CompiledPattern, ...],
                  structure: StructureClassifier | None, categories: Mapping[str, CategorySpec],
-                 width: int, margin: int) -> None:
+                 widths: tuple[int, ...], margin: int) -> None:
         self.patterns = patterns
         self.structure = structure
         self.categories = categories
-        self.width = max(1, width)
+        self.widths = widths  # the longest match of each pattern, in folded characters
+        self.width = max(widths, default=1)
         self.margin = margin
 
     def scores(self, raw: str, folded: str, lo: int = 0, hi: int | None = None,
-               ) -> dict[str, float]:
-        """Scores of the patterns with a match inside folded[lo:hi] (plus smuggling)."""
-        hi = len(folded) if hi is None else hi
+               since: int = 0) -> dict[str, float]:
+        """Scores of the patterns with a match inside folded[lo:hi] (plus smuggling).
+
+        `since`: matches ending by there were checked before, so each pattern starts
+        looking its own width before it; text past hi + margin cannot change a match."""
+        n = len(folded)
+        hi = n if hi is None else hi
+        endpos = min(n, hi + self.margin)
         scores: dict[str, float] = {}
-        for p in self.patterns:
+        for p, width in zip(self.patterns, self.widths, strict=True):
             if p.spec.score <= scores.get(p.spec.category, -1.0):
                 continue
-            pos = lo
+            pos = max(lo, since - width)
             while pos <= hi:
-                m = p.regex.search(folded, pos)
+                m = p.regex.search(folded, pos, endpos)
                 if m is None or m.start() > hi:
                     break
                 if m.end() <= hi:
@@ -93,10 +103,17 @@ class OutputCheck:
         return self.blocked(self.scores(text, folded), tier)
 
 
+# Scan once this many new folded characters can be checked, not on every delta: deltas are
+# a few characters and a scan looks at a pattern's width of text, while the hold-back
+# window (width + margin, hundreds of characters) already dwarfs this extra delay.
+SCAN_STEP = 32
+
+
 class ModerationFilter:
     """One per response choice. Raises OutputBlocked before any blocked text is emitted."""
 
-    __slots__ = ("_at_start", "_buf", "_check", "_emitted", "_on_block", "_parts", "_tier")
+    __slots__ = ("_at_start", "_buf", "_check", "_emitted", "_on_block", "_parts", "_scanned",
+                 "_tier")
 
     def __init__(self, check: OutputCheck, tier: TierSpec,
                  on_block: Callable[[tuple[str, ...]], None] | None = None) -> None:
@@ -107,6 +124,7 @@ class ModerationFilter:
         self._parts: list[str] = []  # fold of each raw character of _buf
         self._emitted = 0  # how many characters of _buf have been emitted
         self._at_start = True  # _buf begins at the start of the stream
+        self._scanned = 0  # folded end of the last scan: matches ending there were checked
 
     def feed(self, delta: str) -> str:
         if delta:
@@ -123,17 +141,19 @@ class ModerationFilter:
         n = len(folded)
         lo = 0 if self._at_start else margin
         hi = n if final else n - margin
-        if hi > lo or (final and n):
-            hits = check.blocked(check.scores(self._buf, folded, lo, hi), self._tier)
+        if (final and n) or (hi > lo and hi - self._scanned >= SCAN_STEP):
+            scores = check.scores(self._buf, folded, lo, hi, since=self._scanned)
+            hits = check.blocked(scores, self._tier)
             if hits:
                 if self._on_block is not None:
                     self._on_block(hits)
                 raise OutputBlocked(hits)
+            self._scanned = max(self._scanned, hi)
         if final:
             out = self._buf[self._emitted:]
-            self._buf, self._parts, self._emitted = "", [], 0
+            self._buf, self._parts, self._emitted, self._scanned = "", [], 0, 0
             return out
-        safe_end = n - margin - width  # folded end of what no future match can touch
+        safe_end = self._scanned - width  # folded end of what no future match can touch
         keep_from = safe_end - margin  # context kept in front of the earliest such match
         emit_to = trim_to = 0
         trimmed = offset = 0
@@ -151,5 +171,6 @@ class ModerationFilter:
             self._buf = self._buf[trim_to:]
             del self._parts[:trim_to]
             self._emitted -= trim_to
+            self._scanned -= trimmed
             self._at_start = False
         return out

@@ -133,8 +133,8 @@ class ClassifyRuntime:
         patterns = compile_patterns(specs, ("output", "both"))
         if not patterns and structure is None:
             return None
-        width = max((_pattern_width(p.spec.pattern) for p in patterns), default=1)
-        return OutputCheck(patterns, structure, policy.categories, width,
+        widths = tuple(max(1, _pattern_width(p.spec.pattern)) for p in patterns)
+        return OutputCheck(patterns, structure, policy.categories, widths,
                            spec.moderation.margin)
 
     def output_filter(self, policy: PolicySpec) -> FilterFactory:
