@@ -112,8 +112,8 @@ SCAN_STEP = 32
 class ModerationFilter:
     """One per response choice. Raises OutputBlocked before any blocked text is emitted."""
 
-    __slots__ = ("_at_start", "_buf", "_check", "_emitted", "_on_block", "_parts", "_scanned",
-                 "_tier")
+    __slots__ = ("_at_start", "_buf", "_check", "_emitted", "_folded_len", "_on_block",
+                 "_parts", "_scanned", "_tier")
 
     def __init__(self, check: OutputCheck, tier: TierSpec,
                  on_block: Callable[[tuple[str, ...]], None] | None = None) -> None:
@@ -122,6 +122,7 @@ class ModerationFilter:
         self._on_block = on_block
         self._buf = ""  # raw text: an emitted tail for context, then the held-back text
         self._parts: list[str] = []  # fold of each raw character of _buf
+        self._folded_len = 0  # len("".join(_parts))
         self._emitted = 0  # how many characters of _buf have been emitted
         self._at_start = True  # _buf begins at the start of the stream
         self._scanned = 0  # folded end of the last scan: matches ending there were checked
@@ -129,7 +130,9 @@ class ModerationFilter:
     def feed(self, delta: str) -> str:
         if delta:
             self._buf += delta
-            self._parts.extend(fold_char(c) for c in delta)
+            folded = [fold_char(c) for c in delta]
+            self._parts.extend(folded)
+            self._folded_len += sum(map(len, folded))
         return self._advance(final=False)
 
     def finish(self) -> str:
@@ -137,11 +140,12 @@ class ModerationFilter:
 
     def _advance(self, final: bool) -> str:
         check, width, margin = self._check, self._check.width, self._check.margin
-        folded = "".join(self._parts)
-        n = len(folded)
+        n = self._folded_len
         lo = 0 if self._at_start else margin
         hi = n if final else n - margin
-        if (final and n) or (hi > lo and hi - self._scanned >= SCAN_STEP):
+        scan = bool(final and n) or (hi > lo and hi - self._scanned >= SCAN_STEP)
+        if scan:
+            folded = "".join(self._parts)
             scores = check.scores(self._buf, folded, lo, hi, since=self._scanned)
             hits = check.blocked(scores, self._tier)
             if hits:
@@ -152,7 +156,10 @@ class ModerationFilter:
         if final:
             out = self._buf[self._emitted:]
             self._buf, self._parts, self._emitted, self._scanned = "", [], 0, 0
+            self._folded_len = 0
             return out
+        if not scan:  # what may be emitted depends on the scanned end only: unchanged
+            return ""
         safe_end = self._scanned - width  # folded end of what no future match can touch
         keep_from = safe_end - margin  # context kept in front of the earliest such match
         emit_to = trim_to = 0
@@ -172,5 +179,6 @@ class ModerationFilter:
             del self._parts[:trim_to]
             self._emitted -= trim_to
             self._scanned -= trimmed
+            self._folded_len -= trimmed
             self._at_start = False
         return out
