@@ -37,7 +37,7 @@ def _canonical(fields: dict[str, str]) -> bytes:
 
 
 def _tag(secret: bytes, fields: dict[str, str]) -> str:
-    mac = hmac.new(derive(secret, "provenance"), _canonical(fields), hashlib.sha256).digest()
+    mac = hmac.digest(derive(secret, "provenance"), _canonical(fields), "sha256")
     return base64.urlsafe_b64encode(mac[:_SIG_BYTES]).rstrip(b"=").decode()
 
 
