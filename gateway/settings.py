@@ -112,6 +112,7 @@ _ENV = {
     "GATEWAY_HOST": "host",
     "GATEWAY_PORT": "port",
     "GATEWAY_LOG_LEVEL": "log_level",
+    "GATEWAY_AUDIT_URL": "audit.url",
 }
 
 
@@ -220,7 +221,14 @@ def load_settings(
         if located.data is not None and not isinstance(located.data, Mapping):
             raise SettingsError(f"{config}:1: expected a mapping of settings")
         data = dict(located.data or {})
-    env_layer = {key: env[name] for name, key in _ENV.items() if env.get(name)}
+    env_layer: dict[str, Any] = {}
+    for name, setting in _ENV.items():
+        if env.get(name):
+            *sections, leaf = setting.split(".")
+            target = env_layer
+            for section in sections:
+                target = target.setdefault(section, {})
+            target[leaf] = env[name]
     data = _merge(_merge(data, env_layer), dict(overrides or {}))
     try:
         settings: Settings = _build(Settings, data)

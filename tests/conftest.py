@@ -23,6 +23,8 @@ from gateway.devkeys import mint_token
 from gateway.settings import load_settings
 from gateway.sim import SIM_STATS, SimSettings, SimStats, create_sim_app
 
+pytest_plugins = ["tests.postgres"]  # the postgres_server / postgres_url fixtures
+
 MODEL = "sim-llama-3-8b-instruct"
 ROOT = Path(__file__).resolve().parent.parent
 

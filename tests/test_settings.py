@@ -55,3 +55,10 @@ def test_bad_config_names_file_line_and_key(tmp_path: Path, text: str, expected:
 def test_bad_env_value_names_key_without_file() -> None:
     with pytest.raises(SettingsError, match=r"^port: expected a number"):
         load_settings(env={"GATEWAY_PORT": "http"})
+
+
+def test_audit_url_from_the_environment_and_validated() -> None:
+    url = "postgresql://gw@db:5432/audit"
+    assert load_settings(env={"GATEWAY_AUDIT_URL": url}).audit.url == url
+    with pytest.raises(SettingsError, match="audit.url: expected a postgresql:// URL"):
+        load_settings(env={"GATEWAY_AUDIT_URL": "mysql://db/audit"})

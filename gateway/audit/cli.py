@@ -1,4 +1,4 @@
-"""`gateway audit verify [--db PATH] [--anchor SEQ:HASH]`: check the hash chain end to end.
+"""`gateway audit verify [--db PATH|URL] [--anchor SEQ:HASH]`: check the hash chain end to end.
 
 Exit 0 when intact (printing the head to keep as a future anchor), 1 when broken (naming
 the first broken record and why), 2 when there is no database to check.
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.log import AuditSettings
+from gateway.audit.postgres import is_postgres_url
 
 
 def default_db() -> Path:
@@ -21,29 +22,42 @@ def default_db() -> Path:
     return AuditSettings().resolve(Path(os.environ.get("GATEWAY_HOME") or ".gateway"))
 
 
+def store_location(arg: str | None) -> str | Path:
+    """--db: a SQLite path or a postgresql:// URL; else GATEWAY_AUDIT_URL; else the file."""
+    where = arg or os.environ.get("GATEWAY_AUDIT_URL")
+    if where is None:
+        return default_db()
+    return where if is_postgres_url(where) else Path(where)
+
+
+READ_ERRORS = (OSError, sqlite3.Error, RuntimeError)
+
+
 def add_audit_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("audit", help="the decision audit log")
     cmds = p.add_subparsers(dest="audit_command", required=True)
     verify = cmds.add_parser("verify", help="check the audit log's hash chain end to end")
-    verify.add_argument("--db", type=Path, help="audit database (default "
-                        "GATEWAY_HOME/audit.sqlite3)")
+    verify.add_argument("--db", help="audit database: a SQLite file or a postgresql:// URL "
+                        "(default GATEWAY_AUDIT_URL, else GATEWAY_HOME/audit.sqlite3)")
     verify.add_argument("--anchor", metavar="SEQ:HASH",
                         help="a head printed by an earlier verify; fails if it is gone")
     p.set_defaults(run=run_audit)
 
 
 def run_audit(args: argparse.Namespace) -> int:
+    from gateway.audit.store import describe
     from gateway.audit.verify import parse_anchor, verify_chain
 
-    path: Path = args.db or default_db()
+    where = store_location(args.db)
+    path = describe(where)
     try:
         anchor = parse_anchor(args.anchor) if args.anchor else None
     except ValueError as exc:
         print(f"gateway audit verify: {exc}", file=sys.stderr)
         return 2
     try:
-        result = verify_chain(path, anchor)
-    except (FileNotFoundError, sqlite3.Error) as exc:
+        result = verify_chain(where, anchor)
+    except READ_ERRORS as exc:
         print(f"{path}: cannot read the audit log: {exc}", file=sys.stderr)
         return 2
     if result.ok:

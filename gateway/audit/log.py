@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from gateway.audit.postgres import is_postgres_url
 from gateway.audit.record import AuditRecord, ChainedRecord
-from gateway.audit.store import SYNCHRONOUS, AuditStore, QueryFilter, SqliteStore
+from gateway.audit.store import SYNCHRONOUS, AuditStore, QueryFilter, open_store
 
 log = logging.getLogger("gateway.audit")
 
@@ -52,6 +53,7 @@ class AuditSettings:
     store_prompts: bool = False  # master switch; a tier must opt in as well
     synchronous: str = "normal"  # normal | full (see SqliteStore)
     batch_size: int = 512  # most records per transaction
+    url: str | None = None  # postgresql://...: one log shared by every replica (postgres.py)
 
     def problems(self) -> list[str]:
         """Validation messages, each starting with the key, for the settings loader."""
@@ -64,10 +66,16 @@ class AuditSettings:
             found.append("queue_size: must be at least 1")
         if self.batch_size < 1:
             found.append("batch_size: must be at least 1")
+        if self.url is not None and not is_postgres_url(self.url):
+            found.append("url: expected a postgresql:// URL")
         return found
 
     def resolve(self, home: Path) -> Path:
         return self.path if self.path.is_absolute() else home / self.path
+
+    def location(self, home: Path) -> str | Path:
+        """Where the log lives: the Postgres URL when set, else the SQLite file."""
+        return self.url if self.url is not None else self.resolve(home)
 
 
 class StoreOpener(Protocol):
@@ -96,7 +104,8 @@ class AuditLog:
             raise ValueError("; ".join(settings.problems()))
         self.settings = settings
         self.path = settings.resolve(home)
-        self._open = opener or self._open_sqlite
+        self.location = settings.location(home)
+        self._open = opener or self._open_default
         self._on_written, self._on_dropped, self._on_failed = on_written, on_dropped, on_failed
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._slots: asyncio.Semaphore | None = None
@@ -105,8 +114,9 @@ class AuditLog:
         self._closed = False
         self.pending = 0  # submitted, not yet settled: for a queue-depth gauge
 
-    def _open_sqlite(self, readonly: bool) -> AuditStore:
-        return SqliteStore(self.path, synchronous=self.settings.synchronous, readonly=readonly)
+    def _open_default(self, readonly: bool) -> AuditStore:
+        return open_store(self.location, synchronous=self.settings.synchronous,
+                          readonly=readonly)
 
     async def start(self) -> None:
         """Open the store (errors surface here) and start the writer thread."""

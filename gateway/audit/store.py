@@ -1,11 +1,12 @@
 """Where audit records live. The seam is `AuditStore`; SQLite is the default backend.
 
 Every method is synchronous and blocking: the writer thread calls `append`, readers call
-the others from a worker thread (`asyncio.to_thread`). A Postgres backend for fleets
-implements the same Protocol (with a sync driver such as psycopg); it is not written yet.
+the others from a worker thread (`asyncio.to_thread`).
 
 `append` links the batch to the chain inside the same write transaction as the insert, so
-two processes sharing one file still produce one consistent chain.
+two processes sharing one file still produce one consistent chain. `open_store` picks the
+backend: a postgresql:// URL opens `PostgresStore` (postgres.py, for fleets), anything
+else is a SQLite file.
 """
 
 from __future__ import annotations
@@ -188,3 +189,20 @@ def _where(flt: QueryFilter) -> tuple[list[str], list[object]]:
 
 def _record(body: bytes) -> AuditRecord:
     return AuditRecord.from_json(orjson.loads(body))
+
+
+def open_store(where: str | Path, *, readonly: bool = False,
+               synchronous: str = "normal") -> AuditStore:
+    """The store at a SQLite path or a postgresql:// URL."""
+    from gateway.audit.postgres import PostgresStore, is_postgres_url
+
+    if isinstance(where, str) and is_postgres_url(where):
+        return PostgresStore(where, readonly=readonly)
+    return SqliteStore(Path(where), synchronous=synchronous, readonly=readonly)
+
+
+def describe(where: str | Path) -> str:
+    """How to name a store in messages: the path, or the URL without its password."""
+    from gateway.audit.postgres import redact
+
+    return redact(where) if isinstance(where, str) else str(where)

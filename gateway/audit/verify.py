@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 
 from gateway.audit.record import GENESIS, chain_hash
-from gateway.audit.store import SqliteStore, StoredRow
+from gateway.audit.store import StoredRow, open_store
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +44,9 @@ def parse_anchor(text: str) -> tuple[int, str]:
     return int(seq), digest.lower()
 
 
-def verify_chain(path: Path, anchor: tuple[int, str] | None = None) -> VerifyResult:
-    """Verify the SQLite audit database at `path` (opened read-only)."""
-    store = SqliteStore(path, readonly=True)
+def verify_chain(where: str | Path, anchor: tuple[int, str] | None = None) -> VerifyResult:
+    """Verify the audit log at a SQLite path or postgresql:// URL (opened read-only)."""
+    store = open_store(where, readonly=True)
     try:
         return verify_rows(store.rows(), anchor)
     finally:

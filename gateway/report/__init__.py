@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.cli import default_db
+from gateway.audit.cli import READ_ERRORS, store_location
+from gateway.audit.store import describe
 
 
 def add_report_parser(subparsers: Any) -> None:
@@ -22,19 +22,20 @@ def add_report_parser(subparsers: Any) -> None:
     p.add_argument("--since", default="24h",
                    help="how far back: a duration (24h, 7d), epoch seconds or ISO 8601")
     p.add_argument("--until", help="end of the period (default now)")
-    p.add_argument("--db", type=Path, help="audit database (default GATEWAY_HOME/audit.sqlite3)")
+    p.add_argument("--db", help="audit database: a SQLite file or a postgresql:// URL "
+                   "(default GATEWAY_AUDIT_URL, else GATEWAY_HOME/audit.sqlite3)")
     p.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     p.set_defaults(run=run_report)
 
 
-def build_report(db: Path, since: float, until: float, now: float | None = None) -> str:
+def build_report(db: str | Path, since: float, until: float, now: float | None = None) -> str:
     """Verify the chain, aggregate the period, render the page."""
-    from gateway.audit.store import SqliteStore
+    from gateway.audit.store import open_store
     from gateway.audit.verify import verify_rows
     from gateway.report.data import aggregate
     from gateway.report.html import render
 
-    store = SqliteStore(db, readonly=True)
+    store = open_store(db, readonly=True)
     try:
         integrity = verify_rows(store.rows())
         data = aggregate(store.scan(since, until), since, until)
@@ -56,13 +57,13 @@ def run_report(args: argparse.Namespace) -> int:
     if since >= until:
         print("gateway report: --since must be before --until", file=sys.stderr)
         return 2
-    db: Path = args.db or default_db()
+    where = store_location(args.db)
     try:
-        page = build_report(db, since, until, now)
-    except (FileNotFoundError, sqlite3.Error) as exc:
-        print(f"{db}: cannot read the audit log: {exc}", file=sys.stderr)
+        page = build_report(where, since, until, now)
+    except READ_ERRORS as exc:
+        print(f"{describe(where)}: cannot read the audit log: {exc}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page, encoding="utf-8")
-    print(f"wrote {args.out} ({len(page) // 1024} KiB) for {db}")
+    print(f"wrote {args.out} ({len(page) // 1024} KiB) for {describe(where)}")
     return 0

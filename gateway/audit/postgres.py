@@ -1,0 +1,172 @@
+"""The audit log in PostgreSQL, for fleets: every replica appends to one chain.
+
+Same contract as `SqliteStore` (see store.py). Writers serialise on a transaction-scoped
+advisory lock taken before the chain head is read, so replicas appending at the same
+time still build one unbroken chain; the lock is released by the commit. UPDATE and
+DELETE are refused by a trigger (whoever drops it to edit history is caught by the hash
+chain instead). Read-only stores open their sessions read-only.
+
+Needs the `postgres` extra (psycopg 3); imported by name when a store is opened, so the
+gateway without the extra never imports it. Connection URLs carry passwords: only
+`redact()` forms of them reach logs and errors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from gateway.audit.record import GENESIS, AuditRecord, ChainedRecord, seal
+from gateway.audit.store import INDEXED, QueryFilter, StoredRow
+
+SCHEMES = ("postgresql", "postgres")
+# An arbitrary constant naming "the audit chain head" for pg_advisory_xact_lock.
+_CHAIN_LOCK = 0x6761_7564_6974  # "gaudit"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gateway_audit (
+    seq BIGINT PRIMARY KEY,
+    time DOUBLE PRECISION NOT NULL,
+    request_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    body BYTEA NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS gateway_audit_time ON gateway_audit (time);
+CREATE INDEX IF NOT EXISTS gateway_audit_key ON gateway_audit (key_id, seq);
+CREATE INDEX IF NOT EXISTS gateway_audit_tier ON gateway_audit (tier, seq);
+CREATE OR REPLACE FUNCTION gateway_audit_append_only() RETURNS trigger AS $$
+BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS gateway_audit_no_change ON gateway_audit;
+CREATE TRIGGER gateway_audit_no_change BEFORE UPDATE OR DELETE ON gateway_audit
+FOR EACH ROW EXECUTE FUNCTION gateway_audit_append_only();
+"""
+
+
+def is_postgres_url(url: str) -> bool:
+    return urlsplit(url).scheme in SCHEMES
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect(url: str, readonly: bool = False) -> Any:
+    """A psycopg connection in autocommit mode (transactions are explicit)."""
+    try:
+        psycopg: Any = importlib.import_module("psycopg")
+    except ImportError:
+        raise RuntimeError("a postgresql:// URL needs the `postgres` extra "
+                           "(pip install 'gateway[postgres]')") from None
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        # psycopg's message can quote the connection string: say only what failed.
+        raise ConnectionError(f"cannot connect to {redact(url)}: "
+                              f"{type(exc).__name__}") from None
+    if readonly:
+        conn.execute("SET default_transaction_read_only = on")
+    return conn
+
+
+class PostgresStore:
+    """One connection per store; use one store per thread (as with SqliteStore)."""
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        self.url = redact(url)
+        self._db = connect(url, readonly)
+        if readonly:
+            found = self._db.execute("SELECT to_regclass('gateway_audit')").fetchone()
+            if found is None or found[0] is None:
+                self._db.close()
+                raise FileNotFoundError(f"no audit log at {self.url}")
+        else:
+            with self._db.transaction():
+                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK,))
+                self._db.execute(_SCHEMA)
+
+    def append(self, records: Sequence[AuditRecord]) -> list[ChainedRecord]:
+        db = self._db
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK,))
+            head = db.execute("SELECT seq, hash FROM gateway_audit "
+                              "ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (int(head[0]), str(head[1])) if head else (0, GENESIS)
+            sealed: list[ChainedRecord] = []
+            rows = []
+            for record in records:
+                seq += 1
+                body, chained = seal(seq, record, prev)
+                prev = chained.hash
+                sealed.append(chained)
+                rows.append((seq, record.time, record.request_id, record.key_id, record.tier,
+                             record.decision, record.status, body, chained.prev_hash,
+                             chained.hash))
+            with db.cursor() as cur:
+                cur.executemany("INSERT INTO gateway_audit VALUES "
+                                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+        return sealed
+
+    def query(self, flt: QueryFilter, limit: int, before_seq: int | None) -> list[ChainedRecord]:
+        where, params = _where(flt)
+        if before_seq is not None:
+            where.append("seq < %s")
+            params.append(before_seq)
+        sql = "SELECT seq, body, prev_hash, hash FROM gateway_audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT %s"
+        params.append(limit)
+        return [ChainedRecord(int(seq), _record(body), prev, h)
+                for seq, body, prev, h in self._db.execute(sql, params).fetchall()]
+
+    def scan(self, since: float | None, until: float | None) -> Iterator[AuditRecord]:
+        where, params = _where(QueryFilter(since=since, until=until))
+        sql = "SELECT body FROM gateway_audit"
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq"
+        with self._db.cursor() as cur:
+            cur.execute(sql, params)
+            for (body,) in cur:
+                yield _record(body)
+
+    def rows(self) -> Iterator[StoredRow]:
+        cols = ", ".join(INDEXED)
+        sql = f"SELECT seq, body, prev_hash, hash, {cols} FROM gateway_audit ORDER BY seq"
+        with self._db.cursor() as cur:
+            cur.execute(sql)
+            for seq, body, prev, h, *values in cur:
+                yield StoredRow(int(seq), bytes(body), str(prev), str(h),
+                                dict(zip(INDEXED, values, strict=True)))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _where(flt: QueryFilter) -> tuple[list[str], list[object]]:
+    where: list[str] = []
+    params: list[object] = []
+    for column, op, value in (("time", ">=", flt.since), ("time", "<", flt.until),
+                              ("tier", "=", flt.tier), ("decision", "=", flt.decision),
+                              ("key_id", "=", flt.key_id)):
+        if value is not None:
+            where.append(f"{column} {op} %s")
+            params.append(value)
+    return where, params
+
+
+def _record(body: bytes) -> AuditRecord:
+    return AuditRecord.from_json(orjson.loads(bytes(body)))
