@@ -186,8 +186,8 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
 async def _watermark(app: web.Application) -> AsyncIterator[None]:
     """The signing secret and the provenance ledger, closed after the last response."""
     settings, metrics = app[SETTINGS], app[METRICS]
-    ledger = Ledger.sqlite(settings.home / "ledger.sqlite3", metrics,
-                           retention_days=settings.watermark.ledger_retention_days)
+    where = settings.watermark.ledger_url or settings.home / "ledger.sqlite3"
+    ledger = Ledger.at(where, metrics, retention_days=settings.watermark.ledger_retention_days)
     await ledger.start()
     app[WATERMARK] = WatermarkRuntime(load_secret(settings.home, "watermark"), ledger, metrics)
     yield

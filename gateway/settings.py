@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.audit.log import AuditSettings
+from gateway.audit.postgres import is_postgres_url
 from gateway.pipeline.auth.settings import AuthSettings
 from gateway.yamlfile import Located, YamlError, load_file
 
@@ -70,6 +71,8 @@ class WatermarkSettings:
     # Forward vllm_xargs.gateway_key_id for the per-tenant logits processor
     # (gateway.vllm_plugin); only for upstreams that run it.
     forward_key_id: bool = False
+    # postgresql://...: one ledger shared by every replica; default GATEWAY_HOME/ledger.sqlite3
+    ledger_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ _ENV = {
     "GATEWAY_PORT": "port",
     "GATEWAY_LOG_LEVEL": "log_level",
     "GATEWAY_AUDIT_URL": "audit.url",
+    "GATEWAY_LEDGER_URL": "watermark.ledger_url",
 }
 
 
@@ -191,6 +195,9 @@ def _check(settings: Settings) -> None:
         raise SettingsError(f"auth.{problem}")
     for problem in settings.audit.problems():
         raise SettingsError(f"audit.{problem}")
+    ledger_url = settings.watermark.ledger_url
+    if ledger_url is not None and not is_postgres_url(ledger_url):
+        raise SettingsError("watermark.ledger_url: expected a postgresql:// URL")
 
 
 def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:

@@ -60,5 +60,12 @@ def test_bad_env_value_names_key_without_file() -> None:
 def test_audit_url_from_the_environment_and_validated() -> None:
     url = "postgresql://gw@db:5432/audit"
     assert load_settings(env={"GATEWAY_AUDIT_URL": url}).audit.url == url
-    with pytest.raises(SettingsError, match="audit.url: expected a postgresql:// URL"):
+    with pytest.raises(SettingsError, match=r"audit\.url: expected a postgresql:// URL"):
         load_settings(env={"GATEWAY_AUDIT_URL": "mysql://db/audit"})
+
+
+def test_ledger_url_from_the_environment_and_validated() -> None:
+    url = "postgresql://gw@db:5432/ledger"
+    assert load_settings(env={"GATEWAY_LEDGER_URL": url}).watermark.ledger_url == url
+    with pytest.raises(SettingsError, match=r"watermark\.ledger_url: expected a postgresql"):
+        load_settings(env={"GATEWAY_LEDGER_URL": "sqlite:///x"})

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from gateway.audit.postgres import is_postgres_url
+
 SECRET_NAME = "watermark"
 LEDGER_FILE = "ledger.sqlite3"
 
@@ -27,7 +29,8 @@ def add_watermark_parsers(sub: Any) -> None:
     detect.add_argument("file", nargs="?", default="-", help="text file, or - for stdin")
     detect.add_argument("--limit", type=int, default=5, help="ledger matches to show")
     _common(detect)
-    detect.add_argument("--ledger", type=Path, help=f"ledger file (default HOME/{LEDGER_FILE})")
+    detect.add_argument("--ledger", help="ledger: a SQLite file or a postgresql:// URL "
+                        f"(default GATEWAY_LEDGER_URL, else HOME/{LEDGER_FILE})")
     detect.add_argument("--no-ledger", action="store_true", help="payloads only")
     verify = cmds.add_parser("verify", help="check an x-gateway-provenance header value")
     verify.add_argument("--header", help="the header value (default: read from stdin)")
@@ -82,10 +85,12 @@ def _run_detect(args: argparse.Namespace) -> int:
     home = _home(args.home)
     secret = _secret(home)
     text = _read(args.file)
-    path = args.ledger or home / LEDGER_FILE
+    where = args.ledger or os.environ.get("GATEWAY_LEDGER_URL") or home / LEDGER_FILE
+    if isinstance(where, str) and not is_postgres_url(where):
+        where = Path(where)
     ledger = None
-    if not args.no_ledger and path.exists():
-        ledger = Ledger.sqlite(path)
+    if not args.no_ledger and (isinstance(where, str) or where.exists()):
+        ledger = Ledger.at(where)
         ledger.open()
     try:
         _print(detect(text, secret, ledger, limit=args.limit))

@@ -21,8 +21,8 @@ milliseconds at millions of records (bench/watermark.py measures it). Retention 
 records (and their signatures) older than N days precisely, and drops day tables once
 the whole day is past the cutoff; band rows left for a deleted record lead nowhere.
 
-A Postgres store for fleets would implement `LedgerStore` with the same three tables
-(bands as a table partitioned by day, a btree on (band, hash)); it is not implemented.
+`ledger_postgres.PostgresStore` implements `LedgerStore` on PostgreSQL for fleets (bands
+in a table partitioned by day); `Ledger.at(location)` opens either.
 """
 
 from __future__ import annotations
@@ -358,6 +358,17 @@ class Ledger:
     @classmethod
     def sqlite(cls, path: Path, metrics: Metrics | None = None, **options: Any) -> Ledger:
         return cls(SqliteStore(path), metrics, **options)
+
+    @classmethod
+    def at(cls, where: str | Path, metrics: Metrics | None = None, **options: Any) -> Ledger:
+        """The ledger at a SQLite path or a postgresql:// URL."""
+        from gateway.audit.postgres import is_postgres_url
+
+        if isinstance(where, str) and is_postgres_url(where):
+            from gateway.pipeline.watermark.ledger_postgres import PostgresStore
+
+            return cls(PostgresStore(where), metrics, **options)
+        return cls.sqlite(Path(where), metrics, **options)
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -38,9 +38,12 @@ def record(i: int, text: str, created: float = NOW, store_text: bool = False) ->
                   text=text if store_text else None)
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    led = Ledger.sqlite(tmp_path / "ledger.sqlite3")
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """The same behaviour from both stores (postgres: a real server, see tests/postgres.py)."""
+    where = (request.getfixturevalue("postgres_url") if request.param == "postgres"
+             else tmp_path / "ledger.sqlite3")
+    led = Ledger.at(where)
     led.open()
     led.write([record(i, t) for i, t in enumerate(TEXTS)])
     yield led
