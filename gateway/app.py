@@ -49,6 +49,7 @@ from gateway.policy.spec import PolicySpec
 from gateway.routes import add_routes
 from gateway.secret_store import load_secret
 from gateway.settings import Settings
+from gateway.tracing import TRACING, Tracing
 
 log = logging.getLogger("gateway")
 
@@ -208,12 +209,22 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     await audit.close()
 
 
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS].tracing
+    tracing = Tracing(settings) if settings.otlp_endpoint is not None else None
+    app[TRACING] = tracing
+    yield
+    if tracing is not None:
+        await asyncio.to_thread(tracing.close)
+
+
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[observe, render_errors])
     app[SETTINGS] = settings
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
     app[LIFECYCLE] = Lifecycle()
+    app.cleanup_ctx.append(_tracing)  # first in, last out: spans of every response flushed
     app.cleanup_ctx.append(_audit)
     app.cleanup_ctx.append(_watermark)
     app.cleanup_ctx.append(_runtime)

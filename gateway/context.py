@@ -78,6 +78,7 @@ class RequestContext:
     watermark_key_id: str | None = None
     audited: bool = False  # the audit record has been written
     usage: Usage = field(default_factory=Usage)
+    traceparent: str | None = None  # the gateway span's, sent upstream (tracing on)
 
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")

@@ -21,6 +21,7 @@ from gateway.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from gateway.tracing import TRACEPARENT, TRACING
 
 log = logging.getLogger("gateway.http")
 
@@ -75,6 +76,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(Unavailable("The gateway is shutting down"))
     started = time.perf_counter()
     request[STARTED] = started
+    tracing, span = app[TRACING], None
+    if tracing is not None:
+        span = tracing.start(request.headers)
+        request[TRACEPARENT] = tracing.traceparent(span) or ""
     status = 500
     lifecycle.begin()
     metrics.in_flight.inc()
@@ -94,13 +99,15 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         lifecycle.end()
         metrics.in_flight.dec()
-        _count(request, status, time.perf_counter() - started)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        _count(request, route, status, time.perf_counter() - started)
+        if tracing is not None:
+            tracing.finish(span, request.get(CONTEXT), route, status)
 
 
-def _count(request: web.Request, status: int, elapsed: float) -> None:
+def _count(request: web.Request, route: str, status: int, elapsed: float) -> None:
     metrics = request.app[METRICS]
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
     ctx = request.get(CONTEXT)
     model = tier = "-"
     decision = "none"

@@ -33,6 +33,7 @@ from gateway.pipeline.upstream.relay import StreamRelay, relay_json
 from gateway.pipeline.watermark.filters import provenance_header, vllm_xargs
 from gateway.pipeline.watermark.provenance import HEADER as PROVENANCE
 from gateway.pipeline.watermark.runtime import WATERMARK
+from gateway.tracing import TRACEPARENT
 
 _JSON_TYPES = ("application/json", "")
 # Tokens in URLs end up in access logs and browser history: refused, never read.
@@ -66,7 +67,7 @@ async def _proxy(request: web.Request, route: Route) -> web.StreamResponse:
     principal = await authenticate(request)
     body = await _read_json(request)
     ctx = RequestContext(request_id=request[REQUEST_ID], route=route, body=body, model="",
-                         principal=principal)
+                         principal=principal, traceparent=request.get(TRACEPARENT))
     request[CONTEXT] = ctx
     decision = await pipeline.check(ctx)
     ctx.decision = decision.label

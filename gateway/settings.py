@@ -66,6 +66,15 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """OpenTelemetry export (gateway/tracing.py); off unless an endpoint is set."""
+
+    otlp_endpoint: str | None = None  # OTLP/HTTP collector, e.g. http://otel-collector:4318
+    service_name: str = "gateway"
+    timeout_s: float = 5.0  # per export batch
+
+
+@dataclass(frozen=True, slots=True)
 class WatermarkSettings:
     ledger_retention_days: float = 365.0  # provenance records older than this are deleted
     # Forward vllm_xargs.gateway_key_id for the per-tenant logits processor
@@ -101,6 +110,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     watermark: WatermarkSettings = field(default_factory=WatermarkSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @property
     def embedded_sim(self) -> bool:
@@ -117,6 +127,7 @@ _ENV = {
     "GATEWAY_LOG_LEVEL": "log_level",
     "GATEWAY_AUDIT_URL": "audit.url",
     "GATEWAY_LEDGER_URL": "watermark.ledger_url",
+    "GATEWAY_OTLP_ENDPOINT": "tracing.otlp_endpoint",
 }
 
 
@@ -195,6 +206,9 @@ def _check(settings: Settings) -> None:
         raise SettingsError(f"auth.{problem}")
     for problem in settings.audit.problems():
         raise SettingsError(f"audit.{problem}")
+    endpoint = settings.tracing.otlp_endpoint
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise SettingsError("tracing.otlp_endpoint: expected an http(s) URL")
     ledger_url = settings.watermark.ledger_url
     if ledger_url is not None and not is_postgres_url(ledger_url):
         raise SettingsError("watermark.ledger_url: expected a postgresql:// URL")

@@ -105,6 +105,8 @@ class UpstreamClient:
                     body: bytes) -> aiohttp.ClientResponse:
         url = backend.url + UPSTREAM_PATHS[ctx.route]
         headers = {"content-type": "application/json", "x-request-id": ctx.request_id}
+        if ctx.traceparent:
+            headers["traceparent"] = ctx.traceparent
         async with asyncio.timeout(self._timeouts.ttfb_s):
             return await self._session.post(url, data=body, headers=headers,
                                             timeout=self._client_timeout)
