@@ -18,6 +18,10 @@ directives merge, later ones winning; the header comes last. Keys:
                      rest as usual; non-stream: a 200 whose body is not JSON
   ttft=SECONDS       override the time to first token
   tps=RATE           override tokens per second (0: as fast as possible)
+  echo               answer with the rest of the text, directives removed, instead of
+                     generated words: cut into tokens of at most four characters (so
+                     emoji and other multi-codepoint characters can split across tokens,
+                     as with a real tokenizer); its end is the natural end
 
 An unknown key or a bad value is a 400, so a typo cannot silently disable a fault.
 """
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 
 _DIRECTIVE = re.compile(r"\[\[sim:([^\]]*)\]\]")
 _KEYS = frozenset({"status", "reset", "drop_after", "stall_after", "malformed_after", "ttft",
-                   "tps"})
+                   "tps", "echo"})
 
 
 class FaultSyntaxError(ValueError):
@@ -46,6 +50,7 @@ class Faults:
     malformed_after: int | None = None
     ttft_s: float | None = None
     tps: float | None = None
+    echo: bool = False
 
 
 def parse_faults(prompt: str = "", header: str = "") -> Faults:
@@ -76,7 +81,12 @@ def parse_faults(prompt: str = "", header: str = "") -> Faults:
                   reset=values.get("reset") in ("", "1", "true"),
                   drop_after=count("drop_after"), stall_after=count("stall_after"),
                   malformed_after=count("malformed_after"), ttft_s=number("ttft"),
-                  tps=number("tps"))
+                  tps=number("tps"), echo=values.get("echo") in ("", "1", "true"))
+
+
+def without_directives(text: str) -> str:
+    """The text a directive sits in, with every directive (and one space after it) cut."""
+    return re.sub(r"\[\[sim:[^\]]*\]\] ?", "", text)
 
 
 def _integer(key: str, value: str, low: int, high: int) -> int:

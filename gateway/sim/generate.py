@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -55,16 +56,19 @@ class Plan:
         return len(self.pieces)
 
 
-def plan(prompt: str, seed: int, index: int, limits: Limits) -> Plan:
+def plan(prompt: str, seed: int, index: int, limits: Limits, echo: str | None = None) -> Plan:
+    """The answer; with `echo`, that text (cut into tokens) instead of generated words."""
     digest = hashlib.blake2b(f"{seed}\0{index}\0{prompt}".encode(), digest_size=8).digest()
     rng = random.Random(int.from_bytes(digest, "big"))
-    natural = max(rng.randint(16, 49), limits.min_tokens)
+    natural = max(rng.randint(16, 49), limits.min_tokens) if echo is None else None
     finder = _StopFinder(limits.stop, limits.include_stop) if limits.stop else None
     pieces: list[str] = []
-    for piece in _sentences(rng):
+    source = _sentences(rng) if echo is None else iter(_ECHO_TOKEN.findall(echo))
+    for piece in source:
         if len(pieces) >= limits.max_tokens:
             return Plan(tuple(pieces), "length")
-        if not limits.ignore_eos and len(pieces) >= natural and pieces[-1] == ".":
+        if (natural is not None and not limits.ignore_eos and len(pieces) >= natural
+                and pieces[-1] == "."):
             pieces.append(EOS)
             return Plan(tuple(pieces), "stop")
         pieces.append(piece)
@@ -72,7 +76,15 @@ def plan(prompt: str, seed: int, index: int, limits: Limits) -> Plan:
         if hit is not None:
             cut, stop = hit
             return Plan(_clip(pieces, cut), "stop", stop)
-    raise AssertionError("unreachable: the sentences never end")
+    # Only an echoed text runs out: that is its natural end.
+    if len(pieces) >= limits.max_tokens:
+        return Plan(tuple(pieces), "length")
+    pieces.append(EOS)
+    return Plan(tuple(pieces), "stop")
+
+
+# Leading spaces and up to four more characters per token; every character is covered.
+_ECHO_TOKEN = re.compile(r"\s*\S{1,4}|\s+")
 
 
 def _sentences(rng: random.Random) -> Iterator[str]:

@@ -123,13 +123,15 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
             "completion_tokens": completion}
 
 
-def plan_job(request: GenerateRequest, max_model_len: int) -> Job:
+def plan_job(request: GenerateRequest, max_model_len: int, echo: str | None = None) -> Job:
     """Every choice's answer. Choice i*n+j answers prompt i, as vLLM numbers them; its text
-    depends on the prompt, the seed and j only, not on the prompt's place in a batch."""
+    depends on the prompt, the seed and j only, not on the prompt's place in a batch (or,
+    with `echo`, is that text: the `echo` sim directive)."""
     n = request.n
     choices = tuple(
         Choice(i * n + j, prompt.tokens,
-               plan(prompt.text, request.seed, j, request.limits(prompt, max_model_len)))
+               plan(prompt.text, request.seed, j, request.limits(prompt, max_model_len),
+                    echo))
         for i, prompt in enumerate(request.prompts) for j in range(n))
     prefix = "chatcmpl" if request.chat else "cmpl"
     return Job(request, f"{prefix}-{uuid.uuid4().hex}", int(time.time()), choices)

@@ -237,3 +237,17 @@ async def test_run_sim_serves_until_cancelled(session: aiohttp.ClientSession) ->
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_echo_directive_streams_the_given_text(sim: Server) -> None:
+    text = "Rivers 🌊 run; مرحبا 你好.\n```\ncode()\n```"
+    body = chat(f"[[sim:echo]] {text}", stream=True)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(sim.url + CHAT, json=body) as resp:
+            raw = await resp.read()
+        async with http.post(sim.url + CHAT, json={**body, "stream": False}) as resp:
+            whole = await resp.json()
+    deltas = [c["choices"][0]["delta"].get("content") or "" for c in chunks(raw)
+              if c.get("choices")]
+    assert "".join(deltas) == text == whole["choices"][0]["message"]["content"]
+    assert len([d for d in deltas if d]) > 5

@@ -75,3 +75,22 @@ def test_earliest_of_several_stop_strings_wins() -> None:
 
 def test_stop_string_never_said_changes_nothing() -> None:
     assert plan("p", 0, 0, _stops(("§",))).text == plan("p", 0, 0, _stops(())).text
+
+
+ECHO = "Héllo 👩‍👩‍👧 wörld!\n```py\nx = 1\n```\n  مرحبا 你好世界。 "
+
+
+def test_echo_answers_the_text_cut_into_small_tokens() -> None:
+    answer = plan("ignored", 0, 0, Limits(max_tokens=1000), echo=ECHO)
+    assert answer.text == ECHO and answer.finish_reason == "stop"
+    assert answer.pieces[-1] == EOS
+    assert all(len(p.strip()) <= 4 for p in answer.pieces)
+    # The ZWJ family is more than four code points: it arrives in several tokens.
+    assert not any("👩‍👩‍👧" in p for p in answer.pieces)
+
+
+def test_echo_obeys_max_tokens_and_stop() -> None:
+    cut = plan("p", 0, 0, Limits(max_tokens=3), echo="one two six four five")
+    assert cut.text == "one two six" and cut.finish_reason == "length"
+    stopped = plan("p", 0, 0, Limits(max_tokens=100, stop=("four",)), echo="one two four x")
+    assert stopped.text == "one two " and stopped.stop_reason == "four"
