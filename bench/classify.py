@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from procs import MODEL, free_port, policy_copy, start, stop
+from procs import MODEL, free_port, policy_copy, start, stop, stream_timings
 
 from gateway.devkeys import mint_token
 from gateway.pipeline.classify.chain import Chain
@@ -185,49 +185,6 @@ def _no_moderation(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
     classifiers["classifiers"].setdefault("moderation", {})["enabled"] = False
 
 
-def _has_text(data: bytes) -> bool:
-    choices = orjson.loads(data).get("choices") or []
-    return any((c.get("delta") or {}).get("content") for c in choices)
-
-
-async def _stream_gaps(url: str, token: str, n: int, concurrency: int, tokens: int,
-                       tps: int) -> dict[str, float]:
-    """TTFT and the gaps between content chunks of n streams, in ms."""
-    ttfts: list[float] = []
-    gaps: list[float] = []
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    left = n
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     headers=headers) as http:
-        async def worker() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                body = orjson.dumps({
-                    "model": MODEL, "max_tokens": tokens, "ignore_eos": True, "stream": True,
-                    "messages": [{"role": "user", "content": f"[[sim:tps={tps}]] Tell me "
-                                  f"a long story about rivers, number {left}."}]})
-                started = last = time.perf_counter()
-                first = True
-                async with http.post(url + "/v1/chat/completions", data=body) as resp:
-                    async for line in resp.content:
-                        if not line.startswith(b"data: {") or not _has_text(line[6:]):
-                            continue
-                        now = time.perf_counter()
-                        if first:
-                            ttfts.append((now - started) * 1000)
-                            first = False
-                        else:
-                            gaps.append((now - last) * 1000)
-                        last = now
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {"ttft_p50_ms": round(percentile(ttfts, 0.5), 1),
-            "ttft_p99_ms": round(percentile(ttfts, 0.99), 1),
-            "gap_p50_ms": round(percentile(gaps, 0.5), 2),
-            "gap_p99_ms": round(percentile(gaps, 0.99), 2)}
-
-
 async def moderation_cost(args: argparse.Namespace) -> dict[str, Any]:
     """Streams through the public tier with output moderation on and off."""
     home = tempfile.mkdtemp(prefix="gateway-bench-moderation-")
@@ -243,7 +200,7 @@ async def moderation_cost(args: argparse.Namespace) -> dict[str, Any]:
             procs.append(start(["serve", "--port", url.rsplit(":", 1)[1], "--upstream",
                                 sim_url], url + "/readyz", home, timeout_s=120,
                                GATEWAY_POLICIES=policies))
-        results = {name: await _stream_gaps(url, token, args.streams, 8, 200, args.tps)
+        results = {name: await stream_timings(url, token, args.streams, 8, 200, args.tps)
                    for name, url in urls.items()}
     finally:
         stop(*procs)

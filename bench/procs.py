@@ -3,6 +3,7 @@ their CPU time and memory from /proc, and build policy copies for comparison run
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import orjson
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,3 +85,55 @@ def policy_copy(target: Path, edit: Callable[[dict[str, Any], dict[str, Any]], N
     (target / "tiers.yaml").write_text(yaml.safe_dump(tiers))
     (target / "classifiers.yaml").write_text(yaml.safe_dump(classifiers))
     return str(target)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def _has_text(data: bytes) -> bool:
+    choices = orjson.loads(data).get("choices") or []
+    return any((c.get("delta") or {}).get("content") for c in choices)
+
+
+async def stream_timings(url: str, token: str, n: int, concurrency: int, tokens: int,
+                         tps: int, prompt: str = "Tell me a long story about rivers",
+                         ) -> dict[str, float]:
+    """Time to the first content chunk and the gaps between content chunks of n chat
+    streams of `tokens` tokens at `tps` simulated tokens/s, p50/p99 in ms."""
+    ttfts: list[float] = []
+    gaps: list[float] = []
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    left = n
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     headers=headers) as http:
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                body = orjson.dumps({
+                    "model": MODEL, "max_tokens": tokens, "ignore_eos": True, "stream": True,
+                    "messages": [{"role": "user",
+                                  "content": f"[[sim:tps={tps}]] {prompt}, number {left}."}]})
+                started = last = time.perf_counter()
+                first = True
+                async with http.post(url + "/v1/chat/completions", data=body) as resp:
+                    async for line in resp.content:
+                        if not line.startswith(b"data: {") or not _has_text(line[6:]):
+                            continue
+                        now = time.perf_counter()
+                        if first:
+                            ttfts.append((now - started) * 1000)
+                            first = False
+                        else:
+                            gaps.append((now - last) * 1000)
+                        last = now
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"ttft_p50_ms": round(_percentile(ttfts, 0.5), 1),
+            "ttft_p99_ms": round(_percentile(ttfts, 0.99), 1),
+            "gap_p50_ms": round(_percentile(gaps, 0.5), 2),
+            "gap_p99_ms": round(_percentile(gaps, 0.99), 2)}
+
+

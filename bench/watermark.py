@@ -1,7 +1,11 @@
 # ruff: noqa: RUF001
 """Watermark and provenance benchmark (issue 6): `make bench-watermark`.
 
-Drives the output filters directly (no server) over generated responses: long, varied
+Part one (bench/watermark_gateway.py) sends generated responses through a real gateway
+and simulator: round trip, attribution through the admin detect endpoint, and the cost on
+streams against a gateway with watermarking off, in the same run.
+
+Part two drives the output filters directly (no server) over generated responses: long, varied
 prose with code blocks, JSON, lists, links, emoji (ZWJ families, flags, skin tones), RTL
 (Arabic, Hebrew) and CJK, through random chunkings (streaming) and whole (non-streaming).
 
@@ -220,6 +224,8 @@ def human_passages(limit: int, rng: random.Random) -> list[str]:
 
 
 # ------------------------------------------------------------------------ helpers
+
+import watermark_gateway as wg  # noqa: E402
 
 from gateway.context import Principal, RequestContext  # noqa: E402
 from gateway.pipeline.output import FilterChain  # noqa: E402
@@ -512,11 +518,25 @@ async def main() -> None:
     parser.add_argument("--chunks", type=int, default=4, help="chunks per synthetic record")
     parser.add_argument("--quick", action="store_true", help="small numbers, for a smoke run")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--gateway-responses", type=int, default=150,
+                        help="responses sent through the gateway")
+    parser.add_argument("--streams", type=int, default=48, help="streams for the cost test")
+    parser.add_argument("--tps", type=int, default=50, help="simulated tokens/s per stream")
     args = parser.parse_args()
     if args.quick:
         args.responses, args.ledger_extra, args.human, args.records = 60, 300, 300, 20_000
+        args.gateway_responses, args.streams, args.tps = 20, 8, 200
     rng = random.Random(args.seed)
     out = Results()
+    print("through the gateway and the simulator:")
+    gw = await wg.start_gateways()
+    try:
+        texts = [make_response(rng) for _ in range(args.gateway_responses)]
+        sent = await wg.round_trip(gw, texts, out.add, _forbidden, _mark_offsets)
+        await wg.attribution(gw, sent, rng, _prose_run, _edit, out.add)
+        await wg.stream_cost(gw, args.streams, args.tps, out.add)
+    finally:
+        wg.stop_gateways(gw)
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger.sqlite(Path(tmp) / "ledger.sqlite3")
         await ledger.start()
