@@ -9,6 +9,7 @@
     ├── NotFound                      404 invalid_request_error
     │   └── ModelNotFound             404 invalid_request_error / model_not_found
     ├── MethodNotAllowed              405 invalid_request_error
+    ├── RequestTimeout                408 invalid_request_error / request_timeout
     ├── PayloadTooLarge               413 invalid_request_error
     ├── RateLimited                   429 rate_limit_error / rate_limit_exceeded
     ├── UpstreamStatus                (upstream's 4xx, normalised, passed through)
@@ -110,6 +111,14 @@ class MethodNotAllowed(GatewayError):
     status = 405
     type = "invalid_request_error"
     default_code = "method_not_allowed"
+
+
+class RequestTimeout(GatewayError):
+    """The client took longer than timeouts.client_body_s to send its body (slow-loris)."""
+
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
 
 
 class PayloadTooLarge(GatewayError):

@@ -28,7 +28,7 @@ def _completion_op(summary: str, body_ref: str) -> dict[str, Any]:
             "200": {"description": "A completion (JSON) or a stream of server-sent events",
                     "content": {"application/json": {"schema": {"type": "object"}},
                                 "text/event-stream": {"schema": {"type": "string"}}}},
-            **_errors(400, 401, 403, 404, 413, 415, 429, 502, 503, 504),
+            **_errors(400, 401, 403, 404, 408, 413, 415, 429, 502, 503, 504),
         },
     }
 
@@ -94,7 +94,7 @@ def document() -> dict[str, Any]:
                     "schema": {"type": "object", "required": ["text"],
                                "properties": {"text": {"type": "string"}}}}}},
                 "responses": {"200": {"description": "Detection report"},
-                              **_errors(400, 401, 403, 413)}}},
+                              **_errors(400, 401, 403, 408, 413)}}},
             "/admin/v1/policy/reload": {"post": {"summary": "Reload the policy files now",
                                                  "security": [{"bearer": []}],
                                                  "responses": {

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.accounting import record_request
+from gateway.body import read_body
 from gateway.context import (
     CLASSIFY,
     CONTEXT,
@@ -26,7 +27,12 @@ from gateway.context import (
     RequestContext,
     Route,
 )
-from gateway.errors import BadRequest, Forbidden, InvalidJSON, UnsupportedMediaType
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    InvalidJSON,
+    UnsupportedMediaType,
+)
 from gateway.openapi import document
 from gateway.pipeline import Pipeline
 from gateway.pipeline.upstream.relay import StreamRelay, relay_json
@@ -50,7 +56,7 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
     ctype = request.content_type if "Content-Type" in request.headers else ""
     if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
         raise UnsupportedMediaType("Content-Type must be application/json")
-    raw = await request.read()  # bounded by client_max_size: 413 beyond it
+    raw = await read_body(request)  # 413 beyond client_max_size, 408 when too slow
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

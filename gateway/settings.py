@@ -36,6 +36,9 @@ class TimeoutSettings:
     # whole completion, so this also bounds a non-streaming generation.
     ttfb_s: float = 300.0
     idle_s: float = 60.0  # longest silence between two stream chunks
+    # Longest a client may take to send its request body: a slow-loris upload holds a
+    # connection and a task otherwise.
+    client_body_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,11 +83,17 @@ def connect(url: str, readonly: bool = False) -> Any:
     return conn
 
 
+def is_broken(conn: Any) -> bool:
+    """True once psycopg knows the session is gone (server restart, network cut)."""
+    return bool(conn.closed or conn.broken)
+
+
 class PostgresStore:
     """One connection per store; use one store per thread (as with SqliteStore)."""
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.url = redact(url)
+        self._url = url
         self._db = connect(url, readonly)
         if readonly:
             found = self._db.execute("SELECT to_regclass('gateway_audit')").fetchone()
@@ -100,6 +106,11 @@ class PostgresStore:
                 self._db.execute(_SCHEMA)
 
     def append(self, records: Sequence[AuditRecord]) -> list[ChainedRecord]:
+        # The writer thread keeps one store for the gateway's life: a batch that failed
+        # with the server gone is counted as failed by AuditLog, and the next batch comes
+        # here on a new session. No retry inside: a lost COMMIT reply would write twice.
+        if is_broken(self._db):
+            self._db = connect(self._url)
         db = self._db
         with db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK,))

@@ -73,6 +73,11 @@ def _check_common(body: dict[str, Any]) -> Decision:
     return ALLOW
 
 
+# OpenAI's roles. vLLM also takes any other role string for custom chat templates, but an
+# unknown role is text the classifier (which reads configured roles) would never see.
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
 def _check_messages(messages: Any) -> Decision:
     if not isinstance(messages, list) or not messages:
         return _bad("'messages' must be a non-empty array", "messages")
@@ -80,11 +85,26 @@ def _check_messages(messages: Any) -> Decision:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             return _bad(f"'messages[{i}]' must be an object with a string 'role'",
                         f"messages[{i}]")
+        if message["role"] not in ROLES:
+            return _bad(f"'messages[{i}].role' must be one of {', '.join(sorted(ROLES))}",
+                        f"messages[{i}].role")
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
             return _bad(f"'messages[{i}].content' must be a string or an array",
                         f"messages[{i}].content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not _valid_part(part):
+                    return _bad(f"'messages[{i}].content[{j}]' must be an object with a "
+                                "'type' (and a string 'text' for text parts)",
+                                f"messages[{i}].content[{j}]")
     return ALLOW
+
+
+def _valid_part(part: Any) -> bool:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        return False
+    return part["type"] != "text" or isinstance(part.get("text"), str)
 
 
 def _check_prompt(prompt: Any) -> Decision:

@@ -11,6 +11,7 @@ import asyncio
 import orjson
 from aiohttp import web
 
+from gateway.body import read_body
 from gateway.errors import BadRequest, InvalidJSON
 from gateway.pipeline.watermark.detect import detect
 from gateway.pipeline.watermark.runtime import WATERMARK
@@ -21,7 +22,7 @@ MAX_LIMIT = 50
 
 async def detect_handler(request: web.Request) -> web.Response:
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(await read_body(request))
     except orjson.JSONDecodeError:
         raise InvalidJSON("The request body is not valid JSON") from None
     text = body.get("text") if isinstance(body, dict) else None

@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from gateway.audit.postgres import connect, redact
+from gateway.audit.postgres import connect, is_broken, redact
 from gateway.pipeline.watermark import fingerprint as fp
 from gateway.pipeline.watermark.ledger import CHUNK_SPACE, DAY_S, MAX_STORED_TEXT, Prepared, Stored
 from gateway.pipeline.watermark.payload import request_ref
@@ -74,12 +74,19 @@ class PostgresStore:
         self._days: set[int] = set()
 
     def _conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect(self._url)
-            self._local.conn = conn
-            with self._lock:
-                self._conns.append(conn)
+        old = getattr(self._local, "conn", None)
+        if old is not None and not is_broken(old):
+            return old
+        # First call on this thread, or the session was lost with the server (the call
+        # that failed was counted by Ledger): a new session for this and later calls.
+        conn = connect(self._url)
+        self._local.conn = conn
+        with self._lock:
+            if old in self._conns:
+                self._conns.remove(old)
+            self._conns.append(conn)
+        if old is not None:
+            old.close()
         return conn
 
     def open(self) -> None:

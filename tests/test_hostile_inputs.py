@@ -1,0 +1,135 @@
+"""Hand-written hostile requests: each gets its documented status in OpenAI's error shape,
+never a 500, and the gateway keeps serving (issue 9; schemathesis covers the rest)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.conftest import MODEL, Server, StartGateway, chat
+
+CHAT = "/v1/chat/completions"
+
+
+def _error(raw: bytes) -> dict[str, Any]:
+    body = orjson.loads(raw)
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+async def _post(http: aiohttp.ClientSession, url: str, data: bytes,
+                content_type: str | None = "application/json") -> tuple[int, bytes]:
+    headers = {"Content-Type": content_type} if content_type else {}
+    async with http.post(url + CHAT, data=data, headers=headers) as resp:
+        return resp.status, await resp.read()
+
+
+@pytest.mark.parametrize(("name", "data"), [
+    ("float beyond double", b'{"model": "M", "messages": [], "max_tokens": 1e400}'),
+    ("5000-digit integer", b'{"model": "M", "max_tokens": ' + b"9" * 5000 + b"}"),
+    ("100k nested arrays", b"[" * 100_000 + b"]" * 100_000),
+    ("100k nested objects", b'{"a":' * 100_000 + b"1" + b"}" * 100_000),
+    ("lone surrogate escape", b'{"model": "M", "messages": [{"role": "user", '
+                              b'"content": "\\ud800"}]}'),
+    ("invalid UTF-8 in a string", b'{"model": "M", "messages": [{"role": "user", '
+                                  b'"content": "\xc3\x28"}]}'),
+    ("NaN literal", b'{"model": "M", "temperature": NaN}'),
+    ("trailing garbage", b'{"model": "M"} {"model": "M"}'),
+    ("empty body", b""),
+])
+async def test_malformed_json_is_400_invalid_json(gateway: Server, http: aiohttp.ClientSession,
+                                                  name: str, data: bytes) -> None:
+    status, raw = await _post(http, gateway.url, data.replace(b'"M"', f'"{MODEL}"'.encode()))
+    assert status == 400, name
+    assert _error(raw)["code"] == "invalid_json", name
+
+
+@pytest.mark.parametrize("messages", [
+    None, "hello", 42, True, {"role": "user", "content": "hi"}, [], [1], ["hi"], [None],
+    [{"content": "no role"}], [{"role": "wizard", "content": "hi"}], [{"role": 7}],
+    [{"role": "user", "content": 5}], [{"role": "user", "content": {"text": "x"}}],
+    [{"role": "user", "content": [{"type": "text"}]}],
+    [{"role": "user", "content": [{"type": "text", "text": 1}]}],
+])
+async def test_messages_of_every_wrong_type_are_400(gateway: Server,
+                                                     http: aiohttp.ClientSession,
+                                                     messages: object) -> None:
+    status, raw = await _post(http, gateway.url,
+                              orjson.dumps({"model": MODEL, "messages": messages}))
+    assert status == 400, messages
+    error = _error(raw)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] is not None and str(error["param"]).startswith("messages"), error
+
+
+async def test_duplicate_keys_last_one_wins_consistently(gateway: Server,
+                                                          http: aiohttp.ClientSession) -> None:
+    body = orjson.dumps(chat("hi"))[:-1] + b', "model": "no-such-model"}'
+    status, raw = await _post(http, gateway.url, body)
+    assert status == 404 and _error(raw)["code"] == "model_not_found"
+    body = b'{"model": "no-such-model", ' + orjson.dumps(chat("hi"))[1:]
+    status, _ = await _post(http, gateway.url, body)
+    assert status == 200
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "multipart/form-data; b=x",
+                                          "application/x-www-form-urlencoded",
+                                          "application/jsonx"])
+async def test_wrong_content_types_are_415(gateway: Server, http: aiohttp.ClientSession,
+                                           content_type: str | None) -> None:
+    status, raw = await _post(http, gateway.url, orjson.dumps(chat("hi")), content_type)
+    assert status == 415 and _error(raw)["code"] == "unsupported_media_type"
+
+
+async def test_unknown_fields_are_dropped_not_forwarded(gateway: Server,
+                                                         http: aiohttp.ClientSession) -> None:
+    body = chat("hi", frobnicate={"deep": [1, 2]}, **{"x" * 200: 1})
+    status, raw = await _post(http, gateway.url, orjson.dumps(body))
+    assert status == 200 and orjson.loads(raw)["choices"]
+
+
+async def _slow_upload(url: str, token: str, give_up_s: float) -> tuple[bytes, float]:
+    """Headers promptly, then the body one byte every 0.25 s (a slow-loris client), until
+    the gateway answers; (the answer's head and body, seconds until it came)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    body = orjson.dumps(chat("hi"))
+    writer.write((f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                  ).encode())
+    started = time.monotonic()
+    head = asyncio.create_task(reader.readuntil(b"\r\n\r\n"))
+    for byte in body:
+        if head.done() or time.monotonic() - started > give_up_s:
+            break
+        try:
+            writer.write(bytes([byte]))
+            await writer.drain()
+        except ConnectionError:
+            break
+        await asyncio.sleep(0.25)
+    answer = await asyncio.wait_for(head, 5)
+    took = time.monotonic() - started
+    length = int(next(line.split(b":")[1] for line in answer.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    answer += await asyncio.wait_for(reader.readexactly(length), 5)
+    writer.close()
+    return answer, took
+
+
+async def test_slow_loris_body_is_cut_off_with_408(start_gateway: StartGateway, sim: Server,
+                                                    token: str,
+                                                    http: aiohttp.ClientSession) -> None:
+    gw = await start_gateway(sim.url, timeouts={"client_body_s": 1.0})
+    answer, took = await _slow_upload(gw.url, token, give_up_s=8)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert _error(body)["code"] == "request_timeout"
+    assert 0.9 < took < 3
+    status, _ = await _post(http, gw.url, orjson.dumps(chat("still serving")))
+    assert status == 200
