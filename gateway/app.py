@@ -28,7 +28,7 @@ from gateway.context import (
     RequestContext,
 )
 from gateway.lifecycle import Lifecycle
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, watch_tasks
 from gateway.middleware import add_headers, observe, render_errors
 from gateway.pipeline import Authenticator, Pipeline, PipelineRef
 from gateway.pipeline.classify import ClassifyRuntime
@@ -209,6 +209,10 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     await audit.close()
 
 
+async def _watch_tasks(app: web.Application) -> None:
+    watch_tasks(app[METRICS], asyncio.get_running_loop())
+
+
 async def _tracing(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS].tracing
     tracing = Tracing(settings) if settings.otlp_endpoint is not None else None
@@ -228,6 +232,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.cleanup_ctx.append(_audit)
     app.cleanup_ctx.append(_watermark)
     app.cleanup_ctx.append(_runtime)
+    app.on_startup.append(_watch_tasks)
     app.on_response_prepare.append(add_headers)
     add_routes(app)
     add_admin_routes(app)

@@ -7,6 +7,8 @@ subject, a token or a prompt.
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # LLM latencies span milliseconds (cached, short) to minutes (long generations).
@@ -43,6 +45,10 @@ class Metrics:
             "gateway_requests_in_flight", "Requests being handled.", registry=registry)
         self.open_streams = Gauge(
             "gateway_open_streams", "Streaming responses currently relayed.", registry=registry)
+        # Read at scrape time (watch_tasks): a count that only grows is a task leak.
+        self.asyncio_tasks = Gauge(
+            "gateway_asyncio_tasks", "Asyncio tasks alive in the gateway's event loop.",
+            registry=registry)
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Failed upstream attempts, by kind.",
             ["kind"], registry=registry)
@@ -110,3 +116,9 @@ class Metrics:
         self.audit_dropped = Counter(
             "gateway_audit_queue_dropped", "Audit records dropped because the queue was full.",
             registry=registry)
+
+
+def watch_tasks(metrics: Metrics, loop: asyncio.AbstractEventLoop) -> None:
+    """Have the task gauge count `loop`'s tasks whenever it is read (scrapes run on the
+    loop's own thread, where counting is safe)."""
+    metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
