@@ -14,9 +14,10 @@ gateway without the extra never imports it. Connection URLs carry passwords: onl
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import orjson
 
@@ -26,6 +27,8 @@ from gateway.audit.store import INDEXED, QueryFilter, StoredRow
 SCHEMES = ("postgresql", "postgres")
 # An arbitrary constant naming "the audit chain head" for pg_advisory_xact_lock.
 _CHAIN_LOCK = 0x6761_7564_6974  # "gaudit"
+
+_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateway_audit (
@@ -56,13 +59,29 @@ def is_postgres_url(url: str) -> bool:
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
+    """The URL with any password (user info or ?password=) masked, for logs and errors.
+    Works on the raw text: multi-host URLs (h1:5432,h2:5432) have no single port."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
+    return urlunsplit(parts._replace(netloc=userinfo + at + hosts, query=query))
+
+
+def _scrub(message: str, url: str) -> str:
+    """libpq's reason (refused, no such database...), first line, the password masked
+    in case a driver ever quotes it."""
+    line = message.strip().splitlines()[0] if message.strip() else "failed"
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    found = [userinfo.split(":", 1)[1]] if ":" in userinfo else []
+    found += parse_qs(parts.query).get("password", [])
+    for secret in found:
+        for form in (secret, unquote(secret)):
+            if form:
+                line = line.replace(form, "***")
+    return line
 
 
 def connect(url: str, readonly: bool = False) -> Any:
@@ -75,9 +94,8 @@ def connect(url: str, readonly: bool = False) -> Any:
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:
-        # psycopg's message can quote the connection string: say only what failed.
         raise ConnectionError(f"cannot connect to {redact(url)}: "
-                              f"{type(exc).__name__}") from None
+                              f"{_scrub(str(exc), url)}") from None
     if readonly:
         conn.execute("SET default_transaction_read_only = on")
     return conn

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import aiohttp
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.audit.cli import run_audit as audit_cli
 from gateway.audit.postgres import PostgresStore, redact
 from gateway.audit.store import QueryFilter, open_store
 from gateway.audit.verify import verify_chain
 from tests.audit.records import make_record
 from tests.conftest import Server, StartGateway, chat
+from tests.report.test_report import _cli as report_cli
 
 
 def test_round_trip_query_scan_and_verify(postgres_url: str) -> None:
@@ -54,7 +59,13 @@ def test_writers_in_parallel_build_one_chain(postgres_url: str) -> None:
     assert result.checked == 4 * 10 * 5
 
 
-def test_history_cannot_be_edited_and_edits_are_caught(postgres_url: str) -> None:
+@pytest.mark.parametrize(("tamper", "broken", "reason"), [
+    ("UPDATE gateway_audit SET body = convert_to(replace(convert_from(body, 'UTF8'), "
+     "'req-3', 'req-X'), 'UTF8') WHERE seq = 3", 3, "edited"),
+    ("DELETE FROM gateway_audit WHERE seq = 3", 4, "3 missing"),
+])
+def test_history_cannot_be_edited_and_edits_are_caught(
+        postgres_url: str, tamper: str, broken: int, reason: str) -> None:
     store = PostgresStore(postgres_url)
     store.append([make_record(i) for i in range(1, 6)])
     store.close()
@@ -65,10 +76,10 @@ def test_history_cannot_be_edited_and_edits_are_caught(postgres_url: str) -> Non
                 db.execute(sql)
         # Whoever owns the database can drop the guard; the chain still tells.
         db.execute("ALTER TABLE gateway_audit DISABLE TRIGGER gateway_audit_no_change")
-        db.execute("UPDATE gateway_audit SET body = convert_to(replace(convert_from("
-                   "body, 'UTF8'), 'req-3', 'req-X'), 'UTF8') WHERE seq = 3")
+        db.execute(tamper)
     result = verify_chain(postgres_url)
-    assert not result.ok and result.broken_seq == 3
+    assert not result.ok and result.broken_seq == broken
+    assert reason in (result.reason or "")
 
 
 def test_readonly_needs_an_existing_log(postgres_url: str) -> None:
@@ -80,6 +91,8 @@ def test_passwords_never_reach_messages() -> None:
     url = "postgresql://gw:s3cret-pw@db.internal:5432/audit"
     assert redact(url) == "postgresql://gw:***@db.internal:5432/audit"
     assert redact("postgresql://db/audit") == "postgresql://db/audit"
+    assert (redact("postgresql://gw:pw@h1:5432,h2:5432/audit?sslmode=require&password=pw")
+            == "postgresql://gw:***@h1:5432,h2:5432/audit?sslmode=require&password=***")
     with pytest.raises(ConnectionError) as info:
         PostgresStore("postgresql://gw:s3cret-pw@127.0.0.1:1/audit")
     assert "s3cret-pw" not in str(info.value) and "***" in str(info.value)
@@ -87,7 +100,7 @@ def test_passwords_never_reach_messages() -> None:
 
 async def test_gateway_writes_its_audit_log_to_postgres(
         start_gateway: StartGateway, sim: Server, postgres_url: str,
-        http: aiohttp.ClientSession) -> None:
+        http: aiohttp.ClientSession, tmp_path: Path) -> None:
     gw = await start_gateway(sim.url, audit={"url": postgres_url})
     for i in range(3):
         async with http.post(gw.url + "/v1/chat/completions", json=chat(f"hi {i}")) as resp:
@@ -102,3 +115,47 @@ async def test_gateway_writes_its_audit_log_to_postgres(
                          postgres_url], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "3 records, chain intact" in done.stdout
+    out = tmp_path / "report.html"
+    assert report_cli("report", "--db", postgres_url, "--since", "1h", "--out", str(out)) == 0
+    assert "<svg" in out.read_text()
+
+
+def test_clis_name_an_unreachable_store_without_its_password(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = "postgresql://gw:s3cret-pw@127.0.0.1:1/audit"
+    assert report_cli("report", "--db", url, "--out", str(tmp_path / "r.html")) == 2
+    assert audit_cli(argparse.Namespace(db=url, anchor=None)) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the audit log" in err and "gw:***@127.0.0.1:1" in err
+    assert "s3cret-pw" not in err
+
+
+def _audit_counts(text: str) -> dict[str, float]:
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return {s.labels["result"]: s.value for s in families["gateway_audit_records"].samples
+            if s.name == "gateway_audit_records_total"}
+
+
+async def test_lost_session_is_counted_then_replaced(
+        start_gateway: StartGateway, sim: Server, postgres_url: str,
+        http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture) -> None:
+    # Trust authentication ignores the password: it is here to be kept out of the logs.
+    url = postgres_url.replace("gateway@", "gateway:s3cret-pw@")
+    gw = await start_gateway(sim.url, audit={"url": url})
+
+    async def request() -> None:
+        async with http.post(gw.url + "/v1/chat/completions", json=chat("hi")) as resp:
+            assert resp.status == 200  # a failed audit write does not fail the request
+
+    await request()
+    with psycopg.connect(postgres_url, autocommit=True) as db:  # as a server restart does
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    await request()  # its batch meets the dead session: counted as an error
+    await request()  # a new session
+    async with http.get(gw.url + "/metrics") as resp:
+        counts = _audit_counts(await resp.text())
+    assert counts.get("written") == 2 and counts.get("error") == 1
+    assert "audit write failed" in caplog.text and "s3cret-pw" not in caplog.text
+    result = await asyncio.to_thread(verify_chain, postgres_url)
+    assert result.ok and result.checked == 2

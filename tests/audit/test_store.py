@@ -1,27 +1,37 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.audit.record import GENESIS
-from gateway.audit.store import QueryFilter, SqliteStore
+from gateway.audit.store import AuditStore, QueryFilter, SqliteStore, open_store
 from tests.audit.records import T0, make_record
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Each backend in turn (postgres: a real server, see tests/postgres.py)."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return tmp_path / "audit.sqlite3"
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    s = SqliteStore(tmp_path / "audit.sqlite3")
+def store(where: str | Path) -> Iterator[AuditStore]:
+    s = open_store(where)
     s.append([make_record(i) for i in range(1, 31)])
-    return s
+    yield s
+    s.close()
 
 
-def test_append_continues_one_chain_across_batches_and_connections(tmp_path: Path) -> None:
-    path = tmp_path / "audit.sqlite3"
-    a = SqliteStore(path)
+def test_append_continues_one_chain_across_batches_and_connections(where: str | Path) -> None:
+    a = open_store(where)
     first = a.append([make_record(1), make_record(2)])
-    b = SqliteStore(path)  # a second writer (another process) shares the chain
+    b = open_store(where)  # a second writer (another process) shares the chain
     second = b.append([make_record(3)])
     third = a.append([make_record(4)])
     assert [r.seq for r in first + second + third] == [1, 2, 3, 4]
@@ -32,7 +42,8 @@ def test_append_continues_one_chain_across_batches_and_connections(tmp_path: Pat
     b.close()
 
 
-def test_wal_mode_and_append_only_triggers(store: SqliteStore, tmp_path: Path) -> None:
+def test_wal_mode_and_append_only_triggers(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "audit.sqlite3").append([make_record(1)])
     db = sqlite3.connect(tmp_path / "audit.sqlite3")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
@@ -42,7 +53,7 @@ def test_wal_mode_and_append_only_triggers(store: SqliteStore, tmp_path: Path) -
     db.close()
 
 
-def test_query_filters_newest_first(store: SqliteStore) -> None:
+def test_query_filters_newest_first(store: AuditStore) -> None:
     got = store.query(QueryFilter(tier="research"), 100, None)
     assert [r.seq for r in got] == sorted((i for i in range(1, 31) if i % 3 == 1), reverse=True)
     assert all(r.record.tier == "research" for r in got)
@@ -54,7 +65,7 @@ def test_query_filters_newest_first(store: SqliteStore) -> None:
     assert [r.seq for r in got] == [18, 13, 8, 3]
 
 
-def test_scan_and_rows_are_in_chain_order(store: SqliteStore) -> None:
+def test_scan_and_rows_are_in_chain_order(store: AuditStore) -> None:
     assert [r.request_id for r in store.scan(T0 + 50, None)][:2] == ["req-5", "req-6"]
     rows = list(store.rows())
     assert [r.seq for r in rows] == list(range(1, 31))
