@@ -25,9 +25,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gateway.sim.embeddings import embeddings_body
 from gateway.sim.engine import ClientGone, Pace, Run, hang_up
-from gateway.sim.faults import Faults, FaultSyntaxError, parse_faults, without_directives
+from gateway.sim.faults import Faults, FaultSyntaxError, parse_faults
 from gateway.sim.job import Job, plan_job
 from gateway.sim.metrics import SimMetrics
+from gateway.sim.prose import Prose
 from gateway.sim.protocol import (
     SimError,
     chat_prompt,
@@ -82,9 +83,8 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     app = request.app
     settings = app[SIM_SETTINGS]
     body = await _body(request)
-    directives = fault_text(body, chat)
     try:
-        faults = parse_faults(directives, request.headers.get("x-sim-fault", ""))
+        faults = parse_faults(fault_text(body, chat), request.headers.get("x-sim-fault", ""))
     except FaultSyntaxError as exc:
         raise SimError(400, str(exc)) from None
     if faults.reset:
@@ -94,9 +94,9 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
             return web.Response(status=499)  # never sent: the connection is gone
     if faults.status is not None:
         raise SimError(faults.status, f"Simulated failure (sim directive status={faults.status})")
-    echo = without_directives(directives) if faults.echo else None
+    prose = None if faults.prose is None else Prose(faults.prose, app[TOKENIZER])
     job = plan_job(parse_generate(body, chat, settings, app[TOKENIZER]), settings.max_model_len,
-                   echo)
+                   prose)
     pace = Pace(settings.ttft_s if faults.ttft_s is None else faults.ttft_s,
                 settings.tokens_per_second if faults.tps is None else faults.tps)
     return await _serve(request, job, faults, pace)

@@ -18,10 +18,9 @@ directives merge, later ones winning; the header comes last. Keys:
                      rest as usual; non-stream: a 200 whose body is not JSON
   ttft=SECONDS       override the time to first token
   tps=RATE           override tokens per second (0: as fast as possible)
-  echo               answer with the rest of the text, directives removed, instead of
-                     generated words: cut into tokens of at most four characters (so
-                     emoji and other multi-codepoint characters can split across tokens,
-                     as with a real tokenizer); its end is the natural end
+  prose[=F+F...]     answer in long Markdown-ish prose (prose.py) instead of short
+                     sentences; F adds code, json, links, emoji, rtl or cjk (all: every
+                     one). Not a fault, like ttft and tps: a way to ask for other text
 
 An unknown key or a bad value is a 400, so a typo cannot silently disable a fault.
 """
@@ -32,9 +31,11 @@ import math
 import re
 from dataclasses import dataclass
 
+from gateway.sim.prose import FEATURES
+
 _DIRECTIVE = re.compile(r"\[\[sim:([^\]]*)\]\]")
 _KEYS = frozenset({"status", "reset", "drop_after", "stall_after", "malformed_after", "ttft",
-                   "tps", "echo"})
+                   "tps", "prose"})
 
 
 class FaultSyntaxError(ValueError):
@@ -50,7 +51,7 @@ class Faults:
     malformed_after: int | None = None
     ttft_s: float | None = None
     tps: float | None = None
-    echo: bool = False
+    prose: frozenset[str] | None = None  # None: the usual sentences
 
 
 def parse_faults(prompt: str = "", header: str = "") -> Faults:
@@ -81,12 +82,18 @@ def parse_faults(prompt: str = "", header: str = "") -> Faults:
                   reset=values.get("reset") in ("", "1", "true"),
                   drop_after=count("drop_after"), stall_after=count("stall_after"),
                   malformed_after=count("malformed_after"), ttft_s=number("ttft"),
-                  tps=number("tps"), echo=values.get("echo") in ("", "1", "true"))
+                  tps=number("tps"),
+                  prose=_features(values["prose"]) if "prose" in values else None)
 
 
-def without_directives(text: str) -> str:
-    """The text a directive sits in, with every directive (and one space after it) cut."""
-    return re.sub(r"\[\[sim:[^\]]*\]\] ?", "", text)
+def _features(value: str) -> frozenset[str]:
+    asked = frozenset(FEATURES if value == "all"
+                      else filter(None, (f.strip() for f in value.split("+"))))
+    unknown = sorted(asked - FEATURES)
+    if unknown:
+        raise FaultSyntaxError(f"sim directive prose knows {'+'.join(sorted(FEATURES))} "
+                               f"or all, got {unknown[0]!r}")
+    return asked
 
 
 def _integer(key: str, value: str, low: int, high: int) -> int:

@@ -4,12 +4,14 @@ Text depends only on (prompt, seed, choice index): the same request gives the sa
 so tests can compare direct and proxied answers word for word. The model speaks in
 sentences of 5..14 words from the tokenizer's vocabulary: every word is one token with
 its leading space (" hello"), the first is capitalised, and a "." token ends the sentence.
+With the `prose` directive it says long Markdown-ish answers instead (see prose.py).
 
 When it stops:
   natural end    after the first sentence that reaches a length drawn from 16..49 tokens
                  (never before `min_tokens`), the model emits an end-of-sequence token:
                  no text, but one generated token, as vLLM counts EOS. A natural answer
-                 is 17..64 tokens; finish_reason "stop", stop_reason None.
+                 is 17..64 tokens; finish_reason "stop", stop_reason None. In prose
+                 mode: after a whole answer (or the first after `min_tokens`).
   max_tokens     cut after that many tokens: finish_reason "length". `ignore_eos` lets
                  the model talk until then.
   stop strings   the text ends just before the earliest stop string (just after it with
@@ -21,10 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from gateway.sim.prose import Prose
 from gateway.sim.tokenizer import WORDS
 
 EOS = ""  # the end-of-sequence token's text
@@ -56,44 +58,43 @@ class Plan:
         return len(self.pieces)
 
 
-def plan(prompt: str, seed: int, index: int, limits: Limits, echo: str | None = None) -> Plan:
-    """The answer; with `echo`, that text (cut into tokens) instead of generated words."""
+def plan(prompt: str, seed: int, index: int, limits: Limits, prose: Prose | None = None) -> Plan:
+    """The answer: the model's sentences, or with `prose` (the `prose` sim directive)
+    Markdown-ish prose, which ends after a whole answer instead of after a sentence."""
     digest = hashlib.blake2b(f"{seed}\0{index}\0{prompt}".encode(), digest_size=8).digest()
     rng = random.Random(int.from_bytes(digest, "big"))
-    natural = max(rng.randint(16, 49), limits.min_tokens) if echo is None else None
+    source = (_sentences(rng, max(rng.randint(16, 49), limits.min_tokens)) if prose is None
+              else prose.pieces(rng))
     finder = _StopFinder(limits.stop, limits.include_stop) if limits.stop else None
     pieces: list[str] = []
-    source = _sentences(rng) if echo is None else iter(_ECHO_TOKEN.findall(echo))
     for piece in source:
         if len(pieces) >= limits.max_tokens:
             return Plan(tuple(pieces), "length")
-        if (natural is not None and not limits.ignore_eos and len(pieces) >= natural
-                and pieces[-1] == "."):
-            pieces.append(EOS)
-            return Plan(tuple(pieces), "stop")
+        if piece is None:  # the model may end here
+            if not limits.ignore_eos and len(pieces) >= limits.min_tokens:
+                pieces.append(EOS)
+                return Plan(tuple(pieces), "stop")
+            continue
         pieces.append(piece)
         hit = finder.feed(piece) if finder is not None else None
         if hit is not None:
             cut, stop = hit
             return Plan(_clip(pieces, cut), "stop", stop)
-    # Only an echoed text runs out: that is its natural end.
-    if len(pieces) >= limits.max_tokens:
-        return Plan(tuple(pieces), "length")
-    pieces.append(EOS)
-    return Plan(tuple(pieces), "stop")
+    raise AssertionError("unreachable: the sources never end")
 
 
-# Leading spaces and up to four more characters per token; every character is covered.
-_ECHO_TOKEN = re.compile(r"\s*\S{1,4}|\s+")
-
-
-def _sentences(rng: random.Random) -> Iterator[str]:
+def _sentences(rng: random.Random, natural: int) -> Iterator[str | None]:
+    """Sentences without end; None after each one that reaches `natural` tokens in all."""
+    said = 0
     while True:
         length = rng.randint(5, 14)
         yield " " + rng.choice(WORDS).capitalize()
         for _ in range(length - 1):
             yield " " + rng.choice(WORDS)
         yield "."
+        said += length + 1
+        if said >= natural:
+            yield None
 
 
 class _StopFinder:

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from gateway.sim.generate import Plan, plan
+from gateway.sim.prose import Prose
 from gateway.sim.protocol import GenerateRequest
 
 DONE = b"data: [DONE]\n\n"
@@ -123,15 +124,14 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
             "completion_tokens": completion}
 
 
-def plan_job(request: GenerateRequest, max_model_len: int, echo: str | None = None) -> Job:
+def plan_job(request: GenerateRequest, max_model_len: int, prose: Prose | None = None) -> Job:
     """Every choice's answer. Choice i*n+j answers prompt i, as vLLM numbers them; its text
-    depends on the prompt, the seed and j only, not on the prompt's place in a batch (or,
-    with `echo`, is that text: the `echo` sim directive)."""
+    depends on the prompt, the seed and j only, not on the prompt's place in a batch."""
     n = request.n
     choices = tuple(
         Choice(i * n + j, prompt.tokens,
                plan(prompt.text, request.seed, j, request.limits(prompt, max_model_len),
-                    echo))
+                    prose))
         for i, prompt in enumerate(request.prompts) for j in range(n))
     prefix = "chatcmpl" if request.chat else "cmpl"
     return Job(request, f"{prefix}-{uuid.uuid4().hex}", int(time.time()), choices)

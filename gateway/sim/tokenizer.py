@@ -5,8 +5,9 @@ space, punctuation marks stand alone, runs of whitespace are pieces of their own
 
 * a piece found in the vocabulary is one token. The vocabulary (ids below `CHUNK_BASE`)
   holds the chat template's special markers, whitespace, ASCII punctuation and digits, and
-  every word of `WORDS` bare, with a leading space, and capitalised. The generator only
-  ever emits vocabulary pieces, so a completion of N tokens tokenizes back to N tokens.
+  every word of `WORDS` bare, with a leading space, and capitalised. The default generator
+  only emits vocabulary pieces, and prose mode spells its text with `pieces`, so either
+  way a completion of N tokens tokenizes back to N tokens.
 * any other piece is spelt in UTF-8 byte chunks of up to three bytes, one token each
   (ids from `CHUNK_BASE`), as a byte-level BPE falls back to shorter merges.
 
@@ -20,6 +21,7 @@ A chat request's prompt tokens are the tokens of that text, in /tokenize and in 
 
 from __future__ import annotations
 
+import codecs
 import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
@@ -90,6 +92,20 @@ class Tokenizer:
 
     def count(self, text: str) -> int:
         return len(self.encode(text))
+
+    def pieces(self, text: str) -> list[str]:
+        """The text each token of `text` adds, as a streaming detokenizer shows it: one
+        entry per token of `encode(text)`, joined they are `text`. A token that ends inside
+        a multi-byte character adds "" and the token that completes it the character."""
+        out: list[str] = []
+        for piece in _PIECE.findall(text):
+            if piece in self._ids:
+                out.append(piece)
+                continue
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            raw = piece.encode()
+            out.extend(decoder.decode(raw[start:start + 3]) for start in range(0, len(raw), 3))
+        return out
 
     def piece_bytes(self, token: int) -> bytes:
         """The bytes one token stands for; ValueError for an id outside the vocabulary."""

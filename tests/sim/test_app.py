@@ -239,15 +239,26 @@ async def test_run_sim_serves_until_cancelled(session: aiohttp.ClientSession) ->
             await task
 
 
-async def test_echo_directive_streams_the_given_text(sim: Server) -> None:
-    text = "Rivers 🌊 run; مرحبا 你好.\n```\ncode()\n```"
-    body = chat(f"[[sim:echo]] {text}", stream=True)
+async def test_prose_directive_streams_long_varied_text(sim: Server) -> None:
+    body = chat("[[sim:prose=all]] Tell me everything.", stream=True,
+                stream_options={"include_usage": True})
     async with aiohttp.ClientSession() as http:
         async with http.post(sim.url + CHAT, json=body) as resp:
             raw = await resp.read()
-        async with http.post(sim.url + CHAT, json={**body, "stream": False}) as resp:
+        async with http.post(sim.url + CHAT, json=chat("[[sim:prose=all]] Tell me everything."),
+                             ) as resp:
             whole = await resp.json()
-    deltas = [c["choices"][0]["delta"].get("content") or "" for c in chunks(raw)
-              if c.get("choices")]
-    assert "".join(deltas) == text == whole["choices"][0]["message"]["content"]
-    assert len([d for d in deltas if d]) > 5
+        async with http.post(sim.url + "/tokenize",
+                             json={"model": MODEL, "prompt": whole["choices"][0]["message"]
+                                   ["content"]}) as resp:
+            counted = (await resp.json())["count"]
+        async with http.post(sim.url + CHAT, json=chat("[[sim:prose=rainbows]] hi")) as resp:
+            refused = resp.status
+    events = chunks(raw)
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events
+                   if e.get("choices"))
+    assert text == whole["choices"][0]["message"]["content"]
+    assert len(text.split()) > 60 and "\n\n" in text
+    usage = whole["usage"]["completion_tokens"]
+    assert events[-1]["usage"]["completion_tokens"] == usage == counted + 1  # and the EOS
+    assert refused == 400

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.sim.faults import Faults, FaultSyntaxError, parse_faults
+from gateway.sim.prose import FEATURES
 
 
 @pytest.mark.parametrize(("prompt", "header", "faults"), [
@@ -20,6 +21,9 @@ from gateway.sim.faults import Faults, FaultSyntaxError, parse_faults
     ("", "[[sim:ttft=1]]", Faults(ttft_s=1.0)),
     ("[[sim:status=500,tps=3]]", "status=502", Faults(status=502, tps=3.0)),
     ("[sim:status=500] [[other:x]]", "", Faults()),
+    ("[[sim:prose]]", "", Faults(prose=frozenset())),
+    ("[[sim:prose=code + cjk,tps=0]]", "", Faults(prose=frozenset({"code", "cjk"}), tps=0.0)),
+    ("[[sim:prose=all]]", "", Faults(prose=FEATURES)),
 ])
 def test_directives(prompt: str, header: str, faults: Faults) -> None:
     assert parse_faults(prompt, header) == faults
@@ -28,7 +32,7 @@ def test_directives(prompt: str, header: str, faults: Faults) -> None:
 @pytest.mark.parametrize("directive", [
     "[[sim:status=200]]", "[[sim:status=600]]", "[[sim:status=abc]]", "[[sim:drop_after=-1]]",
     "[[sim:drop_after=1.5]]", "[[sim:ttft=-1]]", "[[sim:tps=nan]]", "[[sim:tps=inf]]",
-    "[[sim:ttft=soon]]", "[[sim:drop_afer=3]]",
+    "[[sim:ttft=soon]]", "[[sim:drop_afer=3]]", "[[sim:prose=code+poetry]]", "[[sim:prose=1]]",
 ])
 def test_bad_directives_are_refused(directive: str) -> None:
     with pytest.raises(FaultSyntaxError):

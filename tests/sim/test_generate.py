@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
+
 import pytest
 
 from gateway.sim.generate import EOS, Limits, plan
+from gateway.sim.prose import FEATURES, Prose, compose
 from gateway.sim.tokenizer import WORDS, Tokenizer
 
 FREE = Limits(max_tokens=10_000)
@@ -77,20 +81,33 @@ def test_stop_string_never_said_changes_nothing() -> None:
     assert plan("p", 0, 0, _stops(("§",))).text == plan("p", 0, 0, _stops(())).text
 
 
-ECHO = "Héllo 👩‍👩‍👧 wörld!\n```py\nx = 1\n```\n  مرحبا 你好世界。 "
+PROSE = Prose(FEATURES, Tokenizer())
 
 
-def test_echo_answers_the_text_cut_into_small_tokens() -> None:
-    answer = plan("ignored", 0, 0, Limits(max_tokens=1000), echo=ECHO)
-    assert answer.text == ECHO and answer.finish_reason == "stop"
-    assert answer.pieces[-1] == EOS
-    assert all(len(p.strip()) <= 4 for p in answer.pieces)
-    # The ZWJ family is more than four code points: it arrives in several tokens.
-    assert not any("👩‍👩‍👧" in p for p in answer.pieces)
+@pytest.mark.parametrize("prompt", [f"prompt {i}" for i in range(10)])
+def test_prose_ends_after_a_whole_answer_spelt_in_tokens(prompt: str) -> None:
+    answer = plan(prompt, 0, 0, FREE, PROSE)
+    assert answer.finish_reason == "stop" and answer.pieces[-1] == EOS
+    assert answer.text == compose(_rng(prompt, 0, 0))  # the same source, one answer
+    assert Tokenizer().count(answer.text) == answer.tokens - 1
+    assert plan(prompt, 0, 0, FREE, PROSE) == answer != plan(prompt, 1, 0, FREE, PROSE)
 
 
-def test_echo_obeys_max_tokens_and_stop() -> None:
-    cut = plan("p", 0, 0, Limits(max_tokens=3), echo="one two six four five")
-    assert cut.text == "one two six" and cut.finish_reason == "length"
-    stopped = plan("p", 0, 0, Limits(max_tokens=100, stop=("four",)), echo="one two four x")
-    assert stopped.text == "one two " and stopped.stop_reason == "four"
+def test_prose_obeys_max_tokens_ignore_eos_min_tokens_and_stop() -> None:
+    natural = plan("p", 0, 0, FREE, PROSE)
+    cut = plan("p", 0, 0, Limits(max_tokens=7), PROSE)
+    assert cut.finish_reason == "length" and cut.pieces == natural.pieces[:7]
+    long = plan("p", 0, 0, Limits(max_tokens=3000, ignore_eos=True), PROSE)
+    assert long.tokens == 3000 and long.text.startswith(natural.text + "\n\n")
+    assert Tokenizer().count(long.text) == 3000
+    more = plan("p", 0, 0, Limits(max_tokens=10_000, min_tokens=natural.tokens), PROSE)
+    assert more.finish_reason == "stop" and more.tokens > natural.tokens
+    assert more.text.startswith(natural.text + "\n\n")
+    stop = natural.text[40:46]
+    stopped = plan("p", 0, 0, Limits(max_tokens=10_000, stop=(stop,)), PROSE)
+    assert stopped.stop_reason == stop and stopped.text == natural.text[:natural.text.index(stop)]
+
+
+def _rng(prompt: str, seed: int, index: int) -> random.Random:
+    digest = hashlib.blake2b(f"{seed}\0{index}\0{prompt}".encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "big"))

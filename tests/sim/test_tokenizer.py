@@ -30,6 +30,22 @@ def test_decode_inverts_encode(text: str) -> None:
     assert tokenizer.count(text) == len(ids)
 
 
+@pytest.mark.parametrize("text", [*TEXTS, "👨‍👩‍👧‍👦 🇯🇵 e\u0301 مرحبا 東京の朝 1️⃣"])
+def test_pieces_are_each_token_as_a_streaming_detokenizer_shows_it(text: str) -> None:
+    tokenizer = Tokenizer()
+    pieces = tokenizer.pieces(text)
+    assert "".join(pieces) == text and len(pieces) == tokenizer.count(text)
+    # Each piece is the text its token completes: the decoded prefix grows by exactly it.
+    ids = tokenizer.encode(text)
+    for k in range(len(ids)):
+        done = tokenizer.decode(ids[:k + 1]).rstrip("\ufffd")
+        assert done == "".join(pieces[:k + 1])
+
+
+def test_a_four_byte_character_is_two_tokens_the_first_empty() -> None:
+    assert Tokenizer().pieces("🙂") == ["", "🙂"]
+
+
 def test_ids_are_the_same_in_every_instance() -> None:
     text = "Unusual words like zyzzyva stay stable"
     assert Tokenizer().encode(text) == Tokenizer().encode(text)
