@@ -28,6 +28,8 @@ SCHEMES = ("postgresql", "postgres")
 # An arbitrary constant naming "the audit chain head" for pg_advisory_xact_lock.
 _CHAIN_LOCK = 0x6761_7564_6974  # "gaudit"
 
+_COPY = ("COPY gateway_audit (seq, time, request_id, key_id, tier, decision, status, body, "
+         "prev_hash, hash) FROM STDIN")
 _QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*")
 
 _SCHEMA = """
@@ -46,6 +48,7 @@ CREATE TABLE IF NOT EXISTS gateway_audit (
 CREATE INDEX IF NOT EXISTS gateway_audit_time ON gateway_audit (time);
 CREATE INDEX IF NOT EXISTS gateway_audit_key ON gateway_audit (key_id, seq);
 CREATE INDEX IF NOT EXISTS gateway_audit_tier ON gateway_audit (tier, seq);
+CREATE INDEX IF NOT EXISTS gateway_audit_decision ON gateway_audit (decision, seq);
 CREATE OR REPLACE FUNCTION gateway_audit_append_only() RETURNS trigger AS $$
 BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS gateway_audit_no_change ON gateway_audit;
@@ -145,9 +148,10 @@ class PostgresStore:
                 rows.append((seq, record.time, record.request_id, record.key_id, record.tier,
                              record.decision, record.status, body, chained.prev_hash,
                              chained.hash))
-            with db.cursor() as cur:
-                cur.executemany("INSERT INTO gateway_audit VALUES "
-                                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+            # COPY: several times faster than executemany at the writer's batch sizes.
+            with db.cursor() as cur, cur.copy(_COPY) as copy:
+                for row in rows:
+                    copy.write_row(row)
         return sealed
 
     def query(self, flt: QueryFilter, limit: int, before_seq: int | None) -> list[ChainedRecord]:

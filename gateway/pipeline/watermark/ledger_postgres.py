@@ -19,7 +19,6 @@ Needs the `postgres` extra (psycopg 3); URLs reach messages only through `redact
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -54,12 +53,22 @@ CREATE INDEX IF NOT EXISTS gateway_ledger_band_key ON gateway_ledger_bands (band
 CREATE TABLE IF NOT EXISTS gateway_ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _COLUMNS = "id, request_id, key_id, tier, model, created, policy_version, words, text"
+_COPY_RECORDS = ("COPY gateway_ledger_records (id, request_id, request_ref, key_id, tier, "
+                 "model, created, policy_version, words, chunks, text) FROM STDIN")
 # Serialises schema creation across replicas starting together ("gledger").
 _SCHEMA_LOCK = 0x676C_6564_6765
 
 
 def _partition(day: int) -> str:
     return f"gateway_ledger_bands_{day:d}"
+
+
+def _record_row(record_id: int, item: Prepared) -> tuple[object, ...]:
+    rec = item.record
+    ref, _ = request_ref(rec.request_id)
+    text = rec.text[:MAX_STORED_TEXT] if rec.text is not None else None
+    return (record_id, rec.request_id, ref, rec.key_id, rec.tier, rec.model, rec.created,
+            rec.policy_version, len(rec.word_hashes), len(item.signatures), text)
 
 
 class PostgresStore:
@@ -111,38 +120,29 @@ class PostgresStore:
             self._days.add(day)
 
     def add(self, batch: Sequence[Prepared]) -> None:
+        # One round trip for the ids, then COPY for each table: per-record INSERTs made
+        # the writer thread round-trip-bound (a few hundred records/s).
         conn = self._conn()
-        days = {int(item.record.created // DAY_S) for item in batch}
-        for day in days:
+        for day in {int(item.record.created // DAY_S) for item in batch}:
             self._ensure_partition(conn, day)
-        bands: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
         with conn.transaction(), conn.cursor() as cur:
-            for item in batch:
-                base = self._add_record(cur, item) * CHUNK_SPACE
-                day = int(item.record.created // DAY_S)
-                for n, keys in enumerate(item.bands):
-                    bands[day].extend((day, band, h, base + n) for band, h in keys)
-            for rows in bands.values():
-                with cur.copy("COPY gateway_ledger_bands (day, band, hash, chunk) "
-                              "FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-
-    def _add_record(self, cur: Any, item: Prepared) -> int:
-        rec = item.record
-        ref, _ = request_ref(rec.request_id)
-        text = rec.text[:MAX_STORED_TEXT] if rec.text is not None else None
-        cur.execute(
-            "INSERT INTO gateway_ledger_records (request_id, request_ref, key_id, tier, model, "
-            "created, policy_version, words, chunks, text) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (rec.request_id, ref, rec.key_id, rec.tier, rec.model, rec.created,
-             rec.policy_version, len(rec.word_hashes), len(item.signatures), text))
-        record_id = int(cur.fetchone()[0])
-        base = record_id * CHUNK_SPACE
-        cur.executemany("INSERT INTO gateway_ledger_signatures (chunk, sig) VALUES (%s, %s)",
-                        [(base + n, sig) for n, sig in enumerate(item.signatures)])
-        return record_id
+            cur.execute("SELECT nextval(pg_get_serial_sequence('gateway_ledger_records', "
+                        "'id')) FROM generate_series(1, %s)", (len(batch),))
+            ids = [int(row[0]) for row in cur.fetchall()]
+            with cur.copy(_COPY_RECORDS) as copy:
+                for record_id, item in zip(ids, batch, strict=True):
+                    copy.write_row(_record_row(record_id, item))
+            with cur.copy("COPY gateway_ledger_signatures (chunk, sig) FROM STDIN") as copy:
+                for record_id, item in zip(ids, batch, strict=True):
+                    for n, sig in enumerate(item.signatures):
+                        copy.write_row((record_id * CHUNK_SPACE + n, sig))
+            with cur.copy("COPY gateway_ledger_bands (day, band, hash, chunk) "
+                          "FROM STDIN") as copy:
+                for record_id, item in zip(ids, batch, strict=True):
+                    day = int(item.record.created // DAY_S)
+                    for n, keys in enumerate(item.bands):
+                        for band, h in keys:
+                            copy.write_row((day, band, h, record_id * CHUNK_SPACE + n))
 
     def band_hits(self, keys: Iterable[tuple[int, int]]) -> list[tuple[int, int, int]]:
         unique = sorted(set(keys))
