@@ -1,24 +1,29 @@
 """bench/watermark.py, part one: responses through a real gateway in front of the simulator.
 
 Two gateways front one `gateway sim`: "on" (the trusted tier with payload and ledger on,
-limits lifted) and "off" (the same tier, watermark payload and ledger off). The simulator
-answers with the benchmark's own generated responses (its `echo` directive), so the
-corpus with code blocks, JSON, emoji, RTL and CJK text goes through the real SSE path:
-small tokens, the gateway's relay, its filter chain and its ledger writer.
+limits lifted) and "off" (a policy copy where the same tier has payload and ledger off).
+The simulator answers in prose mode (`[[sim:prose=all]]`: long Markdown-ish answers with
+code blocks, JSON, links, emoji, RTL and CJK text, deterministic from the prompt), so every
+response is generated upstream and goes through the real path: the simulator's tokens
+(emoji split across them), the gateway's SSE relay, its filter chain and its ledger writer.
+The same prompt through "off" gives the unmarked original to compare with.
 
-Measured here: payload round trip (streaming and not, JSON mode carries no mark), excerpt
-attribution through `POST /admin/v1/watermark/detect` for several keys, and the cost of
-watermarking on streams (time to first content chunk and the gaps between chunks) against
-the "off" gateway in the same run.
+Measured here: payload round trip, streaming and not (the answer less its marks is the
+original, every payload in it is genuine and names the asker's key, no mark sits in code,
+inline code or a URL; JSON mode carries no mark at all); excerpt attribution through
+`POST /admin/v1/watermark/detect` for several keys; and the cost of watermarking on
+streams (time to first content chunk and the gaps between chunks) against the "off"
+gateway, same simulator, same load, same run.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
-import re
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,29 +31,31 @@ from typing import Any
 import aiohttp
 import orjson
 from procs import MODEL, free_port, policy_copy, start, stop, stream_timings
+from watermark_text import contents, edit, excerpt, misplaced, pct, prose_run
 
 from gateway.devkeys import mint_token
-from gateway.pipeline.watermark.payload import extract_payloads, key_id, strip_marks, verify
+from gateway.pipeline.watermark.payload import (
+    count_marks,
+    extract_payloads,
+    key_id,
+    strip_marks,
+    verify,
+)
 from gateway.secret_store import load_secret
+from gateway.sim.prose import NOUNS
 
 KEYS = 5  # distinct subjects (and so key ids) the responses are spread over
-_WORD = re.compile(r"[^\W\d_]{3,}")
+EXCERPTS = 3  # excerpts taken from each response (at random places, of random lengths)
+PROSE = "[[sim:prose=all,tps=0]]"
+Add = Callable[[str, str], None]
 
 
-def _without_code(text: str, forbidden: Callable[[str], list[tuple[int, int]]]) -> str:
-    kept, last = [], 0
-    for begin, end in sorted(forbidden(text)):
-        kept.append(text[last:begin])
-        last = max(last, end)
-    return "".join(kept) + text[last:]
-
-
-def _trusted(payload: bool) -> Callable[[dict[str, Any], dict[str, Any]], None]:
-    def edit(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
+def _trusted(on: bool) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    def edit_tiers(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
         trusted = tiers["tiers"]["trusted"]
-        trusted.pop("limits", None)
-        trusted["watermark"] = {"payload": payload, "ledger": payload}
-    return edit
+        trusted.pop("limits", None)  # the bench is the only client: no rate limit
+        trusted["watermark"] = {"payload": on, "ledger": on}
+    return edit_tiers
 
 
 @dataclass
@@ -70,27 +77,42 @@ class Gateways:
                           scopes=("admin",) if admin else ())
 
 
-async def start_gateways() -> Gateways:
+def start_gateways() -> Gateways:
+    """The simulator and the two gateways, all on free loopback ports, one GATEWAY_HOME."""
     home = Path(tempfile.mkdtemp(prefix="gateway-bench-watermark-"))
     sim = f"http://127.0.0.1:{free_port()}"
     procs = [start(["sim", "--port", sim.rsplit(":", 1)[1]], sim + "/health", str(home))]
-    urls = []
-    for name, payload in (("on", True), ("off", False)):
-        url = f"http://127.0.0.1:{free_port()}"
-        policies = policy_copy(home / f"policies-{name}", _trusted(payload))
+    urls = {name: f"http://127.0.0.1:{free_port()}" for name in ("on", "off")}
+
+    def serve(name: str) -> subprocess.Popen[bytes]:
+        policies = policy_copy(home / f"policies-{name}", _trusted(name == "on"))
         # One home for both: the same signing keys and watermark secret (SQLite takes
         # the two writers of the audit log; only "on" writes the ledger).
-        procs.append(start(["serve", "--port", url.rsplit(":", 1)[1], "--upstream", sim],
-                           url + "/readyz", str(home), timeout_s=120,
-                           GATEWAY_POLICIES=policies))
-        urls.append(url)
-    return Gateways(urls[0], urls[1], home, procs)
+        return start(["serve", "--port", urls[name].rsplit(":", 1)[1], "--upstream", sim],
+                     urls[name] + "/readyz", str(home), timeout_s=120,
+                     GATEWAY_POLICIES=policies)
+
+    # Side by side: each spends most of its start loading the classifier's model.
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(serve, name) for name in urls]
+    failed = [e for f in futures if (e := f.exception()) is not None]
+    procs += [f.result() for f in futures if f.exception() is None]
+    if failed:
+        stop(*procs)
+        raise failed[0]
+    return Gateways(urls["on"], urls["off"], home, procs)
 
 
-async def _ask(http: aiohttp.ClientSession, url: str, token: str, text: str, stream: bool,
+def stop_gateways(gw: Gateways) -> None:
+    stop(*reversed(gw.procs))
+    shutil.rmtree(gw.home, ignore_errors=True)
+
+
+async def _ask(http: aiohttp.ClientSession, url: str, token: str, prompt: str, stream: bool,
                **extra: Any) -> str:
+    """The answer's text, through the OpenAI-compatible chat API."""
     body = {"model": MODEL, "max_tokens": 4096, "stream": stream,
-            "messages": [{"role": "user", "content": f"[[sim:echo,tps=0]] {text}"}], **extra}
+            "messages": [{"role": "user", "content": prompt}], **extra}
     headers = {"Authorization": f"Bearer {token}"}
     async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
         if resp.status != 200:
@@ -105,97 +127,101 @@ async def _ask(http: aiohttp.ClientSession, url: str, token: str, text: str, str
         return "".join(parts)
 
 
-async def round_trip(gw: Gateways, texts: list[str], add: Callable[[str, str], None],
-                     forbidden: Callable[[str], list[tuple[int, int]]],
-                     mark_offsets: Callable[[str], list[int]]) -> list[Sent]:
+def _genuine(out: str, original: str, secret: bytes, kid: str) -> bool:
+    found = extract_payloads(out)
+    return (strip_marks(out) == original and bool(found)
+            and all(p.key_id == kid and verify(p, secret) for p in found)
+            and not misplaced(out, original))
+
+
+async def round_trip(gw: Gateways, n: int, rng: random.Random, add: Add) -> list[Sent]:
+    """n prompts, each asked through "off" (the original), and through "on" streamed,
+    not streamed and in JSON mode."""
     secret = load_secret(gw.home, "watermark")
     sent: list[Sent] = []
-    ok = json_clean = misplaced = code_only = 0
+    streamed_ok = whole_ok = json_clean = off_clean = 0
     async with aiohttp.ClientSession() as http:
-        for i, text in enumerate(texts):
+        for i in range(n):
             sub = f"bench-user-{i % KEYS}"
-            token = gw.token(sub)
-            streamed = await _ask(http, gw.on, token, text, stream=True)
-            whole = await _ask(http, gw.on, token, text, stream=False)
-            kid = key_id(secret, sub)
-            # Marks go in prose only: an answer that is all code blocks carries none (the
-            # ledger still knows it).
-            prose = bool(_WORD.search(_without_code(text, forbidden)))
-            code_only += not prose
-            good = True
-            for out in (streamed, whole):
-                found = extract_payloads(out)
-                good &= strip_marks(out) == text and bool(found) == prose and all(
-                    p.key_id == kid and verify(p, secret) for p in found)
-            bad = [o for o in mark_offsets(streamed) + mark_offsets(whole)
-                   if any(a < o < b for a, b in forbidden(text))]
-            misplaced += bool(bad)
-            ok += good and not bad
-            as_json = await _ask(http, gw.on, token, text, stream=True,
+            token, kid = gw.token(sub), key_id(secret, sub)
+            prompt = f"{PROSE} Answer {i}: tell me about the {rng.choice(NOUNS)}."
+            original = await _ask(http, gw.off, token, prompt, stream=i % 2 == 0)
+            off_clean += count_marks(original) == 0
+            streamed = await _ask(http, gw.on, token, prompt, stream=True)
+            whole = await _ask(http, gw.on, token, prompt, stream=False)
+            streamed_ok += _genuine(streamed, original, secret, kid)
+            whole_ok += _genuine(whole, original, secret, kid)
+            as_json = await _ask(http, gw.on, token, prompt, stream=i % 2 == 1,
                                  response_format={"type": "json_object"})
-            json_clean += as_json == text
-            sent.append(Sent(sub, text, streamed))
-    n = len(texts)
-    add("through the gateway: responses (stream + non-stream each)", f"{n}")
-    add("gateway round trip: strip == original, genuine payload, right key",
-        f"{ok}/{n} = {ok / n:.1%} ({code_only} all-code answers: rightly no payload)")
-    add("gateway responses with a mark in code/inline code/URL", f"{misplaced}/{n}")
-    add("gateway JSON mode (response_format) answers without any mark", f"{json_clean}/{n}")
+            json_clean += as_json == original and count_marks(as_json) == 0
+            sent.append(Sent(sub, original, streamed))
+    originals = [s.original for s in sent]
+    add("gateway responses (chars, avg)", f"{n} ({sum(map(len, originals)) // n})")
+    add("  containing", contents(originals))
+    add("gateway payload round trip, streamed", f"{streamed_ok}/{n} = {streamed_ok / n:.1%}")
+    add("gateway payload round trip, not streamed", f"{whole_ok}/{n} = {whole_ok / n:.1%}")
+    add("gateway JSON mode (response_format): the original, no mark", f"{json_clean}/{n}")
+    add("gateway with watermark off: no mark", f"{off_clean}/{n}")
     return sent
 
 
-async def attribution(gw: Gateways, sent: list[Sent], rng: random.Random,
-                      prose_run: Callable[[str], list[str]],
-                      edit: Callable[[list[str], float, random.Random], list[str]],
-                      add: Callable[[str, str], None]) -> None:
+async def attribution(gw: Gateways, sent: list[Sent], rng: random.Random, add: Add) -> None:
+    """Excerpts of each response, marks intact, stripped, and stripped and edited, sent to
+    the admin detect endpoint; a hit when it names the right key."""
     secret = load_secret(gw.home, "watermark")
     admin = {"Authorization": f"Bearer {gw.token('bench-admin', admin=True)}"}
     kinds = {"marks intact": 0, "marks stripped": 0, "stripped + 20% words edited": 0}
+    scores: list[float] = []
     tried = 0
     async with aiohttp.ClientSession(headers=admin) as http:
-        await asyncio.sleep(1.0)  # the ledger writes after each response
         for item in sent:
             words = prose_run(item.marked)
             if len(words) < 50:
                 continue
-            tried += 1
-            n = rng.randint(50, min(120, len(words)))
-            first = rng.randrange(len(words) - n + 1)
-            excerpt = " ".join(words[first:first + n])
-            plain = strip_marks(excerpt)
-            for label, text in (("marks intact", excerpt), ("marks stripped", plain),
-                                ("stripped + 20% words edited",
-                                 " ".join(edit(plain.split(), 0.2, rng)))):
-                async with http.post(gw.on + "/admin/v1/watermark/detect",
-                                     json={"text": text}) as resp:
-                    report = await resp.json()
-                found = report.get("attribution") or {}
-                kinds[label] += found.get("key_id") == key_id(secret, item.sub)
+            kid = key_id(secret, item.sub)
+            for _ in range(EXCERPTS):
+                tried += 1
+                marked = excerpt(words, rng)
+                plain = strip_marks(marked)
+                edited = " ".join(edit(plain.split(), 0.2, rng))
+                for label, text in zip(kinds, (marked, plain, edited), strict=True):
+                    async with http.post(gw.on + "/admin/v1/watermark/detect",
+                                         json={"text": text}) as resp:
+                        report = await resp.json()
+                    kinds[label] += (report.get("attribution") or {}).get("key_id") == kid
+                top = report["ledger"]["matches"][:1]
+                scores.append(top[0]["similarity"] if top and top[0]["key_id"] == kid
+                              else 0.0)
     for label, hits in kinds.items():
         add(f"gateway detect, {label} -> right key",
             f"{hits}/{tried} = {hits / max(1, tried):.1%}")
+    add("  similarity of edited excerpts to their record p5 / p50",
+        f"{pct(scores, .05):.3f} / {pct(scores, .5):.3f} (match >= 0.3)")
 
 
-async def stream_cost(gw: Gateways, streams: int, tps: int,
-                      add: Callable[[str, str], None]) -> None:
+async def stream_cost(gw: Gateways, streams: int, tps: int, rounds: int, add: Add) -> None:
+    """The same streams through "off" and "on", in rounds of alternating order (off on,
+    on off, ...: a drift over the run cancels out), after a warm-up of each."""
     token = gw.token("bench-cost")
-    prompt = "Write about rivers and the harbours they feed"
-    results = {}
-    for name, url in (("off", gw.off), ("on", gw.on), ("off again", gw.off)):
-        results[name] = await stream_timings(url, token, streams, 8, 200, tps, prompt)
-    off = {k: (results["off"][k] + results["off again"][k]) / 2 for k in results["on"]}
-    on = results["on"]
-    add(f"streams at {tps} tok/s, watermark off: TTFT p50/p99, gap p50/p99",
-        f"{off['ttft_p50_ms']:.1f}/{off['ttft_p99_ms']:.1f} ms, "
-        f"{off['gap_p50_ms']:.2f}/{off['gap_p99_ms']:.2f} ms")
-    add("same with watermark on",
-        f"{on['ttft_p50_ms']:.1f}/{on['ttft_p99_ms']:.1f} ms, "
-        f"{on['gap_p50_ms']:.2f}/{on['gap_p99_ms']:.2f} ms")
-    add("added by watermarking: TTFT p50, gap p50 / p99",
+    prompt = "[[sim:prose=all]] Write about rivers and the harbours they feed"
+    for url in (gw.off, gw.on):
+        await stream_timings(url, token, 8, 8, 20, tps, prompt)
+    runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    for r in range(rounds):
+        for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
+            url = gw.off if name == "off" else gw.on
+            runs[name].append(await stream_timings(url, token, streams, 8, 200, tps, prompt))
+    off, on = ({k: sum(run[k] for run in runs[name]) / rounds for k in runs[name][0]}
+               for name in ("off", "on"))
+    add(f"{rounds} x {streams} streams x 200 tokens at {tps} tok/s, 8 at a time, "
+        "watermark off:", _timing(off))
+    add("  the same with watermark on:", _timing(on))
+    add("  added by watermarking: TTFT p50, gap p50 / p99 (mean over rounds)",
         f"{on['ttft_p50_ms'] - off['ttft_p50_ms']:+.2f} ms, "
         f"{on['gap_p50_ms'] - off['gap_p50_ms']:+.3f} / "
         f"{on['gap_p99_ms'] - off['gap_p99_ms']:+.3f} ms")
 
 
-def stop_gateways(gw: Gateways) -> None:
-    stop(*reversed(gw.procs))
+def _timing(t: dict[str, float]) -> str:
+    return (f"TTFT p50/p99 {t['ttft_p50_ms']:.1f}/{t['ttft_p99_ms']:.1f} ms, "
+            f"gap p50/p99 {t['gap_p50_ms']:.2f}/{t['gap_p99_ms']:.2f} ms")
