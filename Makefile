@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 # The ml extra pins torch's CPU build (torch==2.13.0); the embedding classifier's tests
 # need it, and CI sets GATEWAY_REQUIRE_ML=1 so they fail rather than skip without it.
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install -q -e '.[test,ml,redis]'
+	$(BIN)/pip install -q -e '.[test,ml,redis,otel]'
 	touch $@
 
 run: $(VENV)/.installed

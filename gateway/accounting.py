@@ -24,6 +24,7 @@ async def record_request(app: web.Application, ctx: RequestContext, status: int)
     if ctx.audited:
         return
     ctx.audited = True
+    ctx.status = status  # a stream that broke after its 200 ends with the error's status
     keys = app[AUDIT_KEYS]
     pipeline = app[PIPELINE].current
     verdict = ctx.verdict

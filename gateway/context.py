@@ -79,6 +79,11 @@ class RequestContext:
     audited: bool = False  # the audit record has been written
     usage: Usage = field(default_factory=Usage)
     traceparent: str | None = None  # the gateway span's, sent upstream (tracing on)
+    # What the relay saw of the backend's answer (span attributes; a tuple: no allocation).
+    response_id: str | None = None
+    response_model: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+    status: int | None = None  # the status audited and logged (a broken stream's error)
 
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")

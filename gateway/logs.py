@@ -34,7 +34,8 @@ _PATTERNS = (
     # Credentials in query strings.
     re.compile(r"(?i)(?P<keep>\b(?:access_token|token|api_key|key|secret)=)[^&\s\"']+"),
 )
-_OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
+# gen_ai.operation.name of each route, as the GenAI semantic conventions spell it.
+OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 # Attributes every LogRecord has; anything else on a record came in through `extra`.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 _HANDLER_MARK = "_gateway_handler"
@@ -152,8 +153,7 @@ def request_log_fields(ctx: RequestContext, status: int, duration: float, *,
                        key_id: str | None = None) -> dict[str, Any]:
     """The `extra` for the one log line per request. `key_id` is the audit record's keyed
     hash of the subject (AuditKeys.key_id), never the subject itself."""
-    prompt = ctx.usage.prompt_tokens or ctx.prompt_tokens or 0
-    completion = ctx.usage.completion_tokens
+    genai = genai_fields(ctx)
     return {
         "request_id": ctx.request_id,
         "key_id": key_id or "-",
@@ -163,10 +163,19 @@ def request_log_fields(ctx: RequestContext, status: int, duration: float, *,
         "decision": ctx.decision,
         "status": status,
         "duration_ms": round(duration * 1000, 3),
-        "tokens": {"prompt": prompt, "completion": completion},
+        "tokens": {"prompt": genai["gen_ai.usage.input_tokens"],
+                   "completion": genai["gen_ai.usage.output_tokens"]},
+        **genai,
+    }
+
+
+def genai_fields(ctx: RequestContext) -> dict[str, Any]:
+    """The request's OpenTelemetry GenAI attributes, shared by its log line and its span
+    (gateway/tracing.py), so both always tell the same story."""
+    return {
         "gen_ai.system": "vllm",
-        "gen_ai.operation.name": _OPERATIONS.get(ctx.route, ctx.route),
+        "gen_ai.operation.name": OPERATIONS.get(ctx.route, ctx.route),
         "gen_ai.request.model": ctx.model,
-        "gen_ai.usage.input_tokens": prompt,
-        "gen_ai.usage.output_tokens": completion,
+        "gen_ai.usage.input_tokens": ctx.usage.prompt_tokens or ctx.prompt_tokens or 0,
+        "gen_ai.usage.output_tokens": ctx.usage.completion_tokens,
     }

@@ -77,9 +77,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     request[STARTED] = started
     tracing, span = app[TRACING], None
-    if tracing is not None:
+    if tracing is not None and request.path not in _ALWAYS_OPEN:  # probes: no span each
         span = tracing.start(request.headers)
-        request[TRACEPARENT] = tracing.traceparent(span) or ""
+        request[TRACEPARENT] = tracing.traceparent(span)
     status = 500
     lifecycle.begin()
     metrics.in_flight.inc()
@@ -102,8 +102,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         _count(request, route, status, time.perf_counter() - started)
-        if tracing is not None:
-            tracing.finish(span, request.get(CONTEXT), route, status)
+        if tracing is not None and span is not None:
+            tracing.finish(span, request, route, status)
 
 
 def _count(request: web.Request, route: str, status: int, elapsed: float) -> None:

@@ -76,6 +76,25 @@ class TracingSettings:
     service_name: str = "gateway"
     timeout_s: float = 5.0  # per export batch
 
+    def problems(self) -> list[str]:
+        if self.otlp_endpoint is None:
+            return []
+        try:
+            parts = urlsplit(self.otlp_endpoint)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            valid = False
+        if not valid:
+            return ["otlp_endpoint: expected an http(s) URL such as http://collector:4318"]
+        if not self.service_name.strip():
+            return ["service_name: must not be empty"]
+        if self.timeout_s <= 0:
+            return ["timeout_s: must be positive"]
+        from gateway.tracing import missing  # its own module knows what the extra brings
+
+        absent = missing()
+        return [f"otlp_endpoint: {absent}"] if absent is not None else []
+
 
 @dataclass(frozen=True, slots=True)
 class WatermarkSettings:
@@ -209,9 +228,8 @@ def _check(settings: Settings) -> None:
         raise SettingsError(f"auth.{problem}")
     for problem in settings.audit.problems():
         raise SettingsError(f"audit.{problem}")
-    endpoint = settings.tracing.otlp_endpoint
-    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-        raise SettingsError("tracing.otlp_endpoint: expected an http(s) URL")
+    for problem in settings.tracing.problems():
+        raise SettingsError(f"tracing.{problem}")
     ledger_url = settings.watermark.ledger_url
     if ledger_url is not None and not is_postgres_url(ledger_url):
         raise SettingsError("watermark.ledger_url: expected a postgresql:// URL")

@@ -1,54 +1,94 @@
 """Optional OpenTelemetry trace export: one span per request, GenAI attribute names.
 
 Off unless `tracing.otlp_endpoint` (GATEWAY_OTLP_ENDPOINT) is set, and then it needs the
-`otel` extra; without it the gateway refuses to start with a message saying so. The
-SDK is imported only here, only then: with tracing off the per-request cost is one None
-check in the middleware.
+`otel` extra: settings refuse to load without it, saying so. The SDK is imported only
+here, only then, onto a TracerProvider owned by the app (never the global one): with
+tracing off the per-request cost is one None check in the middleware.
 
-The span is the gateway's own request (kind SERVER: it is what a client called; the
-GenAI semantic conventions' CLIENT spans belong to the caller's SDK, which may be the
-parent through `traceparent`). Named "{gen_ai.operation.name} {gen_ai.request.model}"
-as the conventions ask, with the request's GenAI attributes and the gateway's decision.
-A W3C `traceparent` from the caller is the span's parent, and the upstream request
-carries the span's own `traceparent`, so vLLM's spans (when it traces) hang below it.
-Never on a span: prompts, completions, tokens, subjects.
+Span kind is SERVER. The GenAI conventions define their span as the *caller's* view of a
+model call (kind CLIENT); here that is the caller's SDK span, which becomes our parent
+through `traceparent`. The gateway is the server that call reaches, and a CLIENT span
+under a CLIENT span would break the client/server pairing that service graphs and
+per-service RED metrics are built from. It is still named "{operation} {model}" and
+carries the GenAI attributes, so GenAI views find it. vLLM's own spans (when it traces)
+hang below it: the upstream request carries this span's `traceparent`.
+
+Status follows the HTTP server convention: ERROR (with `error.type`) for 5xx, including
+a stream that broke after its 200; a refusal (4xx) is the gateway doing its job and is
+told by `gateway.decision` and the status code, not an error status.
+
+Never on a span: prompts, completions, tokens, subjects, stop sequences.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import importlib.util
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.context import RequestContext
-from gateway.settings import TracingSettings
+from gateway.context import CONTEXT, REQUEST_ID, RequestContext
+from gateway.logs import genai_fields
 
-OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
-# Request parameters copied onto the span when the body has them (GenAI names).
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from gateway.settings import TracingSettings
+
+# The distributions the `otel` extra brings (the API comes with the SDK).
+_REQUIRED = ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
+_INSTALL = "pip install 'gateway[otel]'"
+_INT64 = -(2**63)
+# Numeric request parameters copied onto the span when the body has them (GenAI names).
 _REQUEST_ATTRIBUTES = (("max_tokens", "gen_ai.request.max_tokens"),
+                       ("max_completion_tokens", "gen_ai.request.max_tokens"),
                        ("temperature", "gen_ai.request.temperature"),
                        ("top_p", "gen_ai.request.top_p"),
-                       ("seed", "gen_ai.request.seed"))
+                       ("top_k", "gen_ai.request.top_k"),
+                       ("frequency_penalty", "gen_ai.request.frequency_penalty"),
+                       ("presence_penalty", "gen_ai.request.presence_penalty"),
+                       ("seed", "gen_ai.request.seed"),
+                       ("n", "gen_ai.request.choice.count"))
 
 
 class TracingUnavailable(RuntimeError):
     """Tracing is configured but the `otel` extra is not installed."""
 
 
+def missing() -> str | None:
+    """Why tracing cannot run here, or None when the `otel` extra is installed."""
+    absent = []
+    for name in _REQUIRED:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ImportError:  # a parent package is missing
+            found = False
+        if not found:
+            absent.append(name)
+    if not absent:
+        return None
+    return f"tracing needs the `otel` extra ({_INSTALL}); not installed: {', '.join(absent)}"
+
+
 def _module(name: str) -> Any:
     try:
         return importlib.import_module(name)
     except ImportError:
-        raise TracingUnavailable("tracing.otlp_endpoint is set but the `otel` extra is not "
-                                 "installed (pip install 'gateway[otel]')") from None
+        raise TracingUnavailable(missing() or f"cannot import {name}") from None
 
 
 class Tracing:
-    """Owns a TracerProvider with a batching OTLP/HTTP exporter; `close()` flushes."""
+    """Owns a TracerProvider with a batching OTLP/HTTP exporter; `close()` flushes.
+
+    Sampling, collector headers (credentials) and TLS come from the standard
+    OTEL_TRACES_SAMPLER / OTEL_EXPORTER_OTLP_* environment, which the SDK reads.
+    """
 
     def __init__(self, settings: TracingSettings) -> None:
-        assert settings.otlp_endpoint is not None
+        if settings.otlp_endpoint is None:
+            raise ValueError("Tracing needs tracing.otlp_endpoint")
         sdk_trace = _module("opentelemetry.sdk.trace")
         export = _module("opentelemetry.sdk.trace.export")
         resources = _module("opentelemetry.sdk.resources")
@@ -64,27 +104,39 @@ class Tracing:
         self._tracer = self._provider.get_tracer("gateway")
         self._propagator = propagation.TraceContextTextMapPropagator()
 
-    def start(self, headers: Any) -> Any:
-        """A started span, child of the caller's `traceparent` when it sent one."""
-        parent = self._propagator.extract({k.lower(): v for k, v in headers.items()
-                                           if k.lower() in ("traceparent", "tracestate")})
-        return self._tracer.start_span("gateway", context=parent,
-                                       kind=self._trace.SpanKind.SERVER)
+    def start(self, headers: Mapping[str, str]) -> Span:
+        """A started span, child of the caller's `traceparent` when it sent a valid one.
+        Attributes all go on in `finish`: one pass of the SDK's checks, not two."""
+        parent = self._propagator.extract(headers)  # case-insensitive .get on aiohttp's
+        span: Span = self._tracer.start_span("gateway", context=parent,
+                                             kind=self._trace.SpanKind.SERVER)
+        return span
 
-    def traceparent(self, span: Any) -> str | None:
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, context=self._trace.set_span_in_context(span))
-        return carrier.get("traceparent")
+    @staticmethod
+    def traceparent(span: Span) -> str:
+        """The W3C header naming `span` as the parent (sent upstream)."""
+        sc = span.get_span_context()
+        return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
 
-    def finish(self, span: Any, ctx: RequestContext | None, route: str, status: int) -> None:
-        attributes: dict[str, Any] = {"http.route": route, "http.response.status_code": status}
-        if ctx is not None:
-            operation = OPERATIONS.get(ctx.route, ctx.route)
-            span.update_name(f"{operation} {ctx.model}" if ctx.model else operation)
-            attributes.update(_genai(ctx, operation))
-        span.set_attributes(attributes)
-        if status >= 500:
+    def finish(self, span: Span, request: web.Request, route: str, status: int) -> None:
+        if not span.is_recording():  # not sampled: nothing to fill in
+            span.end()
+            return
+        method, ctx = request.method, request.get(CONTEXT)
+        attributes: dict[str, Any] = {"gateway.request_id": request[REQUEST_ID],
+                                      "http.request.method": method, "http.route": route,
+                                      "http.response.status_code": status}
+        outcome = status
+        if ctx is None:
+            span.update_name(f"{method} {route}")
+        else:
+            attributes.update(request_attributes(ctx))
+            span.update_name(f"{attributes['gen_ai.operation.name']} {ctx.model}".rstrip())
+            outcome = ctx.status or status
+        if outcome >= 500:
+            attributes["error.type"] = str(outcome)
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
+        span.set_attributes(attributes)
         span.end()
 
     def flush(self, timeout_s: float = 5.0) -> bool:
@@ -96,27 +148,32 @@ class Tracing:
         self._provider.shutdown()  # flushes what the batch processor holds
 
 
-def _genai(ctx: RequestContext, operation: str) -> dict[str, Any]:
-    prompt = ctx.usage.prompt_tokens or ctx.prompt_tokens or 0
-    out: dict[str, Any] = {
-        "gen_ai.operation.name": operation,
-        "gen_ai.system": "vllm",
-        "gen_ai.request.model": ctx.model,
-        "gen_ai.response.model": ctx.model,
-        "gen_ai.usage.input_tokens": prompt,
-        "gen_ai.usage.output_tokens": ctx.usage.completion_tokens,
-        "gateway.request_id": ctx.request_id,
-        "gateway.tier": ctx.tier,
-        "gateway.decision": ctx.decision,
-        "gateway.limit": ctx.limit,
-    }
+def request_attributes(ctx: RequestContext) -> dict[str, Any]:
+    """A proxied request's span attributes: the log line's GenAI fields, what the relay
+    saw of the answer, the request's numeric parameters and the gateway's decision."""
+    out = genai_fields(ctx)
+    out.update({"gateway.tier": ctx.tier, "gateway.decision": ctx.decision,
+                "gateway.limit": ctx.limit})
+    if ctx.response_model is not None:
+        out["gen_ai.response.model"] = ctx.response_model
+    if ctx.response_id is not None:
+        out["gen_ai.response.id"] = ctx.response_id
+    if ctx.finish_reasons:
+        out["gen_ai.response.finish_reasons"] = ctx.finish_reasons
     if ctx.verdict is not None and ctx.verdict.categories:
-        out["gateway.categories"] = list(ctx.verdict.categories)
+        out["gateway.categories"] = tuple(ctx.verdict.categories)
     for field, name in _REQUEST_ATTRIBUTES:
         value = ctx.body.get(field)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if _number(value):
             out[name] = value
     return out
+
+
+def _number(value: object) -> bool:
+    # OTLP integers are 64-bit: one client's 10**30 would fail the whole export batch.
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, float) or (isinstance(value, int) and _INT64 <= value < -_INT64)
 
 
 TRACING: web.AppKey[Tracing | None] = web.AppKey("tracing")

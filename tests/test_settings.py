@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,28 @@ def test_ledger_url_from_the_environment_and_validated() -> None:
     assert load_settings(env={"GATEWAY_LEDGER_URL": url}).watermark.ledger_url == url
     with pytest.raises(SettingsError, match=r"watermark\.ledger_url: expected a postgresql"):
         load_settings(env={"GATEWAY_LEDGER_URL": "sqlite:///x"})
+
+
+@pytest.mark.parametrize(
+    ("tracing", "expected"),
+    [
+        ({"otlp_endpoint": "collector:4318"}, "tracing.otlp_endpoint: expected an http(s) URL"),
+        ({"otlp_endpoint": "http://"}, "tracing.otlp_endpoint: expected an http(s) URL"),
+        ({"otlp_endpoint": "http://[::1"}, "tracing.otlp_endpoint: expected an http(s) URL"),
+        ({"otlp_endpoint": "http://c:4318", "service_name": " "},
+         "tracing.service_name: must not be empty"),
+        ({"otlp_endpoint": "http://c:4318", "timeout_s": 0}, "tracing.timeout_s: must be posi"),
+        ({"otlp_endpoint": "http://c:4318", "sample": 1}, "tracing.sample: unknown key"),
+    ],
+)
+def test_bad_tracing_settings_name_the_key(tracing: dict[str, object], expected: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(expected)):
+        load_settings(env={}, overrides={"tracing": tracing})
+
+
+def test_tracing_is_off_by_default_and_on_from_the_environment() -> None:
+    assert load_settings(env={}).tracing.otlp_endpoint is None
+    settings = load_settings(env={"GATEWAY_OTLP_ENDPOINT": "https://collector:4318"},
+                             overrides={"tracing": {"service_name": "gw-eu"}})
+    assert settings.tracing.otlp_endpoint == "https://collector:4318"
+    assert settings.tracing.service_name == "gw-eu"

@@ -55,6 +55,17 @@ def _record_usage(ctx: RequestContext, usage: Any) -> None:
         ctx.usage.reported = True
 
 
+def _record_answer(ctx: RequestContext, data: dict[str, Any]) -> None:
+    """The answer's id and model (and its choices' finish reasons) for the trace span."""
+    ident, model = data.get("id"), data.get("model")
+    ctx.response_id = ident if isinstance(ident, str) else None
+    ctx.response_model = model if isinstance(model, str) else None
+    if "choices" in data:  # a stream's are noted chunk by chunk
+        ctx.finish_reasons = tuple(c["finish_reason"] for c in data.get("choices") or ()
+                                   if isinstance(c, dict)
+                                   and isinstance(c.get("finish_reason"), str))
+
+
 TextsHeaders = Callable[[list[str]], dict[str, str]]
 
 
@@ -76,6 +87,7 @@ async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
     _record_usage(ctx, data.get("usage"))
     if ctx.route != "embeddings" and _filter_choices(ctx, data, chains):
         raw = orjson.dumps(data)
+    _record_answer(ctx, data)  # after the filters: a blocked choice ends in content_filter
     if headers_for is not None and ctx.route != "embeddings":
         ctx.response_headers.update(headers_for(_texts(ctx, data)))
     return web.Response(body=raw, content_type="application/json",
@@ -189,6 +201,7 @@ class StreamRelay:
         """The response is about to end: account for it before the client can see that."""
         if not self._ctx.usage.reported:
             self._ctx.usage.completion_tokens = self._relayed
+        _record_answer(self._ctx, self._meta)
         if self._on_end is not None:
             await self._on_end(self._ctx, status)
 
@@ -225,6 +238,7 @@ class StreamRelay:
             if isinstance(holder, dict):
                 holder[self._text_key] = ""
             choice["finish_reason"] = "content_filter"
+        self._ctx.finish_reasons = ("content_filter",)
         event.pop("usage", None)
         return frame_json(event)
 
@@ -284,6 +298,9 @@ class StreamRelay:
             if not isinstance(choice, dict):
                 continue
             index = choice.get("index", 0)
+            finish = choice.get("finish_reason")
+            if finish is not None:
+                self._ctx.finish_reasons += (str(finish),)
             holder = choice.get("delta") if self._text_key == "content" else choice
             if not isinstance(holder, dict):
                 continue
@@ -294,7 +311,7 @@ class StreamRelay:
             if chain is None:
                 continue
             new = chain.feed(text) if isinstance(text, str) else ""
-            if choice.get("finish_reason") is not None:
+            if finish is not None:
                 self._finished.add(index)
                 new += chain.finish()
             if new != (text or ""):
