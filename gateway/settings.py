@@ -86,6 +86,9 @@ class TracingSettings:
             valid = False
         if not valid:
             return ["otlp_endpoint: expected an http(s) URL such as http://collector:4318"]
+        if parts.username or parts.password:  # the exporter's errors print the URL
+            return ["otlp_endpoint: no credentials in the URL; put them in "
+                    "OTEL_EXPORTER_OTLP_HEADERS"]
         if not self.service_name.strip():
             return ["service_name: must not be empty"]
         if self.timeout_s <= 0:

@@ -78,6 +78,7 @@ def test_ledger_url_from_the_environment_and_validated() -> None:
         ({"otlp_endpoint": "collector:4318"}, "tracing.otlp_endpoint: expected an http(s) URL"),
         ({"otlp_endpoint": "http://"}, "tracing.otlp_endpoint: expected an http(s) URL"),
         ({"otlp_endpoint": "http://[::1"}, "tracing.otlp_endpoint: expected an http(s) URL"),
+        ({"otlp_endpoint": "https://u:pw@c:4318"}, "tracing.otlp_endpoint: no credentials"),
         ({"otlp_endpoint": "http://c:4318", "service_name": " "},
          "tracing.service_name: must not be empty"),
         ({"otlp_endpoint": "http://c:4318", "timeout_s": 0}, "tracing.timeout_s: must be posi"),
