@@ -337,7 +337,7 @@ async def main() -> None:
     if args.quick:
         args.responses, args.ledger_extra, args.human, args.records = 60, 300, 300, 10_000
         args.stride = 8
-        args.gateway_responses, args.streams, args.tps, args.rounds = 12, 8, 200, 2
+        args.gateway_responses, args.streams, args.tps, args.rounds = 12, 8, 200, 4
     rng = random.Random(args.seed)
     out = Results()
     print("through the gateway and the simulator:")

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import random
 import shutil
+import statistics
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,25 +202,41 @@ async def attribution(gw: Gateways, sent: list[Sent], rng: random.Random, add: A
 
 async def stream_cost(gw: Gateways, streams: int, tps: int, rounds: int, add: Add) -> None:
     """The same streams through "off" and "on", in rounds of alternating order (off on,
-    on off, ...: a drift over the run cancels out), after a warm-up of each."""
+    on off, ...: a drift over the run cancels out), after a warm-up of each: one at a
+    time (the time to first token a request pays, free of queueing), then under load
+    (8 at a time: the gaps between chunks)."""
     token = gw.token("bench-cost")
     prompt = "[[sim:prose=all]] Write about rivers and the harbours they feed"
     for url in (gw.off, gw.on):
         await stream_timings(url, token, 8, 8, 20, tps, prompt)
-    runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
-    for r in range(rounds):
-        for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
-            url = gw.off if name == "off" else gw.on
-            runs[name].append(await stream_timings(url, token, streams, 8, 200, tps, prompt))
-    off, on = ({k: sum(run[k] for run in runs[name]) / rounds for k in runs[name][0]}
-               for name in ("off", "on"))
-    add(f"{rounds} x {streams} streams x 200 tokens at {tps} tok/s, 8 at a time, "
+    single = await _rounds(gw, rounds, lambda url: stream_timings(
+        url, token, max(20, streams), 1, 10, 0, prompt))
+    add(f"{rounds} rounds of {max(20, streams)} streams one at a time: TTFT p50 off / on",
+        f"{single['off']['ttft_p50_ms']:.2f} / {single['on']['ttft_p50_ms']:.2f} ms, added "
+        f"{single['on']['ttft_p50_ms'] - single['off']['ttft_p50_ms']:+.2f} ms")
+    loaded = await _rounds(gw, rounds, lambda url: stream_timings(
+        url, token, streams, 8, 200, tps, prompt))
+    off, on = loaded["off"], loaded["on"]
+    add(f"{rounds} rounds of {streams} streams x 200 tokens at {tps} tok/s (8 at a time), "
         "watermark off:", _timing(off))
     add("  the same with watermark on:", _timing(on))
-    add("  added by watermarking: TTFT p50, gap p50 / p99 (mean over rounds)",
+    add("  added by watermarking: TTFT p50, gap p50 / p99",
         f"{on['ttft_p50_ms'] - off['ttft_p50_ms']:+.2f} ms, "
         f"{on['gap_p50_ms'] - off['gap_p50_ms']:+.3f} / "
         f"{on['gap_p99_ms'] - off['gap_p99_ms']:+.3f} ms")
+
+
+async def _rounds(gw: Gateways, rounds: int,
+                  measure: Callable[[str], Awaitable[dict[str, float]]],
+                  ) -> dict[str, dict[str, float]]:
+    """measure(url) for "off" and "on" in alternating order; per side, the median of each
+    figure over the rounds (one round disturbed by a neighbour on the machine is ignored)."""
+    runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    for r in range(rounds):
+        for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
+            runs[name].append(await measure(gw.off if name == "off" else gw.on))
+    return {name: {k: statistics.median(run[k] for run in got) for k in got[0]}
+            for name, got in runs.items()}
 
 
 def _timing(t: dict[str, float]) -> str:
