@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench bench-classify bench-watermark helm-policies clean
+.PHONY: run test lint bench bench-classify bench-watermark soak capacity helm-policies clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ bench-classify: $(VENV)/.test-installed
 
 bench-watermark: $(VENV)/.test-installed
 	$(BIN)/python bench/watermark.py
+
+# Minutes of steady streams and requests through the full pipeline; fails on growth of
+# memory, descriptors or tasks after the warm-up, or on any error (bench/soak.py --help).
+soak: $(VENV)/.test-installed
+	$(BIN)/python bench/soak.py
+
+# Highest request rate and most concurrent streams under 50 ms p99 overhead, full
+# pipeline and bare proxy side by side (about half an hour; bench/capacity.py --help).
+capacity: $(VENV)/.test-installed
+	$(BIN)/python bench/capacity.py
 
 # The chart ships a copy of policies/; a test fails when the copy is stale.
 helm-policies:
