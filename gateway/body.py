@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from gateway.context import SETTINGS
@@ -14,10 +15,9 @@ from gateway.settings import TimeoutSettings
 
 _DEFAULT = TimeoutSettings()
 
-# orjson parses up to 1024 levels but serialises only up to 255, and the gateway
-# re-serialises what it forwards (upstream body, /tokenize): deeper input would fail
-# there as a 500. Real bodies (tool schemas included) stay far below this.
-MAX_DEPTH = 128
+# orjson parses 1024 levels of arrays and objects but writes only 254, and the gateway
+# writes back what it forwards (the upstream body, /tokenize): deeper input was a 500.
+MAX_DEPTH = 254
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -32,16 +32,12 @@ async def read_body(request: web.Request) -> bytes:
         raise RequestTimeout("The request body did not arrive in time") from None
 
 
-def too_deep(raw: bytes, parsed: Any, limit: int = MAX_DEPTH) -> bool:
-    """Whether `parsed` (the JSON in `raw`) nests arrays and objects deeper than `limit`."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return False  # cannot nest deeper than it has brackets: no walk for most bodies
-    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(parsed, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((child, depth + 1) for child in children
-                     if isinstance(child, dict | list))
+def too_deep(raw: bytes, parsed: Any) -> bool:
+    """Whether `parsed` (the JSON in `raw`) nests deeper than the gateway can write back."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return False  # cannot nest deeper than it has brackets: nothing more for most bodies
+    try:
+        orjson.dumps(parsed)  # C speed, and exactly the limit that matters
+    except orjson.JSONEncodeError:
+        return True
     return False

@@ -41,7 +41,9 @@ def _from_http_exception(exc: web.HTTPException) -> GatewayError:
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge("Request body is too large")
     if isinstance(exc, web.HTTPMethodNotAllowed):
-        return MethodNotAllowed(f"Method {exc.method} is not allowed here")
+        # RFC 9110: a 405 names the methods the resource does allow.
+        return MethodNotAllowed(f"Method {exc.method} is not allowed here",
+                                headers={"Allow": exc.headers.get("Allow", "")})
     if isinstance(exc, web.HTTPNotFound):
         return NotFound("Unknown path")
     if 400 <= exc.status < 500:

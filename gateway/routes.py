@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.accounting import record_request
-from gateway.body import read_body
+from gateway.body import MAX_DEPTH, read_body, too_deep
 from gateway.context import (
     CLASSIFY,
     CONTEXT,
@@ -63,6 +63,8 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
         raise InvalidJSON("The request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object", code="invalid_json")
+    if too_deep(raw, body):
+        raise InvalidJSON(f"The request body nests deeper than {MAX_DEPTH} levels")
     return body
 
 

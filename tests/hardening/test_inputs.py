@@ -1,10 +1,13 @@
 """Hand-written hostile requests: each gets its documented status in OpenAI's error shape,
-never a 500, and the gateway keeps serving (issue 9; schemathesis covers the rest)."""
+never a 500, and the gateway keeps serving (issue 9; schemathesis covers the rest).
+
+Bodies just under and just over max_body_bytes (200 / 413) are in tests/test_routes.py."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -49,6 +52,45 @@ async def test_malformed_json_is_400_invalid_json(gateway: Server, http: aiohttp
     assert _error(raw)["code"] == "invalid_json", name
 
 
+def _nested(levels: int) -> object:
+    value: object = "leaf"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+# Fields the gateway forwards: a value that parses (orjson reads 1024 levels) but that the
+# gateway cannot write back upstream (254) used to fail there with a 500.
+FORWARDED: dict[str, Callable[[object], dict[str, Any]]] = {
+    "tools": lambda deep: chat("hi", tools=[{"type": "function", "function": {
+        "name": "f", "parameters": deep}}]),
+    "response_format": lambda deep: chat("hi", response_format={
+        "type": "json_schema", "json_schema": deep}),
+    "content part": lambda deep: {"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "hi", "extra": deep}]}]},
+    "message field": lambda deep: {"model": MODEL, "messages": [
+        {"role": "user", "content": "hi", "name": deep}]},
+    "embedding input": lambda deep: {"model": MODEL, "input": [deep]},
+}
+
+
+@pytest.mark.parametrize("field", sorted(FORWARDED))
+async def test_nesting_too_deep_to_forward_is_400(gateway: Server, http: aiohttp.ClientSession,
+                                                 field: str) -> None:
+    path = "/v1/embeddings" if field == "embedding input" else CHAT
+    async with http.post(gateway.url + path, data=orjson.dumps(
+            FORWARDED[field](_nested(200))), headers={"Content-Type": "application/json"}
+                         ) as resp:  # deep, but still within what can be forwarded
+        assert resp.status != 500, await resp.text()
+    too_deep = b'{"a":' * 300 + b"1" + b"}" * 300  # orjson could not even write this
+    raw = orjson.dumps(FORWARDED[field]("PLACEHOLDER")).replace(b'"PLACEHOLDER"', too_deep)
+    async with http.post(gateway.url + path, data=raw,
+                         headers={"Content-Type": "application/json"}) as resp:
+        status, body = resp.status, await resp.read()
+    assert status == 400, body
+    assert _error(body)["code"] == "invalid_json"
+
+
 @pytest.mark.parametrize("messages", [
     None, "hello", 42, True, {"role": "user", "content": "hi"}, [], [1], ["hi"], [None],
     [{"content": "no role"}], [{"role": "wizard", "content": "hi"}], [{"role": 7}],
@@ -65,6 +107,20 @@ async def test_messages_of_every_wrong_type_are_400(gateway: Server,
     error = _error(raw)
     assert error["type"] == "invalid_request_error"
     assert error["param"] is not None and str(error["param"]).startswith("messages"), error
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("GET", CHAT, "POST"), ("DELETE", "/v1/models", "GET"), ("PUT", "/healthz", "GET"),
+    ("GET", "/admin/v1/policy/reload", "POST"),
+])
+async def test_wrong_method_is_405_naming_the_allowed_ones(gateway: Server,
+                                                          http: aiohttp.ClientSession,
+                                                          method: str, path: str,
+                                                          allow: str) -> None:
+    async with http.request(method, gateway.url + path) as resp:
+        status, body, allowed = resp.status, await resp.read(), resp.headers.get("Allow", "")
+    assert status == 405 and _error(body)["code"] == "method_not_allowed"
+    assert allow in {m.strip() for m in allowed.split(",")}, allowed  # RFC 9110 15.5.6
 
 
 async def test_duplicate_keys_last_one_wins_consistently(gateway: Server,
