@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -23,6 +23,7 @@ from gateway.errors import (
     Unavailable,
     normalise_upstream_error,
 )
+from gateway.pipeline.upstream.echo import withhold_echo
 from gateway.pipeline.upstream.pool import Backend, Pool
 from gateway.settings import TimeoutSettings
 
@@ -78,7 +79,7 @@ class UpstreamClient:
                     raise GatewayTimeout("The upstream server did not answer in time") from None
                 try:
                     if resp.status >= 400:
-                        error = await self._status_error(backend, resp)
+                        error = await self._status_error(backend, resp, ctx.body)
                         continue
                     result = await relay(resp)
                 except RetryUpstream as exc:
@@ -111,8 +112,8 @@ class UpstreamClient:
             return await self._session.post(url, data=body, headers=headers,
                                             timeout=self._client_timeout)
 
-    async def _status_error(self, backend: Backend,
-                            resp: aiohttp.ClientResponse) -> GatewayError:
+    async def _status_error(self, backend: Backend, resp: aiohttp.ClientResponse,
+                            body: dict[str, Any]) -> GatewayError:
         """The error to retry with, or raise at once when retrying cannot help."""
         try:
             async with asyncio.timeout(self._timeouts.idle_s):
@@ -128,4 +129,4 @@ class UpstreamClient:
         if resp.status >= 500:
             self.pool.failed(backend, "status_5xx")
             raise BadGateway("The upstream server failed to process the request")
-        raise normalise_upstream_error(resp.status, raw)
+        raise withhold_echo(normalise_upstream_error(resp.status, raw), body)
