@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.errors import UpstreamStatus
 
-_QUOTED_INPUT = re.compile(r"input_value=.*?(?=, input_type=)|'input': .*?(?=, 'ctx'|\}\])",
+_QUOTED_INPUT = re.compile(r"(input_value=).*?(?=, input_type=)|('input': ).*?(?=, 'ctx'|\}\])",
                            re.DOTALL)
 _WORD = re.compile(r"\w+")
 _TEXT_KEYS = frozenset({"content", "text", "prompt", "input", "arguments"})
@@ -26,7 +26,7 @@ Trigram = tuple[str, str, str]
 
 def withhold_echo(error: UpstreamStatus, body: dict[str, Any]) -> UpstreamStatus:
     """`error` with no quotation of `body`'s texts in its message."""
-    message = _QUOTED_INPUT.sub("input_value=[withheld]", error.message)
+    message = _QUOTED_INPUT.sub(lambda m: (m[1] or m[2]) + "[withheld]", error.message)
     if _repeats(message.casefold(), body):
         message = (f"The upstream server refused the request (HTTP {error.http_status}); "
                    "its message quoted the request and is withheld")
