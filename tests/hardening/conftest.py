@@ -12,7 +12,8 @@ from aiohttp import web
 
 from gateway.context import UPSTREAM
 from tests.conftest import Server, wait_until
-from tests.pipeline.ratelimit.conftest import redis_server  # noqa: F401  (a fixture)
+from tests.pipeline.auth.conftest import provider  # noqa: F401  (fixtures)
+from tests.pipeline.ratelimit.conftest import redis_server  # noqa: F401
 
 # Fake servers written on bare sockets name their per-connection tasks this.
 CONNECTION_TASK = "server-connection"
