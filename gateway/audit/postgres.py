@@ -19,10 +19,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
-import orjson
-
 from gateway.audit.record import GENESIS, AuditRecord, ChainedRecord, seal
-from gateway.audit.store import INDEXED, QueryFilter, StoredRow
+from gateway.audit.store import INDEXED, QueryFilter, StoredRow, record_from_body, where_clause
 
 SCHEMES = ("postgresql", "postgres")
 # An arbitrary constant naming "the audit chain head" for pg_advisory_xact_lock.
@@ -155,7 +153,7 @@ class PostgresStore:
         return sealed
 
     def query(self, flt: QueryFilter, limit: int, before_seq: int | None) -> list[ChainedRecord]:
-        where, params = _where(flt)
+        where, params = where_clause(flt, "%s")
         if before_seq is not None:
             where.append("seq < %s")
             params.append(before_seq)
@@ -164,17 +162,17 @@ class PostgresStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT %s"
         params.append(limit)
-        return [ChainedRecord(int(seq), _record(body), prev, h)
+        return [ChainedRecord(int(seq), record_from_body(body), prev, h)
                 for seq, body, prev, h in self._db.execute(sql, params).fetchall()]
 
     def scan(self, since: float | None, until: float | None) -> Iterator[AuditRecord]:
-        where, params = _where(QueryFilter(since=since, until=until))
+        where, params = where_clause(QueryFilter(since=since, until=until), "%s")
         sql = "SELECT body FROM gateway_audit"
         sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq"
         with self._db.cursor() as cur:
             cur.execute(sql, params)
             for (body,) in cur:
-                yield _record(body)
+                yield record_from_body(body)
 
     def rows(self) -> Iterator[StoredRow]:
         cols = ", ".join(INDEXED)
@@ -187,19 +185,3 @@ class PostgresStore:
 
     def close(self) -> None:
         self._db.close()
-
-
-def _where(flt: QueryFilter) -> tuple[list[str], list[object]]:
-    where: list[str] = []
-    params: list[object] = []
-    for column, op, value in (("time", ">=", flt.since), ("time", "<", flt.until),
-                              ("tier", "=", flt.tier), ("decision", "=", flt.decision),
-                              ("key_id", "=", flt.key_id)):
-        if value is not None:
-            where.append(f"{column} {op} %s")
-            params.append(value)
-    return where, params
-
-
-def _record(body: bytes) -> AuditRecord:
-    return AuditRecord.from_json(orjson.loads(bytes(body)))

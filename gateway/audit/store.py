@@ -146,7 +146,7 @@ class SqliteStore:
         return sealed
 
     def query(self, flt: QueryFilter, limit: int, before_seq: int | None) -> list[ChainedRecord]:
-        where, params = _where(flt)
+        where, params = where_clause(flt)
         if before_seq is not None:
             where.append("seq < ?")
             params.append(before_seq)
@@ -155,14 +155,14 @@ class SqliteStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
         params.append(limit)
-        return [ChainedRecord(seq, _record(body), prev, h)
+        return [ChainedRecord(seq, record_from_body(body), prev, h)
                 for seq, body, prev, h in self._db.execute(sql, params)]
 
     def scan(self, since: float | None, until: float | None) -> Iterator[AuditRecord]:
-        where, params = _where(QueryFilter(since=since, until=until))
+        where, params = where_clause(QueryFilter(since=since, until=until))
         sql = "SELECT body FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
         for (body,) in self._db.execute(sql + " ORDER BY seq", params):
-            yield _record(body)
+            yield record_from_body(body)
 
     def rows(self) -> Iterator[StoredRow]:
         cols = ", ".join(INDEXED)
@@ -175,20 +175,21 @@ class SqliteStore:
         self._db.close()
 
 
-def _where(flt: QueryFilter) -> tuple[list[str], list[object]]:
+def where_clause(flt: QueryFilter, mark: str = "?") -> tuple[list[str], list[object]]:
+    """SQL conditions and parameters for a filter; `mark` is the driver's placeholder."""
     where: list[str] = []
     params: list[object] = []
     for column, op, value in (("time", ">=", flt.since), ("time", "<", flt.until),
                               ("tier", "=", flt.tier), ("decision", "=", flt.decision),
                               ("key_id", "=", flt.key_id)):
         if value is not None:
-            where.append(f"{column} {op} ?")
+            where.append(f"{column} {op} {mark}")
             params.append(value)
     return where, params
 
 
-def _record(body: bytes) -> AuditRecord:
-    return AuditRecord.from_json(orjson.loads(body))
+def record_from_body(body: bytes) -> AuditRecord:
+    return AuditRecord.from_json(orjson.loads(bytes(body)))
 
 
 def open_store(where: str | Path, *, readonly: bool = False,
