@@ -35,11 +35,11 @@ import threading
 import time
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from gateway.pipeline.watermark import fingerprint as fp
 from gateway.pipeline.watermark.payload import request_ref
@@ -120,6 +120,10 @@ def prepare(record: Record) -> Prepared:
     return Prepared(record, [fp.pack(s) for s in sigs], [fp.band_keys(s) for s in sigs])
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
 class LedgerStore(Protocol):
     """Where records live. Methods block; the Ledger calls them from threads."""
 
@@ -179,29 +183,62 @@ def _batches(items: Sequence[Any], size: int = _MAX_VARS) -> Iterable[Sequence[A
         yield items[i:i + size]
 
 
+C = TypeVar("C", bound=_Closable)
+
+
+class PerThread(Generic[C]):
+    """One database connection per thread, made on first use (or again once `usable`
+    says the old one is dead); `close()` closes every one made."""
+
+    def __init__(self, connect: Callable[[], C],
+                 usable: Callable[[C], bool] = lambda conn: True) -> None:
+        self._connect = connect
+        self._usable = usable
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[C] = []
+
+    def get(self) -> C:
+        old: C | None = getattr(self._local, "conn", None)
+        if old is not None and self._usable(old):
+            return old
+        conn = self._connect()
+        self._local.conn = conn
+        with self._lock:
+            if old in self._conns:
+                self._conns.remove(old)
+            self._conns.append(conn)
+        if old is not None:
+            old.close()
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+
 class SqliteStore:
     """LedgerStore on one SQLite file in WAL mode: one writer, any number of readers."""
 
     def __init__(self, path: Path, cache_mib: int = 64) -> None:
         self.path = path
         self._cache_kib = cache_mib * 1024
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns = PerThread(self._connect)
         self._tables: set[int] = set()
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA cache_size=-{self._cache_kib:d}")
-            self._local.conn = conn
-            with self._lock:
-                self._conns.append(conn)
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA cache_size=-{self._cache_kib:d}")
         return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        return self._conns.get()
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -329,11 +366,7 @@ class SqliteStore:
         return int(n)
 
     def close(self) -> None:
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()
+        self._conns.close()
 
 
 _STOP = object()

@@ -18,13 +18,19 @@ Needs the `postgres` extra (psycopg 3); URLs reach messages only through `redact
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gateway.audit.postgres import connect, is_broken, redact
 from gateway.pipeline.watermark import fingerprint as fp
-from gateway.pipeline.watermark.ledger import CHUNK_SPACE, DAY_S, MAX_STORED_TEXT, Prepared, Stored
+from gateway.pipeline.watermark.ledger import (
+    CHUNK_SPACE,
+    DAY_S,
+    MAX_STORED_TEXT,
+    PerThread,
+    Prepared,
+    Stored,
+)
 from gateway.pipeline.watermark.payload import request_ref
 
 _SCHEMA = """
@@ -75,28 +81,14 @@ class PostgresStore:
     """LedgerStore on PostgreSQL; safe to share between threads (one connection each)."""
 
     def __init__(self, url: str) -> None:
-        self._url = url
         self.url = redact(url)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._conns: list[Any] = []
+        self._conns: PerThread[Any] = PerThread(lambda: connect(url), lambda c: not is_broken(c))
         self._days: set[int] = set()
 
     def _conn(self) -> Any:
-        old = getattr(self._local, "conn", None)
-        if old is not None and not is_broken(old):
-            return old
-        # First call on this thread, or the session was lost with the server (the call
-        # that failed was counted by Ledger): a new session for this and later calls.
-        conn = connect(self._url)
-        self._local.conn = conn
-        with self._lock:
-            if old in self._conns:
-                self._conns.remove(old)
-            self._conns.append(conn)
-        if old is not None:
-            old.close()
-        return conn
+        # A session lost with the server (the failed call was counted by Ledger) is
+        # replaced on the next call.
+        return self._conns.get()
 
     def open(self) -> None:
         conn = self._conn()
@@ -207,8 +199,4 @@ class PostgresStore:
         return int(n)
 
     def close(self) -> None:
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()
+        self._conns.close()
