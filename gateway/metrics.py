@@ -8,8 +8,10 @@ subject, a token or a prompt.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client
+from prometheus_client import CollectorRegistry
 
 # LLM latencies span milliseconds (cached, short) to minutes (long generations).
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
@@ -20,6 +22,46 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
                0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class _MemoLabels:
+    """labels() memoised by its argument tuple. prometheus_client validates, converts and
+    takes a lock on every call; the hot path asks for the same few children per request.
+    The label sets are bounded (module docstring), so the memo is too."""
+
+    _memo: dict[tuple[object, ...], Any]
+
+    def labels(self, *values: object, **named: object) -> Any:
+        if named:
+            return super().labels(*values, **named)  # type: ignore[misc]
+        try:
+            return self._memo[values]
+        except AttributeError:
+            self._memo = {}
+        except KeyError:
+            pass
+        child = self._memo[values] = super().labels(*values)  # type: ignore[misc]
+        return child
+
+    def remove(self, *values: object) -> None:
+        self._memo = {}
+        super().remove(*values)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self._memo = {}
+        super().clear()  # type: ignore[misc]
+
+
+class Counter(_MemoLabels, prometheus_client.Counter):
+    pass
+
+
+class Gauge(_MemoLabels, prometheus_client.Gauge):
+    pass
+
+
+class Histogram(_MemoLabels, prometheus_client.Histogram):
+    pass
 
 
 class Metrics:

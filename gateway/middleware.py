@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import time
-import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -71,7 +71,7 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, drain refusal, in-flight accounting and request metrics."""
     incoming = request.headers.get("x-request-id", "")
-    request[REQUEST_ID] = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
     app = request.app
     lifecycle, metrics = app[LIFECYCLE], app[METRICS]
     if lifecycle.draining and request.path not in _ALWAYS_OPEN:

@@ -37,7 +37,10 @@ class ClassifyStage:
     async def check(self, ctx: RequestContext) -> Decision:
         if ctx.route == "embeddings":
             return ALLOW
-        scored = await self.chain.run(prompt_text(ctx, self.chain.roles), ctx.tier_spec)
+        text = prompt_text(ctx, self.chain.roles)
+        if not (self.chain.cheap or self.chain.expensive or text.opaque):
+            return ALLOW  # nothing configured to classify with: no verdict to record
+        scored = await self.chain.run(text, ctx.tier_spec)
         verdict = scored.verdict
         ctx.verdict = verdict
         for name, seconds in scored.durations.items():

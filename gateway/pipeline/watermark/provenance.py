@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.pipeline.watermark.payload import derive
+from gateway.pipeline.watermark.payload import mac
 
 HEADER = "x-gateway-provenance"
 _FIELDS = ("v", "rid", "kid", "t", "h")
@@ -37,8 +37,8 @@ def _canonical(fields: dict[str, str]) -> bytes:
 
 
 def _tag(secret: bytes, fields: dict[str, str]) -> str:
-    mac = hmac.digest(derive(secret, "provenance"), _canonical(fields), "sha256")
-    return base64.urlsafe_b64encode(mac[:_SIG_BYTES]).rstrip(b"=").decode()
+    tag = mac(secret, "provenance", _canonical(fields))
+    return base64.urlsafe_b64encode(tag[:_SIG_BYTES]).rstrip(b"=").decode()
 
 
 def sign_provenance(secret: bytes, request_id: str, kid: str, issued_at: float,
