@@ -15,7 +15,9 @@ the weights ship as JSON (`data/head.json`, format `gateway-head/1`).
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,16 +31,6 @@ Floats = npt.NDArray[np.float32]
 
 def default_head_path() -> Path:
     return Path(__file__).resolve().parent / "data" / "head.json"
-
-
-def _sigmoid(x: Floats) -> Floats:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
-
-
-def _softmax(x: Floats) -> Floats:
-    e: Floats = np.exp(x - x.max(axis=1, keepdims=True)).astype(np.float32)
-    total: Floats = e.sum(axis=1, keepdims=True)
-    return (e / total).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -55,13 +47,25 @@ class LinearHead:
     def dim(self) -> int:
         return int(self.harm_w.shape[0])
 
+    @functools.cached_property
+    def _stacked(self) -> tuple[Floats, Floats]:
+        """Both models' weights in one (dim, 1 + k) matrix and bias: one product per row."""
+        weights = np.ascontiguousarray(np.vstack([self.harm_w[None, :], self.cat_w]).T)
+        bias = np.concatenate([np.array([self.harm_b], dtype=np.float32), self.cat_b])
+        return weights.astype(np.float32), bias.astype(np.float32)
+
     def predict(self, x: Floats) -> list[dict[str, float]]:
         """Scores per category for each row of x (n, dim)."""
-        harm = _sigmoid(x @ self.harm_w + self.harm_b)
-        cat = _softmax(x @ self.cat_w.T + self.cat_b)
-        rel = cat / cat.max(axis=1, keepdims=True)
-        out = harm[:, None] * rel
-        return [{c: float(v) for c, v in zip(self.categories, row, strict=True)} for row in out]
+        weights, bias = self._stacked
+        out = []
+        for row in x:  # row by row: a row's scores do not depend on its batch
+            harm_logit, *logits = (row @ weights + bias).tolist()
+            harm = 0.5 + 0.5 * math.tanh(0.5 * harm_logit)  # the logistic, without overflow
+            # P(c | harm) / max_k P(k | harm): the softmax's denominators cancel.
+            top = max(logits)
+            out.append({c: harm * math.exp(v - top)
+                        for c, v in zip(self.categories, logits, strict=True)})
+        return out
 
     def to_json(self) -> dict[str, Any]:
         def rounded(a: Floats) -> Any:

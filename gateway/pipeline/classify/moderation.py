@@ -28,11 +28,12 @@ and cancels the upstream.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 
 import regex
 
-from gateway.pipeline.classify.rules import CompiledPattern
+from gateway.pipeline.classify.rules import CompiledPattern, joinable
 from gateway.pipeline.classify.structure import JAILBREAK, StructureClassifier
 from gateway.pipeline.classify.text import fold_char
 from gateway.pipeline.classify.verdict import matched
@@ -47,6 +48,10 @@ class OutputBlocked(Exception):
         self.categories = categories
 
 
+def _case(p: CompiledPattern) -> int:
+    return regex.IGNORECASE if p.regex.flags & re.IGNORECASE else 0
+
+
 class OutputCheck:
     """The synchronous check behind the filter; one per policy version."""
 
@@ -55,11 +60,13 @@ class OutputCheck:
                  widths: tuple[int, ...], margin: int) -> None:
         self.patterns = patterns
         # The same patterns in the `regex` module, which can report partial matches.
-        self.partial = tuple(regex.compile(p.spec.pattern, regex.IGNORECASE | regex.V0)
+        # Case-insensitive only where the pattern needs it (rules.case_flags).
+        self.partial = tuple(regex.compile(p.spec.pattern, _case(p) | regex.V0)
                              for p in patterns)
         # All of them in one: when it finds nothing before the end, no pattern can.
-        self.any = regex.compile("|".join(f"(?:{p.spec.pattern})" for p in patterns) or "(?!)",
-                                 regex.IGNORECASE | regex.V0)
+        self.any = regex.compile(
+            "|".join(f"(?{'i' if _case(p) else ''}:{p.spec.pattern})" for p in patterns),
+            regex.V0) if joinable(patterns) else None
         self.structure = structure
         self.categories = categories
         self.width = max(widths, default=1)  # the longest match, in folded characters
@@ -74,10 +81,11 @@ class OutputCheck:
         confirmed = n if final else n - self.margin
         hold = n
         scores: dict[str, float] = {}
-        first = self.any.search(folded, start, partial=not final)
+        first = self.any.search(folded, start, partial=not final) if self.any else None
         # An empty partial match at the very end (a `\b` that more text may satisfy)
         # holds nothing back.
-        quiet = first is None or (first.partial and first.start() >= n)
+        quiet = self.any is not None and (
+            first is None or (first.partial and first.start() >= n))
         for p, rx in zip(() if quiet else self.patterns, self.partial, strict=False):
             pos = start
             while pos < hold:

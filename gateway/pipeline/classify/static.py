@@ -14,6 +14,8 @@ event loop can call it while the worker thread runs the full model.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,13 @@ from typing import Any
 import numpy as np
 
 from gateway.pipeline.classify.head import Floats
+
+# Text the fast tokenizer path handles: ASCII with no control characters but tab and line
+# breaks. There MiniLM's normaliser only lower-cases, and its pre-tokenizer splits on
+# whitespace and makes every ASCII punctuation character a word of its own.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_WORDS = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
+_CACHED_WORDS = 1 << 16
 
 
 class StaticEncoder:
@@ -32,19 +41,38 @@ class StaticEncoder:
         self._tokenizer.no_truncation()
         self._table = np.ascontiguousarray(table, dtype=np.float32)
         self._unknown = int(self._tokenizer.token_to_id("[UNK]") or 0)
+        self._pieces: dict[str, list[int]] = {}  # word -> its word-piece ids
         self.dim = int(self._table.shape[1])
 
     def ids(self, text: str, max_tokens: int) -> list[int]:
         """Word-piece ids without [CLS]/[SEP]; long text keeps its head and its tail."""
-        ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False).ids
+        if text.isascii() and _CONTROL.search(text) is None:
+            ids = self._ascii_ids(text)
+        else:
+            ids = self._tokenizer.encode(text, add_special_tokens=False).ids
         if len(ids) > max_tokens:
             head = max_tokens // 2
             ids = ids[:head] + ids[len(ids) - (max_tokens - head):]
         return ids or [self._unknown]
 
+    def _ascii_ids(self, text: str) -> list[int]:
+        """The tokenizer's ids, a few times faster: split here, word-pieces cached per word
+        (a test compares both on every shipped text and on random ASCII)."""
+        ids: list[int] = []
+        pieces = self._pieces
+        for word in _WORDS.findall(text.lower()):
+            found = pieces.get(word)
+            if found is None:
+                found = [token.id for token in self._tokenizer.model.tokenize(word)]
+                if len(pieces) < _CACHED_WORDS:
+                    pieces[word] = found
+            ids.extend(found)
+        return ids
+
     def encode(self, texts: Sequence[str], max_tokens: int = 128) -> Floats:
         rows = np.empty((len(texts), self.dim), dtype=np.float32)
         for i, text in enumerate(texts):
-            vector = self._table[self.ids(text, max_tokens)].mean(axis=0)
-            rows[i] = vector / max(float(np.linalg.norm(vector)), 1e-9)
+            # The sum has the mean's direction, and the row is normalised anyway.
+            vector = np.add.reduce(self._table.take(self.ids(text, max_tokens), axis=0), axis=0)
+            rows[i] = vector / max(math.sqrt(float(np.dot(vector, vector))), 1e-9)
         return rows

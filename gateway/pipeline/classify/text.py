@@ -49,6 +49,11 @@ class PromptText:
 # Typographic quotes fold to ASCII ones, so patterns can write `don't` once.
 QUOTES = {0x2018: "'", 0x2019: "'", 0x201B: "'", 0x2032: "'", 0x02BC: "'",
           0x201C: '"', 0x201D: '"', 0x201F: '"', 0x2033: '"'}
+# The one character casefold keeps that IGNORECASE still equates with another (U+0131,
+# dotless i, with i):
+# folded here, lower-case patterns match folded text alike with or without IGNORECASE
+# (rules.case_flags relies on it; a test checks every code point).
+CASELESS = {0x0131: "i"}  # a str.translate table
 
 
 class _Fold(dict[int, str]):
@@ -56,7 +61,7 @@ class _Fold(dict[int, str]):
 
     def __missing__(self, code: int) -> str:
         value = "" if code in INVISIBLE else QUOTES.get(code) or unicodedata.normalize(
-            "NFKC", chr(code)).casefold()
+            "NFKC", chr(code)).casefold().translate(CASELESS)
         self[code] = value
         return value
 

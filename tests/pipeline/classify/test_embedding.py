@@ -178,3 +178,23 @@ async def test_a_busy_model_leaves_the_static_answer_standing(embedder: Embedder
     text = PromptText.of("Which rivers flow into the Black Sea? (timeout case)")
     assert await classifier.score(text) == await static_only.score(text)
     assert _paths(metrics, "static_after_timeout") == 1 and _paths(metrics, "contextual") == 0
+
+
+def test_static_tokens_match_the_tokenizer(embedder: Embedder) -> None:
+    """The ASCII fast path splits and caches words itself: it must give the tokenizer's
+    ids for every shipped example and for random ASCII (controls and punctuation too)."""
+    import random
+
+    from gateway.pipeline.classify.train import DATA, read_examples
+
+    static = embedder.static
+    assert static is not None
+    tokenizer = static._tokenizer
+    rng = random.Random(7)
+    texts = [e.text for e in read_examples(DATA / "examples.txt")]
+    texts += ["".join(rng.choice([chr(c) for c in range(128)]) for _ in range(rng.randint(0, 40)))
+              for _ in range(3000)]
+    texts += ["naïve café", "Ünïcödé and ASCII", "tab\tand\nnew\rlines", "snake_case__x"]
+    for text in texts:
+        expected = tokenizer.encode(text, add_special_tokens=False).ids or [static._unknown]
+        assert static.ids(text, 10_000) == expected, repr(text)

@@ -57,3 +57,22 @@ def test_the_fast_head_round_trips_and_must_match_categories(tmp_path: Path) -> 
         load_head(path)
     replace(head, fast=None).save(path)
     assert load_head(path).fast is None
+
+
+def test_predict_matches_the_documented_formula() -> None:
+    """P(harm) * P(c | harm) / max_k P(k | harm), with the logistic and the softmax spelt
+    out, row by row and whatever the batch."""
+    head = load_head()
+    x = np.random.default_rng(1).normal(size=(5, head.dim)).astype(np.float64)
+    harm = 1 / (1 + np.exp(-(x @ head.harm_w + head.harm_b)))
+    logits = x @ head.cat_w.T + head.cat_b
+    cat = np.exp(logits - logits.max(axis=1, keepdims=True))
+    cat /= cat.sum(axis=1, keepdims=True)
+    expected = harm[:, None] * cat / cat.max(axis=1, keepdims=True)
+    rows = head.predict(x.astype(np.float32))
+    got = np.array([[row[c] for c in head.categories] for row in rows])
+    assert np.allclose(got, expected, atol=1e-5)
+    assert head.predict(x[2:3].astype(np.float32)) == rows[2:3]
+    # Extreme logits neither overflow nor leave [0, 1].
+    far = head.predict((x[:1] * 1e4).astype(np.float32))[0]
+    assert all(0.0 <= v <= 1.0 for v in far.values())

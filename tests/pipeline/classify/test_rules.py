@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from gateway.pipeline.classify.rules import RulesClassifier, compile_patterns, matching_ids
-from gateway.pipeline.classify.text import PromptText
+from gateway.pipeline.classify.rules import (
+    RulesClassifier,
+    any_of,
+    case_flags,
+    compile_patterns,
+    matching_ids,
+)
+from gateway.pipeline.classify.text import PromptText, fold
 from gateway.policy.loader import PolicyError, load_policy
 from gateway.policy.spec import PatternSpec
 from tests.pipeline.classify.conftest import POLICY
 
 ALL = (*POLICY.classifiers.rules.patterns, *POLICY.classifiers.structure.phrases)
+EXAMPLES = Path(__file__).resolve().parents[3] / "gateway/pipeline/classify/data/examples.txt"
+
+
+def _texts() -> list[str]:
+    """Every pattern's own examples and the embedding head's training prompts."""
+    texts = [t for s in ALL for t in (*s.match_examples, *s.no_match_examples)]
+    return texts + [line.strip() for line in EXAMPLES.read_text().splitlines()
+                    if line.strip() and not line.startswith("#")]
 CASES = [pytest.param(spec, text, True, id=f"{spec.id}+{i}")
          for spec in ALL for i, text in enumerate(spec.match_examples)]
 CASES += [pytest.param(spec, text, False, id=f"{spec.id}-{i}")
@@ -101,3 +116,32 @@ def test_shipped_tiers_reference_defined_categories() -> None:
         assert set(tier.categories) - {"default"} <= set(POLICY.categories), tier.name
     assert {"cyber", "fraud", "disinformation", "cbrn", "jailbreak", "benign"} <= set(
         POLICY.categories)
+
+
+@pytest.mark.parametrize(("pattern", "ignorecase"), [
+    (r"\bkill\w*\s+\S+", False), (r"how to (?:make|build)", False), (r"\bNATO\b", True),
+    (r"[A-Z]{3}", True), (r"\x41bc", True), (r"stra\u00dfe", True),
+    ("straße", True), (r"\N{LATIN SMALL LETTER A}", True),
+])
+def test_case_flags(pattern: str, ignorecase: bool) -> None:
+    assert bool(case_flags(pattern) & re.IGNORECASE) is ignorecase
+
+
+def test_shipped_patterns_match_alike_with_and_without_ignorecase() -> None:
+    """What case_flags saves must not change a single match on folded text."""
+    folded = [fold(t) for t in _texts()]
+    for p in compile_patterns(ALL, ("prompt", "output", "both")):
+        careful = re.compile(p.spec.pattern, re.IGNORECASE)
+        for text in folded:
+            assert bool(p.regex.search(text)) is bool(careful.search(text)), (p.spec.id, text)
+
+
+def test_the_joined_pattern_finds_what_any_pattern_finds() -> None:
+    patterns = compile_patterns(POLICY.classifiers.rules.patterns, ("prompt", "both"))
+    joined = any_of(patterns)
+    assert joined is not None
+    for text in map(fold, _texts()):
+        assert bool(joined.search(text)) is any(p.regex.search(text) for p in patterns), text
+    # A back-reference would point at another pattern's group once joined: not joined.
+    echo = PatternSpec(id="echo", category="jailbreak", pattern=r"(\w+) \1", score=1.0)
+    assert any_of((*patterns, *compile_patterns([echo], ("prompt", "both")))) is None

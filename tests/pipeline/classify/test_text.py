@@ -68,3 +68,27 @@ def test_prompt_hash_agrees_with_the_audit_log() -> None:
     assert prompt_hash(secret, "hello") == AuditKeys(secret).prompt_hash("hello")
     assert prompt_hash(secret, "hello") != prompt_hash(b"j" * 32, "hello")
     assert "hello" not in prompt_hash(secret, "hello")
+
+
+def test_folded_text_needs_no_ignorecase() -> None:
+    """rules.case_flags compiles lower-case patterns without IGNORECASE: sound only if no
+    character fold() can output is equated by IGNORECASE (re or regex) with a different
+    character that casefold leaves alone, i.e. one a lower-case pattern may contain."""
+    import re
+    import sys
+
+    import regex
+
+    outputs = set(fold("".join(chr(c) for c in range(sys.maxunicode + 1)
+                               if not 0xD800 <= c <= 0xDFFF)))
+    equated = []
+    for x in outputs:
+        near = {x.lower(), x.upper(), x.casefold(), x.title()}
+        near |= {v for n in list(near) for v in (n.lower(), n.upper())}
+        for p in near:
+            if len(p) == 1 and p != x and p == p.casefold() and (
+                    re.fullmatch(re.escape(p), x, re.IGNORECASE)
+                    or regex.fullmatch(regex.escape(p), x, regex.IGNORECASE | regex.V0)):
+                equated.append((p, x))
+    assert not equated
+    assert fold("k\u0131ll") == "kill"
