@@ -93,7 +93,10 @@ class Chain:
         early = verdict(combine(results), self.categories, tier, tuple(ran))
         if early.action == "block" or not self.expensive or _allows_everything(tier):
             return Scored(early, durations, ())
-        outcomes = await asyncio.gather(*(self._guarded(g, text) for g in self.expensive))
+        if len(self.expensive) == 1:  # the usual case: no task to schedule, no loop turn
+            outcomes = [await self._guarded(self.expensive[0], text)]
+        else:
+            outcomes = await asyncio.gather(*(self._guarded(g, text) for g in self.expensive))
         for g, (scores, seconds, outcome) in zip(self.expensive, outcomes, strict=True):
             durations[g.classifier.name] = seconds
             if outcome is None:
