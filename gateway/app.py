@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from gateway.admin import add_admin_routes
 from gateway.audit import AUDIT, AUDIT_KEYS, AuditKeys, AuditLog
 from gateway.audit.http import add_audit_routes
+from gateway.audit.store import describe
 from gateway.context import (
     CLASSIFY,
     LIFECYCLE,
@@ -27,7 +28,7 @@ from gateway.context import (
     UPSTREAM,
     RequestContext,
 )
-from gateway.lifecycle import Lifecycle
+from gateway.lifecycle import Lifecycle, StartupError
 from gateway.metrics import Metrics, watch_tasks
 from gateway.middleware import add_headers, observe, render_errors
 from gateway.pipeline import Authenticator, Pipeline, PipelineRef
@@ -189,10 +190,21 @@ async def _watermark(app: web.Application) -> AsyncIterator[None]:
     settings, metrics = app[SETTINGS], app[METRICS]
     where = settings.watermark.ledger_url or settings.home / "ledger.sqlite3"
     ledger = Ledger.at(where, metrics, retention_days=settings.watermark.ledger_retention_days)
-    await ledger.start()
+    try:
+        await ledger.start()
+    except Exception as exc:
+        raise StartupError(f"cannot open the provenance ledger at {describe(where)}: "
+                           f"{_reason(exc)}") from exc
     app[WATERMARK] = WatermarkRuntime(load_secret(settings.home, "watermark"), ledger, metrics)
     yield
     await ledger.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error, for a one-line start-up message (stores scrub their
+    own messages of passwords; see audit.postgres)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else exc.__class__.__name__
 
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:
@@ -203,7 +215,11 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
                      on_written=lambda n: metrics.audit_records.labels("written").inc(n),
                      on_dropped=lambda n: metrics.audit_dropped.inc(n),
                      on_failed=lambda n: metrics.audit_records.labels("error").inc(n))
-    await audit.start()
+    try:
+        await audit.start()
+    except Exception as exc:
+        raise StartupError(f"cannot open the audit log at {describe(audit.location)}: "
+                           f"{_reason(exc)}") from exc
     app[AUDIT] = audit
     yield
     await audit.close()

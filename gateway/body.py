@@ -1,5 +1,5 @@
-"""Reading a request body with its bounds: size (client_max_size, 413), time (408), and
-JSON nesting depth (400)."""
+"""Reading a request body with its bounds: content type (415), size (client_max_size, 413),
+time (408), and JSON nesting depth (400)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from gateway.context import SETTINGS
-from gateway.errors import RequestTimeout
+from gateway.errors import BadRequest, InvalidJSON, RequestTimeout, UnsupportedMediaType
 from gateway.settings import TimeoutSettings
 
 _DEFAULT = TimeoutSettings()
@@ -18,6 +18,7 @@ _DEFAULT = TimeoutSettings()
 # orjson parses 1024 levels of arrays and objects but writes only 254, and the gateway
 # writes back what it forwards (the upstream body, /tokenize): deeper input was a 500.
 MAX_DEPTH = 254
+_JSON_TYPES = ("application/json", "")
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -41,3 +42,20 @@ def too_deep(raw: bytes, parsed: Any) -> bool:
     except orjson.JSONEncodeError:
         return True
     return False
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object, or the client error that says why it is not one."""
+    ctype = request.content_type if "Content-Type" in request.headers else ""
+    if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    raw = await read_body(request)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidJSON("The request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object", code="invalid_json")
+    if too_deep(raw, body):
+        raise InvalidJSON(f"The request body nests deeper than {MAX_DEPTH} levels")
+    return body

@@ -180,6 +180,12 @@ _VLLM_TYPES = {
 }
 
 
+def shown(value: str, limit: int = 64) -> str:
+    """A client's value as an error message may quote it: bounded, so a megabyte-long
+    model name does not come back in full (and fill logs)."""
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
 def normalise_upstream_error(status: int, raw: bytes) -> UpstreamStatus:
     """Turn any of vLLM's error bodies into OpenAI's shape.
 

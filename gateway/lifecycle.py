@@ -6,6 +6,11 @@ import asyncio
 import contextlib
 
 
+class StartupError(RuntimeError):
+    """Something the gateway cannot serve without failed to open (an audit log, a ledger):
+    `gateway serve` prints the message, which names it, and exits 1 without a traceback."""
+
+
 class Lifecycle:
     def __init__(self) -> None:
         self.draining = False

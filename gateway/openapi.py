@@ -178,7 +178,7 @@ def _paths() -> dict[str, Any]:
                 "properties": {"payloads": {"type": "array"}, "marks": {"type": "integer"},
                                "result": {"enum": ["payload", "ledger", "forged", "none"]},
                                "attribution": {"type": ["object", "null"]}}},
-                400, 408, 413),
+                400, 408, 413, 415),
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"type": "object", "required": ["text"],
                            "properties": {"text": {"type": "string", "minLength": 1},

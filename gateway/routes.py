@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.accounting import record_request
-from gateway.body import MAX_DEPTH, read_body, too_deep
+from gateway.body import read_json
 from gateway.context import (
     CLASSIFY,
     CONTEXT,
@@ -28,10 +28,7 @@ from gateway.context import (
     Route,
 )
 from gateway.errors import (
-    BadRequest,
     Forbidden,
-    InvalidJSON,
-    UnsupportedMediaType,
 )
 from gateway.openapi import document
 from gateway.pipeline import Pipeline
@@ -41,7 +38,6 @@ from gateway.pipeline.watermark.provenance import HEADER as PROVENANCE
 from gateway.pipeline.watermark.runtime import WATERMARK
 from gateway.tracing import TRACEPARENT
 
-_JSON_TYPES = ("application/json", "")
 # Tokens in URLs end up in access logs and browser history: refused, never read.
 _QUERY_TOKEN_NAMES = ("access_token", "token", "api_key", "key")
 
@@ -52,28 +48,12 @@ async def authenticate(request: web.Request) -> Principal:
                                    any(name in request.query for name in _QUERY_TOKEN_NAMES))
 
 
-async def _read_json(request: web.Request) -> dict[str, Any]:
-    ctype = request.content_type if "Content-Type" in request.headers else ""
-    if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
-        raise UnsupportedMediaType("Content-Type must be application/json")
-    raw = await read_body(request)  # 413 beyond client_max_size, 408 when too slow
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidJSON("The request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object", code="invalid_json")
-    if too_deep(raw, body):
-        raise InvalidJSON(f"The request body nests deeper than {MAX_DEPTH} levels")
-    return body
-
-
 async def _proxy(request: web.Request, route: Route) -> web.StreamResponse:
     started = time.perf_counter()
     app = request.app
     pipeline = app[PIPELINE].current  # one policy version for the whole request
     principal = await authenticate(request)
-    body = await _read_json(request)
+    body = await read_json(request)  # 415, 413, 408, 400 as the body deserves
     ctx = RequestContext(request_id=request[REQUEST_ID], route=route, body=body, model="",
                          principal=principal, traceparent=request.get(TRACEPARENT))
     request[CONTEXT] = ctx

@@ -6,11 +6,13 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import sys
 
 from aiohttp import web
 
 from gateway.app import create_app
 from gateway.context import LIFECYCLE, RELOADER
+from gateway.lifecycle import StartupError
 from gateway.settings import Settings
 from gateway.sim import SimSettings, create_sim_app
 
@@ -58,9 +60,16 @@ async def serve(settings: Settings) -> int:
     app = create_app(settings)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=2048)
-    await site.start()
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=2048)
+        await site.start()
+    except (StartupError, OSError) as exc:  # a store that cannot open, a port in use
+        print(f"gateway: cannot start: {exc}", file=sys.stderr, flush=True)
+        await runner.cleanup()
+        if sim_runner is not None:
+            await sim_runner.cleanup()
+        return 1
     host, port = runner.addresses[0][:2]
     log.info("fronting %s", ", ".join(settings.upstreams))
     print(_banner(settings, host, port), flush=True)

@@ -91,6 +91,16 @@ async def test_unknown_model_is_404_model_not_found(gateway: Server, token: str)
     assert info.value.status_code == 404
 
 
+async def test_a_long_unknown_model_name_is_not_echoed_whole(gateway: Server,
+                                                             token: str) -> None:
+    name = "m" * 70 + "z" * 100_000
+    async with _async_client(gateway, token) as client:
+        with pytest.raises(openai.NotFoundError) as info:
+            await client.chat.completions.create(model=name, messages=MESSAGES)
+    message = str(info.value.body["message"])  # type: ignore[index]
+    assert "m" * 64 + "..." in message and "z" not in message and len(message) < 200
+
+
 async def test_n_choices_streamed(gateway: Server, token: str) -> None:
     async with _async_client(gateway, token) as client:
         stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, n=2,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -37,6 +38,19 @@ def test_bad_config_fails_start_naming_key(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 2
     assert f"{config}:3: timeouts.ttfb: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_store_that_cannot_open_stops_start_up_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"port: 0\naudit:\n  path: {blocker}/audit.sqlite3\n")
+    result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "GATEWAY_HOME": str(tmp_path / "home")})
+    assert result.returncode == 1
+    assert f"cannot open the audit log at {blocker}/audit.sqlite3" in result.stderr
     assert "Traceback" not in result.stderr
 
 

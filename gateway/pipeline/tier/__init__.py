@@ -13,7 +13,7 @@ import hmac
 from typing import Any
 
 from gateway.context import RequestContext
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, shown
 from gateway.pipeline import ALLOW, Decision, deny
 from gateway.pipeline.upstream.tokens import PromptCounter, estimate
 from gateway.policy.spec import PolicySpec, RequestCaps, SystemPromptSpec, TierSpec
@@ -119,7 +119,7 @@ class TierStage:
         ctx.tier = tier.name
         ctx.tier_spec = tier
         if not tier.allows_model(ctx.model):
-            return _refuse(f"model '{ctx.model}' is not available to tier '{tier.name}'",
+            return _refuse(f"model '{shown(ctx.model)}' is not available to tier '{tier.name}'",
                            "model_not_allowed", "model")
         if ctx.route == "embeddings":
             return ALLOW

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.errors import ModelNotFound, Unavailable
+from gateway.errors import ModelNotFound, Unavailable, shown
 from gateway.metrics import Metrics
 from gateway.settings import HealthSettings
 
@@ -115,11 +115,11 @@ class Pool:
         serving = [b for b in self.backends if model in b.models]
         if not serving:
             if any(b.models for b in self.backends):
-                raise ModelNotFound(f"The model '{model}' does not exist", param="model")
+                raise ModelNotFound(f"The model '{shown(model)}' does not exist", param="model")
             raise Unavailable("No healthy upstream is available")
         candidates = [b for b in serving if b.available(now) and b not in exclude]
         if not candidates:
-            raise Unavailable(f"No healthy upstream is serving '{model}'")
+            raise Unavailable(f"No healthy upstream is serving '{shown(model)}'")
         fewest = min(b.outstanding for b in candidates)
         return random.choice([b for b in candidates if b.outstanding == fewest])
 

@@ -11,8 +11,8 @@ import asyncio
 import orjson
 from aiohttp import web
 
-from gateway.body import read_body
-from gateway.errors import BadRequest, InvalidJSON
+from gateway.body import read_json
+from gateway.errors import BadRequest
 from gateway.pipeline.watermark.detect import detect
 from gateway.pipeline.watermark.runtime import WATERMARK
 
@@ -21,11 +21,8 @@ MAX_LIMIT = 50
 
 
 async def detect_handler(request: web.Request) -> web.Response:
-    try:
-        body = orjson.loads(await read_body(request))
-    except orjson.JSONDecodeError:
-        raise InvalidJSON("The request body is not valid JSON") from None
-    text = body.get("text") if isinstance(body, dict) else None
+    body = await read_json(request)
+    text = body.get("text")
     if not isinstance(text, str) or not text:
         raise BadRequest("'text' must be a non-empty string", param="text",
                          code="invalid_value")

@@ -60,6 +60,16 @@ async def test_detect_answers_json_and_counts(server: tuple[str, CollectorRegist
 async def test_bad_bodies_are_refused(server: tuple[str, CollectorRegistry],
                                       body: bytes) -> None:
     url, _ = server
-    async with aiohttp.ClientSession() as http, http.post(url, data=body) as resp:
+    async with aiohttp.ClientSession() as http, http.post(
+            url, data=body, headers={"Content-Type": "application/json"}) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_body_that_is_not_json_by_its_type_is_refused(
+        server: tuple[str, CollectorRegistry]) -> None:
+    url, _ = server
+    async with aiohttp.ClientSession() as http, http.post(
+            url, data=b'{"text": "hello"}', headers={"Content-Type": "text/plain"}) as resp:
+        assert resp.status == 415
+        assert (await resp.json())["error"]["code"] == "unsupported_media_type"
