@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -45,6 +46,7 @@ from gateway.pipeline.upstream.tokens import PromptCounter
 from gateway.pipeline.watermark.filters import watermark_filters
 from gateway.pipeline.watermark.ledger import Ledger
 from gateway.pipeline.watermark.runtime import WATERMARK, WatermarkRuntime
+from gateway.policy.loader import PolicyError, load_policy
 from gateway.policy.reload import PolicyReloader
 from gateway.policy.spec import PolicySpec
 from gateway.routes import add_routes
@@ -147,6 +149,13 @@ def _limiter(settings: Settings, metrics: Metrics,
     return limiter, close
 
 
+def _uses_embedding(policies: Path) -> bool:
+    try:
+        return load_policy(policies).classifiers.embedding.enabled
+    except PolicyError:
+        return True  # the reloader reports it; a policy fixed later may want the model
+
+
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
     settings, metrics = app[SETTINGS], app[METRICS]
     # limit=0: no connection cap, so hundreds of concurrent streams never queue here.
@@ -159,7 +168,8 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         limiter, close_limiter = _limiter(settings, metrics)
         app[LIMITER] = limiter
         classify = ClassifyRuntime(metrics, session)
-        await classify.start()  # loads the embedding model once, when the ml extra is there
+        # The embedding model (hundreds of MB) loads once, and only for a policy that uses it.
+        await classify.start(load_model=_uses_embedding(settings.policies))
         app[CLASSIFY] = classify
         rt = Runtime(settings=settings, metrics=metrics, auth=auth, limiter=limiter,
                      watermark=app[WATERMARK], classify=classify,

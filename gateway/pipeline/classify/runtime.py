@@ -60,7 +60,9 @@ class ClassifyRuntime:
         if load_model:
             await self.embedder.start()
         elif not self.embedder.ready and self.embedder.unavailable is None:
-            self.embedder.unavailable = "the embedding model was not loaded (load_model=False)"
+            self.embedder.unavailable = ("the embedding model loads at start-up, and the "
+                                         "policy the gateway started with does not use it: "
+                                         "restart the gateway to enable it")
         self.ready = True
 
     async def close(self) -> None:
