@@ -23,7 +23,7 @@ from tests.conftest import ROOT, MintToken, Process
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_headers_conformance", "response_schema_conformance", "unsupported_method")
 HOOKS = Path(__file__).parent / "hardening" / "st_hooks.py"
-EXAMPLES, CHAT_EXAMPLES = 480, 400  # per operation: some 3,000 cases in all
+EXAMPLES, CHAT_EXAMPLES = 560, 460  # per operation: some 3,200 cases in all
 # The trusted tier with short answers: a few thousand generations stay fast, and a
 # request for more than the cap is clamped (answered), not refused.
 TRUSTED_CAPS = ("      max_tokens: 32768\n      default_max_tokens: 2048\n      n: 16\n",
@@ -89,7 +89,7 @@ def test_every_response_conforms_and_none_is_a_server_error(
     for run, output in zip(runs, outputs, strict=True):
         assert run.returncode == 0, output[-4000:]
     cases = sum(_generated(output) for output in outputs)
-    assert cases >= 2800, outputs
+    assert cases >= 3000, outputs
     answered, streamed = _statuses(gw.url)
     assert not [k for k in answered if k[1].startswith("5")], answered
     # Conformance of success bodies was checked only if there were successes to check.
