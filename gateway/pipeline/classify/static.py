@@ -30,6 +30,7 @@ from gateway.pipeline.classify.head import Floats
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _WORDS = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
 _CACHED_WORDS = 1 << 16
+_CACHED_WORD_CHARS = 100  # WordPiece makes a longer word [UNK]: not worth a cache entry
 
 
 class StaticEncoder:
@@ -64,7 +65,7 @@ class StaticEncoder:
             found = pieces.get(word)
             if found is None:
                 found = [token.id for token in self._tokenizer.model.tokenize(word)]
-                if len(pieces) < _CACHED_WORDS:
+                if len(pieces) < _CACHED_WORDS and len(word) <= _CACHED_WORD_CHARS:
                     pieces[word] = found
             ids.extend(found)
         return ids

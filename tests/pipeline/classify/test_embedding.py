@@ -194,7 +194,8 @@ def test_static_tokens_match_the_tokenizer(embedder: Embedder) -> None:
     texts = [e.text for e in read_examples(DATA / "examples.txt")]
     texts += ["".join(rng.choice([chr(c) for c in range(128)]) for _ in range(rng.randint(0, 40)))
               for _ in range(3000)]
-    texts += ["naïve café", "Ünïcödé and ASCII", "tab\tand\nnew\rlines", "snake_case__x"]
+    texts += ["naïve café", "Ünïcödé and ASCII", "tab\tand\nnew\rlines", "snake_case__x",
+              "a" * 150 + " word " + "b" * 100, "a" * 150 + " again"]
     for text in texts:
         expected = tokenizer.encode(text, add_special_tokens=False).ids or [static._unknown]
         assert static.ids(text, 10_000) == expected, repr(text)
