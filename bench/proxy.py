@@ -35,19 +35,12 @@ from typing import Any
 import aiohttp
 import orjson
 from procs import MODEL, cpu_seconds, free_port, policy_copy, rss_mib, start, start_command, stop
+from stack import EDITS
 
 from gateway.devkeys import mint_token
 
 HERE = Path(__file__).resolve().parent
 CHAT = "/v1/chat/completions"
-
-
-def _bare(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
-    trusted = tiers["tiers"]["trusted"]
-    trusted.pop("limits", None)
-    trusted["watermark"] = {"payload": False, "ledger": False}
-    for name in ("rules", "structure", "embedding", "moderation"):
-        classifiers["classifiers"].setdefault(name, {})["enabled"] = False
 
 
 def _full(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
@@ -182,7 +175,7 @@ async def main(args: argparse.Namespace) -> None:
                                      url + "/health", home)
                 relays.append(Relay(name, url, proc.pid))
             else:
-                tier, edit = ("trusted", _bare) if name == "bare" else ("public", _full)
+                tier, edit = ("trusted", EDITS["bare"]) if name == "bare" else ("public", _full)
                 policies = policy_copy(Path(home) / f"policies-{name}", edit)
                 proc = start(["serve", "--port", port, "--upstream", sim_url],
                              url + "/readyz", home, timeout_s=120, GATEWAY_POLICIES=policies)

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
-from gateway.audit.record import GENESIS, AuditRecord, ChainedRecord, seal
+from gateway.audit.record import AuditRecord, ChainedRecord, seal_batch
 from gateway.audit.store import INDEXED, QueryFilter, StoredRow, record_from_body, where_clause
 
 SCHEMES = ("postgresql", "postgres")
@@ -135,17 +135,7 @@ class PostgresStore:
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK,))
             head = db.execute("SELECT seq, hash FROM gateway_audit "
                               "ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (int(head[0]), str(head[1])) if head else (0, GENESIS)
-            sealed: list[ChainedRecord] = []
-            rows = []
-            for record in records:
-                seq += 1
-                body, chained = seal(seq, record, prev)
-                prev = chained.hash
-                sealed.append(chained)
-                rows.append((seq, record.time, record.request_id, record.key_id, record.tier,
-                             record.decision, record.status, body, chained.prev_hash,
-                             chained.hash))
+            sealed, rows = seal_batch(records, (int(head[0]), str(head[1])) if head else None)
             # COPY: several times faster than executemany at the writer's batch sizes.
             with db.cursor() as cur, cur.copy(_COPY) as copy:
                 for row in rows:

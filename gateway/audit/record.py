@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -100,6 +100,26 @@ def chain_hash(prev_hash: str, body: bytes) -> str:
 def seal(seq: int, record: AuditRecord, prev_hash: str) -> tuple[bytes, ChainedRecord]:
     body = canonical(seq, record)
     return body, ChainedRecord(seq, record, prev_hash, chain_hash(prev_hash, body))
+
+
+Row = tuple[int, float, str, str, str, str, int, bytes, str, str]
+
+
+def seal_batch(records: Sequence[AuditRecord], head: tuple[int, str] | None,
+               ) -> tuple[list[ChainedRecord], list[Row]]:
+    """Chain `records` after the stored head (seq, hash), or from GENESIS on an empty log:
+    the sealed records and their rows in the audit table's column order."""
+    seq, prev = head if head is not None else (0, GENESIS)
+    sealed: list[ChainedRecord] = []
+    rows: list[Row] = []
+    for record in records:
+        seq += 1
+        body, chained = seal(seq, record, prev)
+        prev = chained.hash
+        sealed.append(chained)
+        rows.append((seq, record.time, record.request_id, record.key_id, record.tier,
+                     record.decision, record.status, body, chained.prev_hash, chained.hash))
+    return sealed, rows
 
 
 class AuditKeys:

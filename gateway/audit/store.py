@@ -19,7 +19,7 @@ from typing import Protocol
 
 import orjson
 
-from gateway.audit.record import GENESIS, AuditRecord, ChainedRecord, seal
+from gateway.audit.record import AuditRecord, ChainedRecord, seal_batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,17 +127,7 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             head = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (int(head[0]), str(head[1])) if head else (0, GENESIS)
-            sealed: list[ChainedRecord] = []
-            rows = []
-            for record in records:
-                seq += 1
-                body, chained = seal(seq, record, prev)
-                prev = chained.hash
-                sealed.append(chained)
-                rows.append((seq, record.time, record.request_id, record.key_id, record.tier,
-                             record.decision, record.status, body, chained.prev_hash,
-                             chained.hash))
+            sealed, rows = seal_batch(records, (int(head[0]), str(head[1])) if head else None)
             db.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             db.execute("COMMIT")
         except BaseException:
