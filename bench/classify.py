@@ -108,6 +108,13 @@ def _static_only(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
     classifiers["classifiers"]["embedding"]["contextual_band"] = [0.5, 0.5]
 
 
+def _serial(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
+    """The shipped cascade without `overlap`: the model's time is not overlapped with the
+    upstream's."""
+    _unmoderated(tiers, classifiers)
+    classifiers["classifiers"]["overlap"] = False
+
+
 def _unclassified(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
     _unmoderated(tiers, classifiers)
     for name in ("rules", "structure", "embedding"):
@@ -115,7 +122,7 @@ def _unclassified(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
 
 
 VARIANTS = {"off": _unclassified, "default_cascade": _unmoderated,
-            "static_only": _static_only}
+            "cascade_without_overlap": _serial, "static_only": _static_only}
 
 
 async def _through(url: str, token: str, texts: list[str], concurrency: int,
@@ -179,7 +186,7 @@ async def gateway_on_off(args: argparse.Namespace) -> dict[str, Any]:
     results = {name: {k: round(statistics.median(r[k] for r in rs), 2) for k in rs[0]}
                for name, rs in runs.items()}
     off = results["off"]
-    for name in ("default_cascade", "static_only"):
+    for name in ("default_cascade", "cascade_without_overlap", "static_only"):
         results[name]["added_p50_ms"] = round(results[name]["p50_ms"] - off["p50_ms"], 2)
         results[name]["added_p99_ms"] = round(results[name]["p99_ms"] - off["p99_ms"], 2)
     return {"rounds": rounds, "per_round": per_round, "figures": "median over rounds",

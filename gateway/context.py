@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from gateway.lifecycle import Lifecycle
     from gateway.metrics import Metrics
-    from gateway.pipeline import PipelineRef
+    from gateway.pipeline import Decision, PipelineRef
     from gateway.pipeline.classify import ClassifyRuntime
     from gateway.pipeline.classify.verdict import Verdict
     from gateway.pipeline.ratelimit import Limiter
@@ -74,6 +75,11 @@ class RequestContext:
     # Called once when the response has ended, however it ended (refund unused tokens).
     settle: Callable[[], object] | None = None
     verdict: Verdict | None = None  # set by the classify stage
+    # Overlap (see routes): the classify stage's late Decision, and the gate the relay
+    # waits at before the client sees anything; held_s is how long it waited there.
+    pending: asyncio.Task[Decision] | None = None
+    gate: asyncio.Future[None] | None = None
+    held_s: float = 0.0
     limit: str = "none"  # admitted | refused:<kind> | none, set by the ratelimit stage
     watermark_key_id: str | None = None
     audited: bool = False  # the audit record has been written
@@ -84,6 +90,17 @@ class RequestContext:
     response_model: str | None = None
     finish_reasons: tuple[str, ...] = ()
     status: int | None = None  # the status audited and logged (a broken stream's error)
+
+    async def hold(self) -> None:
+        """Called by the relay before the client's response begins: waits for a verdict
+        still being reached, if any."""
+        gate = self.gate
+        if gate is not None and not gate.done():
+            started = time.perf_counter()
+            await gate
+            self.held_s = time.perf_counter() - started
+            self.overhead_s += self.held_s
+            self.response_headers["x-gateway-overhead-ms"] = f"{self.overhead_s * 1000:.2f}"
 
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")

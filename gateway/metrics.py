@@ -128,6 +128,11 @@ class Metrics:
         self.classifier_errors = Counter(
             "gateway_classifier_errors", "Classifier failures or time-outs, by outcome.",
             ["classifier", "outcome"], registry=registry)
+        self.classifier_hold = Histogram(
+            "gateway_classifier_hold_seconds",
+            "Overlapped classification: how long an answer ready upstream waited for the "
+            "verdict before it was released (0 when the verdict came first).",
+            buckets=(0.0, *OVERHEAD_BUCKETS, 0.25, 0.5, 1.0), registry=registry)
         self.output_blocks = Counter(
             "gateway_output_blocks", "Responses cut by output moderation.",
             ["tier", "category"], registry=registry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from typing import Any
@@ -26,12 +27,13 @@ from gateway.context import (
     Principal,
     RequestContext,
     Route,
+    Usage,
 )
 from gateway.errors import (
     Forbidden,
 )
 from gateway.openapi import document
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Decision, Pipeline
 from gateway.pipeline.upstream.relay import StreamRelay, relay_json
 from gateway.pipeline.watermark.filters import provenance_header, vllm_xargs
 from gateway.pipeline.watermark.provenance import HEADER as PROVENANCE
@@ -57,19 +59,62 @@ async def _proxy(request: web.Request, route: Route) -> web.StreamResponse:
     ctx = RequestContext(request_id=request[REQUEST_ID], route=route, body=body, model="",
                          principal=principal, traceparent=request.get(TRACEPARENT))
     request[CONTEXT] = ctx
-    decision = await pipeline.check(ctx)
+    try:
+        decision = await pipeline.check(ctx)
+        _apply(ctx, decision)
+        ctx.overhead_s += time.perf_counter() - started
+        ctx.response_headers["x-gateway-overhead-ms"] = f"{ctx.overhead_s * 1000:.2f}"
+        app[METRICS].overhead.labels(route).observe(ctx.overhead_s)
+        try:
+            if ctx.pending is None:
+                return await _forward(request, ctx, pipeline)
+            return await _overlapped(request, ctx, pipeline, ctx.pending)
+        finally:
+            _finish(request, ctx)
+    finally:
+        if ctx.pending is not None:
+            _discard(ctx.pending)
+
+
+def _apply(ctx: RequestContext, decision: Decision) -> None:
+    """Raise the refusal, or note the decision (a flag is told in a header)."""
     ctx.decision = decision.label
     if decision.error is not None:
         raise decision.error
     if decision.label == "flag":
         ctx.response_headers["x-gateway-decision"] = "flag"
-    ctx.overhead_s += time.perf_counter() - started
-    ctx.response_headers["x-gateway-overhead-ms"] = f"{ctx.overhead_s * 1000:.2f}"
-    app[METRICS].overhead.labels(route).observe(ctx.overhead_s)
+
+
+async def _overlapped(request: web.Request, ctx: RequestContext, pipeline: Pipeline,
+                      pending: asyncio.Task[Decision]) -> web.StreamResponse:
+    """The expensive classifiers are still deciding (`overlap`): the request goes upstream
+    meanwhile, and the relay holds the answer, headers included, at `ctx.gate` until the
+    verdict. A refusal cancels the upstream request (vLLM aborts the generation); the
+    client sees exactly what it would have seen without the overlap."""
+    ctx.gate = asyncio.get_running_loop().create_future()
+    forward = asyncio.ensure_future(_forward(request, ctx, pipeline))
     try:
-        return await _forward(request, ctx, pipeline)
-    finally:
-        _finish(request, ctx)
+        await asyncio.wait((forward, pending), return_when=asyncio.FIRST_COMPLETED)
+        decision = await pending
+    except BaseException:
+        forward.cancel()
+        raise
+    if decision.error is not None:
+        forward.cancel()
+        await asyncio.wait((forward,))
+        _discard(forward)  # the refusal is the answer, whatever the upstream did
+        ctx.usage = Usage()  # as a refusal before forwarding: nothing was delivered
+    _apply(ctx, decision)
+    ctx.gate.set_result(None)
+    return await forward
+
+
+def _discard(task: asyncio.Future[Any]) -> None:
+    """Cancel a task no longer wanted; a finished one's exception counts as retrieved."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
 
 
 async def _forward(request: web.Request, ctx: RequestContext,
@@ -102,6 +147,8 @@ def _finish(request: web.Request, ctx: RequestContext) -> None:
     if ctx.settle is not None:
         ctx.settle()
     metrics = request.app[METRICS]
+    if ctx.gate is not None and ctx.gate.done() and not ctx.gate.cancelled():
+        metrics.classifier_hold.observe(ctx.held_s)
     if ctx.usage.prompt_tokens or ctx.usage.completion_tokens:
         metrics.tokens.labels(ctx.tier, "prompt").inc(ctx.usage.prompt_tokens)
         metrics.tokens.labels(ctx.tier, "completion").inc(ctx.usage.completion_tokens)

@@ -220,6 +220,7 @@ def _classifiers(raw: dict[str, Any], docs: dict[str, Located], directory: Path,
     return ClassifiersSpec(
         roles=tuple(raw.get("roles") or ("user",)),
         unverified_category=raw.get("unverified_category", "unverified"),
+        overlap=raw.get("overlap", True),
         rules=RulesSpec(enabled=rules.get("enabled", True), patterns=_patterns(
             rules.get("patterns") or [], docs.get("rules"), ("classifiers", "rules", "patterns"),
             None)),

@@ -170,6 +170,10 @@ class ModerationSpec:
 class ClassifiersSpec:
     roles: tuple[str, ...] = ("user",)  # chat roles whose text is classified
     unverified_category: str = "unverified"  # what fail-closed errors score 1.0 on
+    # The expensive classifiers' time overlaps the upstream's: the request is forwarded
+    # while they run and nothing of the answer leaves before their verdict (a block
+    # cancels the generation). False: the upstream sees only prompts already allowed.
+    overlap: bool = True
     rules: RulesSpec = field(default_factory=RulesSpec)
     structure: StructureSpec = field(default_factory=StructureSpec)
     embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)

@@ -3,7 +3,9 @@
 Order: the *cheap* classifiers (rules, structure: microseconds, inline) run first; when
 their scores already make the tier's action `block`, or the tier allows every category
 (nothing the model says could change the action), the expensive ones (embedding, guard)
-are skipped. Otherwise the expensive ones run concurrently, each under its own
+are skipped. Next each expensive one may answer at once (`quick`: the embedding
+cascade's static head when it is sure). Those that cannot run concurrently
+(`Chain.rest`, which the classify stage may overlap with the upstream), each under its own
 `timeout_s`; a time-out or an error either adds nothing (`on_error: open`) or scores the
 unverified category 1.0 (`on_error: closed`), and is reported in `Scored.errors` as
 (classifier, outcome) with outcome one of timeout_open, timeout_closed, error_open,
@@ -38,11 +40,19 @@ class Classifier(Protocol):
     async def score(self, text: PromptText) -> dict[str, float]: ...
 
 
+class Expensive(Classifier, Protocol):
+    """A classifier that may have to wait (a model, a remote guard)."""
+
+    def quick(self, text: PromptText) -> dict[str, float] | None:
+        """Its scores when they can be had at once, without waiting; else None."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Guarded:
     """An expensive classifier with its time budget and failure mode."""
 
-    classifier: Classifier
+    classifier: Expensive
     timeout_s: float
     on_error: OnError
 
@@ -52,6 +62,15 @@ class Scored:
     verdict: Verdict
     durations: Mapping[str, float]  # seconds per classifier that ran
     errors: tuple[tuple[str, str], ...]  # (classifier, outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """The first part of a run: final when nothing is `waiting` for `Chain.rest`."""
+
+    scored: Scored
+    results: list[dict[str, float]]
+    waiting: tuple[Guarded, ...]
 
 
 def _allows_everything(tier: TierSpec | None) -> bool:
@@ -80,24 +99,50 @@ class Chain:
         return (await self.run(text, tier)).verdict
 
     async def run(self, text: PromptText, tier: TierSpec | None) -> Scored:
+        first = await self.first(text, tier)
+        return await self.rest(first, text, tier) if first.waiting else first.scored
+
+    async def first(self, text: PromptText, tier: TierSpec | None) -> Partial:
+        """The cheap classifiers and the expensive ones' quick answers: final, or the
+        expensive classifiers that must still run (`Chain.rest`)."""
         results: list[dict[str, float]] = []
         durations: dict[str, float] = {}
-        errors: list[tuple[str, str]] = []
         if text.opaque:
             results.append({self.unverified: 1.0})
         for classifier in self.cheap:
             started = time.perf_counter()
             results.append(await classifier.score(text))
             durations[classifier.name] = time.perf_counter() - started
-        ran = list(durations)
-        early = verdict(combine(results), self.categories, tier, tuple(ran))
+        early = verdict(combine(results), self.categories, tier, tuple(durations))
         if early.action == "block" or not self.expensive or _allows_everything(tier):
-            return Scored(early, durations, ())
-        if len(self.expensive) == 1:  # the usual case: no task to schedule, no loop turn
-            outcomes = [await self._guarded(self.expensive[0], text)]
+            return Partial(Scored(early, durations, ()), results, ())
+        waiting: list[Guarded] = []
+        for g in self.expensive:
+            started = time.perf_counter()
+            quick = g.classifier.quick(text)
+            if quick is None:
+                waiting.append(g)
+                continue
+            results.append(quick)
+            durations[g.classifier.name] = time.perf_counter() - started
+        if len(waiting) < len(self.expensive):
+            early = verdict(combine(results), self.categories, tier, tuple(durations))
+        if early.action == "block":  # scores are combined by max: nothing can lower it
+            waiting.clear()
+        return Partial(Scored(early, durations, ()), results, tuple(waiting))
+
+    async def rest(self, first: Partial, text: PromptText, tier: TierSpec | None) -> Scored:
+        """The expensive classifiers that had no quick answer, combined with the rest."""
+        results = list(first.results)
+        durations = dict(first.scored.durations)
+        ran = list(durations)
+        errors: list[tuple[str, str]] = []
+        waiting = first.waiting
+        if len(waiting) == 1:  # the usual case: no task to schedule, no loop turn
+            outcomes = [await self._guarded(waiting[0], text)]
         else:
-            outcomes = await asyncio.gather(*(self._guarded(g, text) for g in self.expensive))
-        for g, (scores, seconds, outcome) in zip(self.expensive, outcomes, strict=True):
+            outcomes = await asyncio.gather(*(self._guarded(g, text) for g in waiting))
+        for g, (scores, seconds, outcome) in zip(waiting, outcomes, strict=True):
             durations[g.classifier.name] = seconds
             if outcome is None:
                 ran.append(g.classifier.name)

@@ -312,6 +312,14 @@ class EmbeddingClassifier:
                 texts.append(value)
         return texts
 
+    def quick(self, text: PromptText) -> dict[str, float] | None:
+        """The static head's scores when it is sure of them; None: the model must decide."""
+        texts = self._inputs(text)
+        if not texts:
+            return {}
+        static, sure = self._static_scores(texts)
+        return self._count("static", static) if static is not None and sure else None
+
     async def score(self, text: PromptText) -> dict[str, float]:
         texts = self._inputs(text)
         if not texts:

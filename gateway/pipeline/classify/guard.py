@@ -159,6 +159,9 @@ class GuardClassifier:
             probability = 1.0 if unsafe else 0.0
         return unsafe, codes, probability
 
+    def quick(self, text: PromptText) -> None:
+        return None  # always a round trip to the guard model
+
     async def score(self, text: PromptText) -> dict[str, float]:
         if not text.full.strip():
             return {}

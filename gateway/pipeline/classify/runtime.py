@@ -120,7 +120,8 @@ class ClassifyRuntime:
     def stage(self, policy: PolicySpec) -> ClassifyStage:
         if self.metrics is None:
             raise ClassifyConfigError("ClassifyRuntime.stage needs metrics")
-        return ClassifyStage(self.build_chain(policy), self.metrics)
+        return ClassifyStage(self.build_chain(policy), self.metrics,
+                             overlap=policy.classifiers.overlap)
 
     def output_check(self, policy: PolicySpec) -> OutputCheck | None:
         """The output moderation check for this policy, or None when it checks nothing."""

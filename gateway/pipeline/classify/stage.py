@@ -8,6 +8,11 @@ record and the decision header, counts metrics, and:
 - `flag`: allowed, label "flag" (the app adds `x-gateway-decision: flag`).
 - `allow`: ALLOW.
 
+When the expensive classifiers must still run (the cascade's static head was unsure, or a
+guard model is configured) and the policy says `overlap`, the stage does not wait for
+them: it sets `ctx.pending` (a task that ends in the Decision) and allows provisionally;
+the route forwards the request meanwhile and releases nothing before the verdict.
+
 Metrics: `classifier_duration{classifier}` per classifier that ran,
 `classifier_errors{classifier, outcome}` per failure, and `classifier_decisions{tier,
 category, action}` once per matched category with the request's action (`benign` when
@@ -16,12 +21,14 @@ none matched).
 
 from __future__ import annotations
 
+import asyncio
+
 from gateway.context import RequestContext
 from gateway.errors import BadRequest
 from gateway.metrics import Metrics
 from gateway.pipeline import ALLOW, Decision, deny
-from gateway.pipeline.classify.chain import Chain
-from gateway.pipeline.classify.text import prompt_text
+from gateway.pipeline.classify.chain import Chain, Partial, Scored
+from gateway.pipeline.classify.text import PromptText, prompt_text
 from gateway.pipeline.classify.verdict import BENIGN
 
 FLAG = Decision(True, None, "flag")
@@ -30,9 +37,10 @@ FLAG = Decision(True, None, "flag")
 class ClassifyStage:
     name = "classify"
 
-    def __init__(self, chain: Chain, metrics: Metrics) -> None:
+    def __init__(self, chain: Chain, metrics: Metrics, *, overlap: bool = False) -> None:
         self.chain = chain
         self.metrics = metrics
+        self.overlap = overlap
 
     async def check(self, ctx: RequestContext) -> Decision:
         if ctx.route == "embeddings":
@@ -40,7 +48,19 @@ class ClassifyStage:
         text = prompt_text(ctx, self.chain.roles)
         if not (self.chain.cheap or self.chain.expensive or text.opaque):
             return ALLOW  # nothing configured to classify with: no verdict to record
-        scored = await self.chain.run(text, ctx.tier_spec)
+        first = await self.chain.first(text, ctx.tier_spec)
+        if not first.waiting:
+            return self._decide(ctx, first.scored)
+        if not self.overlap:
+            return self._decide(ctx, await self.chain.rest(first, text, ctx.tier_spec))
+        ctx.verdict = first.scored.verdict  # until the late one replaces it
+        ctx.pending = asyncio.ensure_future(self._late(ctx, first, text))
+        return ALLOW
+
+    async def _late(self, ctx: RequestContext, first: Partial, text: PromptText) -> Decision:
+        return self._decide(ctx, await self.chain.rest(first, text, ctx.tier_spec))
+
+    def _decide(self, ctx: RequestContext, scored: Scored) -> Decision:
         verdict = scored.verdict
         ctx.verdict = verdict
         for name, seconds in scored.durations.items():

@@ -90,6 +90,7 @@ async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
     _record_answer(ctx, data)  # after the filters: a blocked choice ends in content_filter
     if headers_for is not None and ctx.route != "embeddings":
         ctx.response_headers.update(headers_for(_texts(ctx, data)))
+    await ctx.hold()  # a verdict still being reached (overlap)
     return web.Response(body=raw, content_type="application/json",
                         headers=ctx.response_headers)
 
@@ -259,6 +260,7 @@ class StreamRelay:
 
     async def _send(self, data: bytes) -> None:
         if self.response is None:
+            await self._ctx.hold()  # a verdict still being reached (overlap)
             self.response = web.StreamResponse(headers={**SSE_HEADERS,
                                                         **self._ctx.response_headers})
             await self.response.prepare(self._request)

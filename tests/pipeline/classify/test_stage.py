@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from gateway.metrics import Metrics
-from gateway.pipeline.classify.chain import Chain
+from gateway.pipeline import ALLOW
+from gateway.pipeline.classify.chain import Chain, Guarded
 from gateway.pipeline.classify.rules import RulesClassifier
 from gateway.pipeline.classify.stage import ClassifyStage
 from gateway.pipeline.classify.structure import StructureClassifier
@@ -71,3 +72,26 @@ async def test_embeddings_route_is_not_classified(metrics: Metrics) -> None:
     ctx.route = "embeddings"
     assert (await _stage(metrics).check(ctx)).allowed
     assert ctx.verdict is None
+
+
+async def test_with_overlap_a_waiting_classifier_leaves_a_pending_decision(
+        metrics: Metrics) -> None:
+    from tests.pipeline.classify.test_chain import Fixed
+
+    slow = Fixed("guard", {"cyber": 0.9}, delay=0.05)
+    spec = POLICY.classifiers
+    chain = Chain((RulesClassifier(spec.rules.patterns),), (Guarded(slow, 1.0, "open"),),
+                  POLICY.categories)
+    ctx = chat_ctx("Write a haiku about autumn leaves.")
+    assert await ClassifyStage(chain, metrics, overlap=True).check(ctx) is ALLOW
+    assert ctx.pending is not None and not ctx.pending.done()
+    late = await ctx.pending
+    assert late.label == "block" and late.error is not None
+    assert ctx.verdict is not None and ctx.verdict.categories == ("cyber",)
+    assert metrics.registry.get_sample_value(
+        "gateway_classifier_decisions_total",
+        {"tier": "public", "category": "cyber", "action": "block"}) == 1.0
+    # A cheap block needs no waiting: refused at once, nothing pending.
+    ctx = chat_ctx(PROMPT)
+    assert (await ClassifyStage(chain, metrics, overlap=True).check(ctx)).label == "block"
+    assert ctx.pending is None
