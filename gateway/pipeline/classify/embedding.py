@@ -357,6 +357,8 @@ class EmbeddingClassifier:
 
 
 def _max_per_category(rows: list[dict[str, float]]) -> dict[str, float]:
+    if len(rows) == 1:  # one input (a one-message chat): nothing to merge
+        return rows[0]
     scores: dict[str, float] = {}
     for row in rows:
         for category, value in row.items():

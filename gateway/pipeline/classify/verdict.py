@@ -41,8 +41,10 @@ def combine(results: Iterable[Mapping[str, float]]) -> dict[str, float]:
         for category, score in result.items():
             if category == BENIGN:
                 continue
-            value = min(1.0, max(0.0, float(score)))
-            if value > scores.get(category, 0.0) or category not in scores:
+            # Clamped by comparison (per request, per category: no min/max calls); NaN -> 0.
+            value = 1.0 if score >= 1.0 else float(score) if score > 0.0 else 0.0
+            old = scores.get(category)
+            if old is None or value > old:
                 scores[category] = value
     scores[BENIGN] = 1.0 - max(scores.values(), default=0.0)
     return scores
