@@ -94,7 +94,8 @@ def build_pipeline(policy: PolicySpec, rt: Runtime) -> Pipeline:
         ShapeStage(),
         TierStage(policy, rt.cache_salt_secret, rt.counter),
         rt.classify.stage(policy),
-        RateLimitStage(rt.limiter, policy, rt.metrics),  # last: an admission must be settled
+        # last: an admission must be settled
+        RateLimitStage(rt.limiter, policy, rt.metrics, rt.counter),
     )
     return Pipeline(auth=rt.auth, stages=stages, output_filters=_output_filters(rt, policy),
                     policy=policy, version=policy.version)

@@ -1,8 +1,9 @@
 """Rate-limit stage: reserve tokens at admission; the response's end settles them.
 
-The reservation is the prompt (counted once by the tier stage) plus max_tokens for each
-of n choices. The tier stage has already set max_tokens to the tier's default when the
-client sent none, so a stream can never run past what was reserved.
+The reservation is the prompt (counted once, here or by the tier stage's cap, when a token
+limit applies) plus max_tokens for each of n choices. The tier stage has already set
+max_tokens to the tier's default when the client sent none, so a stream can never run
+past what was reserved.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from gateway.errors import RateLimited
 from gateway.metrics import Metrics
 from gateway.pipeline import ALLOW, Decision, deny
 from gateway.pipeline.ratelimit.limits import Admission, Limiter, Limits
+from gateway.pipeline.upstream.tokens import PromptCounter, count_prompt
 from gateway.policy.spec import PolicySpec
 
 
@@ -33,10 +35,12 @@ def reservation(ctx: RequestContext) -> int:
 class RateLimitStage:
     name = "ratelimit"
 
-    def __init__(self, limiter: Limiter, policy: PolicySpec, metrics: Metrics) -> None:
+    def __init__(self, limiter: Limiter, policy: PolicySpec, metrics: Metrics,
+                 counter: PromptCounter | None = None) -> None:
         self._limiter = limiter
         self._policy = policy
         self._metrics = metrics
+        self._counter = counter
 
     async def check(self, ctx: RequestContext) -> Decision:
         tier, principal = ctx.tier_spec, ctx.principal
@@ -46,6 +50,8 @@ class RateLimitStage:
                         spec.concurrent_requests or None, spec.tokens_per_day or None)
         if limits.unlimited:
             return ALLOW
+        if (limits.tokens_per_minute or limits.tokens_per_day) and ctx.route != "embeddings":
+            await count_prompt(ctx, self._counter)
         key = limit_key(principal.sub)
         admission = await self._limiter.admit(key, limits, reservation(ctx))
         # Only the per-minute budget is visible (x-ratelimit-remaining-tokens) to clamp to.

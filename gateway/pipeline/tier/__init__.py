@@ -15,7 +15,7 @@ from typing import Any
 from gateway.context import RequestContext
 from gateway.errors import Forbidden, shown
 from gateway.pipeline import ALLOW, Decision, deny
-from gateway.pipeline.upstream.tokens import PromptCounter, estimate
+from gateway.pipeline.upstream.tokens import PromptCounter, count_prompt
 from gateway.policy.spec import PolicySpec, RequestCaps, SystemPromptSpec, TierSpec
 
 
@@ -138,13 +138,14 @@ class TierStage:
         return ALLOW
 
     async def _check_prompt_tokens(self, ctx: RequestContext, tier: TierSpec) -> Decision:
-        """Count the prompt as forwarded (system prompt included) once, for caps and limits."""
-        if self._counter is not None:
-            await self._counter.count(ctx)
-        elif ctx.prompt_tokens is None:
-            ctx.prompt_tokens = estimate(ctx.body)
+        """The tier's prompt cap, on the prompt as forwarded (system prompt included).
+        Without a cap nothing is counted here: the rate-limit stage counts when its token
+        limits need it (a tokenizer call saved per request otherwise)."""
         cap = tier.request.max_prompt_tokens
-        if cap is not None and ctx.prompt_tokens is not None and ctx.prompt_tokens > cap:
+        if cap is None:
+            return ALLOW
+        await count_prompt(ctx, self._counter)
+        if ctx.prompt_tokens is not None and ctx.prompt_tokens > cap:
             return _refuse(f"tier '{tier.name}' allows at most {cap} prompt tokens; this "
                            f"prompt has {ctx.prompt_tokens}", "prompt_too_long", "messages")
         return ALLOW

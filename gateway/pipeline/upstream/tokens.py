@@ -47,6 +47,14 @@ def estimate(body: dict[str, Any]) -> int:
     return sum(math.ceil(len(p) / CHARS_PER_TOKEN) for p in prompt if isinstance(p, str))
 
 
+async def count_prompt(ctx: RequestContext, counter: PromptCounter | None) -> int:
+    """ctx.prompt_tokens, counted once: by the backend's tokenizer, else estimated."""
+    if ctx.prompt_tokens is None:
+        ctx.prompt_tokens = await counter.count(ctx) if counter is not None else estimate(
+            ctx.body)
+    return ctx.prompt_tokens
+
+
 class PromptCounter:
     def __init__(self, pool: Pool, session: aiohttp.ClientSession, timeout_s: float = 1.0,
                  cache_size: int = 4096) -> None:

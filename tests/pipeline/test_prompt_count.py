@@ -1,0 +1,101 @@
+"""The prompt is counted (a tokenizer round trip) only where a cap or a token limit needs it,
+and then once: the tier's prompt cap and the rate limiter's token reservation."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from gateway.context import Principal, RequestContext
+from gateway.metrics import Metrics
+from gateway.pipeline.ratelimit.memory import MemoryLimiter
+from gateway.pipeline.ratelimit.stage import RateLimitStage, reservation
+from gateway.pipeline.shape import ShapeStage
+from gateway.pipeline.tier import TierStage
+from gateway.pipeline.upstream.tokens import PromptCounter
+from gateway.policy.loader import load_policy
+from gateway.policy.spec import LimitsSpec, PolicySpec
+from tests.conftest import ROOT, chat
+
+POLICY = load_policy(ROOT / "policies")
+
+
+class CountingCounter(PromptCounter):
+    """Answers a fixed count and remembers how often it was asked (no backend)."""
+
+    def __init__(self, answer: int) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    async def _count(self, ctx: RequestContext) -> int:
+        self.calls += 1
+        return self.answer
+
+
+async def _ctx(tier: str, body: dict[str, Any]) -> RequestContext:
+    principal = Principal(sub="alice", tier=tier, expires_at=time.time() + 60)
+    ctx = RequestContext(request_id="r", route="chat", body=body, model="",
+                         principal=principal)
+    assert (await ShapeStage().check(ctx)).allowed
+    return ctx
+
+
+def _with_limits(tier: str, **limits: int | None) -> PolicySpec:
+    spec = POLICY.tiers[tier]
+    tiers = {**POLICY.tiers, tier: replace(spec, limits=LimitsSpec(**limits))}
+    return replace(POLICY, tiers=tiers)
+
+
+async def _through(policy: PolicySpec, tier: str, counter: CountingCounter,
+                   ) -> tuple[RequestContext, Any]:
+    ctx = await _ctx(tier, chat("How tall is Mont Blanc?"))
+    decision = await TierStage(policy, b"s" * 32, counter).check(ctx)
+    if decision.allowed:
+        stage = RateLimitStage(MemoryLimiter(), policy, Metrics(CollectorRegistry()), counter)
+        decision = await stage.check(ctx)
+    return ctx, decision
+
+
+async def test_a_capped_tier_counts_and_refuses_a_prompt_over_its_cap() -> None:
+    cap = POLICY.tiers["public"].request.max_prompt_tokens
+    assert cap is not None
+    counter = CountingCounter(cap + 1)
+    ctx, decision = await _through(POLICY, "public", counter)
+    assert decision.error is not None and decision.error.code == "prompt_too_long"
+    assert counter.calls == 1
+    counter = CountingCounter(cap)
+    ctx, decision = await _through(POLICY, "public", counter)
+    assert decision.allowed
+    assert counter.calls == 1  # the cap's count is reused by the token reservation
+    assert reservation(ctx) == cap + ctx.body["max_tokens"]
+
+
+async def test_no_cap_and_no_token_limit_count_nothing() -> None:
+    assert POLICY.tiers["trusted"].request.max_prompt_tokens is None
+    counter = CountingCounter(10)
+    policy = _with_limits("trusted", requests_per_minute=100)
+    ctx, decision = await _through(policy, "trusted", counter)
+    assert decision.allowed
+    assert counter.calls == 0 and ctx.prompt_tokens is None
+
+
+async def test_a_token_limit_counts_the_prompt_once() -> None:
+    counter = CountingCounter(77)
+    for limits in ({"tokens_per_minute": 10_000}, {"tokens_per_day": 10_000}):
+        counter.calls = 0
+        ctx, decision = await _through(_with_limits("trusted", **limits), "trusted", counter)
+        assert decision.allowed
+        assert counter.calls == 1 and ctx.prompt_tokens == 77
+        assert reservation(ctx) == 77 + ctx.body["max_tokens"]
+
+
+async def test_without_a_tokenizer_the_estimate_counts() -> None:
+    ctx = await _ctx("trusted", chat("x" * 300))
+    policy = _with_limits("trusted", tokens_per_minute=10_000)
+    assert (await TierStage(policy, b"s" * 32).check(ctx)).allowed
+    stage = RateLimitStage(MemoryLimiter(), policy, Metrics(CollectorRegistry()))
+    assert (await stage.check(ctx)).allowed
+    assert ctx.prompt_tokens == 100 + 4  # ceil(300 / 3) + 4 per message
