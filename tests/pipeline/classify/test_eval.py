@@ -90,3 +90,15 @@ def test_unknown_tier(tmp_path: Path, rules_only: Path,
                    "--policies", str(rules_only)])
     assert run_eval(args) == 2
     assert "unknown tier 'gold'" in capsys.readouterr().err
+
+
+def test_the_cascade_model_gets_its_whole_timeout_when_measuring_quality() -> None:
+    from gateway.pipeline.classify.eval import unhurried
+    from tests.pipeline.classify.conftest import POLICY
+
+    serving = POLICY.classifiers.embedding
+    assert serving.contextual_timeout_s < serving.timeout_s  # the shipped serving budget
+    measured = unhurried(POLICY).classifiers.embedding
+    assert measured.contextual_timeout_s == serving.timeout_s
+    assert measured.contextual_band == serving.contextual_band
+    assert POLICY.classifiers.embedding.contextual_timeout_s == serving.contextual_timeout_s
