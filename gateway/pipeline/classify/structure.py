@@ -23,7 +23,7 @@ import binascii
 import re
 import unicodedata
 
-from gateway.pipeline.classify.rules import compile_patterns, match_scores
+from gateway.pipeline.classify.rules import any_of, compile_patterns, match_scores
 from gateway.pipeline.classify.text import PromptText, fold
 from gateway.policy.spec import StructureSpec
 
@@ -100,6 +100,7 @@ class StructureClassifier:
     def __init__(self, spec: StructureSpec) -> None:
         self.spec = spec
         self.phrases = compile_patterns(spec.phrases, ("prompt", "both"))
+        self.any_phrase = any_of(self.phrases)  # one search rules out every phrase
         self.output_phrases = compile_patterns(spec.phrases, ("output", "both"))
 
     def turns(self, text: str) -> int:
@@ -107,6 +108,9 @@ class StructureClassifier:
 
     def smuggling(self, text: str, encoded: bool = True) -> float:
         spec = self.spec
+        if text.isascii():  # no tag, bidi or zero-width character: only base64 is left
+            return spec.encoded_text_score if encoded and _encoded_text(
+                text, spec.base64_chars) else 0.0
         tags = len(_TAG.findall(text)) - sum(len(m.group()) for m in _FLAG_TAGS.finditer(text))
         if tags >= spec.tag_chars:
             return spec.smuggling_score
@@ -120,7 +124,7 @@ class StructureClassifier:
 
     def scores(self, text: PromptText) -> dict[str, float]:
         raw = text.full
-        phrase = match_scores(self.phrases, fold(raw)).get(JAILBREAK, 0.0)
+        phrase = match_scores(self.phrases, fold(raw), self.any_phrase).get(JAILBREAK, 0.0)
         many_shot = _ramp(self.turns(raw), self.spec.turns_low, self.spec.turns_high)
         score = max(phrase, many_shot, self.smuggling(raw))
         return {JAILBREAK: score} if score > 0 else {}

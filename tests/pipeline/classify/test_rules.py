@@ -136,8 +136,12 @@ def test_shipped_patterns_match_alike_with_and_without_ignorecase() -> None:
             assert bool(p.regex.search(text)) is bool(careful.search(text)), (p.spec.id, text)
 
 
-def test_the_joined_pattern_finds_what_any_pattern_finds() -> None:
-    patterns = compile_patterns(POLICY.classifiers.rules.patterns, ("prompt", "both"))
+@pytest.mark.parametrize("specs", [POLICY.classifiers.rules.patterns,
+                                   POLICY.classifiers.structure.phrases],
+                         ids=["rules", "structure-phrases"])
+def test_the_joined_pattern_finds_what_any_pattern_finds(
+        specs: tuple[PatternSpec, ...]) -> None:
+    patterns = compile_patterns(specs, ("prompt", "both"))
     joined = any_of(patterns)
     assert joined is not None
     for text in map(fold, _texts()):
