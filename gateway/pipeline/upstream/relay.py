@@ -179,10 +179,18 @@ class StreamRelay:
     async def _pump(self, upstream: aiohttp.ClientResponse) -> None:
         parser = SSEParser()
         loop = asyncio.get_running_loop()
+        idle = self._idle_s
+        # Moving the deadline on every chunk costs a timer handle each time; moving it only
+        # once it is nearer than `idle` keeps the silence allowed within [idle, idle + slack].
+        slack = min(1.0, idle / 10)
         try:
             async with asyncio.timeout(self._ttfb_s) as timer:
+                deadline = None
                 async for chunk in upstream.content.iter_any():
-                    timer.reschedule(loop.time() + self._idle_s)
+                    now = loop.time()
+                    if deadline is None or deadline - now < idle:
+                        deadline = now + idle + slack
+                        timer.reschedule(deadline)
                     out = await self._translate_all(parser.feed(chunk))
                     if out:
                         await self._send(b"".join(out))

@@ -126,6 +126,17 @@ async def test_stall_mid_stream_hits_idle_timeout(start_gateway: StartGateway, s
     await wait_until(lambda: sim.stats.aborted == 1)
 
 
+async def test_a_steady_stream_longer_than_the_idle_timeout_is_not_cut(
+        start_gateway: StartGateway, sim: Server, http: aiohttp.ClientSession) -> None:
+    # Gaps of 0.1 s, each under the 0.3 s idle limit, for about 2 s in all.
+    gateway = await start_gateway(sim.url, timeouts={"idle_s": 0.3})
+    status, raw, _ = await _post(http, gateway, chat("[[sim:tps=10]]", stream=True,
+                                                     max_tokens=20, ignore_eos=True))
+    assert status == 200
+    assert _events(raw)[-1] == b"[DONE]"
+    assert sim.stats.completed == 1
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_slow_first_token_is_504(start_gateway: StartGateway, sim: Server,
                                        http: aiohttp.ClientSession, stream: bool) -> None:
