@@ -4,8 +4,8 @@ Order: the *cheap* classifiers (rules, structure: microseconds, inline) run firs
 their scores already make the tier's action `block`, or the tier allows every category
 (nothing the model says could change the action), the expensive ones (embedding, guard)
 are skipped. Next each expensive one may answer at once (`quick`: the embedding
-cascade's static head when it is sure). Those that cannot run concurrently
-(`Chain.rest`, which the classify stage may overlap with the upstream), each under its own
+cascade's static head when it is sure). The others run concurrently (`Chain.rest`,
+which the classify stage may overlap with the upstream), each under its own
 `timeout_s`; a time-out or an error either adds nothing (`on_error: open`) or scores the
 unverified category 1.0 (`on_error: closed`), and is reported in `Scored.errors` as
 (classifier, outcome) with outcome one of timeout_open, timeout_closed, error_open,
