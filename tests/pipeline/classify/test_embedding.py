@@ -110,7 +110,8 @@ def _cascade(embedder: Embedder, band: tuple[float, float]
     from gateway.pipeline.classify.head import load_head
 
     metrics = Metrics(CollectorRegistry())
-    spec = EmbeddingSpec(enabled=True, contextual_band=band)
+    # These tests are about routing, not the time budget: a slow CI box must not time out.
+    spec = EmbeddingSpec(enabled=True, contextual_band=band, contextual_timeout_s=10.0)
     return embedding.EmbeddingClassifier(embedder, load_head(), spec, metrics), metrics
 
 
@@ -199,3 +200,26 @@ def test_static_tokens_match_the_tokenizer(embedder: Embedder) -> None:
     for text in texts:
         expected = tokenizer.encode(text, add_special_tokens=False).ids or [static._unknown]
         assert static.ids(text, 10_000) == expected, repr(text)
+
+
+async def test_the_model_path_reuses_the_quick_static_answer(
+        embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chain.first's quick() and Chain.rest's score() on the same unsure text: the static
+    head runs once, and the answer is what score() alone gives."""
+    classifier, _ = _cascade(embedder, (0.0, 1.0))  # every text is unsure
+    text = PromptText.of("Explain how phishing emails trick people.")
+    alone = await classifier.score(text)
+    calls = 0
+    static_scores = classifier._static_scores
+
+    def counted(texts: list[str]) -> tuple[dict[str, float] | None, bool]:
+        nonlocal calls
+        calls += 1
+        return static_scores(texts)
+
+    monkeypatch.setattr(classifier, "_static_scores", counted)
+    assert classifier.quick(text) is None
+    assert await classifier.score(text) == alone
+    assert calls == 1
+    assert await classifier.score(text) == alone  # nothing kept: computed afresh
+    assert calls == 2
