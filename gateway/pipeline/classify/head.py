@@ -9,8 +9,10 @@ decides otherwise.
 
 Score for category c = P(harm) * P(c | harm) / max_k P(k | harm): the most likely category
 carries the full harm probability (so its threshold is a threshold on P(harm)), the others
-keep their share relative to it. Both are trained by `gateway.pipeline.classify.train`;
-the weights ship as JSON (`data/head.json`, format `gateway-head/1`).
+keep their share relative to it. `layers` names the encoder layers whose pooled outputs
+make the input vector (embedding.py; a head without it reads the last). Both are trained
+by `gateway.pipeline.classify.train`; the weights ship as JSON (`data/head.json`, format
+`gateway-head/1`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import numpy as np
 import numpy.typing as npt
 
 FORMAT = "gateway-head/1"
+MAX_LAYER = 6  # all-MiniLM-L6-v2 has six
+WIDTH = 384  # its hidden size: one pooled layer
 Floats = npt.NDArray[np.float32]
 
 
@@ -42,6 +46,7 @@ class LinearHead:
     cat_b: Floats  # (k,)
     meta: dict[str, Any]
     fast: LinearHead | None = None  # the same heads over static vectors (static.py)
+    layers: tuple[int, ...] = (6,)  # the encoder layers whose pooled outputs it reads
 
     @property
     def dim(self) -> int:
@@ -74,7 +79,7 @@ class LinearHead:
         return {"format": FORMAT, "categories": list(self.categories),
                 "harm": {"w": rounded(self.harm_w), "b": round(self.harm_b, 6)},
                 "category": {"w": rounded(self.cat_w), "b": rounded(self.cat_b)},
-                "meta": self.meta,
+                "layers": list(self.layers), "meta": self.meta,
                 **({"fast": self.fast.to_json()} if self.fast is not None else {})}
 
     def save(self, path: Path) -> None:
@@ -110,10 +115,16 @@ def _parse(raw: Any, path: Path) -> LinearHead:
             harm_b=float(raw["harm"]["b"]),
             cat_w=np.asarray(raw["category"]["w"], dtype=np.float32),
             cat_b=np.asarray(raw["category"]["b"], dtype=np.float32),
-            meta=dict(raw.get("meta") or {}))
+            meta=dict(raw.get("meta") or {}),
+            layers=tuple(int(k) for k in raw.get("layers", (6,))))
     except (KeyError, TypeError, ValueError) as exc:
         raise HeadError(f"{path}: malformed embedding head: {exc}") from None
     k = len(head.categories)
     if head.cat_w.shape != (k, head.dim) or head.cat_b.shape != (k,):
         raise HeadError(f"{path}: head shapes do not match its {k} categories")
+    if not head.layers or any(not 1 <= layer <= MAX_LAYER for layer in head.layers):
+        raise HeadError(f"{path}: layers must be within 1..{MAX_LAYER}")
+    if head.dim != WIDTH * len(head.layers):
+        raise HeadError(f"{path}: a head over {len(head.layers)} layer(s) needs "
+                        f"{WIDTH * len(head.layers)} inputs, not {head.dim}")
     return head

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from gateway.pipeline.classify.embedding import MODEL_NAME, Encoder
-from gateway.pipeline.classify.head import Floats, LinearHead, default_head_path
+from gateway.pipeline.classify.head import MAX_LAYER, Floats, LinearHead, default_head_path
+from gateway.policy.spec import EmbeddingSpec
 
 DATA = Path(__file__).resolve().parent / "data"
 # The project's shared DEV set, when the checkout sits beside it (see data/DATA.md).
@@ -117,7 +118,7 @@ def fit_binary(x: Floats, y: Floats, l2: float, steps: int = 30) -> tuple[Floats
 
 
 def fit_softmax(x: Floats, labels: list[int], k: int, l2: float,
-                steps: int = 400, lr: float = 2.0) -> tuple[Floats, Floats]:
+                steps: int = 1500, lr: float = 2.0) -> tuple[Floats, Floats]:
     """Gradient descent on the L2-regularised softmax loss, classes balanced."""
     n, d = x.shape
     y = np.zeros((n, k))
@@ -189,17 +190,31 @@ def cascade_report(head: LinearHead, held: list[Example], vectors: Floats,
             "accuracy": round(right / len(held), 3)}
 
 
-def embed(texts: list[str], threads: int, cache: Path | None) -> Floats:
+def embed(texts: list[str], threads: int, cache: Path | None,
+          layers: tuple[int, ...]) -> Floats:
     known: dict[str, Floats] = {}
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
-            known = dict(zip(z["texts"].tolist(), z["vectors"], strict=True))
+            cached_layers = tuple(z["layers"].tolist()) if "layers" in z else (6,)
+            if cached_layers == layers:  # vectors of other layers are other features
+                known = dict(zip(z["texts"].tolist(), z["vectors"], strict=True))
     todo = [t for t in dict.fromkeys(texts) if t not in known]
     if todo:
-        known.update(zip(todo, Encoder(threads).encode(todo, MAX_TOKENS), strict=True))
+        known.update(zip(todo, Encoder(threads).encode(todo, MAX_TOKENS, layers), strict=True))
         if cache is not None:
-            np.savez(cache, texts=np.array(list(known)), vectors=np.stack(list(known.values())))
+            np.savez(cache, texts=np.array(list(known)), vectors=np.stack(list(known.values())),
+                     layers=np.array(layers))
     return np.stack([known[t] for t in texts]).astype(np.float32)
+
+
+def layer_list(value: str) -> tuple[int, ...]:
+    try:
+        layers = tuple(sorted({int(part) for part in value.split(",")}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of layers: {value}") from None
+    if not layers or layers[0] < 1 or layers[-1] > MAX_LAYER:
+        raise argparse.ArgumentTypeError(f"layers must be within 1..{MAX_LAYER}")
+    return layers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,17 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev", type=Path, default=None,
                         help="classify_dev.jsonl: also train on its MIT-licensed train half")
     parser.add_argument("--out", type=Path, default=default_head_path())
-    parser.add_argument("--l2-harm", type=float, default=3e-4)
-    parser.add_argument("--operating-point", type=float, default=0.55,
+    parser.add_argument("--l2-harm", type=float, default=1e-4)
+    parser.add_argument("--operating-point", type=float, default=0.6,
                         help="fitted P(harm) that maps to 0.5; chosen so the held-out benign "
                              "false-positive rate stays near 5%%")
-    parser.add_argument("--l2-cat", type=float, default=1e-3)
+    parser.add_argument("--l2-cat", type=float, default=1e-4)
     parser.add_argument("--l2-fast", type=float, default=1e-4,
                         help="L2 of the static fast head (its features are weaker, so it "
                              "needs less shrinkage)")
     parser.add_argument("--fast-operating-point", type=float, default=0.7,
                         help="the static head's own operating point (it is less calibrated "
                              "than the model's: 0.7 keeps benign FPR near 3%% on its own)")
+    parser.add_argument("--layers", type=layer_list, default=(2, 3, 4),
+                        help="encoder layers whose pooled outputs the head reads (default "
+                             "2,3,4: on held-out data they beat the last layer, and the "
+                             "model then runs 4 of its 6 layers)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--exclude-heldout", action="store_true",
                         help="leave the held-out split out of the written head too (to "
@@ -232,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = read_dev(args.dev) if args.dev is not None else []
     started = time.perf_counter()
     everything = examples + extra
-    vectors = embed([e.text for e in everything], args.threads, args.cache)
+    vectors = embed([e.text for e in everything], args.threads, args.cache, args.layers)
     print(f"embedded {len(everything)} texts in {time.perf_counter() - started:.1f}s",
           file=sys.stderr)
     train_idx = [i for i, e in enumerate(everything) if i >= len(examples) or not e.heldout]
@@ -245,13 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         fast = fit(rows, static[idx], args.l2_fast, args.l2_cat, {},
                    args.fast_operating_point)
         head = fit(rows, vectors[idx], args.l2_harm, args.l2_cat, meta, args.operating_point)
-        return replace(head, fast=fast)
+        return replace(head, fast=fast, layers=args.layers)
 
     probe = fit_both(train_idx, {})
     assert probe.fast is not None
     heldout = report(probe, held, vectors[held_idx])
     heldout_static = report(probe.fast, held, static[held_idx])
-    cascade = cascade_report(probe, held, vectors[held_idx], static[held_idx], (0.2, 0.8))
+    cascade = cascade_report(probe, held, vectors[held_idx], static[held_idx],
+                             EmbeddingSpec().contextual_band)
     print(f"held-out split ({len(held)} of {len(examples)} examples): model "
           f"{json.dumps(heldout)}\n  static head {json.dumps(heldout_static)}\n  "
           f"cascade {json.dumps(cascade)}")

@@ -223,3 +223,29 @@ async def test_the_model_path_reuses_the_quick_static_answer(
     assert calls == 1
     assert await classifier.score(text) == alone  # nothing kept: computed afresh
     assert calls == 2
+
+
+def test_layers_are_pooled_each_and_the_pass_stops_at_the_deepest() -> None:
+    encoder = embedding.Encoder(1)
+    text = ["The quick brown fox jumps over the lazy dog."]
+    last = encoder.encode(text)
+    mixed = encoder.encode(text, layers=(2, 3, 4))
+    assert mixed.shape == (1, 3 * 384)
+    np = pytest.importorskip("numpy")
+    assert np.linalg.norm(mixed) == pytest.approx(1.0, abs=1e-5)
+    # Each layer's block is its own pooled, normalised vector (times 1/sqrt(3)).
+    alone = encoder.encode(text, layers=(2,))
+    assert np.allclose(mixed[:, :384] * np.sqrt(3), alone, atol=1e-5)
+    # A shallow pass leaves the model whole for the next caller.
+    assert np.allclose(encoder.encode(text), last, atol=1e-6)
+    assert not np.allclose(alone, last, atol=1e-2)
+    with pytest.raises(ValueError, match="1..6"):
+        encoder.encode(text, layers=(7,))
+
+
+async def test_vectors_are_cached_per_layer_set(embedder: Embedder) -> None:
+    text = ["which layers does this vector come from"]
+    last = await embedder.embed(text)
+    mixed = await embedder.embed(text, layers=(2, 3, 4))
+    assert last.shape == (1, 384) and mixed.shape == (1, 1152)
+    assert (await embedder.embed(text, layers=(2, 3, 4)) == mixed).all()

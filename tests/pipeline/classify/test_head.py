@@ -14,7 +14,8 @@ from tests.pipeline.classify.conftest import POLICY  # noqa: E402
 
 def test_shipped_head_matches_the_taxonomy() -> None:
     head = load_head()
-    assert head.dim == 384
+    assert head.layers == (2, 3, 4) and head.dim == 384 * len(head.layers)
+    assert head.fast is not None and head.fast.dim == 384  # static vectors: one table
     assert set(head.categories) <= set(POLICY.categories) - {"benign", "unverified"}
     assert head.meta["encoder"] == "all-MiniLM-L6-v2"
     assert head.meta["examples"] >= 500
@@ -76,3 +77,20 @@ def test_predict_matches_the_documented_formula() -> None:
     # Extreme logits neither overflow nor leave [0, 1].
     far = head.predict((x[:1] * 1e4).astype(np.float32))[0]
     assert all(0.0 <= v <= 1.0 for v in far.values())
+
+
+def test_layers_must_exist_and_match_the_weights(tmp_path: Path) -> None:
+    import json
+
+    raw = load_head().to_json()
+    path = tmp_path / "head.json"
+    for layers, error in (([7], "within 1..6"), ([], "within 1..6"),
+                          ([2, 3], "needs 768 inputs, not 1152")):
+        path.write_text(json.dumps({**raw, "layers": layers}))
+        with pytest.raises(HeadError, match=error):
+            load_head(path)
+    # A head written before `layers` existed read the last layer: it still loads as such.
+    old = {**raw["fast"], "format": "gateway-head/1"}
+    del old["layers"]
+    path.write_text(json.dumps(old))
+    assert load_head(path).layers == (6,)
