@@ -32,3 +32,13 @@ def test_probes_are_not_training_examples() -> None:
     probes = [json.loads(line)["text"]
               for line in (DATA / "probes.jsonl").read_text().splitlines()]
     assert len(probes) >= 50 and not texts & set(probes)
+
+
+def test_the_fresh_evaluation_set_is_not_training_data() -> None:
+    import json
+
+    texts = {e.text.lower() for e in read_examples(DATA / "examples.txt")}
+    rows = [json.loads(line) for line in (DATA / "fresh.jsonl").read_text().splitlines()]
+    assert len(rows) >= 500 and not texts & {row["text"].lower() for row in rows}
+    assert {row["label"] for row in rows} == {"harmful", "benign"}
+    assert all(row["source"].startswith(("xs_", "chat_")) for row in rows)
