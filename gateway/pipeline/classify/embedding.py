@@ -43,7 +43,7 @@ from gateway.pipeline.classify.text import PromptText
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
-    from gateway.pipeline.classify.head import Floats, LinearHead
+    from gateway.pipeline.classify.head import Floats, Head
     from gateway.pipeline.classify.static import StaticEncoder
     from gateway.policy.spec import EmbeddingSpec
 
@@ -317,7 +317,7 @@ class EmbeddingClassifier:
     name = "embedding"
     cheap = False
 
-    def __init__(self, embedder: Embedder, head: LinearHead, spec: EmbeddingSpec,
+    def __init__(self, embedder: Embedder, head: Head, spec: EmbeddingSpec,
                  metrics: Metrics | None = None) -> None:
         self.embedder = embedder
         self.head = head

@@ -1,11 +1,13 @@
-"""The trained head on top of the sentence embedding: two small logistic models in numpy.
+"""The trained head on top of the sentence embedding: two small models in numpy.
 
-- `harm`: P(harmful | embedding), a binary logistic regression.
+- `harm`: P(harmful | embedding), logistic regression, optionally over one hidden ReLU
+  layer (`hidden`: the shipped contextual head has 128 units; on held-out data it ranks
+  harmful above benign better than the plain logistic model on the same inputs).
 - `category`: P(category | embedding, harmful), a softmax over the harmful categories.
 
-`fast` (optional): the same two models trained on the static token-table vectors
-(`static.py`), for the cascade: it decides alone when it is sure, the contextual model
-decides otherwise.
+`fast` (optional): the same two models (no hidden layer) trained on the static token-table
+vectors (`static.py`), for the cascade: it decides alone when it is sure, the contextual
+model decides otherwise.
 
 Score for category c = P(harm) * P(c | harm) / max_k P(k | harm): the most likely category
 carries the full harm probability (so its threshold is a threshold on P(harm)), the others
@@ -38,35 +40,46 @@ def default_head_path() -> Path:
 
 
 @dataclass(frozen=True)
-class LinearHead:
+class Head:
     categories: tuple[str, ...]
-    harm_w: Floats  # (dim,)
+    harm_w: Floats  # (dim,), or (h,) over the hidden layer
     harm_b: float
     cat_w: Floats  # (k, dim)
     cat_b: Floats  # (k,)
     meta: dict[str, Any]
-    fast: LinearHead | None = None  # the same heads over static vectors (static.py)
+    fast: Head | None = None  # the same heads over static vectors (static.py)
     layers: tuple[int, ...] = (6,)  # the encoder layers whose pooled outputs it reads
+    hidden_w: Floats | None = None  # (h, dim): harm = logistic(relu(x W' + b) . harm_w)
+    hidden_b: Floats | None = None  # (h,)
 
     @property
     def dim(self) -> int:
-        return int(self.harm_w.shape[0])
+        return int(self.cat_w.shape[1])
 
     @functools.cached_property
     def _stacked(self) -> tuple[Floats, Floats]:
-        """Both models' weights in one (dim, 1 + k) matrix and bias: one product per row."""
-        weights = np.ascontiguousarray(np.vstack([self.harm_w[None, :], self.cat_w]).T)
-        bias = np.concatenate([np.array([self.harm_b], dtype=np.float32), self.cat_b])
+        """Every weight that multiplies x in one (dim, k + 1 or k + h) matrix and bias: one
+        product per row; the categories' logits come first."""
+        first = self.harm_w[None, :] if self.hidden_w is None else self.hidden_w
+        first_b = np.array([self.harm_b]) if self.hidden_b is None else self.hidden_b
+        weights = np.ascontiguousarray(np.vstack([self.cat_w, first]).T)
+        bias = np.concatenate([self.cat_b, first_b])
         return weights.astype(np.float32), bias.astype(np.float32)
 
     def predict(self, x: Floats) -> list[dict[str, float]]:
         """Scores per category for each row of x (n, dim)."""
         weights, bias = self._stacked
+        k = len(self.categories)
         out = []
         for row in x:  # row by row: a row's scores do not depend on its batch
-            harm_logit, *logits = (row @ weights + bias).tolist()
+            product = row @ weights + bias
+            if self.hidden_w is None:
+                harm_logit = float(product[k])
+            else:
+                harm_logit = float(np.maximum(product[k:], 0.0) @ self.harm_w) + self.harm_b
             harm = 0.5 + 0.5 * math.tanh(0.5 * harm_logit)  # the logistic, without overflow
             # P(c | harm) / max_k P(k | harm): the softmax's denominators cancel.
+            logits = product[:k].tolist()
             top = max(logits)
             out.append({c: harm * math.exp(v - top)
                         for c, v in zip(self.categories, logits, strict=True)})
@@ -80,6 +93,8 @@ class LinearHead:
                 "harm": {"w": rounded(self.harm_w), "b": round(self.harm_b, 6)},
                 "category": {"w": rounded(self.cat_w), "b": rounded(self.cat_b)},
                 "layers": list(self.layers), "meta": self.meta,
+                **({"hidden": {"w": rounded(self.hidden_w), "b": rounded(self.hidden_b)}}
+                   if self.hidden_w is not None and self.hidden_b is not None else {}),
                 **({"fast": self.fast.to_json()} if self.fast is not None else {})}
 
     def save(self, path: Path) -> None:
@@ -90,7 +105,7 @@ class HeadError(ValueError):
     """The head file is missing, unreadable or not a gateway head."""
 
 
-def load_head(path: Path | None = None) -> LinearHead:
+def load_head(path: Path | None = None) -> Head:
     path = path or default_head_path()
     try:
         raw = json.loads(path.read_text())
@@ -107,21 +122,33 @@ def load_head(path: Path | None = None) -> LinearHead:
     return head
 
 
-def _parse(raw: Any, path: Path) -> LinearHead:
+def _parse(raw: Any, path: Path) -> Head:
     try:
-        head = LinearHead(
+        hidden = raw.get("hidden")
+        head = Head(
             categories=tuple(raw["categories"]),
             harm_w=np.asarray(raw["harm"]["w"], dtype=np.float32),
             harm_b=float(raw["harm"]["b"]),
             cat_w=np.asarray(raw["category"]["w"], dtype=np.float32),
             cat_b=np.asarray(raw["category"]["b"], dtype=np.float32),
             meta=dict(raw.get("meta") or {}),
-            layers=tuple(int(k) for k in raw.get("layers", (6,))))
+            layers=tuple(int(k) for k in raw.get("layers", (6,))),
+            hidden_w=None if hidden is None else np.asarray(hidden["w"], dtype=np.float32),
+            hidden_b=None if hidden is None else np.asarray(hidden["b"], dtype=np.float32))
     except (KeyError, TypeError, ValueError) as exc:
         raise HeadError(f"{path}: malformed embedding head: {exc}") from None
     k = len(head.categories)
-    if head.cat_w.shape != (k, head.dim) or head.cat_b.shape != (k,):
+    if head.cat_w.ndim != 2 or head.cat_w.shape[0] != k or head.cat_b.shape != (k,):
         raise HeadError(f"{path}: head shapes do not match its {k} categories")
+    if head.hidden_w is None:
+        harm_inputs = head.dim
+    elif (head.hidden_b is None or head.hidden_w.ndim != 2
+          or head.hidden_w.shape[1] != head.dim or head.hidden_b.shape != head.hidden_w.shape[:1]):
+        raise HeadError(f"{path}: the hidden layer's shapes do not match its inputs")
+    else:
+        harm_inputs = int(head.hidden_w.shape[0])
+    if head.harm_w.shape != (harm_inputs,):
+        raise HeadError(f"{path}: the harm weights do not match their inputs")
     if not head.layers or any(not 1 <= layer <= MAX_LAYER for layer in head.layers):
         raise HeadError(f"{path}: layers must be within 1..{MAX_LAYER}")
     if head.dim != WIDTH * len(head.layers):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import sys
 import time
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from gateway.pipeline.classify.embedding import MODEL_NAME, Encoder
-from gateway.pipeline.classify.head import MAX_LAYER, Floats, LinearHead, default_head_path
+from gateway.pipeline.classify.head import MAX_LAYER, Floats, Head, default_head_path
 from gateway.policy.spec import EmbeddingSpec
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -138,12 +139,47 @@ def fit_softmax(x: Floats, labels: list[int], k: int, l2: float,
     return w.astype(np.float32), b.astype(np.float32)
 
 
+def fit_hidden(x: Floats, y: Floats, hidden: int, weight_decay: float = 1e-2,
+               dropout: float = 0.5, epochs: int = 400) -> tuple[Floats, Floats, Floats, float]:
+    """One hidden ReLU layer under the logistic harm model, classes balanced: AdamW on the
+    whole batch, dropout on the inputs and the hidden units. Seeded, on one thread, so the
+    same examples give the same head. Returns hidden w (h, d), b (h,), harm w (h,), b."""
+    torch: Any = importlib.import_module("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        inputs = torch.tensor(x, dtype=torch.float32)
+        target = torch.tensor(y, dtype=torch.float32)
+        n, pos = len(target), float(target.sum())
+        weight = torch.where(target > 0, n / (2 * max(pos, 1.0)), n / (2 * max(n - pos, 1.0)))
+        nn = torch.nn
+        first, last = nn.Linear(x.shape[1], hidden), nn.Linear(hidden, 1)
+        model = nn.Sequential(nn.Dropout(dropout), first, nn.ReLU(), nn.Dropout(dropout), last)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=weight_decay)
+        model.train()
+        for _ in range(epochs):
+            optimiser.zero_grad()
+            loss = (nn.functional.binary_cross_entropy_with_logits(
+                model(inputs).squeeze(1), target, reduction="none") * weight).mean()
+            loss.backward()
+            optimiser.step()
+        return (first.weight.detach().numpy().copy(), first.bias.detach().numpy().copy(),
+                last.weight.detach().numpy()[0].copy(), float(last.bias.item()))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def fit(examples: list[Example], vectors: Floats, l2_harm: float, l2_cat: float,
-        meta: dict[str, Any], operating_point: float = 0.5) -> LinearHead:
+        meta: dict[str, Any], operating_point: float = 0.5, hidden: int = 0) -> Head:
     """Fit both heads; the harm bias is shifted so that a fitted P(harm) equal to
     `operating_point` comes out as 0.5 (the categories' default threshold)."""
     y = np.array([1.0 if e.harmful else 0.0 for e in examples])
-    harm_w, harm_b = fit_binary(vectors, y, l2_harm)
+    hidden_w = hidden_b = None
+    if hidden:
+        hidden_w, hidden_b, harm_w, harm_b = fit_hidden(vectors, y, hidden)
+    else:
+        harm_w, harm_b = fit_binary(vectors, y, l2_harm)
     harm_b -= float(np.log(operating_point / (1.0 - operating_point)))
     categories = tuple(sorted({e.category for e in examples
                                if e.harmful and e.category != UNKNOWN}))
@@ -151,10 +187,11 @@ def fit(examples: list[Example], vectors: Floats, l2_harm: float, l2_cat: float,
     harmful = [i for i, e in enumerate(examples) if e.harmful and e.category != UNKNOWN]
     cat_w, cat_b = fit_softmax(vectors[harmful], [index[examples[i].category] for i in harmful],
                                len(categories), l2_cat)
-    return LinearHead(categories, harm_w, harm_b, cat_w, cat_b, meta)
+    return Head(categories, harm_w, harm_b, cat_w, cat_b, meta,
+                hidden_w=hidden_w, hidden_b=hidden_b)
 
 
-def report(head: LinearHead, examples: list[Example], vectors: Floats,
+def report(head: Head, examples: list[Example], vectors: Floats,
            threshold: float = 0.5) -> dict[str, Any]:
     scores = head.predict(vectors)
     tp = fp = fn = tn = 0
@@ -177,7 +214,7 @@ def report(head: LinearHead, examples: list[Example], vectors: Floats,
             "category_accuracy": round(right_category / (tp + fn), 3) if tp + fn else 0.0}
 
 
-def cascade_report(head: LinearHead, held: list[Example], vectors: Floats,
+def cascade_report(head: Head, held: list[Example], vectors: Floats,
                    static: Floats, band: tuple[float, float]) -> dict[str, Any]:
     """Held-out figures of the cascade: the static head when sure, else the model."""
     assert head.fast is not None
@@ -224,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="classify_dev.jsonl: also train on its MIT-licensed train half")
     parser.add_argument("--out", type=Path, default=default_head_path())
     parser.add_argument("--l2-harm", type=float, default=1e-4)
-    parser.add_argument("--operating-point", type=float, default=0.6,
+    parser.add_argument("--operating-point", type=float, default=0.7,
                         help="fitted P(harm) that maps to 0.5; chosen so the held-out benign "
                              "false-positive rate stays near 5%%")
     parser.add_argument("--l2-cat", type=float, default=1e-4)
@@ -238,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="encoder layers whose pooled outputs the head reads (default "
                              "2,3,4: on held-out data they beat the last layer, and the "
                              "model then runs 4 of its 6 layers)")
+    parser.add_argument("--hidden", type=int, default=128,
+                        help="hidden ReLU units under the contextual harm model (0: plain "
+                             "logistic regression; --l2-harm applies to that only)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--exclude-heldout", action="store_true",
                         help="leave the held-out split out of the written head too (to "
@@ -259,11 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     held = [everything[i] for i in held_idx]
     static = Encoder(1).static().encode([e.text for e in everything], MAX_TOKENS)
 
-    def fit_both(idx: list[int], meta: dict[str, Any]) -> LinearHead:
+    def fit_both(idx: list[int], meta: dict[str, Any]) -> Head:
         rows = [everything[i] for i in idx]
         fast = fit(rows, static[idx], args.l2_fast, args.l2_cat, {},
                    args.fast_operating_point)
-        head = fit(rows, vectors[idx], args.l2_harm, args.l2_cat, meta, args.operating_point)
+        head = fit(rows, vectors[idx], args.l2_harm, args.l2_cat, meta, args.operating_point,
+                   args.hidden)
         return replace(head, fast=fast, layers=args.layers)
 
     probe = fit_both(train_idx, {})
@@ -284,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         "heldout_split": heldout, "heldout_static": heldout_static,
         "heldout_cascade": cascade, "l2_fast": args.l2_fast,
         "fast_operating_point": args.fast_operating_point,
-        "l2_harm": args.l2_harm, "l2_cat": args.l2_cat,
+        "l2_harm": args.l2_harm, "l2_cat": args.l2_cat, "hidden": args.hidden,
         "operating_point": args.operating_point,
     }
     if args.exclude_heldout:

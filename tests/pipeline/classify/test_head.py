@@ -15,6 +15,7 @@ from tests.pipeline.classify.conftest import POLICY  # noqa: E402
 def test_shipped_head_matches_the_taxonomy() -> None:
     head = load_head()
     assert head.layers == (2, 3, 4) and head.dim == 384 * len(head.layers)
+    assert head.hidden_w is not None and head.hidden_w.shape == (128, head.dim)
     assert head.fast is not None and head.fast.dim == 384  # static vectors: one table
     assert set(head.categories) <= set(POLICY.categories) - {"benign", "unverified"}
     assert head.meta["encoder"] == "all-MiniLM-L6-v2"
@@ -60,12 +61,17 @@ def test_the_fast_head_round_trips_and_must_match_categories(tmp_path: Path) -> 
     assert load_head(path).fast is None
 
 
-def test_predict_matches_the_documented_formula() -> None:
-    """P(harm) * P(c | harm) / max_k P(k | harm), with the logistic and the softmax spelt
-    out, row by row and whatever the batch."""
+@pytest.mark.parametrize("which", ["contextual", "fast"])
+def test_predict_matches_the_documented_formula(which: str) -> None:
+    """P(harm) * P(c | harm) / max_k P(k | harm), with the logistic (over the hidden ReLU
+    layer when there is one) and the softmax spelt out, row by row and whatever the batch."""
     head = load_head()
+    if which == "fast":
+        assert head.fast is not None and head.fast.hidden_w is None
+        head = head.fast
     x = np.random.default_rng(1).normal(size=(5, head.dim)).astype(np.float64)
-    harm = 1 / (1 + np.exp(-(x @ head.harm_w + head.harm_b)))
+    inputs = x if head.hidden_w is None else np.maximum(x @ head.hidden_w.T + head.hidden_b, 0)
+    harm = 1 / (1 + np.exp(-(inputs @ head.harm_w + head.harm_b)))
     logits = x @ head.cat_w.T + head.cat_b
     cat = np.exp(logits - logits.max(axis=1, keepdims=True))
     cat /= cat.sum(axis=1, keepdims=True)
@@ -84,7 +90,7 @@ def test_layers_must_exist_and_match_the_weights(tmp_path: Path) -> None:
 
     raw = load_head().to_json()
     path = tmp_path / "head.json"
-    for layers, error in (([7], "within 1..6"), ([], "within 1..6"),
+    for layers, error in (([7], r"within 1\.\.6"), ([], r"within 1\.\.6"),
                           ([2, 3], "needs 768 inputs, not 1152")):
         path.write_text(json.dumps({**raw, "layers": layers}))
         with pytest.raises(HeadError, match=error):
@@ -94,3 +100,28 @@ def test_layers_must_exist_and_match_the_weights(tmp_path: Path) -> None:
     del old["layers"]
     path.write_text(json.dumps(old))
     assert load_head(path).layers == (6,)
+
+
+def test_the_hidden_layer_round_trips_and_its_shapes_are_checked(tmp_path: Path) -> None:
+    import json
+
+    head = load_head()
+    path = tmp_path / "head.json"
+    head.save(path)
+    again = load_head(path)
+    assert again.hidden_w is not None and head.hidden_w is not None
+    assert np.allclose(again.hidden_w, head.hidden_w, atol=1e-6)
+    x = np.random.default_rng(2).normal(size=(2, head.dim)).astype(np.float32)
+    assert np.allclose([list(r.values()) for r in again.predict(x)],
+                       [list(r.values()) for r in head.predict(x)], atol=1e-5)
+    raw = json.loads(path.read_text())
+    for broken, error in (({"w": raw["hidden"]["w"][:-1], "b": raw["hidden"]["b"]},
+                           "hidden layer"),
+                          ({"w": raw["hidden"]["w"], "b": raw["hidden"]["b"] + [0.0]},
+                           "hidden layer")):
+        path.write_text(json.dumps({**raw, "hidden": broken}))
+        with pytest.raises(HeadError, match=error):
+            load_head(path)
+    path.write_text(json.dumps({**raw, "harm": {"w": raw["harm"]["w"][:-1], "b": 0.0}}))
+    with pytest.raises(HeadError, match="harm weights"):
+        load_head(path)

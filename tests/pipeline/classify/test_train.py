@@ -42,3 +42,27 @@ def test_the_fresh_evaluation_set_is_not_training_data() -> None:
     assert len(rows) >= 500 and not texts & {row["text"].lower() for row in rows}
     assert {row["label"] for row in rows} == {"harmful", "benign"}
     assert all(row["source"].startswith(("xs_", "chat_")) for row in rows)
+
+
+def test_the_hidden_layer_learns_what_a_line_cannot_and_is_repeatable() -> None:
+    """XOR-like data: no logistic model separates it; one hidden ReLU layer does, and the
+    same data gives the same weights (seeded, one thread)."""
+    pytest.importorskip("torch", reason="the hidden layer is fitted with torch (`ml` extra)")
+    import numpy as np
+
+    from gateway.pipeline.classify.head import Head
+    from gateway.pipeline.classify.train import fit_binary, fit_hidden
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(400, 2)).astype(np.float32)
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.float64)
+    w, b = fit_binary(x, y, 1e-4)
+    linear = ((x @ w + b > 0) == (y > 0)).mean()
+    hidden_w, hidden_b, harm_w, harm_b = fit_hidden(x, y, 32, weight_decay=0.0, dropout=0.0,
+                                                    epochs=600)
+    head = Head(("crime",), harm_w, harm_b, np.zeros((1, 2), np.float32),
+                np.zeros(1, np.float32), {}, hidden_w=hidden_w, hidden_b=hidden_b)
+    p_harm = np.array([row["crime"] for row in head.predict(x)])
+    assert linear < 0.7 and ((p_harm > 0.5) == (y > 0)).mean() > 0.95
+    again = fit_hidden(x, y, 32, weight_decay=0.0, dropout=0.0, epochs=600)
+    assert np.array_equal(again[0], hidden_w) and again[3] == harm_b
