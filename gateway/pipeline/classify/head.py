@@ -32,6 +32,7 @@ import numpy.typing as npt
 FORMAT = "gateway-head/1"
 MAX_LAYER = 6  # all-MiniLM-L6-v2 has six
 WIDTH = 384  # its hidden size: one pooled layer
+LAST_LAYER = (MAX_LAYER,)  # what a head file without `layers` was trained on
 Floats = npt.NDArray[np.float32]
 
 
@@ -48,7 +49,7 @@ class Head:
     cat_b: Floats  # (k,)
     meta: dict[str, Any]
     fast: Head | None = None  # the same heads over static vectors (static.py)
-    layers: tuple[int, ...] = (6,)  # the encoder layers whose pooled outputs it reads
+    layers: tuple[int, ...] = LAST_LAYER  # the encoder layers whose pooled outputs it reads
     hidden_w: Floats | None = None  # (h, dim): harm = logistic(relu(x W' + b) . harm_w)
     hidden_b: Floats | None = None  # (h,)
 
@@ -132,7 +133,7 @@ def _parse(raw: Any, path: Path) -> Head:
             cat_w=np.asarray(raw["category"]["w"], dtype=np.float32),
             cat_b=np.asarray(raw["category"]["b"], dtype=np.float32),
             meta=dict(raw.get("meta") or {}),
-            layers=tuple(int(k) for k in raw.get("layers", (6,))),
+            layers=tuple(int(k) for k in raw.get("layers", LAST_LAYER)),
             hidden_w=None if hidden is None else np.asarray(hidden["w"], dtype=np.float32),
             hidden_b=None if hidden is None else np.asarray(hidden["b"], dtype=np.float32))
     except (KeyError, TypeError, ValueError) as exc:

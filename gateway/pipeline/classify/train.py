@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 
 from gateway.pipeline.classify.embedding import MODEL_NAME, Encoder
-from gateway.pipeline.classify.head import MAX_LAYER, Floats, Head, default_head_path
+from gateway.pipeline.classify.head import (
+    LAST_LAYER,
+    MAX_LAYER,
+    Floats,
+    Head,
+    default_head_path,
+)
 from gateway.policy.spec import EmbeddingSpec
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -232,7 +238,7 @@ def embed(texts: list[str], threads: int, cache: Path | None,
     known: dict[str, Floats] = {}
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
-            cached_layers = tuple(z["layers"].tolist()) if "layers" in z else (6,)
+            cached_layers = tuple(z["layers"].tolist()) if "layers" in z else LAST_LAYER
             if cached_layers == layers:  # vectors of other layers are other features
                 known = dict(zip(z["texts"].tolist(), z["vectors"], strict=True))
     todo = [t for t in dict.fromkeys(texts) if t not in known]
