@@ -34,14 +34,19 @@ def test_probes_are_not_training_examples() -> None:
     assert len(probes) >= 50 and not texts & set(probes)
 
 
-def test_the_fresh_evaluation_set_is_not_training_data() -> None:
+@pytest.mark.parametrize(("name", "least", "sources"), [
+    ("fresh.jsonl", 500, ("xs_", "chat_")),
+    ("blind.jsonl", 190, ("blind_toxic", "blind_hardneg")),
+])
+def test_the_evaluation_only_sets_are_not_training_data(name: str, least: int,
+                                                        sources: tuple[str, ...]) -> None:
     import json
 
     texts = {e.text.lower() for e in read_examples(DATA / "examples.txt")}
-    rows = [json.loads(line) for line in (DATA / "fresh.jsonl").read_text().splitlines()]
-    assert len(rows) >= 500 and not texts & {row["text"].lower() for row in rows}
+    rows = [json.loads(line) for line in (DATA / name).read_text().splitlines()]
+    assert len(rows) >= least and not texts & {row["text"].lower() for row in rows}
     assert {row["label"] for row in rows} == {"harmful", "benign"}
-    assert all(row["source"].startswith(("xs_", "chat_")) for row in rows)
+    assert all(row["source"].startswith(sources) for row in rows)
 
 
 def test_the_hidden_layer_learns_what_a_line_cannot_and_is_repeatable() -> None:
