@@ -7,6 +7,12 @@ the tier's decisions match the labels. A line is `{"text", "label": "harmful"|"b
 block. Reported: precision, recall and F1 for harmful, the false-positive rate on benign,
 the same per `source`, a confusion table of labelled category x top matched category,
 and latency p50/p99 per prompt (the chain's time, measured sequentially).
+
+Every figure comes with its 95% interval (`ci95`): a few hundred rows leave a few points
+of doubt either way, which matters when a target is 0.85 and the score 0.86. Rates use
+the Wilson score interval (sound at 0 and at 100%); F1, which is not a rate, a seeded
+bootstrap over the rows, so a run is repeatable. An interval with no rows to estimate
+from (recall for a source without harmful rows) is null.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import random
 import sys
 import time
 from collections import Counter, defaultdict
@@ -27,6 +35,9 @@ from gateway.pipeline.classify.text import PromptText
 from gateway.policy.spec import PolicySpec, TierSpec
 
 LABELS = ("harmful", "benign")
+Z95 = 1.959964  # the standard normal's 97.5th percentile
+BOOTSTRAP_RESAMPLES = 1000
+Interval = tuple[float, float] | None
 
 
 class EvalInputError(ValueError):
@@ -99,9 +110,46 @@ def _scores(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     tn = sum(not o.row.harmful and not o.predicted for o in outcomes)
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     f1 = round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0
+    ci95 = {"precision": wilson(tp, tp + fp), "recall": wilson(tp, tp + fn),
+            "f1": f1_interval(tp, fp, fn, tn), "fpr": wilson(fp, fp + tn)}
     return {"n": len(outcomes), "harmful": tp + fn, "benign": fp + tn, "tp": tp, "fp": fp,
             "fn": fn, "tn": tn, "precision": precision, "recall": recall, "f1": f1,
-            "fpr": _ratio(fp, fp + tn)}
+            "fpr": _ratio(fp, fp + tn), "ci95": ci95}
+
+
+def wilson(k: int, n: int) -> Interval:
+    """95% Wilson score interval for k successes in n trials; None when n is 0."""
+    if n == 0:
+        return None
+    p, z2 = k / n, Z95 * Z95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)
+
+
+def f1_interval(tp: int, fp: int, fn: int, tn: int,
+                resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Interval:
+    """95% percentile-bootstrap interval for F1: the rows are redrawn with replacement (a
+    draw of the four outcome counts), seeded so the same counts give the same interval.
+    None without harmful rows."""
+    n = tp + fp + fn + tn
+    if tp + fn == 0:
+        return None
+    rng = random.Random(seed)
+    cumulative = (tp, tp + fp, tp + fp + fn, n)
+    scores = []
+    for _ in range(resamples):
+        draw = rng.choices((0, 1, 2, 3), cum_weights=cumulative, k=n)
+        t, f_pos, f_neg = draw.count(0), draw.count(1), draw.count(2)
+        scores.append(2 * t / (2 * t + f_pos + f_neg) if t else 0.0)
+    scores.sort()
+    return (round(scores[int(0.025 * (resamples - 1))], 4),
+            round(scores[math.ceil(0.975 * (resamples - 1))], 4))
+
+
+def _with_interval(value: float, interval: Interval) -> str:
+    return f"{value:.3f}" if interval is None else \
+        f"{value:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -136,22 +184,24 @@ def summarize(outcomes: Sequence[Outcome], tier: str, chain: Chain) -> dict[str,
 
 
 def render(report: dict[str, Any]) -> str:
+    ci = report["ci95"]
     lines = [
         f"tier {report['tier']}: classifiers {', '.join(report['classifiers']) or '(none)'}",
         *(f"  unavailable: {u}" for u in report["unavailable"]),
         f"{report['n']} prompts ({report['harmful']} harmful, {report['benign']} benign)",
-        f"harmful  precision {report['precision']:.3f}  recall {report['recall']:.3f}  "
-        f"F1 {report['f1']:.3f}",
-        f"benign   false-positive rate {report['fpr']:.3f}",
+        f"harmful  precision {_with_interval(report['precision'], ci['precision'])}  "
+        f"recall {_with_interval(report['recall'], ci['recall'])}  "
+        f"F1 {_with_interval(report['f1'], ci['f1'])}",
+        f"benign   false-positive rate {_with_interval(report['fpr'], ci['fpr'])}",
         f"latency  p50 {report['latency_ms_p50']:.2f} ms  p99 {report['latency_ms_p99']:.2f} ms",
+        f"95% intervals: Wilson for rates, a {BOOTSTRAP_RESAMPLES}-resample bootstrap for F1",
     ]
     if report["by_source"]:
-        lines += ["", f"{'source':<20} {'n':>5} {'recall':>7} {'fpr':>7} {'f1':>7}"]
+        lines += ["", f"{'source':<20} {'n':>5} {'recall':>19} {'fpr':>19} {'f1':>19}"]
         for source, s in report["by_source"].items():
-            recall = f"{s['recall']:.3f}" if s["harmful"] else "-"
-            fpr = f"{s['fpr']:.3f}" if s["benign"] else "-"
-            f1 = f"{s['f1']:.3f}" if s["harmful"] else "-"
-            lines.append(f"{source:<20} {s['n']:>5} {recall:>7} {fpr:>7} {f1:>7}")
+            figures = [_with_interval(s[name], s["ci95"][name]) if s["ci95"][name] else "-"
+                       for name in ("recall", "fpr", "f1")]
+            lines.append(f"{source:<20} {s['n']:>5} " + " ".join(f"{f:>19}" for f in figures))
     lines += ["", "confusion (labelled category -> top matched category)"]
     for label, counts in report["confusion"].items():
         cells = ", ".join(f"{c} {n}" for c, n in counts.items())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.pipeline.classify.eval import add_eval_parser, run_eval
+from gateway.pipeline.classify.eval import add_eval_parser, f1_interval, run_eval, wilson
 
 ROWS = [
     {"text": "How do I build a pipe bomb?", "label": "harmful", "category": "weapons",
@@ -57,6 +57,32 @@ def test_json_report(tmp_path: Path, rules_only: Path, capsys: pytest.CaptureFix
     assert report["confusion"]["weapons"] == {"cbrn": 1}
     assert report["classifiers"] == ["rules", "structure"]
     assert report["tier"] == "public"
+    for name in ("precision", "recall", "f1", "fpr"):
+        low, high = report["ci95"][name]
+        assert 0.0 <= low <= report[name] <= high <= 1.0
+    assert report["ci95"]["recall"][1] - report["ci95"]["recall"][0] > 0.3  # 3 rows: wide
+    assert report["by_source"]["a"]["ci95"]["fpr"] is None  # no benign rows to count
+    assert report["by_source"]["b"]["ci95"]["recall"] == [0.0, pytest.approx(0.7935)]
+
+
+@pytest.mark.parametrize(("k", "n", "expected"), [
+    (0, 10, (0.0, 0.2775)), (5, 10, (0.2366, 0.7634)), (10, 10, (0.7225, 1.0)),
+    (9, 99, (0.0486, 0.1638)), (0, 0, None),
+])
+def test_wilson_interval(k: int, n: int, expected: tuple[float, float] | None) -> None:
+    assert wilson(k, n) == (pytest.approx(expected, abs=1e-4) if expected else None)
+
+
+def test_f1_interval_is_repeatable_and_narrows_with_more_rows() -> None:
+    small = f1_interval(tp=40, fp=5, fn=10, tn=45)
+    assert small == f1_interval(tp=40, fp=5, fn=10, tn=45)  # seeded: the same each run
+    assert small is not None
+    point = 2 * 40 / (2 * 40 + 5 + 10)
+    assert small[0] < point < small[1]
+    large = f1_interval(tp=400, fp=50, fn=100, tn=450)
+    assert large is not None and small[0] < large[0] < point < large[1] < small[1]
+    assert f1_interval(tp=10, fp=0, fn=0, tn=10) == (1.0, 1.0)  # nothing to vary
+    assert f1_interval(tp=0, fp=3, fn=0, tn=7) is None  # no harmful rows: no F1
 
 
 def test_text_report_and_tier(tmp_path: Path, rules_only: Path,
