@@ -52,6 +52,18 @@ async def test_benign_prompt_passes_for_public(gateway: Server, mint: MintToken)
     assert "x-gateway-decision" not in headers
 
 
+@pytest.mark.parametrize(("prompt", "status"), [("Once upon a time", 200), (HARMFUL, 400)])
+async def test_public_completions_classify_the_callers_prompt(
+        gateway: Server, mint: MintToken, prompt: str, status: int) -> None:
+    """The tier's system prompt goes in front of a completions prompt; it is not the
+    caller's text and must not be judged (it reads like a role-play instruction)."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {mint(tier='public')}"},
+                                     ) as http, \
+            http.post(gateway.url + "/v1/completions",
+                      json={"model": MODEL, "prompt": prompt, "max_tokens": 4}) as resp:
+        assert resp.status == status, await resp.text()
+
+
 @pytest.fixture
 async def leaky_upstream() -> AsyncIterator[str]:
     """A backend whose model streams a ransom note: output moderation must stop it."""

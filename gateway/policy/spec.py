@@ -47,6 +47,11 @@ class SystemPromptSpec:
     text: str = ""
     client_system: Literal["allow", "drop", "reject"] = "allow"
 
+    @property
+    def prompt_prefix(self) -> str:
+        """What a completions prompt gets in front (it has no system role to carry it)."""
+        return "" if self.mode == "none" else f"{self.text}\n\n"
+
 
 @dataclass(frozen=True, slots=True)
 class WatermarkSpec:

@@ -3,8 +3,9 @@
 `prompt_text(ctx)` is the user-visible text of a request: for chat, the text of the
 messages whose role is configured (`classifiers.roles`, default user only: the tier's own
 system prompt is not the caller's words), joined with blank lines, with the last user
-message also kept on its own; for completions, the prompt. Token-id prompts cannot be read
-and are marked `opaque` (the stage scores them as the unverified category).
+message also kept on its own; for completions, the prompt, less the tier's system prompt
+that the tier stage put in front of it (not the caller's words either). Token-id prompts
+cannot be read and are marked `opaque` (the stage scores them as the unverified category).
 
 `fold(text)` is the normalisation rules and phrases see: NFKC per character, casefolded,
 with invisible characters (zero-width, bidi controls, tag characters, soft hyphens,
@@ -117,6 +118,10 @@ def prompt_text(ctx: RequestContext, roles: tuple[str, ...] = ("user",)) -> Prom
                 parts.append(text)
         return PromptText(full="\n\n".join(parts), last_user=last_user, opaque=opaque)
     texts, opaque = _prompt_parts(body.get("prompt"))
+    tier = ctx.tier_spec
+    prefix = tier.system_prompt.prompt_prefix if tier is not None else ""
+    if prefix and "system" not in roles:
+        texts = [t.removeprefix(prefix) for t in texts]
     return PromptText(full="\n\n".join(texts), last_user=texts[-1] if texts else "",
                       opaque=opaque)
 

@@ -92,12 +92,13 @@ def _system_messages(spec: SystemPromptSpec, messages: list[dict[str, Any]],
 
 
 def _system_prompt_text(spec: SystemPromptSpec, prompt: Any, tier: str) -> Any:
-    if spec.mode == "none":
+    prefix = spec.prompt_prefix
+    if not prefix:
         return prompt
     if isinstance(prompt, str):
-        return f"{spec.text}\n\n{prompt}"
+        return prefix + prompt
     if all(isinstance(p, str) for p in prompt):
-        return [f"{spec.text}\n\n{p}" for p in prompt]
+        return [prefix + p for p in prompt]
     return _refuse(f"tier '{tier}' requires a system prompt: token-id prompts are not allowed",
                    "token_prompt_not_allowed", "prompt")
 

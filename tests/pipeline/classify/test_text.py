@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from gateway.audit.record import AuditKeys
 from gateway.context import RequestContext
 from gateway.pipeline.classify.text import fold, prompt_hash, prompt_text
+from gateway.policy.spec import SystemPromptSpec, TierSpec
 
 
 def _ctx(body: dict[str, Any]) -> RequestContext:
@@ -45,6 +46,19 @@ def test_completions_prompt() -> None:
     assert prompt_text(_ctx({"prompt": "hello"})).full == "hello"
     text = prompt_text(_ctx({"prompt": ["a", "b"]}))
     assert (text.full, text.last_user, text.opaque) == ("a\n\nb", "b", False)
+
+
+def test_the_tiers_own_system_prompt_is_not_classified_in_completions() -> None:
+    """The tier stage puts its system prompt in front of a completions prompt (there is no
+    system role); the classifiers see the caller's words only, as they do for chat."""
+    spec = SystemPromptSpec(mode="prepend", text="You are a helpful assistant.")
+    ctx = _ctx({"prompt": [spec.prompt_prefix + "Once upon a time", spec.prompt_prefix + "b"]})
+    ctx.tier_spec = TierSpec(name="public", models=("*",), system_prompt=spec)
+    text = prompt_text(ctx)
+    assert (text.full, text.last_user) == ("Once upon a time\n\nb", "b")
+    assert prompt_text(ctx, roles=("system", "user")).last_user == spec.prompt_prefix + "b"
+    ctx.tier_spec = TierSpec(name="trusted", models=("*",))  # no system prompt: nothing is removed
+    assert prompt_text(ctx).last_user == spec.prompt_prefix + "b"
 
 
 def test_token_id_prompts_are_opaque() -> None:
