@@ -59,6 +59,26 @@ async def test_refusals_are_403_naming_what(tier: str, extra: dict[str, Any], co
 
 
 @pytest.mark.parametrize(
+    ("extra", "code", "param"),
+    [
+        ({"logprobs": 20}, "logprobs_not_allowed", "logprobs"),  # a count in completions
+        ({"best_of": 16}, "n_not_allowed", "best_of"),  # that many sequences, like n
+        ({"n": 5}, "n_not_allowed", "n"),
+    ],
+)
+async def test_completions_counts_are_capped_like_chats(extra: dict[str, Any], code: str,
+                                                        param: str) -> None:
+    body = {"model": MODEL, "prompt": "hello", **extra}
+    _, decision = await _run("verified", body, route="completions")
+    assert not decision.allowed
+    assert (decision.error.http_status, decision.error.code, decision.error.param) == (
+        403, code, param)
+    _, decision = await _run("verified", {**body, **{k: 2 for k in extra}},
+                             route="completions")
+    assert decision.allowed  # within the tier's caps (top_logprobs 5, n 4)
+
+
+@pytest.mark.parametrize(
     ("tier", "asked", "forwarded"),
     [("public", None, 256), ("public", 100, 100), ("public", 5000, 512),
      ("verified", None, 1024), ("research", 8000, 8000), ("trusted", None, 2048)],

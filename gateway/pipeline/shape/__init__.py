@@ -9,6 +9,7 @@ client's mistake into a 400 naming the field, never a 500 further down.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gateway.context import RequestContext, Route
@@ -51,10 +52,54 @@ def _bad(message: str, param: str) -> Decision:
     return deny(BadRequest(message, param=param, code="invalid_value"), "invalid")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+# Typed optional fields (null is always allowed: "the default"). A tier's caps compare
+# numbers, and vLLM coerces "99" or true into 99.0 or 1.0, so a wrong type is refused here
+# rather than slipping past a cap.
+_TYPED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{key: (_is_number, "a number") for key in (
+        "temperature", "top_p", "frequency_penalty", "presence_penalty", "min_p",
+        "repetition_penalty", "length_penalty")},
+    **{key: (_is_int, "an integer") for key in ("seed", "top_k", "min_tokens")},
+    "top_logprobs": (lambda v: _is_int(v) and 0 <= v <= 20, "an integer from 0 to 20"),
+    "best_of": (lambda v: _is_int(v) and 1 <= v <= MAX_N, f"an integer from 1 to {MAX_N}"),
+    "echo": (lambda v: isinstance(v, bool), "a boolean"),
+    "ignore_eos": (lambda v: isinstance(v, bool), "a boolean"),
+    "parallel_tool_calls": (lambda v: isinstance(v, bool), "a boolean"),
+    "suffix": (lambda v: isinstance(v, str), "a string"),
+    "user": (lambda v: isinstance(v, str), "a string"),
+    "logit_bias": (lambda v: isinstance(v, dict) and all(_is_number(b) for b in v.values()),
+                   "an object of numbers"),
+    "response_format": (lambda v: isinstance(v, dict), "an object"),
+    "tools": (lambda v: isinstance(v, list), "a list"),
+    "tool_choice": (lambda v: isinstance(v, str | dict), "a string or an object"),
+}
+# `logprobs` is a flag in chat and a count in completions.
+_LOGPROBS: dict[Route, tuple[Callable[[Any], bool], str]] = {
+    "chat": (lambda v: isinstance(v, bool), "a boolean"),
+    "completions": (lambda v: _is_int(v) and 0 <= v <= 20, "an integer from 0 to 20"),
+}
+
+
+def _check_types(body: dict[str, Any], route: Route) -> Decision:
+    for key, value in body.items():
+        rule = _LOGPROBS.get(route) if key == "logprobs" else _TYPED.get(key)
+        if rule is not None and value is not None and not rule[0](value):
+            return _bad(f"'{key}' must be {rule[1]}", key)
+    return ALLOW
+
+
 def _check_common(body: dict[str, Any]) -> Decision:
     if not isinstance(body.get("model"), str) or not body["model"]:
         return _bad("'model' must be a non-empty string", "model")
-    if "stream" in body and not isinstance(body["stream"], bool):
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
         return _bad("'stream' must be a boolean", "stream")
     for key in ("max_tokens", "max_completion_tokens"):
         value = body.get(key)
@@ -129,6 +174,8 @@ class ShapeStage:
     async def check(self, ctx: RequestContext) -> Decision:
         body = ctx.body
         decision = _check_common(body)
+        if decision.allowed and ctx.route != "embeddings":
+            decision = _check_types(body, ctx.route)
         if decision.allowed:
             if ctx.route == "chat":
                 decision = _check_messages(body.get("messages"))

@@ -24,15 +24,20 @@ def _refuse(message: str, code: str, param: str | None = None) -> Decision:
 
 
 def _check_caps(caps: RequestCaps, body: dict[str, Any], tier: str) -> Decision:
-    if (body.get("n") or 1) > caps.n:  # n: null means the default, 1
-        return _refuse(f"tier '{tier}' allows at most n={caps.n}", "n_not_allowed", "n")
+    # best_of (completions) generates that many sequences upstream, as n does.
+    for key in ("n", "best_of"):
+        if (body.get(key) or 1) > caps.n:  # null means the default, 1
+            return _refuse(f"tier '{tier}' allows at most {key}={caps.n}", "n_not_allowed",
+                           key)
     if body.get("logprobs") and not caps.logprobs:
         return _refuse(f"tier '{tier}' does not allow logprobs", "logprobs_not_allowed",
                        "logprobs")
-    top = body.get("top_logprobs")
-    if isinstance(top, int) and top > caps.top_logprobs:
-        return _refuse(f"tier '{tier}' allows at most top_logprobs={caps.top_logprobs}",
-                       "logprobs_not_allowed", "top_logprobs")
+    # Chat asks for a count in top_logprobs; completions in logprobs itself (an integer).
+    for key in ("top_logprobs", "logprobs"):
+        count = body.get(key)
+        if type(count) is int and count > caps.top_logprobs:
+            return _refuse(f"tier '{tier}' allows at most {caps.top_logprobs} logprobs per "
+                           f"token", "logprobs_not_allowed", key)
     if not caps.tools:
         for key in ("tools", "tool_choice", "parallel_tool_calls"):
             if body.get(key) is not None:
