@@ -1,5 +1,6 @@
 """Reading a request body with its bounds: content type (415), size (client_max_size, 413),
-time (408), and JSON nesting depth (400)."""
+time (408), encoding (400: a Content-Encoding its bytes do not match), and JSON nesting
+depth (400)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.context import SETTINGS
 from gateway.errors import BadRequest, InvalidJSON, RequestTimeout, UnsupportedMediaType
@@ -31,6 +33,9 @@ async def read_body(request: web.Request) -> bytes:
             return await request.read()
     except TimeoutError:
         raise RequestTimeout("The request body did not arrive in time") from None
+    except RequestPayloadError:  # e.g. Content-Encoding: gzip on bytes that are not gzip
+        raise BadRequest("The request body could not be decoded: check its Content-Encoding",
+                         code="invalid_body") from None
 
 
 def too_deep(raw: bytes, parsed: Any) -> bool:

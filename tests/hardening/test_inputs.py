@@ -6,6 +6,7 @@ Bodies just under and just over max_body_bytes (200 / 413) are in tests/test_rou
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from collections.abc import Callable
 from typing import Any
@@ -149,6 +150,23 @@ async def test_wrong_content_types_are_415(gateway: Server,
         status, raw = await _post(http, gateway.url, orjson.dumps(chat("hi")), content_type)
         assert status == 415, content_type
         assert _error(raw)["code"] == "unsupported_media_type", content_type
+
+
+async def test_a_body_that_does_not_match_its_content_encoding_is_400(
+        gateway: Server, http: aiohttp.ClientSession) -> None:
+    """aiohttp decodes gzip/deflate bodies as it reads them; bytes that are not what the
+    header says were a 500 with a logged traceback."""
+    body = orjson.dumps(chat())
+    for encoding in ("gzip", "deflate"):
+        # A fresh connection each: the server closes one whose body it could not read.
+        async with http.post(gateway.url + CHAT, data=body, headers={
+                "Content-Type": "application/json", "Content-Encoding": encoding,
+                "Connection": "close"}) as resp:
+            assert resp.status == 400, encoding
+            assert _error(await resp.read())["code"] == "invalid_body", encoding
+    async with http.post(gateway.url + CHAT, data=gzip.compress(body), headers={
+            "Content-Type": "application/json", "Content-Encoding": "gzip"}) as resp:
+        assert resp.status == 200  # a real gzip body is read as JSON
 
 
 async def test_unknown_fields_are_dropped_not_forwarded(gateway: Server,
