@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 
 from gateway.policy.spec import (
+    MAX_CLASSIFIED_CHARS,
     CategorySpec,
     ClassifiersSpec,
     EmbeddingSpec,
@@ -219,6 +220,7 @@ def _classifiers(raw: dict[str, Any], docs: dict[str, Located], directory: Path,
     defaults = StructureSpec()
     return ClassifiersSpec(
         roles=tuple(raw.get("roles") or ("user",)),
+        max_chars=int(raw.get("max_chars", MAX_CLASSIFIED_CHARS)),
         unverified_category=raw.get("unverified_category", "unverified"),
         overlap=raw.get("overlap", True),
         rules=RulesSpec(enabled=rules.get("enabled", True), patterns=_patterns(

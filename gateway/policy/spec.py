@@ -171,9 +171,16 @@ class ModerationSpec:
     margin: int = 32  # context each side of a match that a pattern may look at
 
 
+MAX_CLASSIFIED_CHARS = 65536
+
+
 @dataclass(frozen=True, slots=True)
 class ClassifiersSpec:
     roles: tuple[str, ...] = ("user",)  # chat roles whose text is classified
+    # Longer text is classified by its first and last halves of this many characters: the
+    # rules run on the event loop at about a microsecond per character, and a 4 MB prompt
+    # would hold it for seconds. Tiers with a prompt cap stay well under it.
+    max_chars: int = MAX_CLASSIFIED_CHARS
     unverified_category: str = "unverified"  # what fail-closed errors score 1.0 on
     # The expensive classifiers' time overlaps the upstream's: the request is forwarded
     # while they run and nothing of the answer leaves before their verdict (a block

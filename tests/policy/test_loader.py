@@ -35,6 +35,7 @@ def test_shipped_policies_are_valid() -> None:
     assert policy.tiers["public"].allows_model("sim-llama-3-8b-instruct")
     assert not policy.tiers["public"].allows_model("llama-3-70b-instruct")
     assert len(policy.version) == 12
+    assert policy.classifiers.max_chars == 65536
 
 
 def test_overrides_merge_over_tier_limits(tmp_path: Path) -> None:
@@ -65,6 +66,8 @@ def test_overrides_merge_over_tier_limits(tmp_path: Path) -> None:
          "t.yaml:3: classifiers.embedding.contextual_band: low must not exceed high"),
         ("classifiers:\n  embedding:\n    contextual_band: [0.2]\n",
          "t.yaml:3: classifiers.embedding.contextual_band: [0.2] is too short"),
+        ("classifiers:\n  max_chars: 100\n",
+         "t.yaml:2: classifiers.max_chars: 100 is less than the minimum of 1024"),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from gateway.pipeline.classify.text import PromptText
 from gateway.pipeline.classify.verdict import Verdict, combine, verdict
-from gateway.policy.spec import CategorySpec, OnError, TierSpec
+from gateway.policy.spec import MAX_CLASSIFIED_CHARS, CategorySpec, OnError, TierSpec
 
 log = logging.getLogger("gateway.classify")
 
@@ -83,11 +83,13 @@ class Chain:
 
     def __init__(self, cheap: tuple[Classifier, ...], expensive: tuple[Guarded, ...],
                  categories: Mapping[str, CategorySpec], *, roles: tuple[str, ...] = ("user",),
-                 unverified: str = "unverified", unavailable: tuple[str, ...] = ()) -> None:
+                 unverified: str = "unverified", unavailable: tuple[str, ...] = (),
+                 max_chars: int = MAX_CLASSIFIED_CHARS) -> None:
         self.cheap = cheap
         self.expensive = expensive
         self.categories = categories
         self.roles = roles
+        self.max_chars = max_chars  # longer text: its first and last halves (PromptText)
         self.unverified = unverified
         self.unavailable = unavailable  # why configured classifiers are not in the chain
 

@@ -91,7 +91,7 @@ async def classify_rows(chain: Chain, tier: TierSpec, rows: Sequence[Row]) -> li
     outcomes = []
     for row in rows:
         started = time.perf_counter()
-        verdict = await chain.classify(PromptText.of(row.text), tier)
+        verdict = await chain.classify(PromptText.of(row.text).clipped(chain.max_chars), tier)
         seconds = time.perf_counter() - started
         outcomes.append(Outcome(row, verdict.action in ("flag", "block"), verdict.action,
                                 verdict.categories[0] if verdict.categories else "none",

@@ -92,7 +92,8 @@ class ClassifyRuntime:
                                     spec.unverified_category)
             expensive.append(Guarded(guard, spec.guard.timeout_s, spec.guard.on_error))
         return Chain(tuple(cheap), tuple(expensive), policy.categories, roles=spec.roles,
-                     unverified=spec.unverified_category, unavailable=tuple(unavailable))
+                     unverified=spec.unverified_category, unavailable=tuple(unavailable),
+                     max_chars=spec.max_chars)
 
     def _embedding(self, policy: PolicySpec, unavailable: list[str],
                    ) -> EmbeddingClassifier | None:

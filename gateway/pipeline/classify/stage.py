@@ -45,7 +45,7 @@ class ClassifyStage:
     async def check(self, ctx: RequestContext) -> Decision:
         if ctx.route == "embeddings":
             return ALLOW
-        text = prompt_text(ctx, self.chain.roles)
+        text = prompt_text(ctx, self.chain.roles).clipped(self.chain.max_chars)
         if not (self.chain.cheap or self.chain.expensive or text.opaque):
             return ALLOW  # nothing configured to classify with: no verdict to record
         first = await self.chain.first(text, ctx.tier_spec)

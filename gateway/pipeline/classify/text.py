@@ -46,6 +46,18 @@ class PromptText:
     def of(cls, text: str) -> PromptText:
         return cls(full=text, last_user=text)
 
+    def clipped(self, limit: int) -> PromptText:
+        """Text over `limit` characters kept as its first and last halves (a blank line
+        between, so no pattern matches across the cut)."""
+        return PromptText(_clip(self.full, limit), _clip(self.last_user, limit), self.opaque)
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n\n{text[len(text) - half:]}"
+
 
 # Typographic quotes fold to ASCII ones, so patterns can write `don't` once.
 QUOTES = {0x2018: "'", 0x2019: "'", 0x201B: "'", 0x2032: "'", 0x02BC: "'",

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from gateway.audit.record import AuditKeys
 from gateway.context import RequestContext
-from gateway.pipeline.classify.text import fold, prompt_hash, prompt_text
+from gateway.pipeline.classify.text import PromptText, fold, prompt_hash, prompt_text
 from gateway.policy.spec import SystemPromptSpec, TierSpec
 
 
@@ -59,6 +59,13 @@ def test_the_tiers_own_system_prompt_is_not_classified_in_completions() -> None:
     assert prompt_text(ctx, roles=("system", "user")).last_user == spec.prompt_prefix + "b"
     ctx.tier_spec = TierSpec(name="trusted", models=("*",))  # no system prompt: nothing is removed
     assert prompt_text(ctx).last_user == spec.prompt_prefix + "b"
+
+
+def test_clipped_keeps_the_first_and_last_halves() -> None:
+    text = PromptText(full="a" * 10 + "b" * 10, last_user="short", opaque=True)
+    clipped = text.clipped(8)
+    assert (clipped.full, clipped.last_user, clipped.opaque) == ("aaaa\n\nbbbb", "short", True)
+    assert text.clipped(20) == text
 
 
 def test_token_id_prompts_are_opaque() -> None:
