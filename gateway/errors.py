@@ -169,15 +169,13 @@ class GatewayTimeout(GatewayError):
     default_code = "upstream_timeout"
 
 
-# vLLM names its error types after exception classes; map them to OpenAI's types.
-_VLLM_TYPES = {
-    "BadRequestError": "invalid_request_error",
-    "NotFoundError": "invalid_request_error",
-    "Bad Request": "invalid_request_error",
-    "RateLimitError": "rate_limit_error",
-    "AuthenticationError": "authentication_error",
-    "PermissionDeniedError": "permission_error",
-}
+# The error types OpenAI's API uses. vLLM names its own after the status ("BadRequestError",
+# "TooManyRequestsError", ...); those become OpenAI's type for that status.
+_OPENAI_TYPES = frozenset({"invalid_request_error", "authentication_error", "permission_error",
+                           "rate_limit_error", "server_error", "insufficient_quota",
+                           "requests", "tokens"})
+_TYPE_BY_STATUS = {401: "authentication_error", 403: "permission_error",
+                   429: "rate_limit_error"}
 
 
 def shown(value: str, limit: int = 64) -> str:
@@ -186,7 +184,8 @@ def shown(value: str, limit: int = 64) -> str:
     return value if len(value) <= limit else value[:limit] + "..."
 
 
-def normalise_upstream_error(status: int, raw: bytes) -> UpstreamStatus:
+def normalise_upstream_error(status: int, raw: bytes,
+                             headers: Mapping[str, str] | None = None) -> UpstreamStatus:
     """Turn any of vLLM's error bodies into OpenAI's shape.
 
     vLLM has used `{"object": "error", "message", "type", "param", "code": 400}` (flat),
@@ -213,7 +212,7 @@ def normalise_upstream_error(status: int, raw: bytes) -> UpstreamStatus:
         code = "model_not_found"
     if status == 429 and code is None:
         code = "rate_limit_exceeded"
-    if not type_ or type_ in _VLLM_TYPES:
-        type_ = _VLLM_TYPES.get(type_, "rate_limit_error" if status == 429
-                                else "invalid_request_error")
-    return UpstreamStatus(status, message, type_=type_, param=param, code=code)
+    if type_ not in _OPENAI_TYPES:
+        type_ = _TYPE_BY_STATUS.get(status, "invalid_request_error")
+    return UpstreamStatus(status, message, type_=type_, param=param, code=code,
+                          headers=headers)

@@ -27,6 +27,12 @@ def test_error_renders_openai_shape() -> None:
         # plain text from something in between
         (429, b"Too Many Requests",
          ("upstream returned HTTP 429", "rate_limit_error", None, "rate_limit_exceeded")),
+        # vLLM's type for a 429, named after the status phrase
+        (429, b'{"error": {"message": "busy", "type": "TooManyRequestsError", "param": null,'
+              b' "code": 429}}',
+         ("busy", "rate_limit_error", None, "rate_limit_exceeded")),
+        (422, b'{"error": {"message": "m", "type": "UnprocessableEntityError", "code": 422}}',
+         ("m", "invalid_request_error", None, None)),
         # already OpenAI-shaped: kept as it is
         (400, b'{"error": {"message": "m", "type": "invalid_request_error", "param": "n",'
               b' "code": "invalid_value"}}',

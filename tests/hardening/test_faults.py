@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
@@ -33,6 +33,7 @@ class Outcome:
     events: list[bytes]  # SSE payloads of a streamed 200, else []
     body: bytes
     seconds: float
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 async def ask(url: str, token: str, body: dict[str, object],
@@ -44,7 +45,7 @@ async def ask(url: str, token: str, body: dict[str, object],
         raw = await resp.read()
         streamed = resp.status == 200 and resp.content_type == "text/event-stream"
     events = [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e] if streamed else []
-    return Outcome(resp.status, events, raw, time.monotonic() - started)
+    return Outcome(resp.status, events, raw, time.monotonic() - started, dict(resp.headers))
 
 
 def _error_code(outcome: Outcome) -> str | None:
@@ -85,6 +86,9 @@ async def test_simulated_upstream_faults(start_gateway: StartGateway, sim: Serve
         assert _error_code(outcome) == code, (case, outcome.body[-300:])
         if status == 200:
             assert b"[DONE]" not in outcome.events, case
+        if status == 429:  # normalised like the gateway's own: type, and when to retry
+            assert orjson.loads(outcome.body)["error"]["type"] == "rate_limit_error"
+            assert outcome.headers.get("Retry-After") == "1"
         await check.clean(case)
         if case in ("no first token", "never answers", "stall mid-stream"):
             await wait_until(lambda a=aborted: sim.stats.aborted == a + 1)  # type: ignore[misc]

@@ -129,4 +129,8 @@ class UpstreamClient:
         if resp.status >= 500:
             self.pool.failed(backend, "status_5xx")
             raise BadGateway("The upstream server failed to process the request")
-        raise withhold_echo(normalise_upstream_error(resp.status, raw), body)
+        headers = None
+        if resp.status == 429:  # every 429 says when to come back; vLLM's may not
+            after = resp.headers.get("Retry-After", "")
+            headers = {"Retry-After": after if after.isdigit() else "1"}
+        raise withhold_echo(normalise_upstream_error(resp.status, raw, headers), body)
