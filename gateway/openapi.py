@@ -194,7 +194,9 @@ def _paths() -> dict[str, Any]:
 
 _READINESS = {"type": "object", "required": ["ready", "checks"], "properties": {
     "ready": {"type": "boolean"},
-    "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+    "checks": {"type": "object", "additionalProperties": {"type": "boolean"},
+               "description": "Each true when it passes: accepting (not draining), policy, "
+                              "upstream, classifier."},
     "detail": {"type": "object"}}}
 _RELOADED = {"type": "object", "required": ["reloaded", "active"], "properties": {
     "reloaded": {"type": "boolean"}, "active": _ref("PolicyStatus")}}

@@ -183,8 +183,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks = {
-        "draining": not request.app[LIFECYCLE].draining,
+    checks = {  # each true when it passes
+        "accepting": not request.app[LIFECYCLE].draining,
         "policy": request.app[PIPELINE].current.policy is not None,
         "upstream": request.app[POOL].ready,
         "classifier": request.app[CLASSIFY].ready,

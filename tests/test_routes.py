@@ -74,7 +74,10 @@ async def test_health_ready_and_metrics(gateway: Server, http: aiohttp.ClientSes
     async with http.get(gateway.url + "/healthz") as resp:
         assert resp.status == 200
     async with http.get(gateway.url + "/readyz") as resp:
-        assert resp.status == 200 and (await resp.json())["ready"] is True
+        ready = await resp.json()
+        assert resp.status == 200 and ready["ready"] is True
+        assert ready["checks"] == {"accepting": True, "policy": True, "upstream": True,
+                                   "classifier": True}
     async with http.post(gateway.url + "/v1/chat/completions", json=chat()) as resp:
         await resp.read()
     async with http.get(gateway.url + "/metrics") as resp:

@@ -68,6 +68,7 @@ async def test_sigterm_drains_open_streams_then_exits_zero(
         await asyncio.sleep(0.2)
         async with http.get(gw.url + "/readyz") as resp:
             assert resp.status == 503
+            assert (await resp.json())["checks"]["accepting"] is False
         async with http.post(gw.url + "/v1/chat/completions", json=chat()) as resp:
             assert resp.status == 503
             assert (await resp.json())["error"]["code"] == "service_unavailable"
