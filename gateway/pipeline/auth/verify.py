@@ -45,7 +45,11 @@ class AuthFailure(Exception):
 
 
 def _header(token: str) -> dict[str, Any]:
-    segment = token.split(".", 1)[0]
+    return _segment(token, 0)
+
+
+def _segment(token: str, index: int) -> dict[str, Any]:
+    segment = token.split(".")[index]
     try:
         raw = base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_",
                                validate=True)
@@ -142,10 +146,16 @@ class Verifier:
         except (jwt.MissingRequiredClaimError, jwt.InvalidIssuerError, jwt.InvalidAudienceError,
                 jwt.InvalidIssuedAtError, InvalidSubjectError, InvalidJTIError):
             raise AuthFailure("bad_claims") from None
+        except jwt.DecodeError:
+            # pyjwt says DecodeError for an `exp` or `nbf` that is not a number too (after
+            # checking the signature): that is a token with bad claims, not a broken one.
+            raise AuthFailure("bad_claims" if _mistyped_times(token) else "malformed") from None
         except jwt.PyJWTError:
             raise AuthFailure("malformed") from None
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
+        if _mistyped_times(claims):  # RFC 7519: NumericDate is a JSON number, not "1700000000"
+            raise AuthFailure("bad_claims")
         s = self.settings
         sub, tier = claims.get("sub"), claims.get(s.tier_claim)
         org, jti = claims.get(s.org_claim), claims.get("jti")
@@ -155,6 +165,21 @@ class Verifier:
             raise AuthFailure("bad_claims")
         return Principal(sub=sub, tier=tier, org=org or None, scopes=_scopes(claims.get("scope")),
                          jti=jti or None, expires_at=float(claims["exp"]))
+
+
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def _mistyped_times(token_or_claims: str | dict[str, Any]) -> bool:
+    """Whether a time claim is present but not a JSON number."""
+    try:
+        claims = _segment(token_or_claims, 1) if isinstance(token_or_claims, str) \
+            else token_or_claims
+    except AuthFailure:
+        return False
+    return any(k in claims and (isinstance(claims[k], bool)
+                                or not isinstance(claims[k], int | float))
+               for k in _TIME_CLAIMS)
 
 
 def _scopes(scope: object) -> frozenset[str]:

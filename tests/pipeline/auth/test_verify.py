@@ -147,7 +147,8 @@ async def test_leeway_is_configurable() -> None:
 @pytest.mark.parametrize("over", [
     {"exp": None}, {"iat": None}, {"sub": None}, {"tier": None}, {"sub": ""}, {"tier": ""},
     {"sub": 42}, {"tier": ["admin"]}, {"org": 7}, {"jti": 5}, {"scope": 3},
-    {"scope": ["ok", 1]}, {"iat": "yesterday"},
+    {"scope": ["ok", 1]}, {"iat": "yesterday"}, {"exp": "abc"}, {"nbf": "x"},
+    {"exp": str(int(time.time()) + 3600)},  # a number in a string: not a NumericDate
 ])
 async def test_missing_or_mistyped_claims(over: dict[str, Any]) -> None:
     assert await refused(static_verifier(), token("ed", **over)) == "bad_claims"
