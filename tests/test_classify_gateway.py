@@ -45,6 +45,16 @@ async def test_research_tier_flags_and_serves(gateway: Server, mint: MintToken) 
     assert headers["x-gateway-decision"] == "flag"
 
 
+@pytest.mark.parametrize("part", [{"type": "input_text", "text": HARMFUL},
+                                  {"type": "output_text", "text": HARMFUL}])
+async def test_text_in_any_text_part_type_is_classified(gateway: Server, mint: MintToken,
+                                                        part: dict[str, str]) -> None:
+    """vLLM renders input_text and output_text parts into the prompt like text parts."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": [part]}]}
+    status, _, raw = await _post(gateway.url, mint(tier="public"), body)
+    assert status == 400 and b"content_policy_violation" in raw
+
+
 async def test_benign_prompt_passes_for_public(gateway: Server, mint: MintToken) -> None:
     status, headers, _ = await _post(gateway.url, mint(tier="public"),
                                      chat("Write a short poem about the sea."))

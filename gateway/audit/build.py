@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.audit.record import LIMIT_NONE, AuditKeys, AuditRecord
 from gateway.context import RequestContext
+from gateway.pipeline.shape import part_text
 
 
 def build_record(ctx: RequestContext, *, status: int, keys: AuditKeys,
@@ -62,6 +63,6 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts, or a batch of prompts
-        parts = [p.get("text", "") if isinstance(p, Mapping) else _text(p) for p in content]
+        parts = [part_text(p) or "" if isinstance(p, Mapping) else _text(p) for p in content]
         return "\n".join(str(p) for p in parts if p)
     return "" if content is None else str(content)

@@ -94,6 +94,13 @@ async def test_non_stream_drops_stream_options() -> None:
         ("completions", {"model": "m", "prompt": "p", "logprobs": -1}, "logprobs"),
         ("completions", {"model": "m", "prompt": "p", "best_of": 0}, "best_of"),
         ("completions", {"model": "m", "prompt": "p", "echo": "yes"}, "echo"),
+        # vLLM reads these part types as text: a wrong type would slip past the classifiers
+        ("chat", {"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "wat", "text": "x"}]}]}, "messages[0].content[0]"),
+        ("chat", {"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "input_text", "text": 5}]}]}, "messages[0].content[0]"),
+        ("chat", {"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "refusal", "text": "x"}]}]}, "messages[0].content[0]"),
         ("completions", {"model": "m"}, "prompt"),
         ("completions", {"model": "m", "prompt": [1, "a"]}, "prompt"),
         ("completions", {"model": "m", "prompt": {}}, "prompt"),
@@ -117,6 +124,10 @@ async def test_bad_fields_are_refused_naming_the_param(route: Route, body: dict[
         ("chat", {"model": "m", "messages": [{"role": "user",
                                                "content": [{"type": "text", "text": "x"}]}]}),
         ("chat", {**CHAT, "max_tokens": None, "n": 2, "stop": ["x"]}),
+        ("chat", {"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "input_text", "text": "a"}, {"type": "output_text", "text": "b"},
+            {"type": "refusal", "refusal": "c"}, {"type": "thinking", "thinking": "d"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]}),
         ("chat", {**CHAT, "stream": None, "temperature": 0, "top_p": 0.5, "seed": 7,
                   "logprobs": True, "top_logprobs": 3, "logit_bias": {"50256": -100},
                   "presence_penalty": None, "user": "u-1", "tool_choice": "none"}),

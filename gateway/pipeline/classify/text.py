@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.context import RequestContext
+from gateway.pipeline.shape import part_text
 
 INVISIBLE = frozenset((
     0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0x3164, 0xFEFF, 0xFFA0,
@@ -95,9 +96,7 @@ def _content_text(content: Any) -> tuple[str, bool]:
     if isinstance(content, str):
         return content, False
     if isinstance(content, list):
-        texts = [p["text"] for p in content
-                 if isinstance(p, dict) and p.get("type") == "text"
-                 and isinstance(p.get("text"), str)]
+        texts = [text for text in map(part_text, content) if text is not None]
         return "\n".join(texts), False
     return "", content is not None
 

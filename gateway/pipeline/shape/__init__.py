@@ -118,6 +118,25 @@ def _check_common(body: dict[str, Any]) -> Decision:
     return ALLOW
 
 
+# Content part types vLLM reads as text, and the key that holds it: the classifiers must
+# read every one of them, or text in an `input_text` part would reach the model unjudged.
+TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text",
+                  "refusal": "refusal", "thinking": "thinking"}
+# The other part types vLLM accepts (media; no text of their own). vLLM refuses any other
+# type, so the gateway does as well, before anything else looks at the request.
+MEDIA_PART_TYPES = frozenset({"image_url", "input_image", "image_embeds", "audio_url",
+                              "input_audio", "video_url", "file"})
+
+
+def part_text(part: Any) -> str | None:
+    """The text of a text-like content part, None for any other part."""
+    if isinstance(part, dict):
+        key = TEXT_PART_KEYS.get(part.get("type"))  # type: ignore[arg-type]
+        if key is not None and isinstance(part.get(key), str):
+            return str(part[key])
+    return None
+
+
 # OpenAI's roles. vLLM also takes any other role string for custom chat templates, but an
 # unknown role is text the classifier (which reads configured roles) would never see.
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -141,7 +160,8 @@ def _check_messages(messages: Any) -> Decision:
             for j, part in enumerate(content):
                 if not _valid_part(part):
                     return _bad(f"'messages[{i}].content[{j}]' must be an object with a "
-                                "'type' (and a string 'text' for text parts)",
+                                f"known 'type' ({', '.join(sorted(TEXT_PART_KEYS))} with "
+                                f"a string of that name's text, or a media part)",
                                 f"messages[{i}].content[{j}]")
     return ALLOW
 
@@ -149,7 +169,7 @@ def _check_messages(messages: Any) -> Decision:
 def _valid_part(part: Any) -> bool:
     if not isinstance(part, dict) or not isinstance(part.get("type"), str):
         return False
-    return part["type"] != "text" or isinstance(part.get("text"), str)
+    return part["type"] in MEDIA_PART_TYPES or part_text(part) is not None
 
 
 def _check_prompt(prompt: Any) -> Decision:

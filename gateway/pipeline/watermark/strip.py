@@ -31,9 +31,11 @@ def _strip_content(holder: dict[str, Any], key: str) -> int:
             if isinstance(part, str):
                 value[i], n = _strip(part)
                 removed += n
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                part["text"], n = _strip(part["text"])
-                removed += n
+            elif isinstance(part, dict):
+                for name in ("text", "refusal", "thinking"):  # the text-like parts' keys
+                    if isinstance(part.get(name), str):
+                        part[name], n = _strip(part[name])
+                        removed += n
     return removed
 
 

@@ -42,6 +42,14 @@ def test_chat_roles_are_configurable() -> None:
     assert text.last_user == "second\npart"
 
 
+def test_every_part_type_vllm_reads_as_text_is_classified() -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": "input_text", "text": "b"},
+             {"type": "output_text", "text": "c"}, {"type": "refusal", "refusal": "d"},
+             {"type": "thinking", "thinking": "e"}, {"type": "image_url", "image_url": {}}]
+    text = prompt_text(_ctx({"messages": [{"role": "user", "content": parts}]}))
+    assert text.full == "a\nb\nc\nd\ne"
+
+
 def test_completions_prompt() -> None:
     assert prompt_text(_ctx({"prompt": "hello"})).full == "hello"
     text = prompt_text(_ctx({"prompt": ["a", "b"]}))
