@@ -71,7 +71,7 @@ def _run_policy(args: argparse.Namespace) -> int:
 def _run_explain(args: argparse.Namespace, load_policy: Any, policy_error: Any) -> int:
     import orjson
 
-    from gateway.policy.explain import explain
+    from gateway.policy.explain import explain_classified
 
     try:
         policy = load_policy(_policy_dir(args.policies))
@@ -87,7 +87,7 @@ def _run_explain(args: argparse.Namespace, load_policy: Any, policy_error: Any) 
     if not isinstance(body, dict):
         print(f"{args.body}: expected a JSON object", file=sys.stderr)
         return 1
-    report = asyncio.run(explain(policy, args.tier, body))
+    report = asyncio.run(explain_classified(policy, args.tier, body))
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     return 0
 

@@ -1,4 +1,9 @@
-"""`gateway policy explain`: what the pipeline would do to one request, without sending it."""
+"""`gateway policy explain`: what the pipeline would do to one request, without sending it.
+
+Shape, tier and classification (the policy's chain, embedding model included; the guard,
+which needs the upstream, is left out and said so), in that order, as the gateway runs
+them; rate limits are reported, not consumed.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +54,40 @@ async def explain(policy: PolicySpec, tier: str, body: dict[str, Any],
     if spec is not None:
         report["limits"] = dataclasses.asdict(policy.limits_for(spec, "explain", None))
         report["categories"] = dict(spec.categories)
+    verdict = ctx.verdict
+    if verdict is not None:
+        report["classification"] = {
+            "action": verdict.action, "categories": list(verdict.categories),
+            "scores": {c: round(s, 4) for c, s in sorted(verdict.scores.items()) if s > 0},
+            "classifiers": list(verdict.classifiers)}
     if decision.allowed:
         report["forwarded_body"] = ctx.body
+    return report
+
+
+async def explain_classified(policy: PolicySpec, tier: str,
+                             body: dict[str, Any]) -> dict[str, Any]:
+    """`explain` with the policy's classifier chain as the last stage."""
+    from prometheus_client import CollectorRegistry
+
+    from gateway.metrics import Metrics
+    from gateway.pipeline.classify.eval import unhurried
+    from gateway.pipeline.classify.runtime import ClassifyRuntime
+    from gateway.pipeline.classify.stage import ClassifyStage
+
+    classifiers = policy.classifiers
+    guard = classifiers.guard
+    offline = dataclasses.replace(policy, classifiers=dataclasses.replace(
+        classifiers, guard=dataclasses.replace(guard, enabled=False)))
+    runtime = ClassifyRuntime()
+    await runtime.start(load_model=classifiers.embedding.enabled)
+    try:
+        chain = runtime.build_chain(unhurried(offline))
+        stage = ClassifyStage(chain, Metrics(CollectorRegistry()))
+        report = await explain(policy, tier, body, (stage,))
+    finally:
+        await runtime.close()
+    if "classification" in report:
+        report["classification"]["not_run"] = ["guard"] if guard.enabled else []
+        report["classification"]["unavailable"] = list(chain.unavailable)
     return report
