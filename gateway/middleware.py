@@ -125,7 +125,9 @@ def _count(request: web.Request, route: str, status: int, elapsed: float) -> Non
 async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: headers every response carries, streams included."""
     headers = response.headers
-    headers["x-request-id"] = request.get(REQUEST_ID, "")
+    # aiohttp answers some requests before the middleware gives them an id (an unknown
+    # Expect): they still get one, as every response does.
+    headers["x-request-id"] = request.get(REQUEST_ID) or secrets.token_hex(16)
     if "x-gateway-overhead-ms" not in headers and STARTED in request:
         # Answered by the gateway alone: all of its time is the gateway's own.
         elapsed = time.perf_counter() - request[STARTED]

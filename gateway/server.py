@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.context import LIFECYCLE, RELOADER
 from gateway.lifecycle import StartupError
+from gateway.protocol import GatewayRunner
 from gateway.settings import Settings
 from gateway.sim import SimSettings, create_sim_app
 
@@ -59,7 +60,7 @@ async def serve(settings: Settings) -> int:
                  "(embedded default; pass --upstream URL to front real vLLM)", url)
         settings = dataclasses.replace(settings, upstreams=(url,))
     app = create_app(settings)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+    runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=1.0)
     try:
         await runner.setup()

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.conftest import MODEL, Server, StartGateway, chat
+from tests.conftest import MODEL, Process, Server, StartGateway, chat
 
 CHAT = "/v1/chat/completions"
 
@@ -216,3 +216,42 @@ async def test_slow_loris_body_is_cut_off_with_408(start_gateway: StartGateway, 
     assert 0.9 < took < 3
     status, _ = await _post(http, gw.url, orjson.dumps(chat("still serving")))
     assert status == 200
+
+
+async def _raw_http(url: str, request: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)  # the server closes after an error
+    writer.close()
+    return answer
+
+
+async def test_requests_aiohttp_cannot_parse_get_the_gateway_s_error_shape(
+        gateway_process: Callable[..., Process]) -> None:
+    """Answered by aiohttp's protocol handler before the app sees them: they used to be
+    text/plain, quote the request, name aiohttp in Server, and log a traceback."""
+    gw = gateway_process()
+    secret = b"Bearer " + b"s3cr3t" * 1500  # over aiohttp's 8190-byte field limit
+    cases = [
+        (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n{}", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: " + secret + b"\r\n\r\n", 400),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+    ]
+    for request, status in cases:
+        answer = await _raw_http(gw.url, request)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:])}
+        assert lines[0].split()[1] == str(status), lines[0]
+        assert headers["content-type"].startswith("application/json"), headers
+        assert headers["server"] == "gateway" and headers["x-request-id"], headers
+        assert _error(body)["code"] == "invalid_http"
+        assert b"s3cr3t" not in answer
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/healthz") as resp:
+        assert resp.status == 200  # still serving
+    gw.proc.terminate()
+    output, _ = gw.proc.communicate(timeout=30)
+    assert "Traceback" not in output and "s3cr3t" not in output
