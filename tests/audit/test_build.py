@@ -52,6 +52,10 @@ def test_prompt_stored_only_when_opted_in_and_refusals_without_principal() -> No
                                                 {"type": "image_url", "image_url": {}}]}]},
      "user: hi"),
     ({}, ""),
+    # A body the shape stage refused is still audited: odd parts must not raise (a 500).
+    ({"messages": [{"role": "assistant", "content": [{"type": {}, "text": ""},
+                                                     {"type": "input_text", "text": "x"}]}]},
+     "assistant: x"),
 ])
 def test_prompt_text(body: dict[str, Any], text: str) -> None:
     assert prompt_text(body) == text

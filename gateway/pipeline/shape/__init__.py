@@ -129,11 +129,12 @@ MEDIA_PART_TYPES = frozenset({"image_url", "input_image", "image_embeds", "audio
 
 
 def part_text(part: Any) -> str | None:
-    """The text of a text-like content part, None for any other part."""
-    if isinstance(part, dict):
-        key = TEXT_PART_KEYS.get(part.get("type"))  # type: ignore[arg-type]
-        if key is not None and isinstance(part.get(key), str):
-            return str(part[key])
+    """The text of a text-like content part, None for any other part. Safe on anything:
+    the audit record reads bodies the shape stage refused."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    key = TEXT_PART_KEYS.get(kind) if isinstance(kind, str) else None
+    if key is not None and isinstance(part.get(key), str):
+        return str(part[key])
     return None
 
 

@@ -48,6 +48,9 @@ def test_every_part_type_vllm_reads_as_text_is_classified() -> None:
              {"type": "thinking", "thinking": "e"}, {"type": "image_url", "image_url": {}}]
     text = prompt_text(_ctx({"messages": [{"role": "user", "content": parts}]}))
     assert text.full == "a\nb\nc\nd\ne"
+    # Refused bodies are read too (the audit record): nothing in them may raise.
+    odd = [{"type": {}, "text": "x"}, {"type": ["text"]}, {"type": "text", "text": 5}, 5]
+    assert prompt_text(_ctx({"messages": [{"role": "user", "content": odd}]})).full == ""
 
 
 def test_completions_prompt() -> None:
