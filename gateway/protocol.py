@@ -1,7 +1,7 @@
 """Errors aiohttp answers itself, before the app sees a request: in the gateway's shape.
 
 A request line or header that cannot be parsed (a header over 8 KB, both Content-Length
-and Transfer-Encoding, an unknown Expect, a Content-Encoding aiohttp cannot decode) is
+and Transfer-Encoding, a negative length, a Content-Encoding aiohttp cannot decode) is
 answered by aiohttp's protocol handler with a text/plain body that can quote the request
 (the start of an oversized Authorization header, say), its own Server banner, and an
 ERROR log with a traceback. `GatewayRunner` serves the app with a handler that answers

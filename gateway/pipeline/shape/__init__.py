@@ -160,10 +160,9 @@ def _check_messages(messages: Any) -> Decision:
         if isinstance(content, list):
             for j, part in enumerate(content):
                 if not _valid_part(part):
-                    return _bad(f"'messages[{i}].content[{j}]' must be an object with a "
-                                f"known 'type' ({', '.join(sorted(TEXT_PART_KEYS))} with "
-                                f"a string of that name's text, or a media part)",
-                                f"messages[{i}].content[{j}]")
+                    return _bad(f"'messages[{i}].content[{j}]' must be a text part "
+                                f"({', '.join(sorted(TEXT_PART_KEYS))}) with its text as "
+                                f"a string, or a media part", f"messages[{i}].content[{j}]")
     return ALLOW
 
 
