@@ -148,6 +148,12 @@ def _paths() -> dict[str, Any]:
         "/v1/models": {"get": _admin_op("Models the caller's tier may use", _listing({
             "type": "object", "required": ["id", "object"],
             "properties": {"id": {"type": "string"}, "object": {"const": "model"}}}))},
+        "/v1/models/{model}": {"get": {
+            **_admin_op("One model the caller's tier may use", {
+                "type": "object", "required": ["id", "object"],
+                "properties": {"id": {"type": "string"}, "object": {"const": "model"}}}, 404),
+            "parameters": [{"name": "model", "in": "path", "required": True,
+                            "schema": {"type": "string"}}]}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({
             "type": "object", "required": ["status"],
             "properties": {"status": {"const": "ok"}}}, "Alive")}}},

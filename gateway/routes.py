@@ -29,9 +29,7 @@ from gateway.context import (
     Route,
     Usage,
 )
-from gateway.errors import (
-    Forbidden,
-)
+from gateway.errors import Forbidden, ModelNotFound, shown
 from gateway.openapi import document
 from gateway.pipeline import Decision, Pipeline
 from gateway.pipeline.upstream.relay import StreamRelay, relay_json
@@ -166,16 +164,31 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return await _proxy(request, "embeddings")
 
 
-async def models(request: web.Request) -> web.Response:
-    """Only the models the caller's tier may use."""
+async def _visible_models(request: web.Request) -> dict[str, dict[str, Any]]:
+    """The upstream models the caller's tier may use, by id."""
     principal = await authenticate(request)
     policy = request.app[PIPELINE].current.policy
     tier = policy.tiers.get(principal.tier) if policy is not None else None
     if tier is None:
         raise Forbidden("your tier is not configured on this gateway", code="unknown_tier")
-    listing = sorted((m for model_id, m in request.app[POOL].models().items()
-                      if tier.allows_model(model_id)), key=lambda m: str(m["id"]))
+    return {model_id: m for model_id, m in request.app[POOL].models().items()
+            if tier.allows_model(model_id)}
+
+
+async def models(request: web.Request) -> web.Response:
+    """Only the models the caller's tier may use."""
+    listing = sorted((await _visible_models(request)).values(), key=lambda m: str(m["id"]))
     return web.json_response({"object": "list", "data": listing}, dumps=_dumps)
+
+
+async def model(request: web.Request) -> web.Response:
+    """One of them (the SDK's models.retrieve); a model the tier may not use is as unknown
+    as one nobody serves, so the answer does not reveal what other tiers get."""
+    name = request.match_info["model"]
+    found = (await _visible_models(request)).get(name)
+    if found is None:
+        raise ModelNotFound(f"The model '{shown(name)}' does not exist", param="model")
+    return web.json_response(found, dumps=_dumps)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -214,6 +227,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model:.+}", model)  # ids may hold slashes (org/name)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

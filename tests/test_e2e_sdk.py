@@ -8,7 +8,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.conftest import MODEL, Server
+from tests.conftest import MODEL, MintToken, Server, StartGateway, StartSim
 
 MESSAGES = [{"role": "user", "content": "Tell me about the sea"}]
 
@@ -81,6 +81,23 @@ async def test_embeddings_and_models_pass_through(gateway: Server, token: str) -
         models = await client.models.list()
     assert len(result.data) == 2 and len(result.data[0].embedding) > 0
     assert [m.id for m in models.data] == [MODEL]
+
+
+async def test_models_retrieve_sees_what_the_tier_may_use(
+        start_sim: StartSim, start_gateway: StartGateway, mint: MintToken) -> None:
+    """The SDK's models.retrieve (GET /v1/models/{id}); a model the tier may not use is
+    as unknown as one nobody serves."""
+    big = "org/llama-3-70b-instruct"  # an id with a slash, as Hugging Face names go
+    sim = await start_sim(models=(MODEL, big))
+    gateway = await start_gateway(sim.url)
+    async with _async_client(gateway, mint(tier="research")) as client:
+        assert (await client.models.retrieve(big)).id == big
+    async with _async_client(gateway, mint(tier="public")) as client:  # 8b models only
+        assert (await client.models.retrieve(MODEL)).id == MODEL
+        for hidden in (big, "nope"):
+            with pytest.raises(openai.NotFoundError) as info:
+                await client.models.retrieve(hidden)
+            assert info.value.code == "model_not_found", hidden
 
 
 async def test_unknown_model_is_404_model_not_found(gateway: Server, token: str) -> None:
