@@ -49,7 +49,10 @@ class PromptText:
 
     def clipped(self, limit: int) -> PromptText:
         """Text over `limit` characters kept as its first and last halves (a blank line
-        between, so no pattern matches across the cut)."""
+        between, so no pattern matches across the cut). Itself when nothing is that long:
+        the common case, on every request."""
+        if len(self.full) <= limit and len(self.last_user) <= limit:
+            return self
         return PromptText(_clip(self.full, limit), _clip(self.last_user, limit), self.opaque)
 
 
