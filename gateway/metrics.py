@@ -97,6 +97,10 @@ class Metrics:
         self.upstream_healthy = Gauge(
             "gateway_upstream_healthy", "1 when the backend is in rotation.",
             ["upstream"], registry=registry)
+        self.upstream_panic = Counter(
+            "gateway_upstream_panic_routed",
+            "Upstream calls sent to an ejected backend because every backend serving the "
+            "model was ejected (health.panic_routing).", registry=registry)
         self.client_disconnects = Counter(
             "gateway_client_disconnects", "Clients gone before the response ended.",
             ["route"], registry=registry)

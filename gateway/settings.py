@@ -47,6 +47,10 @@ class HealthSettings:
     probe_timeout_s: float = 2.0
     failures_to_eject: int = 3  # consecutive passive failures before ejection
     eject_s: float = 10.0
+    # When every backend serving a model is ejected, route among those the probe still
+    # finds healthy instead of refusing everyone for eject_s (a few bad requests must not
+    # take down the only backend).
+    panic_routing: bool = True
 
 
 @dataclass(frozen=True, slots=True)

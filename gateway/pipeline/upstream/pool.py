@@ -2,7 +2,9 @@
 
 Each backend's models come from its own /v1/models, refreshed with the active health
 probe. Passive ejection takes a backend out of rotation after consecutive failed
-attempts; it returns once the ejection period has passed and a probe succeeds.
+attempts; it returns once the ejection period has passed and a probe succeeds. With
+`panic_routing`, a model whose every backend is ejected is still routed among those the
+probe finds healthy: failures a client can provoke must not turn into an outage.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class Pool:
 
     @property
     def ready(self) -> bool:
+        if self._health.panic_routing:
+            return any(b.healthy for b in self.backends)
         now = time.monotonic()
         return any(b.available(now) for b in self.backends)
 
@@ -118,6 +122,10 @@ class Pool:
                 raise ModelNotFound(f"The model '{shown(model)}' does not exist", param="model")
             raise Unavailable("No healthy upstream is available")
         candidates = [b for b in serving if b.available(now) and b not in exclude]
+        if not candidates and self._health.panic_routing:
+            candidates = [b for b in serving if b.healthy and b not in exclude]
+            if candidates:
+                self._metrics.upstream_panic.inc()
         if not candidates:
             raise Unavailable(f"No healthy upstream is serving '{shown(model)}'")
         fewest = min(b.outstanding for b in candidates)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.context import POOL
 from tests.conftest import MODEL, Server, StartGateway, StartSim, chat, free_port, wait_until
@@ -99,3 +102,32 @@ async def test_all_down_then_one_returns(start_sim: StartSim, start_gateway: Sta
     async with http.get(gateway.url + "/readyz") as resp:
         assert resp.status == 200
     assert await _ask(http, gateway, chat()) == 200
+
+
+async def _metric_value(http: aiohttp.ClientSession, gateway: Server, name: str) -> float:
+    async with http.get(gateway.url + "/metrics") as resp:
+        text = await resp.text()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == name)
+
+
+@pytest.mark.parametrize("panic_routing", [True, False])
+async def test_failures_a_client_provokes_do_not_take_the_only_backend_away(
+        start_sim: StartSim, start_gateway: StartGateway, http: aiohttp.ClientSession,
+        panic_routing: bool) -> None:
+    sim = await start_sim()
+    gateway = await start_gateway(sim.url, retries=0, health={
+        "interval_s": 0.1, "failures_to_eject": 2, "eject_s": 30,
+        "panic_routing": panic_routing})
+    for _ in range(2):  # two upstream failures eject the only backend
+        assert await _ask(http, gateway, chat("[[sim:status=503]] hi")) == 503
+    assert not gateway.app[POOL].backends[0].available(time.monotonic())
+    async with http.get(gateway.url + "/readyz") as resp:
+        ready = resp.status
+    served = await _ask(http, gateway, chat(max_tokens=2))
+    routed = await _metric_value(http, gateway, "gateway_upstream_panic_routed_total")
+    if panic_routing:  # the probe still passes: the backend keeps serving everyone else
+        assert (ready, served) == (200, 200)
+        assert routed > 0  # upstream calls (the completion, and a /tokenize before it)
+    else:
+        assert (ready, served, routed) == (503, 503, 0)
