@@ -41,3 +41,17 @@ def test_quotations_are_cut_or_withheld(message: str, kept: str) -> None:
 def test_messages_without_the_callers_words_pass_unchanged(message: str) -> None:
     error = _error(message)
     assert withhold_echo(error, BODY) is error
+
+
+
+def test_of_a_long_text_only_its_ends_are_compared() -> None:
+    """pydantic quotes a long value by its two ends; the middle is not read, so a
+    multi-megabyte prompt costs a bounded amount of work on every upstream 4xx."""
+    filler = "lorem ipsum " * 200_000
+    text = (f"opening words of the prompt {filler} buried middle phrase here {filler} "
+            "closing words of the prompt")
+    body = {"messages": [{"role": "user", "content": text}]}
+    for quoted in ("opening words of the", "closing words of the"):
+        assert "withheld" in withhold_echo(_error(f"bad value: '{quoted}'"), body).message
+    middle = _error("bad value: 'buried middle phrase'")
+    assert withhold_echo(middle, body) is middle
