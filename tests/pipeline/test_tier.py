@@ -93,6 +93,16 @@ async def test_max_tokens_default_and_clamp(tier: str, asked: int | None,
     assert ctx.body["max_tokens"] == forwarded
 
 
+async def test_both_spellings_of_max_tokens_are_capped() -> None:
+    body = {"model": MODEL, "messages": _msgs(), "max_completion_tokens": 100,
+            "max_tokens": 100_000}
+    ctx, decision = await _run("public", body)
+    assert decision.allowed
+    assert (ctx.body["max_completion_tokens"], ctx.body["max_tokens"]) == (100, 512)
+    _, decision = await _run("research", {**body, "max_completion_tokens": 10})
+    assert (decision.allowed, decision.error.param) == (False, "max_tokens")
+
+
 @pytest.mark.parametrize("nulls", [{"n": None}, {"n": None, "max_tokens": None,
                                                  "temperature": None, "top_logprobs": None}])
 async def test_explicit_nulls_mean_defaults(nulls: dict[str, Any]) -> None:

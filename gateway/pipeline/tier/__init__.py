@@ -56,18 +56,21 @@ def _check_caps(caps: RequestCaps, body: dict[str, Any], tier: str) -> Decision:
 
 
 def _apply_max_tokens(caps: RequestCaps, body: dict[str, Any], tier: str) -> Decision:
-    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    asked = body.get(key)
-    if asked is None:
+    # Both spellings are capped: vLLM reads max_completion_tokens first, but a client
+    # may send both, and what is forwarded should never exceed the tier's cap.
+    asked = [k for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None]
+    if not asked:
         default = caps.default_max_tokens or caps.max_tokens
         if default is not None:
+            key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
             body[key] = default
         return ALLOW
-    if caps.max_tokens is not None and asked > caps.max_tokens:
-        if caps.max_tokens_mode == "reject":
-            return _refuse(f"tier '{tier}' allows at most {key}={caps.max_tokens}",
-                           "max_tokens_not_allowed", key)
-        body[key] = caps.max_tokens
+    for key in asked:
+        if caps.max_tokens is not None and body[key] > caps.max_tokens:
+            if caps.max_tokens_mode == "reject":
+                return _refuse(f"tier '{tier}' allows at most {key}={caps.max_tokens}",
+                               "max_tokens_not_allowed", key)
+            body[key] = caps.max_tokens
     return ALLOW
 
 
