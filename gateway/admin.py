@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 
 from gateway.context import PIPELINE, RELOADER
 from gateway.errors import Forbidden
 from gateway.pipeline.watermark.http import detect_handler
+from gateway.protocol import expect_handler
 from gateway.routes import authenticate
 
 ADMIN_SCOPE = "admin"
@@ -42,6 +45,7 @@ async def watermark_detect(request: web.Request) -> web.StreamResponse:
 
 
 def add_admin_routes(app: web.Application) -> None:
-    app.router.add_post("/admin/v1/watermark/detect", watermark_detect)
-    app.router.add_get("/admin/v1/policy", policy_status)
-    app.router.add_post("/admin/v1/policy/reload", policy_reload)
+    post = functools.partial(app.router.add_post, expect_handler=expect_handler)
+    post("/admin/v1/watermark/detect", watermark_detect)
+    app.router.add_get("/admin/v1/policy", policy_status, expect_handler=expect_handler)
+    post("/admin/v1/policy/reload", policy_reload)

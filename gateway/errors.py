@@ -121,6 +121,12 @@ class RequestTimeout(GatewayError):
     default_code = "request_timeout"
 
 
+class ExpectationFailed(GatewayError):
+    status = 417
+    type = "invalid_request_error"
+    default_code = "expectation_failed"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"

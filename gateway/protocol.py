@@ -7,6 +7,9 @@ answered by aiohttp's protocol handler with a text/plain body that can quote the
 ERROR log with a traceback. `GatewayRunner` serves the app with a handler that answers
 these in OpenAI's error shape instead, with the gateway's headers, quoting nothing, and
 logs a client's malformed request at INFO without a traceback.
+
+`expect_handler` does the same for an `Expect` header other than 100-continue, which
+aiohttp answers (417) before the app's middleware runs.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ import secrets
 from http import HTTPStatus
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.errors import GatewayError, UpstreamStatus
+from gateway.errors import ExpectationFailed, GatewayError, UpstreamStatus
 
 
 def protocol_error(status: int) -> GatewayError:
@@ -32,6 +35,19 @@ def protocol_error(status: int) -> GatewayError:
         phrase = "Bad Request"
     return UpstreamStatus(status, f"The request is not valid HTTP/1.1 ({status} {phrase})",
                           type_="invalid_request_error", param=None, code="invalid_http")
+
+
+async def expect_handler(request: web.Request) -> web.Response | None:
+    """`Expect: 100-continue` is answered as aiohttp does; any other expectation is 417."""
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response itself has not started
+        return None
+    error = ExpectationFailed("Only 'Expect: 100-continue' is supported", param=None)
+    return web.Response(status=error.http_status, body=error.to_json(),
+                        content_type="application/json")
 
 
 class _Handler(RequestHandler):

@@ -36,6 +36,7 @@ from gateway.pipeline.upstream.relay import StreamRelay, relay_json
 from gateway.pipeline.watermark.filters import provenance_header, vllm_xargs
 from gateway.pipeline.watermark.provenance import HEADER as PROVENANCE
 from gateway.pipeline.watermark.runtime import WATERMARK
+from gateway.protocol import expect_handler
 from gateway.tracing import TRACEPARENT
 
 # Tokens in URLs end up in access logs and browser history: refused, never read.
@@ -223,12 +224,15 @@ def _dumps(obj: Any) -> str:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/embeddings", embeddings)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/v1/models/{model:.+}", model)  # ids may hold slashes (org/name)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", openapi)
+    # Every route answers an unknown Expect header in the gateway's shape (protocol.py).
+    post = functools.partial(app.router.add_post, expect_handler=expect_handler)
+    get = functools.partial(app.router.add_get, expect_handler=expect_handler)
+    post("/v1/chat/completions", chat_completions)
+    post("/v1/completions", completions)
+    post("/v1/embeddings", embeddings)
+    get("/v1/models", models)
+    get("/v1/models/{model:.+}", model)  # ids may hold slashes (org/name)
+    get("/healthz", healthz)
+    get("/readyz", readyz)
+    get("/metrics", metrics)
+    get("/openapi.json", openapi)

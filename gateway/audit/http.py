@@ -21,6 +21,7 @@ from gateway.audit.log import MAX_PAGE
 from gateway.audit.store import QueryFilter
 from gateway.audit.timespec import parse_time
 from gateway.errors import BadRequest
+from gateway.protocol import expect_handler
 
 _PARAMS = frozenset({"since", "until", "tier", "decision", "key_id", "limit", "cursor"})
 DEFAULT_PAGE = 100
@@ -61,4 +62,4 @@ def parse_query(query: MultiMapping[str], now: float) -> tuple[QueryFilter, int,
 
 
 def add_audit_routes(app: web.Application) -> None:
-    app.router.add_get("/admin/v1/audit", audit_query_handler)
+    app.router.add_get("/admin/v1/audit", audit_query_handler, expect_handler=expect_handler)

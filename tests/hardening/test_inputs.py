@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.conftest import MODEL, Process, Server, StartGateway, chat
 
@@ -255,3 +256,44 @@ async def test_requests_aiohttp_cannot_parse_get_the_gateway_s_error_shape(
     gw.proc.terminate()
     output, _ = gw.proc.communicate(timeout=30)
     assert "Traceback" not in output and "s3cr3t" not in output
+
+
+async def _raw_exchange(url: str, request: bytes, answers: int) -> list[bytes]:
+    """Send `request` and read `answers` responses (interim 100 Continue included)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    got = []
+    for _ in range(answers):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length")), 0)
+        got.append(head + await asyncio.wait_for(reader.readexactly(length), 10))
+    writer.close()
+    return got
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/admin/v1/policy/reload"])
+async def test_an_unknown_expectation_is_417_in_the_gateway_s_shape(
+        gateway: Server, token: str, path: str) -> None:
+    """aiohttp answers Expect before the app runs: it was text/plain, quoting the header."""
+    (answer,) = await _raw_exchange(gateway.url, (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nExpect: x-quote-me\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: 2\r\n\r\n{{}}").encode(), 1)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 417"), head
+    assert b"application/json" in head and b"x-request-id" in head.lower()
+    assert _error(body)["code"] == "expectation_failed"
+    assert b"x-quote-me" not in body
+
+
+async def test_expect_100_continue_still_works(gateway: Server, token: str) -> None:
+    body = orjson.dumps(chat("hi", max_tokens=3))
+    interim, final = await _raw_exchange(gateway.url, (
+        f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n").encode() + body, 2)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert final.startswith(b"HTTP/1.1 200")
+    assert orjson.loads(final.partition(b"\r\n\r\n")[2])["object"] == "chat.completion"
