@@ -45,6 +45,9 @@ class TimeoutSettings:
 class HealthSettings:
     interval_s: float = 5.0  # active /health probe and /v1/models refresh
     probe_timeout_s: float = 2.0
+    # Consecutive failed probes before a backend that was up counts as down: one slow
+    # answer from a busy backend must not take it out of service.
+    failed_probes_to_down: int = 2
     failures_to_eject: int = 3  # consecutive passive failures before ejection
     eject_s: float = 10.0
     # When every backend serving a model is ejected, route among those the probe still
@@ -227,6 +230,8 @@ def _check(settings: Settings) -> None:
         raise SettingsError("timeouts: ttfb_s and idle_s must be positive")
     if settings.health.failures_to_eject < 1:
         raise SettingsError("health.failures_to_eject: must be at least 1")
+    if settings.health.failed_probes_to_down < 1:
+        raise SettingsError("health.failed_probes_to_down: must be at least 1")
     if settings.ratelimit.on_store_error not in ("fail_closed", "fail_open", "local"):
         raise SettingsError("ratelimit.on_store_error: one of fail_closed, fail_open, local")
     if settings.ratelimit.replicas < 1:

@@ -39,6 +39,8 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("port: eighty\n", "g.yaml:1: port: expected a number"),
         ("upstreams: [ftp://x]\n", "g.yaml:1: upstreams.0: expected an http(s) URL"),
         ("health:\n  failures_to_eject: 0\n", "health.failures_to_eject: must be at least 1"),
+        ("health:\n  failed_probes_to_down: 0\n",
+         "health.failed_probes_to_down: must be at least 1"),
         ("timeouts: 5\n", "g.yaml:1: timeouts: expected a mapping"),
         ("port: [1\n", "g.yaml:2: invalid YAML"),
         ("- 1\n", "expected a mapping of settings"),

@@ -1,7 +1,8 @@
 """Backend pool: discovery, health and least-outstanding-requests routing.
 
 Each backend's models come from its own /v1/models, refreshed with the active health
-probe. Passive ejection takes a backend out of rotation after consecutive failed
+probe; a backend that was up counts as down after `failed_probes_to_down` consecutive
+failed probes. Passive ejection takes a backend out of rotation after consecutive failed
 attempts; it returns once the ejection period has passed and a probe succeeds. With
 `panic_routing`, a model whose every backend is ejected is still routed among those the
 probe finds healthy: failures a client can provoke must not turn into an outage.
@@ -36,6 +37,7 @@ class Backend:
     outstanding: int = 0
     failures: int = 0
     ejected_until: float = 0.0
+    failed_probes: int = 0  # consecutive
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -74,20 +76,26 @@ class Pool:
         timeout = aiohttp.ClientTimeout(total=self._health.probe_timeout_s)
         try:
             async with self._session.get(f"{backend.url}/health", timeout=timeout) as resp:
-                healthy = resp.status == 200
-            if healthy:
+                passed = resp.status == 200
+            if passed:
                 async with self._session.get(f"{backend.url}/v1/models",
                                              timeout=timeout) as resp:
                     listing = orjson.loads(await resp.read()) if resp.status == 200 else {}
                 backend.models = {m["id"]: m for m in listing.get("data", [])
                                   if isinstance(m, dict) and isinstance(m.get("id"), str)}
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, AttributeError):
-            healthy = False
+            passed = False
+        backend.failed_probes = 0 if passed else backend.failed_probes + 1
+        healthy = passed or (backend.healthy and
+                             backend.failed_probes < self._health.failed_probes_to_down)
         if healthy != backend.healthy:
             log.log(logging.INFO if healthy else logging.WARNING, "upstream %s is %s",
                     backend.url, "healthy" if healthy else "unhealthy")
+        elif not passed and healthy:
+            log.info("upstream %s failed a health probe (%d in a row)", backend.url,
+                     backend.failed_probes)
         backend.healthy = healthy
-        if healthy and backend.ejected_until and time.monotonic() >= backend.ejected_until:
+        if passed and backend.ejected_until and time.monotonic() >= backend.ejected_until:
             backend.failures, backend.ejected_until = 0, 0.0
         self._metrics.upstream_healthy.labels(backend.url).set(
             1 if backend.available(time.monotonic()) else 0)

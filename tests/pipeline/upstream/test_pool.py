@@ -131,3 +131,44 @@ async def test_failures_a_client_provokes_do_not_take_the_only_backend_away(
         assert routed > 0  # upstream calls (the completion, and a /tokenize before it)
     else:
         assert (ready, served, routed) == (503, 503, 0)
+
+
+async def _backend_with_switchable_health(servers: list[web.AppRunner],
+                                          status: list[int]) -> str:
+    """/health answers status[0], which the test changes; /v1/models lists MODEL."""
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(status=status[0])
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    servers.append(runner)
+    host, port = runner.addresses[0][:2]
+    return f"http://{host}:{port}"
+
+
+async def test_a_backend_is_down_only_after_consecutive_failed_probes(
+        start_gateway: StartGateway, servers: list[web.AppRunner]) -> None:
+    """A busy backend may miss one probe; dropping it at once would refuse everyone."""
+    status = [200]
+    url = await _backend_with_switchable_health(servers, status)
+    gateway = await start_gateway(url, health={
+        "interval_s": 0.05, "probe_timeout_s": 0.5, "failed_probes_to_down": 4})
+    backend = gateway.app[POOL].backends[0]
+    await wait_until(lambda: backend.healthy)
+    status[0] = 503
+    await wait_until(lambda: backend.failed_probes >= 1)
+    seen_up_while_failing = []
+    while backend.failed_probes < 4:
+        seen_up_while_failing.append(backend.healthy and backend.failed_probes > 0)
+        await asyncio.sleep(0.01)
+    assert seen_up_while_failing and all(seen_up_while_failing)
+    assert not backend.healthy and not gateway.app[POOL].ready
+    status[0] = 200
+    await wait_until(lambda: backend.healthy)  # one passing probe brings it back
