@@ -17,7 +17,12 @@ targets (<= 250 us CPU per request, <= 25 us per chunk, <= 0.6 ms added p50 unlo
 256 slow streams with < 1 ms added TTFT) were set against a minimal relay costing about
 145 us per request; the `minimal` row says what that reference costs on this machine.
 
-    python bench/proxy.py [--requests N] [--quick] [--only minimal,bare,full]
+The last scenario holds `--held` slow streams open (50 tokens/s each, opened one every
+4 ms) and times the first token of new streams started meanwhile. On a 2-core machine
+the simulator and the load generator share the cores with the relay: watch the `direct`
+row, which is what the machine allows before any relay is added.
+
+    python bench/proxy.py [--requests N] [--quick] [--only minimal,bare,full] [--held N]
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class Result:
     chunks: int = 0
     wall: float = 0.0
     cpu: float = 0.0
+    busy: float | None = None  # the relay's share of one core while holding streams
 
     @property
     def rps(self) -> float:
@@ -121,6 +127,60 @@ async def _load(relay: Relay, body: dict[str, object], total: int, concurrency: 
     return result
 
 
+async def _held(relay: Relay, streams: int = 256, probes: int = 100) -> Result:
+    """`streams` slow streams (50 tokens/s) opened one every 4 ms and held; while all are
+    open, `probes` new streams, one every 20 ms, each timed to its first token. This is
+    the TTFT a client sees from a relay that is holding that many streams (the burst
+    scenario above instead starts every stream in the same instant)."""
+    headers = {"Content-Type": "application/json"}
+    if relay.token:
+        headers["Authorization"] = f"Bearer {relay.token}"
+
+    def body(content: str, tokens: int) -> bytes:
+        return orjson.dumps({"model": MODEL, "max_tokens": tokens, "ignore_eos": True,
+                             "stream": True,
+                             "messages": [{"role": "user", "content": content}]})
+
+    # Held streams outlast the run (they are closed at its end); 1500 tokens is 30 s.
+    hold, probe = body("[[sim:tps=50]] hold", 1500), body("[[sim:tps=50]] probe", 2)
+    url = relay.url + CHAT
+    result = Result()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        async def sink() -> None:
+            # Held streams are drained as raw bytes: parsing each event in this process
+            # would make the load generator, not the relay, the bottleneck.
+            async with http.post(url, data=hold, headers=headers) as resp:
+                if resp.status != 200:
+                    raise SystemExit(f"unexpected status {resp.status}: {await resp.text()}")
+                async for _ in resp.content.iter_any():
+                    pass
+
+        async def paced(count: int, every_s: float, start: Callable[[], Awaitable[None]],
+                        ) -> list[asyncio.Task[None]]:
+            tasks, begin = [], time.perf_counter()
+            for i in range(count):
+                tasks.append(asyncio.create_task(start()))
+                await asyncio.sleep(max(0.0, begin + (i + 1) * every_s - time.perf_counter()))
+            return tasks
+
+        holders = await paced(streams, 0.004, sink)
+        await asyncio.sleep(1.0)  # every stream open and sending
+        cpu0 = cpu_seconds(relay.pid) if relay.pid else 0.0
+        started = time.perf_counter()
+        await asyncio.gather(*await paced(
+            probes, 0.02, lambda: _one(http, url, probe, headers, True, result)))
+        result.wall = time.perf_counter() - started
+        if relay.pid:
+            result.busy = (cpu_seconds(relay.pid) - cpu0) / result.wall
+        open_now = sum(not task.done() for task in holders)
+        for task in holders:
+            task.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)
+    if open_now < streams:
+        raise SystemExit(f"only {open_now} of {streams} held streams were still open")
+    return result
+
+
 Run = Callable[[Relay], Awaitable[Result]]
 
 
@@ -141,7 +201,9 @@ async def scenario(title: str, relays: list[Relay], run: Run, ttft: bool = False
         p50, p99 = res.pct(values(res), .5), res.pct(values(res), .99)
         line = (f"  {relay.name:8} {res.rps:8.0f} {p50:9.2f} ms {p99:6.2f} ms "
                 f"{p50 - res.pct(values(direct), .5):7.2f} ms")
-        if relay.pid:
+        if res.busy is not None:
+            line += f"   relay busy {res.busy * 100:3.0f}% of a core"
+        elif relay.pid:
             per_req = res.cpu / len(res.latencies)
             cpu_per_request[relay.name] = per_req
             line += f" {per_req * 1e6:6.0f} us"
@@ -182,14 +244,14 @@ async def main(args: argparse.Namespace) -> None:
                 relays.append(Relay(name, url, proc.pid,
                                     mint_token(Path(home), tier=tier, sub=f"bench-{name}")))
             procs.append(proc)
-        await _scenarios(relays, args.requests)
+        await _scenarios(relays, args.requests, args.held)
         print("\nRSS: " + ", ".join(f"{r.name} {rss_mib(r.pid):.0f} MiB"
                                     for r in relays if r.pid))
     finally:
         stop(*reversed(procs))
 
 
-async def _scenarios(relays: list[Relay], requests: int) -> None:
+async def _scenarios(relays: list[Relay], requests: int, held: int) -> None:
     small = {"model": MODEL, "messages": [{"role": "user", "content": "bench"}],
              "max_tokens": 16, "ignore_eos": True}
     streamed = {**small, "max_tokens": 64, "stream": True}
@@ -202,14 +264,18 @@ async def _scenarios(relays: list[Relay], requests: int) -> None:
     await scenario("streaming, 64 tokens, concurrency 32 (CPU/chunk: per-request cost "
                    "taken out)", relays, lambda r: _load(r, streamed, requests // 4, 32),
                    per_request_cpu=per_request)
-    await scenario("256 concurrent slow streams (50 tokens/s, 50 tokens)", relays,
-                   lambda r: _load(r, slow, 512, 256), ttft=True)
+    await scenario("256 concurrent slow streams (50 tokens/s, 50 tokens), all started at once",
+                   relays, lambda r: _load(r, slow, 512, 256), ttft=True)
+    await scenario(f"new streams while {held} slow streams are held (one every 20 ms)",
+                   relays, lambda r: _held(r, streams=held), ttft=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
+    parser.add_argument("--held", type=int, default=256,
+                        help="streams held open while new streams are timed")
     parser.add_argument("--only", default="minimal,bare,full",
                         help="comma-separated relays among minimal, bare, full")
     ns = parser.parse_args()
