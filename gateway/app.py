@@ -73,9 +73,9 @@ class Runtime:
     classify: ClassifyRuntime
 
 
-def _output_filters(rt: Runtime, policy: PolicySpec) -> tuple[FilterFactory, ...]:
-    """In order: output moderation (sees the model's own text), redaction, then the
-    watermark payload, then the ledger fingerprint."""
+def _side_filters(rt: Runtime, policy: PolicySpec) -> tuple[FilterFactory, ...]:
+    """For every text the model writes: output moderation (sees the model's own text),
+    then redaction."""
     filters: list[FilterFactory] = [rt.classify.output_filter(policy)]
     if rt.settings.output.redact:
         terms = rt.settings.output.redact
@@ -84,8 +84,13 @@ def _output_filters(rt: Runtime, policy: PolicySpec) -> tuple[FilterFactory, ...
             return RedactFilter(terms)
 
         filters.append(redact)
-    filters.extend(watermark_filters(rt.watermark, policy.version))
     return tuple(filters)
+
+
+def _output_filters(rt: Runtime, policy: PolicySpec) -> tuple[FilterFactory, ...]:
+    """The answer's content: the side filters, then the watermark payload, then the
+    ledger fingerprint."""
+    return (*_side_filters(rt, policy), *watermark_filters(rt.watermark, policy.version))
 
 
 def build_pipeline(policy: PolicySpec, rt: Runtime) -> Pipeline:
@@ -98,7 +103,8 @@ def build_pipeline(policy: PolicySpec, rt: Runtime) -> Pipeline:
         RateLimitStage(rt.limiter, policy, rt.metrics, rt.counter),
     )
     return Pipeline(auth=rt.auth, stages=stages, output_filters=_output_filters(rt, policy),
-                    policy=policy, version=policy.version)
+                    side_filters=_side_filters(rt, policy), policy=policy,
+                    version=policy.version)
 
 
 async def _start_auth(settings: Settings, session: aiohttp.ClientSession, metrics: Metrics,

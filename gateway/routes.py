@@ -131,12 +131,13 @@ async def _forward(request: web.Request, ctx: RequestContext,
         ctx.response_headers.update(provenance(None))
         relay = StreamRelay(request, ctx, pipeline.output_chain, app[METRICS],
                             settings.timeouts.ttfb_s, settings.timeouts.idle_s,
-                            on_end=functools.partial(record_request, app))
+                            on_end=functools.partial(record_request, app),
+                            side_chains=pipeline.side_chain)
         return await app[UPSTREAM].forward(ctx, relay.run)
 
     async def respond(resp: Any) -> web.StreamResponse:
         return await relay_json(ctx, resp, pipeline.output_chain, settings.timeouts.idle_s,
-                                provenance)
+                                provenance, side_chains=pipeline.side_chain)
 
     return await app[UPSTREAM].forward(ctx, respond)
 

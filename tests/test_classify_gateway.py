@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import AsyncIterator
+from typing import Any
 from pathlib import Path
 
 import aiohttp
@@ -55,6 +56,34 @@ async def test_text_in_any_text_part_type_is_classified(gateway: Server, mint: M
     assert status == 400 and b"content_policy_violation" in raw
 
 
+def _tool_definition(description: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": "run", "description": description,
+                                             "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(("tier", "extra"), [
+    ("public", {"messages": [{"role": "system", "content": HARMFUL},
+                             {"role": "user", "content": "go on"}]}),
+    ("public", {"messages": [{"role": "developer", "content": HARMFUL},
+                             {"role": "user", "content": "go on"}]}),
+    ("public", {"messages": [{"role": "user", "content": "continue"},
+                             {"role": "assistant", "content": HARMFUL}]}),
+    ("verified", {"messages": [
+        {"role": "user", "content": "use the tool"},
+        {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
+            "name": "run", "arguments": orjson.dumps({"task": HARMFUL}).decode()}}]},
+        {"role": "tool", "tool_call_id": "c", "content": HARMFUL}]}),
+    ("verified", {"messages": [{"role": "user", "content": "use the tool"}],
+                  "tools": [_tool_definition(HARMFUL)]}),
+], ids=["system", "developer", "assistant", "tool-call-and-result", "tool-definition"])
+async def test_the_callers_words_are_classified_wherever_they_are(
+        gateway: Server, mint: MintToken, tier: str, extra: dict[str, Any]) -> None:
+    """Every message role and tool definition is rendered into the model's prompt; text
+    outside user messages was served (found by a black-box check)."""
+    status, _, raw = await _post(gateway.url, mint(tier=tier), {"model": MODEL, **extra})
+    assert status == 400 and b"content_policy_violation" in raw, raw
+
+
 async def test_benign_prompt_passes_for_public(gateway: Server, mint: MintToken) -> None:
     status, headers, _ = await _post(gateway.url, mint(tier="public"),
                                      chat("Write a short poem about the sea."))
@@ -74,9 +103,34 @@ async def test_public_completions_classify_the_callers_prompt(
         assert resp.status == status, await resp.text()
 
 
+BENIGN_ARGS = ['{"city": ', '"Paris", "days": ', '3}']
+
+
+def _delta(where: str, piece: str, first: bool) -> dict[str, Any]:
+    if where == "content":
+        return {"content": piece}
+    if where == "reasoning":
+        return {"reasoning_content": piece}
+    call: dict[str, Any] = {"index": 0, "function": {"arguments": piece}}
+    if first:
+        call.update(id="call_1", type="function")
+        call["function"]["name"] = "note"
+    return {"tool_calls": [call]}
+
+
+def _message(where: str, text: str) -> dict[str, Any]:
+    if where == "content":
+        return {"role": "assistant", "content": text}
+    if where == "reasoning":
+        return {"role": "assistant", "content": "Done.", "reasoning_content": text}
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "note", "arguments": text}}]}
+
+
 @pytest.fixture
 async def leaky_upstream() -> AsyncIterator[str]:
-    """A backend whose model streams a ransom note: output moderation must stop it."""
+    """A backend whose model writes a ransom note where the prompt says: as content, as
+    reasoning, or as a tool call's arguments ("tool-benign": harmless JSON arguments)."""
     async def health(_: web.Request) -> web.Response:
         return web.Response()
 
@@ -84,12 +138,23 @@ async def leaky_upstream() -> AsyncIterator[str]:
         return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
 
     async def complete(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        prompt = body["messages"][-1]["content"]
+        where = next((w for w in ("reasoning", "tool") if w in prompt), "content")
+        pieces = BENIGN_ARGS if "benign" in prompt else LEAK
+        finish = "tool_calls" if where == "tool" else "stop"
+        if not body.get("stream"):
+            return web.json_response({
+                "id": "c", "object": "chat.completion", "created": 0, "model": MODEL,
+                "choices": [{"index": 0, "message": _message(where, "".join(pieces)),
+                             "finish_reason": finish}]})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for piece in LEAK:
+        for i, piece in enumerate([*pieces, None]):
             event = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
-                     "choices": [{"index": 0, "delta": {"content": piece},
-                                  "finish_reason": None}]}
+                     "choices": [{"index": 0,
+                                  "delta": {} if piece is None else _delta(where, piece, i == 0),
+                                  "finish_reason": finish if piece is None else None}]}
             await resp.write(b"data: " + orjson.dumps(event) + b"\n\n")
             await asyncio.sleep(0.01)
         await resp.write(b"data: [DONE]\n\n")
@@ -107,20 +172,58 @@ async def leaky_upstream() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
+def _events(raw: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(e[6:]) for e in raw.split(b"\n\n") if e.startswith(b"data: {")]
+
+
+@pytest.mark.parametrize("where", ["content", "reasoning", "tool"])
 async def test_stream_output_moderation_never_leaks(start_gateway: StartGateway,
                                                     leaky_upstream: str,
-                                                    mint: MintToken) -> None:
+                                                    mint: MintToken, where: str) -> None:
+    """Reasoning and tool-call arguments are the model's output as much as its content
+    (they were served unchecked: found by a black-box check)."""
     gateway = await start_gateway(leaky_upstream)
     status, _, raw = await _post(gateway.url, mint(tier="public"),
-                                 chat("Tell me a story.", stream=True))
+                                 chat(f"Tell me a story ({where}).", stream=True))
     assert status == 200
     text = raw.decode()
     assert "bitcoin" not in text and "encrypted" not in text
-    events = [orjson.loads(e[6:]) for e in raw.split(b"\n\n") if e.startswith(b"data: {")]
+    events = _events(raw)
     finishes = [c["finish_reason"] for e in events for c in e.get("choices", [])]
     assert "content_filter" in finishes
     assert events[-1]["error"]["code"] == "content_policy_violation"
     assert b"[DONE]" not in raw
+
+
+@pytest.mark.parametrize("where", ["content", "reasoning", "tool"])
+async def test_json_output_moderation_never_leaks(start_gateway: StartGateway,
+                                                  leaky_upstream: str,
+                                                  mint: MintToken, where: str) -> None:
+    gateway = await start_gateway(leaky_upstream)
+    status, _, raw = await _post(gateway.url, mint(tier="public"),
+                                 chat(f"Tell me a story ({where})."))
+    assert status == 200
+    assert b"bitcoin" not in raw and b"encrypted" not in raw
+    assert orjson.loads(raw)["choices"][0]["finish_reason"] == "content_filter"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_tool_call_arguments_pass_intact(start_gateway: StartGateway,
+                                               leaky_upstream: str, mint: MintToken,
+                                               stream: bool) -> None:
+    """Moderated, held back and released, never watermarked: still the same JSON."""
+    gateway = await start_gateway(leaky_upstream)
+    status, _, raw = await _post(gateway.url, mint(tier="public"),
+                                 chat("Plan a trip (tool-benign).", stream=stream))
+    assert status == 200
+    if stream:
+        arguments = "".join(call["function"].get("arguments", "")
+                            for e in _events(raw) for c in e["choices"]
+                            for call in c["delta"].get("tool_calls", []))
+    else:
+        message = orjson.loads(raw)["choices"][0]["message"]
+        arguments = message["tool_calls"][0]["function"]["arguments"]
+    assert arguments == "".join(BENIGN_ARGS)
 
 
 async def test_the_model_loads_only_for_a_policy_that_uses_it(

@@ -54,6 +54,8 @@ class Pipeline:
     auth: Authenticator
     stages: tuple[RequestStage, ...]
     output_filters: tuple[Callable[[RequestContext], OutputFilter | None], ...] = ()
+    # For the model's reasoning and tool-call arguments: no watermark (relay.py).
+    side_filters: tuple[Callable[[RequestContext], OutputFilter | None], ...] = ()
     policy: PolicySpec | None = None
     version: str = "builtin"
 
@@ -71,6 +73,11 @@ class Pipeline:
     def output_chain(self, ctx: RequestContext) -> FilterChain | None:
         """A fresh chain per response choice, or None when no filter applies."""
         filters = tuple(f for make in self.output_filters if (f := make(ctx)) is not None)
+        return FilterChain(filters) if filters else None
+
+    def side_chain(self, ctx: RequestContext) -> FilterChain | None:
+        """A fresh chain per reasoning or tool-call text, or None when no filter applies."""
+        filters = tuple(f for make in self.side_filters if (f := make(ctx)) is not None)
         return FilterChain(filters) if filters else None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 
 from gateway.policy.spec import (
+    CALLER_ROLES,
     MAX_CLASSIFIED_CHARS,
     CategorySpec,
     ClassifiersSpec,
@@ -219,7 +220,7 @@ def _classifiers(raw: dict[str, Any], docs: dict[str, Located], directory: Path,
         moderation["tiers"] = tuple(moderation["tiers"])
     defaults = StructureSpec()
     return ClassifiersSpec(
-        roles=tuple(raw.get("roles") or ("user",)),
+        roles=tuple(raw.get("roles") or CALLER_ROLES),
         max_chars=int(raw.get("max_chars", MAX_CLASSIFIED_CHARS)),
         unverified_category=raw.get("unverified_category", "unverified"),
         overlap=raw.get("overlap", True),

@@ -172,11 +172,13 @@ class ModerationSpec:
 
 
 MAX_CLASSIFIED_CHARS = 65536
+# Every chat role a caller can send: all of them are rendered into the model's prompt.
+CALLER_ROLES = ("user", "system", "developer", "assistant", "tool", "function")
 
 
 @dataclass(frozen=True, slots=True)
 class ClassifiersSpec:
-    roles: tuple[str, ...] = ("user",)  # chat roles whose text is classified
+    roles: tuple[str, ...] = CALLER_ROLES  # chat roles whose text is classified
     # Longer text is classified by its first and last halves of this many characters: the
     # rules run on the event loop at about a microsecond per character, and a 4 MB prompt
     # would hold it for seconds. Tiers with a prompt cap stay well under it.

@@ -1,11 +1,15 @@
 """What is classified (PromptText), how text is folded before matching, and prompt hashes.
 
-`prompt_text(ctx)` is the user-visible text of a request: for chat, the text of the
-messages whose role is configured (`classifiers.roles`, default user only: the tier's own
-system prompt is not the caller's words), joined with blank lines, with the last user
-message also kept on its own; for completions, the prompt, less the tier's system prompt
-that the tier stage put in front of it (not the caller's words either). Token-id prompts
-cannot be read and are marked `opaque` (the stage scores them as the unverified category).
+`prompt_text(ctx)` is every word the caller sent that reaches the model: for chat, the
+text of the messages whose role is configured (`classifiers.roles`, by default every
+role: a client's system, developer, assistant or tool message is rendered into the prompt
+as much as a user message is), the arguments of earlier tool calls, and the tool
+definitions (names, descriptions, parameter schemas: chat templates render them too),
+joined with blank lines, with the last user message also kept on its own. The tier's own
+system prompt, which the tier stage put first, is not the caller's words and is left out.
+For completions it is the prompt, less the tier's system prompt that the tier stage put in
+front of it. Token-id prompts cannot be read and are marked `opaque` (the stage scores
+them as the unverified category).
 
 `fold(text)` is the normalisation rules and phrases see: NFKC per character, casefolded,
 with invisible characters (zero-width, bidi controls, tag characters, soft hyphens,
@@ -24,6 +28,7 @@ from typing import Any
 
 from gateway.context import RequestContext
 from gateway.pipeline.shape import part_text
+from gateway.policy.spec import CALLER_ROLES, TierSpec
 
 INVISIBLE = frozenset((
     0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0x3164, 0xFEFF, 0xFFA0,
@@ -114,13 +119,54 @@ def _prompt_parts(prompt: Any) -> tuple[list[str], bool]:
     return [], prompt is not None
 
 
-def prompt_text(ctx: RequestContext, roles: tuple[str, ...] = ("user",)) -> PromptText:
+def _strings(value: Any) -> list[str]:
+    """Every string in a JSON value, keys excluded, depth first (tool schemas)."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return found
+
+
+def _tool_call_text(message: dict[str, Any]) -> list[str]:
+    """The names and arguments of the tool calls in an (assistant) message."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return []
+    return [s for call in calls if isinstance(call, dict)
+            for s in _strings(call.get("function")) if s]
+
+
+def _tool_definitions(tools: Any) -> list[str]:
+    if not isinstance(tools, list):
+        return []
+    texts = ("\n".join(s for s in _strings(tool.get("function")) if s)
+             for tool in tools if isinstance(tool, dict))
+    return [text for text in texts if text]
+
+
+def _injected(tier: TierSpec | None, messages: list[Any]) -> bool:
+    """True when messages[0] is the system message the tier stage put there."""
+    if tier is None or tier.system_prompt.mode == "none" or not messages:
+        return False
+    return bool(messages[0] == {"role": "system", "content": tier.system_prompt.text})
+
+
+def prompt_text(ctx: RequestContext, roles: tuple[str, ...] = CALLER_ROLES) -> PromptText:
     """The text the classifiers see for this request (see the module docstring)."""
     body = ctx.body
+    tier = ctx.tier_spec
     if "messages" in body and isinstance(body["messages"], list):
+        messages = body["messages"]
         parts: list[str] = []
         last_user, opaque = "", False
-        for message in body["messages"]:
+        for message in messages[1:] if _injected(tier, messages) else messages:
             if not isinstance(message, dict):
                 continue
             role = message.get("role")
@@ -128,13 +174,13 @@ def prompt_text(ctx: RequestContext, roles: tuple[str, ...] = ("user",)) -> Prom
             opaque = opaque or (ids and role in roles)
             if role == "user":
                 last_user = text
-            if role in roles and text:
-                parts.append(text)
+            if role in roles:
+                parts.extend(t for t in (text, *_tool_call_text(message)) if t)
+        parts.extend(_tool_definitions(body.get("tools")))
         return PromptText(full="\n\n".join(parts), last_user=last_user, opaque=opaque)
     texts, opaque = _prompt_parts(body.get("prompt"))
-    tier = ctx.tier_spec
     prefix = tier.system_prompt.prompt_prefix if tier is not None else ""
-    if prefix and "system" not in roles:
+    if prefix:
         texts = [t.removeprefix(prefix) for t in texts]
     return PromptText(full="\n\n".join(texts), last_user=texts[-1] if texts else "",
                       opaque=opaque)

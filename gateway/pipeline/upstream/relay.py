@@ -4,6 +4,11 @@ Streams are parsed event by event as bytes arrive (never buffered whole); each t
 delta goes through the response's filter chain, and the client's response is prepared
 only when the first event is ready, so a backend that fails before that can still be
 retried elsewhere.
+
+The model's other text, reasoning (`reasoning_content`) and tool-call arguments, goes
+through a side chain per field (moderation and redaction, no watermark: a mark inside
+JSON arguments would break them), so output moderation cannot be avoided by asking for a
+tool call.
 """
 
 from __future__ import annotations
@@ -47,6 +52,48 @@ def _text_key(ctx: RequestContext) -> str:
     return "content" if ctx.route == "chat" else "text"
 
 
+REASONING_KEYS = ("reasoning_content", "reasoning")  # vLLM's name, and its newer one
+SideKey = tuple[str, int]  # ("reasoning_content", 0) or ("tool", tool call index)
+
+
+def _side_texts(holder: dict[str, Any]) -> list[tuple[SideKey, dict[str, Any], str]]:
+    """(which, the dict holding it, its key) for each side text in a message or delta."""
+    found: list[tuple[SideKey, dict[str, Any], str]] = []
+    for key in REASONING_KEYS:
+        if isinstance(holder.get(key), str):
+            found.append(((key, 0), holder, key))
+    calls = holder.get("tool_calls")
+    for position, call in enumerate(calls if isinstance(calls, list) else ()):
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            index = call.get("index", position)
+            found.append((("tool", index if type(index) is int else position), function,
+                          "arguments"))
+    return found
+
+
+def _side_tail(holder: dict[str, Any], which: SideKey, tail: str) -> None:
+    """Put what a side chain held back into a delta (appended where the field is)."""
+    kind, index = which
+    if kind != "tool":
+        holder[kind] = holder.get(kind, "") + tail if isinstance(holder.get(kind), str) \
+            else tail
+        return
+    calls = holder.setdefault("tool_calls", [])
+    for call in calls:
+        if isinstance(call, dict) and call.get("index") == index and \
+                isinstance(call.get("function"), dict):
+            call["function"]["arguments"] = call["function"].get("arguments", "") + tail
+            return
+    calls.append({"index": index, "function": {"arguments": tail}})
+
+
+def _blank_side_texts(holder: dict[str, Any]) -> None:
+    for key in REASONING_KEYS:
+        holder.pop(key, None)
+    holder.pop("tool_calls", None)
+
+
 def _record_usage(ctx: RequestContext, usage: Any) -> None:
     if isinstance(usage, dict):
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -71,7 +118,8 @@ TextsHeaders = Callable[[list[str]], dict[str, str]]
 
 async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
                      chains: ChainFactory, idle_s: float,
-                     headers_for: TextsHeaders | None = None) -> web.Response:
+                     headers_for: TextsHeaders | None = None,
+                     side_chains: ChainFactory | None = None) -> web.Response:
     """Non-streaming: read the whole (bounded) answer, filter each choice, respond."""
     try:
         async with asyncio.timeout(idle_s):
@@ -85,7 +133,7 @@ async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
     if not isinstance(data, dict):
         raise RetryUpstream(BadGateway("The upstream server sent a broken answer"), "malformed")
     _record_usage(ctx, data.get("usage"))
-    if ctx.route != "embeddings" and _filter_choices(ctx, data, chains):
+    if ctx.route != "embeddings" and _filter_choices(ctx, data, chains, side_chains):
         raw = orjson.dumps(data)
     _record_answer(ctx, data)  # after the filters: a blocked choice ends in content_filter
     if headers_for is not None and ctx.route != "embeddings":
@@ -104,20 +152,29 @@ def _texts(ctx: RequestContext, data: dict[str, Any]) -> list[str]:
     return texts
 
 
-def _filter_choices(ctx: RequestContext, data: dict[str, Any], chains: ChainFactory) -> bool:
+def _filter_choices(ctx: RequestContext, data: dict[str, Any], chains: ChainFactory,
+                    side_chains: ChainFactory | None) -> bool:
     changed = False
+    key = _text_key(ctx)
     for choice in data.get("choices") or ():
         holder = choice.get("message") if ctx.route == "chat" else choice
-        if not isinstance(holder, dict) or not isinstance(holder.get(_text_key(ctx)), str):
+        if not isinstance(holder, dict):
             continue
-        chain = chains(ctx)
-        if chain is not None:
-            try:
-                holder[_text_key(ctx)] = chain.apply(holder[_text_key(ctx)])
-            except OutputBlocked:
-                # Nothing of a blocked choice leaves the gateway, as OpenAI's content filter.
-                holder[_text_key(ctx)] = ""
-                choice["finish_reason"] = "content_filter"
+        try:
+            if isinstance(holder.get(key), str) and (chain := chains(ctx)) is not None:
+                holder[key] = chain.apply(holder[key])
+                changed = True
+            for _, owner, field_key in _side_texts(holder):
+                side = side_chains(ctx) if side_chains is not None else None
+                if side is not None:
+                    owner[field_key] = side.apply(owner[field_key])
+                    changed = True
+        except OutputBlocked:
+            # Nothing of a blocked choice leaves the gateway, as OpenAI's content filter.
+            if isinstance(holder.get(key), str):
+                holder[key] = ""
+            _blank_side_texts(holder)
+            choice["finish_reason"] = "content_filter"
             changed = True
     return changed
 
@@ -136,8 +193,11 @@ class StreamRelay:
 
     def __init__(self, request: web.Request, ctx: RequestContext, chains: ChainFactory,
                  metrics: Metrics, ttfb_s: float, idle_s: float,
-                 on_end: Callable[[RequestContext, int], Awaitable[None]] | None = None) -> None:
+                 on_end: Callable[[RequestContext, int], Awaitable[None]] | None = None,
+                 side_chains: ChainFactory | None = None) -> None:
         self._request = request
+        self._side_chains = side_chains
+        self._side: dict[tuple[int, SideKey], FilterChain | None] = {}
         self._on_end = on_end
         self._ctx = ctx
         self._chains = chains
@@ -246,6 +306,7 @@ class StreamRelay:
             holder = choice.get("delta") if self._text_key == "content" else choice
             if isinstance(holder, dict):
                 holder[self._text_key] = ""
+                _blank_side_texts(holder)
             choice["finish_reason"] = "content_filter"
         self._ctx.finish_reasons = ("content_filter",)
         event.pop("usage", None)
@@ -317,6 +378,7 @@ class StreamRelay:
             text = holder.get(self._text_key)
             if isinstance(text, str) and text:
                 self._relayed += 1
+            changed = self._filter_side(index, holder, finish is not None) or changed
             chain = self._chain(index)
             if chain is None:
                 continue
@@ -329,6 +391,42 @@ class StreamRelay:
                 changed = True
         return changed
 
+    def _filter_side(self, index: int, holder: dict[str, Any], finish: bool) -> bool:
+        """Reasoning and tool-call argument deltas through their side chains; on the
+        choice's last event, what they held back. True when any text changed."""
+        if self._side_chains is None:
+            return False
+        changed = False
+        for which, owner, key in _side_texts(holder):
+            chain = self._side_chain(index, which)
+            if chain is not None:
+                new = chain.feed(owner[key])
+                if new != owner[key]:
+                    owner[key] = new
+                    changed = True
+        if finish:
+            for which, tail in self._finish_side(index):
+                _side_tail(holder, which, tail)
+                changed = True
+        return changed
+
+    def _side_chain(self, index: int, which: SideKey) -> FilterChain | None:
+        if (index, which) not in self._side:
+            assert self._side_chains is not None
+            self._side[(index, which)] = self._side_chains(self._ctx)
+        return self._side[(index, which)]
+
+    def _finish_side(self, index: int) -> list[tuple[SideKey, str]]:
+        """Finish the choice's side chains (once): the non-empty tails."""
+        tails = []
+        for (choice, which), chain in list(self._side.items()):
+            if choice == index and chain is not None:
+                self._side[(choice, which)] = None  # finished
+                tail = chain.finish()
+                if tail:
+                    tails.append((which, tail))
+        return tails
+
     def _flush_unfinished(self) -> bytes | None:
         """A backend that ended without finish_reason: release what the filters hold."""
         out = []
@@ -340,6 +438,15 @@ class StreamRelay:
             tail = chain.finish()
             if tail:
                 out.append(frame_json(self._synthetic(index, tail, None)))
+        for index in sorted({choice for choice, _ in self._side}):
+            self._blocked_index = index
+            tails = self._finish_side(index)
+            if tails:
+                event = self._synthetic(index, "", None)
+                holder = event["choices"][0].get("delta") or event["choices"][0]
+                for which, tail in tails:
+                    _side_tail(holder, which, tail)
+                out.append(frame_json(event))
         return b"".join(out) or None
 
     def _synthetic(self, index: int, text: str, finish: str | None) -> dict[str, Any]:

@@ -28,18 +28,52 @@ CHAT: dict[str, Any] = {"messages": [
 ]}
 
 
-def test_chat_user_messages_by_default() -> None:
+def test_every_message_the_caller_sent_by_default() -> None:
+    """A client's system, assistant or tool message reaches the model as much as a user
+    message does: text in any of them was a way around the classifiers."""
     text = prompt_text(_ctx(CHAT))
-    assert text.full == "first question\n\nsecond\npart"
+    assert text.full == ("You are a helpful assistant.\n\nfirst question\n\nan answer\n\n"
+                         "tool output\n\nsecond\npart")
     assert text.last_user == "second\npart"
     assert not text.opaque
 
 
 def test_chat_roles_are_configurable() -> None:
-    text = prompt_text(_ctx(CHAT), roles=("system", "user", "tool"))
-    assert text.full == ("You are a helpful assistant.\n\nfirst question\n\ntool output\n\n"
-                         "second\npart")
+    text = prompt_text(_ctx(CHAT), roles=("user",))
+    assert text.full == "first question\n\nsecond\npart"
     assert text.last_user == "second\npart"
+
+
+def test_tool_definitions_and_earlier_tool_calls_are_classified() -> None:
+    body = {"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "lookup", "arguments": '{"q": "call words"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "result words"}],
+        "tools": [{"type": "function", "function": {
+            "name": "lookup", "description": "tool description words",
+            "parameters": {"type": "object", "properties": {
+                "q": {"type": "string", "description": "parameter words"}}}}}]}
+    full = prompt_text(_ctx(body)).full
+    for words in ("call words", "result words", "tool description words", "parameter words"):
+        assert words in full
+    # Refused bodies are read too (the audit record): odd shapes may not raise.
+    odd = {"messages": [{"role": "assistant", "tool_calls": [5, {"function": 3}]}],
+           "tools": [5, {"function": None}, {"function": {"parameters": [[{"x": 1}]]}}]}
+    assert prompt_text(_ctx(odd)).full == ""
+
+
+def test_the_tiers_own_system_prompt_is_not_classified_in_chat() -> None:
+    spec = SystemPromptSpec(mode="prepend", text="Refuse to discuss weapons.")
+    body = {"messages": [{"role": "system", "content": spec.text},  # put there by the tier
+                         {"role": "system", "content": "client system"},
+                         {"role": "user", "content": "question"}]}
+    ctx = _ctx(body)
+    ctx.tier_spec = TierSpec(name="public", models=("*",), system_prompt=spec)
+    assert prompt_text(ctx).full == "client system\n\nquestion"
+    ctx.tier_spec = TierSpec(name="trusted", models=("*",))  # no tier prompt: all is the caller's
+    assert prompt_text(ctx).full.startswith(spec.text)
 
 
 def test_every_part_type_vllm_reads_as_text_is_classified() -> None:
@@ -67,7 +101,7 @@ def test_the_tiers_own_system_prompt_is_not_classified_in_completions() -> None:
     ctx.tier_spec = TierSpec(name="public", models=("*",), system_prompt=spec)
     text = prompt_text(ctx)
     assert (text.full, text.last_user) == ("Once upon a time\n\nb", "b")
-    assert prompt_text(ctx, roles=("system", "user")).last_user == spec.prompt_prefix + "b"
+    assert prompt_text(ctx, roles=("user",)).last_user == "b"
     ctx.tier_spec = TierSpec(name="trusted", models=("*",))  # no system prompt: nothing is removed
     assert prompt_text(ctx).last_user == spec.prompt_prefix + "b"
 
