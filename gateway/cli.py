@@ -92,11 +92,31 @@ def _run_explain(args: argparse.Namespace, load_policy: Any, policy_error: Any) 
     return 0
 
 
+def _directory(text: str) -> Path:
+    # Path("") is ".", which would put the keys wherever the command happened to run.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a directory, not an empty string")
+    return Path(text)
+
+
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1 second, not {value}: "
+                                         "the token would be expired when printed")
+    return value
+
+
 def _keys_parser(sub: Any) -> None:
     p = sub.add_parser("keys", help="development signing keys")
     cmds = p.add_subparsers(dest="keys_command", required=True)
     gen = cmds.add_parser("generate", help="an Ed25519 keypair and its JWKS document")
-    gen.add_argument("--out", required=True, type=Path)
+    gen.add_argument("--out", required=True, type=_directory, metavar="DIR",
+                     help="directory for the keys, created if missing; "
+                     "an existing signing key there is never replaced")
 
 
 def _token_parser(sub: Any) -> None:
@@ -105,7 +125,8 @@ def _token_parser(sub: Any) -> None:
     mint = cmds.add_parser("mint", help="print a JWT the default configuration accepts")
     mint.add_argument("--tier", required=True)
     mint.add_argument("--sub", required=True)
-    mint.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    mint.add_argument("--ttl", type=_seconds, default=3600,
+                      help="lifetime in seconds, at least 1 (default 3600)")
     mint.add_argument("--org")
     mint.add_argument("--scope", action="append", default=[], help="e.g. admin; repeatable")
 
@@ -119,6 +140,10 @@ def _run_keys(args: argparse.Namespace) -> int:
         print(f"gateway: {args.out} already holds a signing key; not overwriting it",
               file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"gateway keys generate: cannot write keys to {args.out}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(f"wrote signing key, public key and {jwks}")
     return 0
 

@@ -12,6 +12,7 @@ as they share GATEWAY_HOME. For development and tests only: production deploymen
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -43,9 +44,15 @@ def generate_keys(out_dir: Path) -> Path:
     """Write a new keypair and its JWKS into out_dir; returns the JWKS path.
 
     Raises FileExistsError rather than replace a signing key: every token it signed, and
-    every deployment that trusts its JWKS, would silently stop working.
+    every deployment that trusts its JWKS, would silently stop working. Any other OSError
+    (NotADirectoryError when out_dir is a file) means out_dir cannot hold the keys.
     """
-    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        # Something other than a directory is there: not a signing key to protect.
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR),
+                                 str(out_dir)) from None
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ from gateway.audit.store import describe
 def add_report_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("report", help="transparency report from the audit log (HTML)")
     p.add_argument("--since", default="24h",
-                   help="how far back: a duration (24h, 7d), epoch seconds or ISO 8601")
-    p.add_argument("--until", help="end of the period (default now)")
+                   help="start of the period: a duration back from now (24h, 7d), "
+                   "epoch seconds or ISO 8601 (default 24h)")
+    p.add_argument("--until", help="end of the period, in the same forms as --since "
+                   "(default now); must be later than --since")
     p.add_argument("--db", help="audit database: a SQLite file or a postgresql:// URL "
                    "(default GATEWAY_AUDIT_URL, else GATEWAY_HOME/audit.sqlite3)")
     p.add_argument("--out", type=Path, required=True, help="the HTML file to write")
@@ -44,18 +47,28 @@ def build_report(db: str | Path, since: float, until: float, now: float | None =
     return render(data, integrity, time.time() if now is None else now)
 
 
+def _utc(when: float) -> str:
+    try:
+        return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # beyond what datetime can show
+        return f"{when:g} epoch seconds"
+
+
 def run_report(args: argparse.Namespace) -> int:
     from gateway.audit.timespec import parse_time
 
     now = time.time()
     try:
+        # Both count back from now, as in the admin audit query: `--since 1h --until 2h`
+        # is an empty period, not the hour before "2h".
         until = parse_time(args.until, now) if args.until else now
-        since = parse_time(args.since, until)
+        since = parse_time(args.since, now)
     except ValueError as exc:
         print(f"gateway report: {exc}", file=sys.stderr)
         return 2
     if since >= until:
-        print("gateway report: --since must be before --until", file=sys.stderr)
+        print(f"gateway report: --since {args.since} ({_utc(since)}) is not before "
+              f"--until {args.until or 'now'} ({_utc(until)})", file=sys.stderr)
         return 2
     where = store_location(args.db)
     try:

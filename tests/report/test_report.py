@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli import main
 from gateway.report import add_report_parser, build_report
 from tests.audit.records import T0
 from tests.report.fixtures import DAY, write_day
@@ -67,7 +68,7 @@ def test_cli_writes_the_file_and_rejects_bad_periods(db: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out" / "report.html"
     until = str(NOW)
-    assert _cli("report", "--db", str(db), "--since", "24h", "--until", until,
+    assert _cli("report", "--db", str(db), "--since", str(NOW - DAY), "--until", until,
                 "--out", str(out)) == 0
     assert "<svg" in out.read_text() and "wrote" in capsys.readouterr().out
     assert _cli("report", "--db", str(db), "--since", "soon", "--out", str(out)) == 2
@@ -75,6 +76,23 @@ def test_cli_writes_the_file_and_rejects_bad_periods(db: Path, tmp_path: Path,
                 "--out", str(out)) == 2
     assert _cli("report", "--db", str(tmp_path / "none.db"), "--out", str(out)) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("since", "until"), [
+    ("1h", "2h"),  # both count back from now: since is after until
+    ("1h", "1h"),  # an empty period
+    ("24h", str(NOW)),  # a duration is never counted back from --until
+    (str(NOW), str(NOW - DAY)),
+])
+def test_cli_names_both_ends_of_an_empty_or_inverted_period(
+        db: Path, tmp_path: Path, since: str, until: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report.html"
+    assert main(["report", "--db", str(db), "--since", since, "--until", until,
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--since {since} (" in err and f"is not before --until {until} (" in err
+    assert err.count("\n") == 1 and not out.exists()
 
 
 def _browser() -> str:

@@ -32,12 +32,36 @@ def add_watermark_parsers(sub: Any) -> None:
     detect.add_argument("--ledger", help="ledger: a SQLite file or a postgresql:// URL "
                         f"(default GATEWAY_LEDGER_URL, else HOME/{LEDGER_FILE})")
     detect.add_argument("--no-ledger", action="store_true", help="payloads only")
-    verify = cmds.add_parser("verify", help="check an x-gateway-provenance header value")
+    verify = cmds.add_parser(
+        "verify", help="check an x-gateway-provenance header value",
+        description="Check an x-gateway-provenance header's signature and, given the "
+        "response's text, its content hash (non-streamed responses only). With several "
+        "choices (n>1) give each choice's text, in the order of the response's choices: "
+        "the hash covers all of them. A choice with no text (only tool calls, or a "
+        "blocked one) is --text ''. --text and --text-file may be mixed; their order on "
+        "the command line is the choices' order.")
     verify.add_argument("--header", help="the header value (default: read from stdin)")
-    verify.add_argument("--text", type=Path,
-                        help="the response text, to check the signed content hash")
+    verify.add_argument("--text", dest="texts", action="append", metavar="TEXT",
+                        help="a choice's text exactly as delivered, marks included; "
+                        "repeat once per choice (--text=TEXT when it starts with -)")
+    verify.add_argument("--text-file", dest="texts", action="append", type=_TextFile,
+                        metavar="FILE", help="like --text, read from FILE (- for stdin) "
+                        "byte for byte: a text ending in a newline survives")
     _common(verify)
     p.set_defaults(handler=run_watermark)
+
+
+class _TextFile:
+    """A --text-file argument, told apart from a literal --text in the shared list."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+class _UsageError(Exception):
+    pass
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -103,12 +127,45 @@ def _run_detect(args: argparse.Namespace) -> int:
 def _run_verify(args: argparse.Namespace) -> int:
     from gateway.pipeline.watermark.provenance import verify_provenance
 
+    try:
+        texts = _texts(args.texts, header_on_stdin=args.header is None)
+    except _UsageError as exc:
+        print(f"gateway watermark verify: {exc}", file=sys.stderr)
+        return 2
     secret = _secret(_home(args.home))
     value = args.header if args.header is not None else sys.stdin.read()
     value = value.strip()
     if value.lower().startswith("x-gateway-provenance:"):
         value = value.split(":", 1)[1].strip()
-    texts = [_read(args.text)] if args.text is not None else None
     result = verify_provenance(value, secret, texts)
+    if texts is not None and result.valid and "h" not in result.fields:
+        print("gateway watermark verify: the header has no content hash (a streamed "
+              "response); the text was not checked", file=sys.stderr)
     _print(result.as_json())
     return 0 if result.valid else 1
+
+
+def _texts(items: list[str | _TextFile] | None, header_on_stdin: bool) -> list[str] | None:
+    """The choices' texts in order; files are read as bytes so no newline is rewritten."""
+    if items is None:
+        return None
+    stdin = [item for item in items if isinstance(item, _TextFile) and item.path == "-"]
+    if stdin and header_on_stdin:
+        raise _UsageError("stdin cannot hold both the header and a text: pass --header")
+    if len(stdin) > 1:
+        raise _UsageError("--text-file - can be given once")
+    texts = []
+    for item in items:
+        if not isinstance(item, _TextFile):
+            texts.append(item)
+            continue
+        try:
+            raw = (sys.stdin.buffer.read() if item.path == "-"
+                   else Path(item.path).read_bytes())
+            texts.append(raw.decode("utf-8"))
+        except OSError as exc:
+            raise _UsageError(f"cannot read --text-file {item.path}: "
+                              f"{exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise _UsageError(f"--text-file {item.path} is not UTF-8 text") from None
+    return texts
