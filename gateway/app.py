@@ -146,7 +146,8 @@ def _limiter(settings: Settings, metrics: Metrics,
                                     socket_connect_timeout=rl.redis_timeout_s)
     limiter = FallbackLimiter(RedisLimiter(client, rl.redis_prefix, rl.redis_timeout_s),
                               rl.on_store_error, rl.replicas,  # type: ignore[arg-type]
-                              on_mode_change=show)
+                              on_mode_change=show,
+                              on_store_error=metrics.ratelimit_store_errors.inc)
     show(limiter.mode)
 
     async def close() -> None:

@@ -67,14 +67,19 @@ async def test_redis_slow_down_and_back(start_gateway: StartGateway, sim: Server
     async def recovered() -> bool:
         return await _readiness_mode(gateway) == "redis"
 
+    errors = "gateway_ratelimit_store_errors_total"
+    assert _metric(await _metrics(gateway), errors) == 0
     redis_server.freeze()  # slow: connections stay open, nothing answers
     try:
         await outage("frozen")
     finally:
         redis_server.thaw()
+    frozen_errors = _metric(await _metrics(gateway), errors)
+    assert frozen_errors >= 1  # visible to SREs, not only in the log
     await until(recovered)  # back by itself, with no traffic
     redis_server.stop()  # down: connections refused
     await outage("stopped")
+    assert _metric(await _metrics(gateway), errors) > frozen_errors
     redis_server.start()
     await until(recovered)
     assert (await ask(gateway.url, token, chat(max_tokens=2))).status == 200

@@ -45,6 +45,7 @@ _UNAVAILABLE_MESSAGE: Final = "Rate limits cannot be checked right now; try agai
 class FallbackLimiter:
     def __init__(self, primary: RedisLimiter, mode: FallbackMode, replicas: int = 1,
                  on_mode_change: Callable[[str], None] | None = None, *,
+                 on_store_error: Callable[[], None] | None = None,
                  probe_interval_s: float = 1.0, max_pending_settles: int = 10_000) -> None:
         if mode not in ("fail_closed", "fail_open", "local"):
             raise ValueError(f"unknown fallback mode {mode!r}")
@@ -54,6 +55,7 @@ class FallbackLimiter:
         self._fallback: FallbackMode = mode
         self._replicas = replicas
         self._on_mode_change = on_mode_change
+        self._on_store_error = on_store_error  # every failed call, probes included
         self._probe_interval_s = probe_interval_s
         self._local = MemoryLimiter()
         self._divided: dict[Limits, Limits] = {}
@@ -108,7 +110,12 @@ class FallbackLimiter:
             divided = self._divided[limits] = limits.divided(self._replicas)
         return divided
 
+    def _store_error(self) -> None:
+        if self._on_store_error is not None:
+            self._on_store_error()
+
     def _degrade(self, exc: LimiterUnavailable) -> None:
+        self._store_error()
         if not self._healthy:
             return
         self._healthy = False
@@ -126,6 +133,7 @@ class FallbackLimiter:
                 await self._primary.ping()
                 await self._replay()
             except LimiterUnavailable:
+                self._store_error()
                 continue
             break
         self._recovery = None
