@@ -98,9 +98,11 @@ def build_pipeline(policy: PolicySpec, rt: Runtime) -> Pipeline:
     stages = (
         ShapeStage(),
         TierStage(policy, rt.cache_salt_secret, rt.counter),
-        rt.classify.stage(policy),
-        # last: an admission must be settled
+        # Before classification: a refused request still counts against the caller's
+        # request limits, so nobody can probe the classifiers (and spend their CPU) without
+        # limit. A refusal after an admission settles it with nothing used (routes.py).
         RateLimitStage(rt.limiter, policy, rt.metrics, rt.counter),
+        rt.classify.stage(policy),
     )
     return Pipeline(auth=rt.auth, stages=stages, output_filters=_output_filters(rt, policy),
                     side_filters=_side_filters(rt, policy), policy=policy,

@@ -59,8 +59,15 @@ async def _proxy(request: web.Request, route: Route) -> web.StreamResponse:
                          principal=principal, traceparent=request.get(TRACEPARENT))
     request[CONTEXT] = ctx
     try:
-        decision = await pipeline.check(ctx)
-        _apply(ctx, decision)
+        try:
+            decision = await pipeline.check(ctx)
+            _apply(ctx, decision)
+        except BaseException:
+            # Refused (or failed) after the rate limiter may have admitted it: the request
+            # counts, its tokens and its concurrency slot come back.
+            ctx.usage = Usage(reported=True)
+            _finish(request, ctx)
+            raise
         ctx.overhead_s += time.perf_counter() - started
         ctx.response_headers["x-gateway-overhead-ms"] = f"{ctx.overhead_s * 1000:.2f}"
         app[METRICS].overhead.labels(route).observe(ctx.overhead_s)
@@ -102,7 +109,7 @@ async def _overlapped(request: web.Request, ctx: RequestContext, pipeline: Pipel
         forward.cancel()
         await asyncio.wait((forward,))
         _discard(forward)  # the refusal is the answer, whatever the upstream did
-        ctx.usage = Usage()  # as a refusal before forwarding: nothing was delivered
+        ctx.usage = Usage(reported=True)  # as a refusal before forwarding: nothing used
     _apply(ctx, decision)
     ctx.gate.set_result(None)
     return await forward
