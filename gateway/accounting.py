@@ -29,11 +29,17 @@ async def record_request(app: web.Application, ctx: RequestContext, status: int)
     pipeline = app[PIPELINE].current
     verdict = ctx.verdict
     tier_opt_in = ctx.tier_spec is not None and ctx.tier_spec.store_prompts
+    action: str = verdict.action if verdict is not None else "none"
+    categories = verdict.categories if verdict is not None else ()
+    if ctx.output_action != "none":  # output moderation found something in the answer
+        categories = tuple(dict.fromkeys((*categories, *ctx.output_categories)))
+        if ctx.output_action == "block" or action in ("none", "allow"):
+            action = ctx.output_action
     record = build_record(
         ctx, status=status, keys=keys,
-        action=verdict.action if verdict is not None else "none",
+        action=action,
         scores=verdict.scores if verdict is not None else None,
-        categories=verdict.categories if verdict is not None else (),
+        categories=categories,
         limit=ctx.limit, watermark_key_id=ctx.watermark_key_id,
         policy_version=pipeline.version,
         policy_hash=pipeline.policy.digest if pipeline.policy is not None else "",

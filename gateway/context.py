@@ -81,7 +81,10 @@ class RequestContext:
     gate: asyncio.Future[None] | None = None
     held_s: float = 0.0
     limit: str = "none"  # admitted | refused:<kind> | none, set by the ratelimit stage
-    watermark_key_id: str | None = None
+    watermark_key_id: str | None = None  # set when the response carried a watermark
+    # Output moderation's finding: "block" (the answer was cut) or "flag", and on what.
+    output_action: str = "none"
+    output_categories: tuple[str, ...] = ()
     audited: bool = False  # the audit record has been written
     usage: Usage = field(default_factory=Usage)
     traceparent: str | None = None  # the gateway span's, sent upstream (tracing on)

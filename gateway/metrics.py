@@ -140,6 +140,9 @@ class Metrics:
         self.output_blocks = Counter(
             "gateway_output_blocks", "Responses cut by output moderation.",
             ["tier", "category"], registry=registry)
+        self.output_flags = Counter(
+            "gateway_output_flags", "Output moderation matches of a category the tier flags "
+            "(the response is served).", ["tier", "category"], registry=registry)
         # rate limits
         self.ratelimit_decisions = Counter(
             "gateway_ratelimit_decisions", "Admissions and refusals by tier and limit kind.",

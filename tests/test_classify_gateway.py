@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.context import CLASSIFY, PIPELINE, RELOADER
 from gateway.pipeline.classify.stage import ClassifyStage
@@ -26,7 +27,7 @@ async def _post(url: str, token: str, body: dict[str, object]) -> tuple[int, dic
                                                                          bytes]:
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
             http.post(url + "/v1/chat/completions", json=body) as resp:
-        return resp.status, dict(resp.headers), await resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.read()
 
 
 async def test_block_is_400_naming_categories_without_echo(gateway: Server,
@@ -243,3 +244,57 @@ async def test_the_model_loads_only_for_a_policy_that_uses_it(
     assert gw.app[RELOADER].reload()
     stage = next(s for s in gw.app[PIPELINE].current.stages if isinstance(s, ClassifyStage))
     assert any("restart the gateway" in reason for reason in stage.chain.unavailable)
+
+
+async def _audited(url: str, admin: str, request_id: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin}"}) as http, \
+            http.get(url + "/admin/v1/audit", params={"limit": "50"}) as resp:
+        records = (await resp.json())["records"]
+    return next(r for r in records if r["request_id"] == request_id)
+
+
+async def _requests_counted(url: str, **labels: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == "gateway_requests_total"
+               and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_output_block_is_audited_and_counted(start_gateway: StartGateway,
+                                                      leaky_upstream: str, mint: MintToken,
+                                                      stream: bool) -> None:
+    """It was audited and counted as `allow` with no categories."""
+    gateway = await start_gateway(leaky_upstream)
+    _, headers, _ = await _post(gateway.url, mint(tier="public"),
+                                chat("Tell me a story (content).", stream=stream))
+    record = await _audited(gateway.url, mint(), headers["x-request-id"])
+    assert (record["decision"], record["action"]) == ("output_blocked", "block")
+    assert "cyber" in record["categories"]
+    assert await _requests_counted(gateway.url, tier="public", decision="output_blocked") == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_output_flag_is_served_marked_audited_and_counted(
+        start_gateway: StartGateway, leaky_upstream: str, mint: MintToken,
+        stream: bool) -> None:
+    """The research tier flags cyber: the answer is served, and leaves a trace."""
+    gateway = await start_gateway(leaky_upstream)
+    status, headers, raw = await _post(gateway.url, mint(tier="research"),
+                                       chat("Tell me a story (content).", stream=stream))
+    assert status == 200 and b"bitcoin" in raw
+    if not stream:  # a stream's headers are out before its text is read
+        assert headers["x-gateway-decision"] == "flag"
+    record = await _audited(gateway.url, mint(), headers["x-request-id"])
+    assert (record["decision"], record["action"], record["categories"]) == (
+        "flag", "flag", ["cyber"])
+    assert await _requests_counted(gateway.url, tier="research", decision="flag") == 1
+
+
+async def test_a_watermarked_answer_names_its_key_in_the_audit(
+        gateway: Server, mint: MintToken) -> None:
+    _, headers, raw = await _post(gateway.url, mint(tier="public"),
+                                  chat("Write a short poem about the sea.", max_tokens=60))
+    record = await _audited(gateway.url, mint(), headers["x-request-id"])
+    assert record["watermark_key_id"], raw

@@ -115,12 +115,15 @@ class OutputCheck:
     def blocked(self, scores: Mapping[str, float], tier: TierSpec) -> tuple[str, ...]:
         return tuple(c for c in matched(scores, self.categories) if tier.action(c) == "block")
 
+    def flagged(self, scores: Mapping[str, float], tier: TierSpec) -> tuple[str, ...]:
+        return tuple(c for c in matched(scores, self.categories) if tier.action(c) == "flag")
+
     def applies_to(self, tier: TierSpec) -> bool:
-        """Whether anything this check can find is blocked for the tier."""
+        """Whether anything this check can find is blocked or flagged for the tier."""
         found = {p.spec.category for p in self.patterns}
         if self.structure is not None:
             found.add(JAILBREAK)
-        return any(tier.action(c) == "block" for c in found)
+        return any(tier.action(c) in ("block", "flag") for c in found)
 
     def check_text(self, text: str, tier: TierSpec) -> tuple[str, ...]:
         """Whole-text form: the blocked categories in `text` (for non-streaming checks)."""
@@ -131,13 +134,15 @@ class OutputCheck:
 class ModerationFilter:
     """One per response choice. Raises OutputBlocked before any blocked text is emitted."""
 
-    __slots__ = ("_buf", "_check", "_emitted", "_on_block", "_parts", "_tier")
+    __slots__ = ("_buf", "_check", "_emitted", "_on_block", "_on_flag", "_parts", "_tier")
 
     def __init__(self, check: OutputCheck, tier: TierSpec,
-                 on_block: Callable[[tuple[str, ...]], None] | None = None) -> None:
+                 on_block: Callable[[tuple[str, ...]], None] | None = None,
+                 on_flag: Callable[[tuple[str, ...]], None] | None = None) -> None:
         self._check = check
         self._tier = tier
         self._on_block = on_block
+        self._on_flag = on_flag  # categories the tier flags: served, and recorded
         self._buf = ""  # raw text: up to `margin` emitted characters, then the held text
         self._parts: list[str] = []  # fold of each raw character of _buf
         self._emitted = 0  # how many characters of _buf have been emitted
@@ -164,6 +169,10 @@ class ModerationFilter:
             if self._on_block is not None:
                 self._on_block(hits)
             raise OutputBlocked(hits)
+        if self._on_flag is not None and scores:
+            flags = check.flagged(scores, self._tier)
+            if flags:
+                self._on_flag(flags)
         if final:
             out = self._buf[self._emitted:]
             self._buf, self._parts, self._emitted = "", [], 0

@@ -34,6 +34,18 @@ log = logging.getLogger("gateway.classify")
 FilterFactory = Callable[[RequestContext], OutputFilter | None]
 
 
+def note_output(ctx: RequestContext, action: str, categories: tuple[str, ...]) -> None:
+    """Output moderation's finding, for the audit record and the request metrics. A
+    block outranks a flag; a flag marks a request that was otherwise allowed."""
+    ctx.output_categories = tuple(dict.fromkeys((*ctx.output_categories, *categories)))
+    if action == "block":
+        ctx.output_action, ctx.decision = "block", "output_blocked"
+    elif ctx.output_action != "block":
+        ctx.output_action = "flag"
+        if ctx.decision == "allow":
+            ctx.decision = "flag"
+
+
 class ClassifyConfigError(ValueError):
     """The policy's classifier configuration cannot be built here."""
 
@@ -154,11 +166,18 @@ class ClassifyRuntime:
             if not check.applies_to(tier):
                 return None
 
-            def count(categories: tuple[str, ...]) -> None:
+            def block(categories: tuple[str, ...]) -> None:
+                note_output(ctx, "block", categories)
                 if metrics is not None:
                     for category in categories:
                         metrics.output_blocks.labels(tier.name, category).inc()
 
-            return ModerationFilter(check, tier, on_block=count)
+            def flag(categories: tuple[str, ...]) -> None:
+                note_output(ctx, "flag", categories)
+                if metrics is not None:
+                    for category in categories:
+                        metrics.output_flags.labels(tier.name, category).inc()
+
+            return ModerationFilter(check, tier, on_block=block, on_flag=flag)
 
         return make

@@ -136,6 +136,8 @@ async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
     if ctx.route != "embeddings" and _filter_choices(ctx, data, chains, side_chains):
         raw = orjson.dumps(data)
     _record_answer(ctx, data)  # after the filters: a blocked choice ends in content_filter
+    if ctx.output_action == "flag":  # output moderation flagged the answer it served
+        ctx.response_headers["x-gateway-decision"] = "flag"
     if headers_for is not None and ctx.route != "embeddings":
         ctx.response_headers.update(headers_for(_texts(ctx, data)))
     await ctx.hold()  # a verdict still being reached (overlap)

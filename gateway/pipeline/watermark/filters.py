@@ -79,12 +79,13 @@ def payload_filter(ctx: RequestContext, runtime: WatermarkRuntime,
     raw = make_payload(runtime.secret, subject_key_id(ctx, runtime), ctx.request_id,
                        runtime.clock(), policy_version)
     prompt = ctx.body.get("prompt") if ctx.route == "completions" else None
-    on_finish = None
-    if runtime.metrics is not None:
-        counter = runtime.metrics.watermarked.labels(ctx.tier, "payload")
+    counter = runtime.metrics.watermarked.labels(ctx.tier, "payload") \
+        if runtime.metrics is not None else None
 
-        def on_finish(marks: int) -> None:
-            if marks:
+    def on_finish(marks: int) -> None:
+        if marks:
+            ctx.watermark_key_id = subject_key_id(ctx, runtime)  # for the audit record
+            if counter is not None:
                 counter.inc()
 
     return PayloadFilter(encode_mark(raw), prompt if isinstance(prompt, str) else "",
