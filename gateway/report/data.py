@@ -1,9 +1,10 @@
 """Aggregate audit records into the numbers the transparency report shows.
 
 Definitions (stated in the report too):
-- refused: the gateway's decision was not "allow" (policy, classifier or limit said no);
+- refused: the gateway's decision was neither "allow" nor "flag" (policy, classifier,
+  output moderation or limit said no; a flagged request is served);
 - a refusal reason is the decision label, with the limit kind or matched categories;
-- watermark coverage: among allowed responses with status 2xx on text routes (chat,
+- watermark coverage: among served (allowed or flagged) responses with status 2xx on text routes (chat,
   completions), the share that carried a watermark key id.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from gateway.audit.record import AuditRecord
 
 ALLOW = "allow"
+SERVED = frozenset({ALLOW, "flag"})
 TEXT_ROUTES = frozenset({"chat", "completions"})
 BUCKETS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
 MAX_BUCKETS = 48
@@ -110,7 +112,7 @@ class ReportData:
             kind = r.limit.removeprefix("refused:")
             self.limit_refusals[kind] += 1
             self._bump(self.limit_time, kind, i)
-        if r.decision != ALLOW:
+        if r.decision not in SERVED:
             self.refused += 1
             self.tier_refused[r.tier] += 1
             self.refusal_reasons[refusal_reason(r)] += 1

@@ -163,9 +163,10 @@ def render(data: ReportData, integrity: VerifyResult | None, generated: float) -
         '<div class="cards">' + "".join(f"<div class=card><b>{escape(v)}</b>{escape(k)}</div>"
                                         for k, v in cards) + "</div>",
         *_sections(data),
-        "<footer><p>Refused: the gateway's decision was not <code>allow</code>. A refusal "
-        "reason is the decision with its limit kind or matched categories. Watermark "
-        "coverage: among allowed 2xx chat and completion responses, the share that carried "
+        "<footer><p>Refused: the gateway's decision was neither <code>allow</code> nor "
+        "<code>flag</code> (a flagged answer is served). A refusal reason is the decision "
+        "with its limit kind or matched categories. Watermark coverage: among served 2xx "
+        "chat and completion responses, the share that carried "
         "a watermark. Keys are counted, never shown; prompts are not part of this report."
         "</p><p>Self-contained: no scripts, nothing loaded from the network.</p></footer>",
         "</body></html>",

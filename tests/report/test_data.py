@@ -34,3 +34,14 @@ def test_refusal_reason_names_the_limit_or_categories() -> None:
     assert refusal_reason(make_record(7)).startswith("rate_limited (")
     assert refusal_reason(make_record(11)) == "block (cyber)"
     assert refusal_reason(make_record(1, decision="tier_denied")) == "tier_denied"
+
+
+def test_flagged_requests_are_served_not_refused() -> None:
+    """A flag serves the answer (and records it); only other decisions are refusals."""
+    records = [make_record(1, decision="flag", categories=("cyber",), action="flag"),
+               make_record(2, decision="output_blocked", categories=("cyber",),
+                           action="block")]
+    data = aggregate(records, T0, T0 + 3600)
+    assert data.refused == 1
+    assert data.refusal_reasons == {"output_blocked (cyber)": 1}
+    assert data.coverage().eligible == 1  # the flagged answer counts for the watermark
