@@ -4,8 +4,8 @@ Definitions (stated in the report too):
 - refused: the gateway's decision was neither "allow" nor "flag" (policy, classifier,
   output moderation or limit said no; a flagged request is served);
 - a refusal reason is the decision label, with the limit kind or matched categories;
-- watermark coverage: among served (allowed or flagged) responses with status 2xx on text routes (chat,
-  completions), the share that carried a watermark key id.
+- watermark coverage: among served (allowed or flagged) responses with status 2xx on
+  text routes (chat, completions), the share that carried a watermark key id.
 """
 
 from __future__ import annotations
