@@ -11,11 +11,13 @@ For completions it is the prompt, less the tier's system prompt that the tier st
 front of it. Token-id prompts cannot be read and are marked `opaque` (the stage scores
 them as the unverified category).
 
-`fold(text)` is the normalisation rules and phrases see: NFKC per character, casefolded,
-with invisible characters (zero-width, bidi controls, tag characters, soft hyphens,
-variation selectors) dropped, so `r\u200bansom\u00adware` and fullwidth letters match like
-plain text. It is applied per character, so fold(a + b) == fold(a) + fold(b), which the
-output moderation window relies on.
+`fold(text)` is the normalisation rules and phrases see, per character: invisible
+characters (zero-width, bidi controls, tag characters, soft hyphens, variation selectors)
+and combining marks are dropped, Cyrillic and Greek letters that look Latin become the
+Latin letter, and the rest is NFKD-decomposed (accents dropped), NFKC-composed and
+casefolded. So `r\u200bansom\u00adware`, `spyw\u0301are`, `k\u0435ylogger` (a Cyrillic e)
+and fullwidth letters match like plain text. It is applied per character, so
+fold(a + b) == fold(a) + fold(b), which the output moderation window relies on.
 """
 
 from __future__ import annotations
@@ -77,15 +79,48 @@ QUOTES = {0x2018: "'", 0x2019: "'", 0x201B: "'", 0x2032: "'", 0x02BC: "'",
 # (rules.case_flags relies on it; a test checks every code point).
 CASELESS = {0x0131: "i"}  # a str.translate table
 
+# Letters of other scripts drawn like a Latin letter, which a reader takes for one
+# (Unicode's confusables, the common Cyrillic and Greek ones; casefolded targets).
+HOMOGLYPHS = {chr(code): latin for latin, codes in (
+    ("a", (0x0430, 0x0410, 0x03B1, 0x0391)),  # Cyrillic a, A; Greek alpha, Alpha
+    ("b", (0x0432, 0x0412, 0x0392)),  # Cyrillic ve, Ve; Greek Beta
+    ("c", (0x0441, 0x0421)),  # Cyrillic es, Es
+    ("d", (0x0501,)),  # Cyrillic komi de
+    ("e", (0x0435, 0x0415, 0x0451, 0x0401, 0x0395)),  # Cyrillic ie, Ie, io, Io; Greek Epsilon
+    ("h", (0x04BB, 0x041D, 0x0397)),  # Cyrillic shha, En; Greek Eta
+    ("i", (0x0456, 0x0406, 0x04CF, 0x03B9, 0x0399)),  # Cyrillic i, I, palochka; Greek iota
+    ("j", (0x0458, 0x0408)),  # Cyrillic je, Je
+    ("k", (0x043A, 0x041A, 0x03BA, 0x039A)),  # Cyrillic ka, Ka; Greek kappa, Kappa
+    ("m", (0x043C, 0x041C, 0x039C)),  # Cyrillic em, Em; Greek Mu
+    ("n", (0x039D,)),  # Greek Nu
+    ("o", (0x043E, 0x041E, 0x03BF, 0x039F)),  # Cyrillic o, O; Greek omicron, Omicron
+    ("p", (0x0440, 0x0420, 0x03C1, 0x03A1)),  # Cyrillic er, Er; Greek rho, Rho
+    ("q", (0x051B,)),  # Cyrillic qa
+    ("s", (0x0455, 0x0405)),  # Cyrillic dze, Dze
+    ("t", (0x0442, 0x0422, 0x03A4)),  # Cyrillic te, Te; Greek Tau
+    ("v", (0x03BD,)),  # Greek nu
+    ("w", (0x051D,)),  # Cyrillic we
+    ("x", (0x0445, 0x0425, 0x03C7, 0x03A7)),  # Cyrillic ha, Ha; Greek chi, Chi
+    ("y", (0x0443, 0x0423, 0x03C5, 0x03A5)),  # Cyrillic u, U; Greek upsilon, Upsilon
+    ("z", (0x0396,)),  # Greek Zeta
+) for code in codes}
+
 
 class _Fold(dict[int, str]):
     """str.translate table computed per code point on first use (C speed afterwards)."""
 
     def __missing__(self, code: int) -> str:
-        value = "" if code in INVISIBLE else QUOTES.get(code) or unicodedata.normalize(
-            "NFKC", chr(code)).casefold().translate(CASELESS)
+        value = "" if code in INVISIBLE else QUOTES.get(code) or _plain(chr(code))
         self[code] = value
         return value
+
+
+def _plain(char: str) -> str:
+    if char in HOMOGLYPHS:
+        return HOMOGLYPHS[char]
+    bare = "".join(c for c in unicodedata.normalize("NFKD", char)
+                   if not unicodedata.combining(c))
+    return unicodedata.normalize("NFKC", bare).casefold().translate(CASELESS)
 
 
 _FOLD = _Fold()

@@ -158,3 +158,12 @@ def test_folded_text_needs_no_ignorecase() -> None:
                 equated.append((p, x))
     assert not equated
     assert fold("k\u0131ll") == "kill"
+
+
+def test_fold_drops_accents_and_reads_look_alike_letters_as_latin() -> None:
+    """One combining accent or a Cyrillic letter got a request past every classifier."""
+    assert fold("spyw\u0301are") == fold("Spyw\u00e1re") == "spyware"
+    assert fold("k\u0435ylogg\u0435r") == "keylogger"  # Cyrillic ie
+    assert fold("\u0440\u0430\u0455\u0455w\u043erd") == "password"  # Cyrillic er, a, dze, o
+    assert fold("\u039c\u0391\u039b\u03a9\u0391\u03a1\u0395") == "maλωape"  # Greek look-alikes
+    assert fold("caf\u00e9 \u0131 \u0130") == "cafe i i"
