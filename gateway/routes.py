@@ -139,7 +139,7 @@ async def _forward(request: web.Request, ctx: RequestContext,
         relay = StreamRelay(request, ctx, pipeline.output_chain, app[METRICS],
                             settings.timeouts.ttfb_s, settings.timeouts.idle_s,
                             on_end=functools.partial(record_request, app),
-                            side_chains=pipeline.side_chain)
+                            side_chains=pipeline.side_chain, lifecycle=app[LIFECYCLE])
         return await app[UPSTREAM].forward(ctx, relay.run)
 
     async def respond(resp: Any) -> web.StreamResponse:

@@ -90,7 +90,11 @@ async def serve(settings: Settings) -> int:
     log.info("shutting down: draining up to %.0fs", settings.drain_timeout_s)
     drained = await app[LIFECYCLE].drain(settings.drain_timeout_s)
     if not drained:
-        log.warning("drain timeout: cutting %d open requests", app[LIFECYCLE].in_flight)
+        log.warning("drain timeout: ending %d open requests", app[LIFECYCLE].in_flight)
+        # Streams end with an error event and are audited; what is left is cut off.
+        left = await app[LIFECYCLE].cut(grace_s=2.0)
+        if left:
+            log.warning("drain timeout: cutting %d requests off", left)
     await runner.cleanup()
     if sim_runner is not None:
         await sim_runner.cleanup()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import orjson
 
 from tests.conftest import Process, chat
 
@@ -79,8 +80,11 @@ async def test_sigterm_drains_open_streams_then_exits_zero(
     assert await asyncio.to_thread(gw.proc.wait, 10) == 0
 
 
-async def test_drain_timeout_cuts_streams_and_exits(
+async def test_drain_timeout_ends_streams_with_an_error_event_and_exits(
         gateway_process: Callable[..., Process], tmp_path: Path, token: str) -> None:
+    """Streams still open when the drain time runs out end as any failed stream does:
+    an error event the client can read (they were cut mid-chunk), audited and logged
+    as the gateway's 503 (they were recorded as 499, the client's doing)."""
     config = tmp_path / "gateway.yaml"
     config.write_text("drain_timeout_s: 0.5\nsim:\n  tokens_per_second: 5\n")
     gw = gateway_process("--config", str(config))
@@ -90,11 +94,13 @@ async def test_drain_timeout_cuts_streams_and_exits(
         await resp.content.readline()
         started = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
+        raw = await resp.read()  # a complete chunked body, not cut mid-chunk
         assert await asyncio.to_thread(gw.proc.wait, 10) == 0
         assert time.monotonic() - started < 5
-        try:
-            raw = await resp.read()
-        except aiohttp.ClientPayloadError:
-            raw = b""  # cut mid-chunk: also a cut stream
-        assert b"[DONE]" not in raw
         resp.close()
+    assert b"[DONE]" not in raw
+    last = orjson.loads(raw.strip().split(b"\n\n")[-1].removeprefix(b"data: "))
+    assert last["error"]["code"] == "service_unavailable"
+    request_lines = [orjson.loads(line) for line in gw.output().splitlines()
+                     if line.startswith("{") and '"gateway.request"' in line]
+    assert [r["status"] for r in request_lines] == [503]

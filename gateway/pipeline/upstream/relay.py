@@ -29,8 +29,10 @@ from gateway.errors import (
     BadRequest,
     GatewayError,
     GatewayTimeout,
+    Unavailable,
     normalise_upstream_error,
 )
+from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.pipeline.classify.moderation import OutputBlocked
 from gateway.pipeline.output import FilterChain
@@ -196,8 +198,12 @@ class StreamRelay:
     def __init__(self, request: web.Request, ctx: RequestContext, chains: ChainFactory,
                  metrics: Metrics, ttfb_s: float, idle_s: float,
                  on_end: Callable[[RequestContext, int], Awaitable[None]] | None = None,
-                 side_chains: ChainFactory | None = None) -> None:
+                 side_chains: ChainFactory | None = None,
+                 lifecycle: Lifecycle | None = None) -> None:
         self._request = request
+        self._lifecycle = lifecycle
+        self._timer: asyncio.Timeout | None = None
+        self._cut = False  # the drain time ran out: end now
         self._side_chains = side_chains
         self._side: dict[tuple[int, SideKey], FilterChain | None] = {}
         self._on_end = on_end
@@ -221,9 +227,13 @@ class StreamRelay:
     async def run(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         self._metrics.open_streams.inc()
         try:
-            await self._pump(upstream)
+            if self._lifecycle is not None:
+                with self._lifecycle.cuttable(self.cut):
+                    await self._pump(upstream)
+            else:
+                await self._pump(upstream)
         except _UpstreamBroke as exc:
-            if exc.kind != "output_blocked":  # moderation counts its own blocks
+            if exc.kind not in ("output_blocked", "shutdown"):  # not the upstream's fault
                 log.warning("upstream stream broke (%s) for request %s", exc.kind,
                             self._ctx.request_id)
                 self._metrics.upstream_errors.labels(exc.kind).inc()
@@ -247,10 +257,11 @@ class StreamRelay:
         slack = min(1.0, idle / 10)
         try:
             async with asyncio.timeout(self._ttfb_s) as timer:
+                self._timer = timer
                 deadline = None
                 async for chunk in upstream.content.iter_any():
                     now = loop.time()
-                    if deadline is None or deadline - now < idle:
+                    if not self._cut and (deadline is None or deadline - now < idle):
                         deadline = now + idle + slack
                         timer.reschedule(deadline)
                     out = await self._translate_all(parser.feed(chunk))
@@ -260,13 +271,26 @@ class StreamRelay:
                     if self._done:
                         break
         except TimeoutError:
+            if self._cut:
+                error = Unavailable("The gateway is shutting down; retry the request")
+                if self.response is None:
+                    raise error from None  # nothing sent: a plain 503, not a retry
+                raise _UpstreamBroke(error, "shutdown") from None
             self._raise(GatewayTimeout("The upstream server stopped sending tokens"), "timeout")
         except aiohttp.ClientError:
             self._raise(BadGateway("The upstream server closed the stream early"), "reset")
+        finally:
+            self._timer = None  # a Timeout that has exited cannot be rescheduled
         if not self._done:
             self._raise(BadGateway("The upstream server closed the stream early"), "truncated")
         await self._end(200)
         await self._send(DONE_EVENT)
+
+    def cut(self) -> None:
+        """End the stream now, with an error event (the drain time ran out)."""
+        self._cut = True
+        if self._timer is not None:
+            self._timer.reschedule(asyncio.get_running_loop().time())
 
     async def _end(self, status: int) -> None:
         """The response is about to end: account for it before the client can see that."""
