@@ -309,3 +309,18 @@ async def test_a_watermarked_answer_names_its_key_in_the_audit(
                                   chat("Write a short poem about the sea.", max_tokens=60))
     record = await _audited(gateway.url, mint(), headers["x-request-id"])
     assert record["watermark_key_id"], raw
+
+
+@pytest.mark.parametrize(("tier", "status"), [("trusted", 200), ("public", 403)])
+async def test_completions_take_lists_of_token_ids(gateway: Server, mint: MintToken,
+                                                   tier: str, status: int) -> None:
+    """OpenAI's fourth prompt form (it was a 400). Token ids cannot be read, so a tier
+    that puts its system prompt in front refuses them, as it does flat token ids."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {mint(tier=tier)}"},
+                                     ) as http, \
+            http.post(gateway.url + "/v1/completions",
+                      json={"model": MODEL, "prompt": [[1, 2, 3], [4, 5]],
+                            "max_tokens": 2}) as resp:
+        assert resp.status == status, await resp.text()
+        if status == 200:
+            assert len((await resp.json())["choices"]) == 2

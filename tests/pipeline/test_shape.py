@@ -75,6 +75,8 @@ async def test_non_stream_drops_stream_options() -> None:
         ("chat", {**CHAT, "n": 100}, "n"),
         ("chat", {**CHAT, "stop": [1]}, "stop"),
         ("chat", {**CHAT, "stream_options": []}, "stream_options"),
+        ("chat", {**CHAT, "stream": True, "stream_options": {"include_usage": "yes"}},
+         "stream_options.include_usage"),  # was read as false, silently
         # Typed so a tier's numeric caps cannot be slipped with "99" or true (vLLM would
         # coerce them into numbers).
         ("chat", {**CHAT, "temperature": "99"}, "temperature"),
@@ -103,6 +105,8 @@ async def test_non_stream_drops_stream_options() -> None:
             {"type": "refusal", "text": "x"}]}]}, "messages[0].content[0]"),
         ("completions", {"model": "m"}, "prompt"),
         ("completions", {"model": "m", "prompt": [1, "a"]}, "prompt"),
+        ("completions", {"model": "m", "prompt": [[1, 2], []]}, "prompt"),
+        ("completions", {"model": "m", "prompt": [[1, 2], "a"]}, "prompt"),
         ("completions", {"model": "m", "prompt": {}}, "prompt"),
         ("embeddings", {"model": "m", "input": []}, "input"),
     ],
@@ -121,6 +125,7 @@ async def test_bad_fields_are_refused_naming_the_param(route: Route, body: dict[
         ("completions", {"model": "m", "prompt": "p"}),
         ("completions", {"model": "m", "prompt": ["a", "b"]}),
         ("completions", {"model": "m", "prompt": [1, 2, 3]}),
+        ("completions", {"model": "m", "prompt": [[1, 2, 3], [4]]}),  # OpenAI's fourth form
         ("chat", {"model": "m", "messages": [{"role": "user",
                                                "content": [{"type": "text", "text": "x"}]}]}),
         ("chat", {**CHAT, "max_tokens": None, "n": 2, "stop": ["x"]}),

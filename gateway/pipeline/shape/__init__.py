@@ -111,6 +111,10 @@ def _check_common(body: dict[str, Any]) -> Decision:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         return _bad("'stream_options' must be an object", "stream_options")
+    usage = options.get("include_usage") if options is not None else None
+    if usage is not None and not isinstance(usage, bool):
+        return _bad("'stream_options.include_usage' must be a boolean",
+                    "stream_options.include_usage")
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, str) and not (
             isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
@@ -172,14 +176,20 @@ def _valid_part(part: Any) -> bool:
     return part["type"] in MEDIA_PART_TYPES or part_text(part) is not None
 
 
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
+
+
 def _check_prompt(prompt: Any) -> Decision:
+    """OpenAI's four forms: a string, strings, token ids, or lists of token ids."""
     if isinstance(prompt, str):
         return ALLOW
     if isinstance(prompt, list) and prompt and (
-            all(isinstance(p, str) for p in prompt) or all(type(p) is int for p in prompt)):
+            all(isinstance(p, str) for p in prompt) or _token_ids(prompt)
+            or all(_token_ids(p) for p in prompt)):
         return ALLOW
-    return _bad("'prompt' must be a string or a non-empty array of strings or tokens",
-                "prompt")
+    return _bad("'prompt' must be a string, a non-empty array of strings or of token ids, "
+                "or an array of token id arrays", "prompt")
 
 
 def _check_input(value: Any) -> Decision:

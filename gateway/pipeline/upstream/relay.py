@@ -276,7 +276,9 @@ class StreamRelay:
                 if self.response is None:
                     raise error from None  # nothing sent: a plain 503, not a retry
                 raise _UpstreamBroke(error, "shutdown") from None
-            self._raise(GatewayTimeout("The upstream server stopped sending tokens"), "timeout")
+            self._raise(GatewayTimeout(
+                "The upstream server stopped sending tokens" if self.response is not None
+                else "The upstream server did not start answering in time"), "timeout")
         except aiohttp.ClientError:
             self._raise(BadGateway("The upstream server closed the stream early"), "reset")
         finally:

@@ -44,7 +44,8 @@ def estimate(body: dict[str, Any]) -> int:
         return math.ceil(len(prompt) / CHARS_PER_TOKEN)
     if prompt and all(type(p) is int for p in prompt):
         return len(prompt)
-    return sum(math.ceil(len(p) / CHARS_PER_TOKEN) for p in prompt if isinstance(p, str))
+    return sum(math.ceil(len(p) / CHARS_PER_TOKEN) if isinstance(p, str)
+               else len(p) if isinstance(p, list) else 0 for p in prompt)  # lists: token ids
 
 
 async def count_prompt(ctx: RequestContext, counter: PromptCounter | None) -> int:
