@@ -218,7 +218,8 @@ _REQUESTS = {
                         "type": "array", "minItems": 1, "items": _MESSAGE}}},
     "CompletionRequest": {"type": "object", "required": ["model", "prompt"],
                           "properties": {**_COMMON, "prompt": {"anyOf": [
-                              {"type": "string"}, *_ARRAYS]}}},
+                              {"type": "string"}, *_ARRAYS,
+                              {"type": "array", "minItems": 1, "items": _ARRAYS[1]}]}}},
     "EmbeddingRequest": {"type": "object", "required": ["model", "input"],
                          "properties": {"model": {"type": "string", "minLength": 1},
                                         "input": {"anyOf": [
