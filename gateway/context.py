@@ -117,3 +117,5 @@ LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 CLASSIFY: web.AppKey[ClassifyRuntime] = web.AppKey("classify")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 CONTEXT: web.RequestKey[RequestContext] = web.RequestKey("context")
+# The caller's tier once known to the policy, for requests with no RequestContext (models).
+TIER: web.RequestKey[str] = web.RequestKey("tier")

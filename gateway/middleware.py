@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.accounting import record_request
-from gateway.context import CONTEXT, LIFECYCLE, METRICS, POOL, REQUEST_ID
+from gateway.context import CONTEXT, LIFECYCLE, METRICS, POOL, REQUEST_ID, TIER
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -116,6 +116,8 @@ def _count(request: web.Request, route: str, status: int, elapsed: float) -> Non
     if ctx is not None:
         model = ctx.model if request.app[POOL].knows(ctx.model) else "other"
         tier, decision = ctx.tier, ctx.decision
+    else:
+        tier = request.get(TIER, tier)
     metrics.requests.labels(route, model, tier, decision, str(status)).inc()
     metrics.request_duration.labels(route).observe(elapsed)
     if status == CLIENT_CLOSED:

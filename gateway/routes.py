@@ -23,6 +23,7 @@ from gateway.context import (
     POOL,
     REQUEST_ID,
     SETTINGS,
+    TIER,
     UPSTREAM,
     Principal,
     RequestContext,
@@ -180,6 +181,7 @@ async def _visible_models(request: web.Request) -> dict[str, dict[str, Any]]:
     tier = policy.tiers.get(principal.tier) if policy is not None else None
     if tier is None:
         raise Forbidden("your tier is not configured on this gateway", code="unknown_tier")
+    request[TIER] = tier.name  # a configured tier: a bounded metric label
     return {model_id: m for model_id, m in request.app[POOL].models().items()
             if tier.allows_model(model_id)}
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import MODEL, MintToken, Server, StartGateway, StartSim
 
@@ -98,6 +100,12 @@ async def test_models_retrieve_sees_what_the_tier_may_use(
             with pytest.raises(openai.NotFoundError) as info:
                 await client.models.retrieve(hidden)
             assert info.value.code == "model_not_found", hidden
+    async with aiohttp.ClientSession() as http, http.get(gateway.url + "/metrics") as resp:
+        text = await resp.text()
+    counted = {(s.labels["tier"], s.labels["status"]): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "gateway_requests_total" and "models" in s.labels["route"]}
+    assert counted == {("research", "200"): 1, ("public", "200"): 1, ("public", "404"): 2}
 
 
 async def test_unknown_model_is_404_model_not_found(gateway: Server, token: str) -> None:
