@@ -34,7 +34,7 @@ async def policy_status(request: web.Request) -> web.Response:
 async def policy_reload(request: web.Request) -> web.Response:
     await require_admin(request)
     reloader = request.app[RELOADER]
-    ok = reloader.reload("admin request")
+    ok = await reloader.reload_async("admin request")
     return web.json_response({"reloaded": ok, "active": reloader.status.as_json()},
                              status=200 if ok else 422)
 

@@ -84,7 +84,7 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app[RELOADER].reload, "SIGHUP")
+    loop.add_signal_handler(signal.SIGHUP, app[RELOADER].reload_soon, "SIGHUP")
     await stop.wait()
 
     log.info("shutting down: draining up to %.0fs", settings.drain_timeout_s)

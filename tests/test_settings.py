@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import Settings, SettingsError, load_settings
+from tests.test_yamlfile import alias_bomb
 
 
 def test_defaults_without_config_or_env() -> None:
@@ -45,6 +46,9 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("port: [1\n", "g.yaml:2: invalid YAML"),
         ("- 1\n", "expected a mapping of settings"),
         ("retries: -1\n", "retries: must not be negative"),
+        ("port: 80\ntimeouts:\n  idle_s: 3\n  idle_s: 4\n",
+         "g.yaml:4: timeouts.idle_s: duplicate key (first written on line 3)"),
+        (alias_bomb(6), "g.yaml:5: aliases expand this document by"),
     ],
 )
 def test_bad_config_names_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:

@@ -100,6 +100,11 @@ def _message(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         extra = re.findall(r"'([^']+)' was unexpected", error.message)
         return f"unknown key {', '.join(extra)}" if extra else str(error.message)
+    schema = error.schema
+    if error.validator == "minimum" and error.instance == 0 and \
+            isinstance(schema, dict) and "null" in schema.get("type", ()):
+        # A limit of 0 reads as "nothing allowed" to some and "no limit" to others.
+        return "0 is not a limit: use a positive number, or null (or leave it out) for none"
     return str(error.message)
 
 
@@ -165,6 +170,24 @@ def _cross_check(merged: dict[str, Any], docs: list[Located], errors: list[str])
             if glob.count("[") != glob.count("]"):
                 where = doc.where(("tiers", name, "models", str(i)))
                 errors.append(f"{where}: tiers.{name}.models.{i}: bad glob {glob!r}")
+        _check_request(name, tier.get("request") or {}, doc, errors)
+
+
+def _check_request(tier: str, request: dict[str, Any], doc: Located,
+                   errors: list[str]) -> None:
+    """What the schema cannot say about a tier's request caps: how fields relate."""
+    def error(key: str, message: str) -> None:
+        where = doc.where(("tiers", tier, "request", key))
+        errors.append(f"{where}: tiers.{tier}.request.{key}: {message}")
+
+    for key in ("temperature", "top_p"):
+        bounds = request.get(key)
+        if bounds is not None and bounds[0] > bounds[1]:
+            error(key, f"low must not exceed high ({bounds[0]} > {bounds[1]}), or no request "
+                       f"setting {key} could pass")
+    default, cap = request.get("default_max_tokens"), request.get("max_tokens")
+    if default is not None and cap is not None and default > cap:
+        error("default_max_tokens", f"{default} is more than max_tokens ({cap})")
 
 
 # Output-scoped patterns are checked on a sliding window of the response stream, so the

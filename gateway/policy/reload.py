@@ -3,7 +3,12 @@
 Triggered by a change in the policy directory (polled: mtime, size and name of each
 file; cheap, and works on ConfigMap volumes whose symlinks flip atomically) and by SIGHUP.
 Any error keeps the last good pipeline serving; it is logged, counted and shown in
-/admin/v1/policy.
+/admin/v1/policy until a good policy loads, even one identical to the serving policy (an
+edit reverted).
+
+In the running server the files are read, parsed and validated on a worker thread: that is
+hundreds of milliseconds for the shipped files and more for a large one, and requests keep
+flowing meanwhile. The build and the swap stay on the event loop, one reload at a time.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class PolicyReloader:
         self._apply = apply
         self._metrics = metrics
         self._signature = _signature(directory)
+        self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[bool]] = set()
 
     def load_initial(self) -> PolicySpec:
         """Start-up load: an invalid policy here is fatal (raises PolicyError)."""
@@ -65,21 +72,29 @@ class PolicyReloader:
         return policy
 
     def reload(self, reason: str = "change") -> bool:
+        """Load, build and swap on the calling thread; the server uses `reload_async`."""
         try:
             policy = load_policy(self.directory)
-            if policy.digest == self.status.digest:
-                return True
-            self._apply(policy)  # builds everything; raises before any swap on failure
-        except PolicyError as exc:
-            self._failed(str(exc))
-            return False
         except Exception as exc:
-            log.exception("policy build failed")
-            self._failed(f"policy build failed: {exc.__class__.__name__}: {exc}")
+            self._load_failed(exc)
             return False
-        self._swapped(policy)
-        log.info("policy %s loaded (%s)", policy.version, reason)
-        return True
+        return self._install(policy, reason)
+
+    async def reload_async(self, reason: str = "change") -> bool:
+        """`reload` with the files loaded on a worker thread, off the event loop."""
+        async with self._lock:
+            try:
+                policy = await asyncio.to_thread(load_policy, self.directory)
+            except Exception as exc:
+                self._load_failed(exc)
+                return False
+            return self._install(policy, reason)
+
+    def reload_soon(self, reason: str) -> None:
+        """Start `reload_async` from a callback that cannot await (a signal handler)."""
+        task = asyncio.get_running_loop().create_task(self.reload_async(reason))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def watch(self, interval_s: float) -> None:
         while True:
@@ -87,7 +102,29 @@ class PolicyReloader:
             signature = _signature(self.directory)
             if signature != self._signature:
                 self._signature = signature
-                self.reload("file change")
+                await self.reload_async("file change")
+
+    def _install(self, policy: PolicySpec, reason: str) -> bool:
+        if policy.digest == self.status.digest:
+            if self.status.last_error is not None:
+                log.info("policy %s is valid again (%s)", policy.version, reason)
+                self.status.last_error = self.status.last_error_at = None
+            return True
+        try:
+            self._apply(policy)  # builds everything; raises before any swap on failure
+        except Exception as exc:
+            self._load_failed(exc)
+            return False
+        self._swapped(policy)
+        log.info("policy %s loaded (%s)", policy.version, reason)
+        return True
+
+    def _load_failed(self, exc: Exception) -> None:
+        if isinstance(exc, PolicyError):
+            self._failed(str(exc))
+            return
+        log.error("policy build failed", exc_info=exc)
+        self._failed(f"policy build failed: {exc.__class__.__name__}: {exc}")
 
     def _swapped(self, policy: PolicySpec) -> None:
         self.status.digest, self.status.version = policy.digest, policy.version

@@ -8,6 +8,7 @@ import pytest
 
 from gateway.policy.loader import PolicyError, load_policy
 from tests.conftest import ROOT
+from tests.test_yamlfile import alias_bomb
 
 GOOD = """\
 tiers:
@@ -68,6 +69,26 @@ def test_overrides_merge_over_tier_limits(tmp_path: Path) -> None:
          "t.yaml:3: classifiers.embedding.contextual_band: [0.2] is too short"),
         ("classifiers:\n  max_chars: 100\n",
          "t.yaml:2: classifiers.max_chars: 100 is less than the minimum of 1024"),
+        ("tiers:\n  basic:\n    models: [x]\n    request: {temperature: [2, 1]}\n",
+         "t.yaml:4: tiers.basic.request.temperature: low must not exceed high (2 > 1)"),
+        ("tiers:\n  basic:\n    models: [x]\n    request:\n      top_p: [0.9, 0.1]\n",
+         "t.yaml:5: tiers.basic.request.top_p: low must not exceed high"),
+        ("tiers:\n  basic:\n    models: [x]\n    request:\n      max_tokens: 100\n"
+         "      default_max_tokens: 200\n",
+         "t.yaml:6: tiers.basic.request.default_max_tokens: 200 is more than max_tokens (100)"),
+        ("tiers:\n  basic:\n    models: [x]\n    limits: {requests_per_minute: 0}\n",
+         "t.yaml:4: tiers.basic.limits.requests_per_minute: 0 is not a limit: use a positive "
+         "number, or null (or leave it out) for none"),
+        ("tiers:\n  basic:\n    models: [x]\n    limits:\n      tokens_per_day: 0\n",
+         "t.yaml:5: tiers.basic.limits.tokens_per_day: 0 is not a limit"),
+        ("tiers:\n  basic:\n    models: [x]\n    request: {max_messages: 0}\n",
+         "t.yaml:4: tiers.basic.request.max_messages: 0 is not a limit"),
+        ("tiers:\n  basic:\n    models: [x]\noverrides:\n  orgs:\n"
+         "    acme: {limits: {concurrent_requests: 0}}\n",
+         "t.yaml:6: overrides.orgs.acme.limits.concurrent_requests: 0 is not a limit"),
+        ("tiers:\n  basic:\n    models: [x]\n    limits: {requests_per_minute: 5}\n"
+         "    limits: {requests_per_minute: 50}\n",
+         "t.yaml:5: tiers.basic.limits: duplicate key (first written on line 4)"),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
@@ -104,3 +125,29 @@ def test_digest_changes_with_content(tmp_path: Path) -> None:
     first = load_policy(_write(tmp_path, **{"t.yaml": GOOD})).digest
     (tmp_path / "t.yaml").write_text(GOOD.replace("100", "101"))
     assert load_policy(tmp_path).digest != first
+
+
+def test_anchors_and_merge_keys_share_settings_between_tiers(tmp_path: Path) -> None:
+    policy = load_policy(_write(tmp_path, **{"t.yaml": """\
+tiers:
+  basic: &basic
+    models: ["small-*"]
+    limits: &limits {requests_per_minute: 5, tokens_per_day: 1000}
+    request: {max_tokens: 100}
+  plus:
+    <<: *basic
+    limits: {<<: *limits, requests_per_minute: 50}
+"""}))
+    plus = policy.tiers["plus"]
+    assert plus.allows_model("small-1") and plus.request.max_tokens == 100
+    assert (plus.limits.requests_per_minute, plus.limits.tokens_per_day) == (50, 1000)
+    assert policy.tiers["basic"].limits.requests_per_minute == 5
+
+
+def test_alias_bomb_is_an_error_at_its_line(tmp_path: Path) -> None:
+    good = (ROOT / "policies" / "tiers.yaml").read_text()
+    _write(tmp_path, **{"tiers.yaml": alias_bomb(6) + good})
+    with pytest.raises(PolicyError) as info:
+        load_policy(tmp_path)
+    errors = [e.replace(str(tmp_path) + "/", "") for e in info.value.errors]
+    assert len(errors) == 1 and errors[0].startswith("tiers.yaml:5: aliases expand"), errors

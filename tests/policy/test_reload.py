@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -11,7 +15,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.context import PIPELINE, RELOADER
-from tests.conftest import ROOT, Server, StartGateway, chat, wait_until
+from tests.conftest import (
+    ROOT,
+    MintToken,
+    Process,
+    Server,
+    StartGateway,
+    chat,
+    wait_until,
+)
+from tests.test_yamlfile import alias_bomb
 
 
 @pytest.fixture
@@ -72,7 +85,9 @@ async def test_good_edit_applies_without_restart(start_gateway: StartGateway, si
     gateway = await start_gateway(sim.url, policies=str(policies), policy_poll_s=0.05)
     old = gateway.app[PIPELINE].current.version
     text = (policies / "tiers.yaml").read_text()
-    (policies / "tiers.yaml").write_text(text.replace("max_tokens: 32768", "max_tokens: 7"))
+    (policies / "tiers.yaml").write_text(text.replace("max_tokens: 32768", "max_tokens: 7")
+                                         .replace("default_max_tokens: 2048",
+                                                  "default_max_tokens: 7"))
     await wait_until(lambda: gateway.app[PIPELINE].current.version != old)
     async with http.post(gateway.url + "/v1/chat/completions",
                          json=chat(max_tokens=100)) as resp:
@@ -89,3 +104,118 @@ async def test_reload_endpoint(start_gateway: StartGateway, sim: Server, policie
     async with http.post(gateway.url + "/admin/v1/policy/reload") as resp:
         assert resp.status == 422
         assert (await resp.json())["reloaded"] is False
+
+
+@pytest.fixture
+def frozen_heap() -> Iterator[None]:
+    """The heap as `gateway serve` leaves it after start-up (gc.freeze): a full collection,
+    which the reload's allocations trigger, then skips the embedding model and the rest."""
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+async def _longest_stall(done: Callable[[], bool], within: float = 30.0) -> float:
+    """The longest the event loop kept this task waiting, until `done()` holds."""
+    worst, last = 0.0, time.monotonic()
+    deadline = last + within
+    while not done():
+        await asyncio.sleep(0.005)
+        now = time.monotonic()
+        worst, last = max(worst, now - last), now
+        assert now < deadline, "condition not met in time"
+    return worst
+
+
+async def test_reload_parses_off_the_event_loop(start_gateway: StartGateway, sim: Server,
+                                                policies: Path, frozen_heap: None) -> None:
+    gateway = await start_gateway(sim.url, policies=str(policies), policy_poll_s=0.05)
+    reloader = gateway.app[RELOADER]
+    old = reloader.status.version
+    # Thousands of per-subject overrides: a second or more of YAML parsing.
+    subjects = "".join(f"    user-{i}: {{limits: {{requests_per_minute: 5}}}}\n"
+                       for i in range(3000))
+    (policies / "subjects.yaml").write_text("overrides:\n  subjects:\n" + subjects)
+    stall = await _longest_stall(lambda: reloader.status.version != old)
+    assert gateway.app[PIPELINE].current.version == reloader.status.version
+    assert stall < 0.25
+
+
+async def test_alias_bomb_edit_is_refused_without_stalling(
+        start_gateway: StartGateway, sim: Server, policies: Path,
+        http: aiohttp.ClientSession, frozen_heap: None) -> None:
+    gateway = await start_gateway(sim.url, policies=str(policies), policy_poll_s=0.05)
+    reloader = gateway.app[RELOADER]
+    good_version = reloader.status.version
+    tiers = policies / "tiers.yaml"
+    tiers.write_text(alias_bomb(6) + tiers.read_text())
+    stall = await _longest_stall(lambda: reloader.status.last_error is not None)
+    assert stall < 0.25
+    error = reloader.status.last_error or ""
+    assert error.startswith(f"{tiers}:5: aliases expand this document by "), error
+    async with http.post(gateway.url + "/v1/chat/completions",
+                         json=chat(max_tokens=2)) as resp:
+        assert resp.status == 200
+    assert gateway.app[PIPELINE].current.version == good_version
+
+
+async def test_reverted_edit_clears_last_error(start_gateway: StartGateway, sim: Server,
+                                               policies: Path,
+                                               http: aiohttp.ClientSession) -> None:
+    gateway = await start_gateway(sim.url, policies=str(policies), policy_poll_s=0.05)
+    reloader = gateway.app[RELOADER]
+    good_version, tiers = reloader.status.version, policies / "tiers.yaml"
+    good = tiers.read_text()
+    tiers.write_text("tiers:\n  public: [unclosed\n" + good)
+    await wait_until(lambda: reloader.status.last_error is not None)
+    tiers.write_text(good)  # the serving policy again: nothing to swap, nothing wrong
+    await wait_until(lambda: reloader.status.last_error is None)
+    async with http.get(gateway.url + "/admin/v1/policy") as resp:
+        active = (await resp.json())["active"]
+    assert active["version"] == good_version
+    assert active["last_error"] is None and active["last_error_at"] is None
+
+
+async def test_reload_endpoint_clears_last_error_of_a_reverted_edit(
+        start_gateway: StartGateway, sim: Server, policies: Path,
+        http: aiohttp.ClientSession) -> None:
+    gateway = await start_gateway(sim.url, policies=str(policies), policy_poll_s=3600)
+    tiers = policies / "tiers.yaml"
+    good = tiers.read_text()
+    tiers.write_text("tiers:\n  public: [unclosed\n" + good)
+    async with http.post(gateway.url + "/admin/v1/policy/reload") as resp:
+        assert resp.status == 422
+        assert "invalid YAML" in (await resp.json())["active"]["last_error"]
+    tiers.write_text(good)
+    async with http.post(gateway.url + "/admin/v1/policy/reload") as resp:
+        body = await resp.json()
+    assert resp.status == 200 and body["reloaded"] is True
+    assert body["active"]["last_error"] is None
+
+
+async def test_sighup_reloads(gateway_process: Callable[..., Process], mint: MintToken,
+                              tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    classifiers = policies / "classifiers.yaml"  # no embedding model: a quicker start
+    classifiers.write_text(classifiers.read_text().replace(
+        "  embedding:\n    enabled: true\n", "  embedding:\n    enabled: false\n", 1))
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"policies: {policies}\npolicy_poll_s: 3600\n")
+    gw = gateway_process("--config", str(config))
+    headers = {"Authorization": f"Bearer {mint()}"}
+
+    async def version(http: aiohttp.ClientSession) -> str:
+        async with http.get(gw.url + "/admin/v1/policy", headers=headers) as resp:
+            return str((await resp.json())["active"]["version"])
+
+    async with aiohttp.ClientSession() as http:
+        old = await version(http)
+        tiers = policies / "tiers.yaml"
+        tiers.write_text(tiers.read_text().replace("requests_per_minute: 20,",
+                                                   "requests_per_minute: 21,"))
+        gw.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while await version(http) == old:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the policy"
+            await asyncio.sleep(0.05)
