@@ -30,7 +30,7 @@ from gateway.context import (
     Route,
     Usage,
 )
-from gateway.errors import Forbidden, ModelNotFound, shown
+from gateway.errors import Forbidden, ModelNotFound, Unavailable, shown
 from gateway.openapi import document
 from gateway.pipeline import Decision, Pipeline
 from gateway.pipeline.upstream.relay import StreamRelay, relay_json
@@ -147,7 +147,24 @@ async def _forward(request: web.Request, ctx: RequestContext,
         return await relay_json(ctx, resp, pipeline.output_chain, settings.timeouts.idle_s,
                                 provenance, side_chains=pipeline.side_chain)
 
-    return await app[UPSTREAM].forward(ctx, respond)
+    # An answer still awaited when the drain time runs out is a 503 the client can read
+    # (streams end with an error event instead: the relay registers itself).
+    task = asyncio.current_task()
+    cut = False
+
+    def stop() -> None:
+        nonlocal cut
+        cut = True
+        if task is not None:
+            task.cancel()
+
+    try:
+        with app[LIFECYCLE].cuttable(stop):
+            return await app[UPSTREAM].forward(ctx, respond)
+    except asyncio.CancelledError:
+        if cut and task is not None and task.uncancel() == 0:
+            raise Unavailable("The gateway is shutting down; retry the request") from None
+        raise
 
 
 def _finish(request: web.Request, ctx: RequestContext) -> None:

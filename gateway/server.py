@@ -91,7 +91,8 @@ async def serve(settings: Settings) -> int:
     drained = await app[LIFECYCLE].drain(settings.drain_timeout_s)
     if not drained:
         log.warning("drain timeout: ending %d open requests", app[LIFECYCLE].in_flight)
-        # Streams end with an error event and are audited; what is left is cut off.
+        # Open requests end as a 503 (streams: an error event) and are audited; what is
+        # still left after the grace is cut off.
         left = await app[LIFECYCLE].cut(grace_s=2.0)
         if left:
             log.warning("drain timeout: cutting %d requests off", left)

@@ -80,11 +80,12 @@ async def test_sigterm_drains_open_streams_then_exits_zero(
     assert await asyncio.to_thread(gw.proc.wait, 10) == 0
 
 
-async def test_drain_timeout_ends_streams_with_an_error_event_and_exits(
+async def test_drain_timeout_ends_open_requests_with_a_503_and_exits(
         gateway_process: Callable[..., Process], tmp_path: Path, token: str) -> None:
-    """Streams still open when the drain time runs out end as any failed stream does:
-    an error event the client can read (they were cut mid-chunk), audited and logged
-    as the gateway's 503 (they were recorded as 499, the client's doing)."""
+    """Requests still open when the drain time runs out end as any failed request does:
+    a stream with an error event the client can read, a waiting JSON request with a 503
+    (both were cut off, the stream mid-chunk), audited and logged as the gateway's 503
+    (the stream was recorded as 499, the client's doing)."""
     config = tmp_path / "gateway.yaml"
     config.write_text("drain_timeout_s: 0.5\nsim:\n  tokens_per_second: 5\n")
     gw = gateway_process("--config", str(config))
@@ -92,15 +93,25 @@ async def test_drain_timeout_ends_streams_with_an_error_event_and_exits(
         resp = await http.post(gw.url + "/v1/chat/completions",
                                json=chat(stream=True, max_tokens=500))
         await resp.content.readline()
+
+        async def waiting() -> tuple[int, bytes]:
+            async with http.post(gw.url + "/v1/chat/completions",
+                                 json=chat("[[sim:ttft=30]] hi", max_tokens=2)) as answer:
+                return answer.status, await answer.read()
+
+        json_request = asyncio.create_task(waiting())
+        await asyncio.sleep(0.3)  # the JSON request is waiting on the upstream
         started = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
         raw = await resp.read()  # a complete chunked body, not cut mid-chunk
+        status, body = await json_request
         assert await asyncio.to_thread(gw.proc.wait, 10) == 0
         assert time.monotonic() - started < 5
         resp.close()
     assert b"[DONE]" not in raw
     last = orjson.loads(raw.strip().split(b"\n\n")[-1].removeprefix(b"data: "))
     assert last["error"]["code"] == "service_unavailable"
+    assert status == 503 and orjson.loads(body)["error"]["code"] == "service_unavailable"
     request_lines = [orjson.loads(line) for line in gw.output().splitlines()
                      if line.startswith("{") and '"gateway.request"' in line]
-    assert [r["status"] for r in request_lines] == [503]
+    assert [r["status"] for r in request_lines] == [503, 503]
