@@ -1,9 +1,11 @@
 """Rules classifier: regex patterns per category, written by admins in classifiers.yaml.
 
-Patterns run on `fold(text)` (NFKC, casefolded, invisible characters dropped), so they are
-written in lower case and need not care about obfuscation by zero-width characters or
-fullwidth letters. A pattern with an upper-case letter is compiled with IGNORECASE; the
-others need not be (folded text has no upper case), which halves their cost. A category's
+Patterns run on `fold(text)` (accents, invisible characters and look-alike letters
+undone, casefolded), so they are written in lower case and need not care about
+obfuscation by zero-width characters or fullwidth letters; and on the prompt's hidden
+views (views.py: spaced letters joined, short base64 decoded, rot13 undone when named).
+A pattern with an upper-case letter is compiled with IGNORECASE; the others need not be
+(folded text has no upper case), which halves their cost. A category's
 score is the highest `score` of its patterns that match; one combined pattern finds first
 whether any matches at all (most prompts match none). The loader has already compiled
 every pattern (a bad one is a `file:line` error and the old policy keeps serving), so
@@ -17,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.pipeline.classify.text import PromptText, fold
+from gateway.pipeline.classify.views import hidden_views
 from gateway.policy.spec import PatternSpec, Scope
 
 
@@ -94,7 +97,12 @@ class RulesClassifier:
         self.any = any_of(self.patterns)
 
     def scores(self, text: PromptText) -> dict[str, float]:
-        return match_scores(self.patterns, fold(text.full), self.any)
+        folded = fold(text.full)
+        scores = match_scores(self.patterns, folded, self.any)
+        for view in hidden_views(text.full, folded):  # spaced letters, base64, rot13
+            for category, score in match_scores(self.patterns, view, self.any).items():
+                scores[category] = max(score, scores.get(category, 0.0))
+        return scores
 
     async def score(self, text: PromptText) -> dict[str, float]:
         return self.scores(text)
