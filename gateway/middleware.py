@@ -108,6 +108,12 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             tracing.finish(span, request, route, status)
 
 
+def count_early_answer(request: web.Request, status: int) -> None:
+    """Count an answer given before the middleware ran (to an Expect header)."""
+    resource = request.match_info.route.resource
+    _count(request, resource.canonical if resource is not None else "unmatched", status, 0.0)
+
+
 def _count(request: web.Request, route: str, status: int, elapsed: float) -> None:
     metrics = request.app[METRICS]
     ctx = request.get(CONTEXT)

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.accounting import record_request
@@ -30,7 +30,15 @@ from gateway.context import (
     Route,
     Usage,
 )
-from gateway.errors import Forbidden, ModelNotFound, Unavailable, shown
+from gateway.errors import (
+    Forbidden,
+    GatewayError,
+    ModelNotFound,
+    PayloadTooLarge,
+    Unavailable,
+    shown,
+)
+from gateway.middleware import count_early_answer, error_response
 from gateway.openapi import document
 from gateway.pipeline import Decision, Pipeline
 from gateway.pipeline.upstream.relay import StreamRelay, relay_json
@@ -250,9 +258,26 @@ def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` on the API: the token and the declared size are checked
+    before the client is asked for its body, so a refused client does not upload it."""
+    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+        try:
+            await authenticate(request)
+            limit = request.app[SETTINGS].max_body_bytes
+            if request.content_length is not None and request.content_length > limit:
+                raise PayloadTooLarge("Request body is too large")
+        except GatewayError as error:
+            response = error_response(error)
+            response.force_close()  # the body it declared never comes
+            count_early_answer(request, response.status)
+            return response
+    return await expect_handler(request)
+
+
 def add_routes(app: web.Application) -> None:
     # Every route answers an unknown Expect header in the gateway's shape (protocol.py).
-    post = functools.partial(app.router.add_post, expect_handler=expect_handler)
+    post = functools.partial(app.router.add_post, expect_handler=_expect)
     get = functools.partial(app.router.add_get, expect_handler=expect_handler)
     post("/v1/chat/completions", chat_completions)
     post("/v1/completions", completions)

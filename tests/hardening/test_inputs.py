@@ -297,3 +297,22 @@ async def test_expect_100_continue_still_works(gateway: Server, token: str) -> N
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert final.startswith(b"HTTP/1.1 200")
     assert orjson.loads(final.partition(b"\r\n\r\n")[2])["object"] == "chat.completion"
+
+
+@pytest.mark.parametrize(("bearer", "length", "status"), [
+    ("not-a-token", 1000, b"401"), ("VALID", 50 * 1024 * 1024, b"413")])
+async def test_expect_100_continue_refuses_before_the_body_is_sent(
+        gateway: Server, token: str, bearer: str, length: int, status: bytes) -> None:
+    """The point of Expect: a client the gateway would refuse is told so before it
+    uploads its body (it used to get 100 Continue first)."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write((f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  f"Authorization: Bearer {token if bearer == 'VALID' else bearer}\r\n"
+                  f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+                  ).encode())  # and no body: it waits for 100 Continue
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 " + status), head
+    assert b"connection: close" in head.lower()
