@@ -337,3 +337,17 @@ async def test_spelled_out_or_encoded_requests_are_read(gateway: Server, mint: M
                                                         disguised: str) -> None:
     status, _, raw = await _post(gateway.url, mint(tier="public"), chat(disguised))
     assert status == 400 and b"content_policy_violation" in raw, raw
+
+
+@pytest.mark.parametrize(("where", "tokens"), [("content", len(LEAK)), ("tool", 3),
+                                               ("reasoning", len(LEAK))])
+async def test_a_stream_without_usage_counts_every_kind_of_token(
+        start_gateway: StartGateway, leaky_upstream: str, mint: MintToken, where: str,
+        tokens: int) -> None:
+    """The backend sends no usage block: the relayed chunks are the count, and tool-call
+    and reasoning chunks are tokens as much as content ones."""
+    gateway = await start_gateway(leaky_upstream)
+    prompt = "Plan a trip (tool-benign)." if where == "tool" else f"A story ({where})."
+    _, headers, _ = await _post(gateway.url, mint(tier="trusted"), chat(prompt, stream=True))
+    record = await _audited(gateway.url, mint(), headers["x-request-id"])
+    assert record["completion_tokens"] == tokens

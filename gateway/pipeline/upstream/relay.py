@@ -217,7 +217,7 @@ class StreamRelay:
         self._finished: set[int] = set()  # choices whose chain has run finish()
         self._meta: dict[str, Any] = {}  # id/object/created/model of the last chunk
         self._blocked_index = 0
-        self._relayed = 0  # content chunks sent, the token count if usage never arrives
+        self._relayed = 0  # text chunks sent: the token count if usage never arrives
         self._done = False
         self._last_sent: float | None = None
         self._ttft = metrics.ttft.labels(ctx.route, ctx.tier)
@@ -404,9 +404,10 @@ class StreamRelay:
             if not isinstance(holder, dict):
                 continue
             text = holder.get(self._text_key)
-            if isinstance(text, str) and text:
-                self._relayed += 1
-            changed = self._filter_side(index, holder, finish is not None) or changed
+            sides = _side_texts(holder)
+            if (isinstance(text, str) and text) or any(o[k] for _, o, k in sides):
+                self._relayed += 1  # a token: of the answer, its reasoning or a tool call
+            changed = self._filter_side(index, holder, sides, finish is not None) or changed
             chain = self._chain(index)
             if chain is None:
                 continue
@@ -419,13 +420,14 @@ class StreamRelay:
                 changed = True
         return changed
 
-    def _filter_side(self, index: int, holder: dict[str, Any], finish: bool) -> bool:
+    def _filter_side(self, index: int, holder: dict[str, Any],
+                     sides: list[tuple[SideKey, dict[str, Any], str]], finish: bool) -> bool:
         """Reasoning and tool-call argument deltas through their side chains; on the
         choice's last event, what they held back. True when any text changed."""
         if self._side_chains is None:
             return False
         changed = False
-        for which, owner, key in _side_texts(holder):
+        for which, owner, key in sides:
             chain = self._side_chain(index, which)
             if chain is not None:
                 new = chain.feed(owner[key])
