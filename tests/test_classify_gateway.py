@@ -157,17 +157,24 @@ async def leaky_upstream() -> AsyncIterator[str]:
         where = next((w for w in ("reasoning", "tool") if w in prompt), "content")
         pieces = BENIGN_ARGS if "benign" in prompt else LEAK
         finish = "tool_calls" if where == "tool" else "stop"
+        def logprobs(tokens: list[str]) -> dict[str, Any] | None:
+            if not body.get("logprobs"):
+                return None
+            return {"content": [{"token": t, "logprob": -0.1, "bytes": list(t.encode()),
+                                 "top_logprobs": []} for t in tokens]}
+
         if not body.get("stream"):
             return web.json_response({
                 "id": "c", "object": "chat.completion", "created": 0, "model": MODEL,
                 "choices": [{"index": 0, "message": _message(where, "".join(pieces)),
-                             "finish_reason": finish}]})
+                             "logprobs": logprobs(pieces), "finish_reason": finish}]})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for i, piece in enumerate([*pieces, None]):
             event = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
                      "choices": [{"index": 0,
                                   "delta": {} if piece is None else _delta(where, piece, i == 0),
+                                  "logprobs": logprobs([piece] if piece else []),
                                   "finish_reason": finish if piece is None else None}]}
             await resp.write(b"data: " + orjson.dumps(event) + b"\n\n")
             await asyncio.sleep(0.01)
@@ -351,3 +358,19 @@ async def test_a_stream_without_usage_counts_every_kind_of_token(
     _, headers, _ = await _post(gateway.url, mint(tier="trusted"), chat(prompt, stream=True))
     record = await _audited(gateway.url, mint(), headers["x-request-id"])
     assert record["completion_tokens"] == tokens
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_logprobs_never_spell_out_what_moderation_withheld(
+        start_gateway: StartGateway, leaky_upstream: str, mint: MintToken,
+        stream: bool) -> None:
+    """Logprobs carry every generated token: beside moderated (or redacted) text they
+    gave the whole blocked answer away (found by a black-box check)."""
+    gateway = await start_gateway(leaky_upstream)
+    body = chat("Tell me a story (content).", stream=stream, logprobs=True)
+    status, _, raw = await _post(gateway.url, mint(tier="verified"), body)
+    assert status == 200
+    assert b"bitcoin" not in raw and b"encrypted" not in raw
+    # Where nothing can be withheld (trusted: no moderation, no redaction) they are kept.
+    status, _, raw = await _post(gateway.url, mint(tier="trusted"), body)
+    assert status == 200 and raw.count(b"bitcoin") >= 2  # in the text and in logprobs

@@ -135,6 +135,7 @@ class ModerationFilter:
     """One per response choice. Raises OutputBlocked before any blocked text is emitted."""
 
     __slots__ = ("_buf", "_check", "_emitted", "_on_block", "_on_flag", "_parts", "_tier")
+    hides_text = True  # the relay drops logprobs, which would carry the text held back
 
     def __init__(self, check: OutputCheck, tier: TierSpec,
                  on_block: Callable[[tuple[str, ...]], None] | None = None,

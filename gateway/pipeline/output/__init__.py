@@ -21,10 +21,14 @@ class OutputFilter(Protocol):
 class FilterChain:
     """Filters applied in order: each one's output is the next one's input."""
 
-    __slots__ = ("filters",)
+    __slots__ = ("filters", "hides_text")
 
     def __init__(self, filters: tuple[OutputFilter, ...]) -> None:
         self.filters = filters
+        # A filter that withholds or replaces text (moderation, redaction) sets
+        # `hides_text`: the choice's logprobs, which spell out every generated token, must
+        # not go out beside it. (The watermark only adds invisible characters.)
+        self.hides_text = any(getattr(f, "hides_text", False) for f in filters)
 
     def feed(self, delta: str) -> str:
         for f in self.filters:

@@ -14,6 +14,7 @@ REPLACEMENT = "[redacted]"
 
 class RedactFilter:
     __slots__ = ("_held", "_pattern", "_terms")
+    hides_text = True  # the relay drops logprobs, which would carry the text it replaced
 
     def __init__(self, terms: tuple[str, ...]) -> None:
         self._terms = tuple(sorted({t for t in terms if t}, key=len, reverse=True))

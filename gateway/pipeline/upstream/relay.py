@@ -164,21 +164,25 @@ def _filter_choices(ctx: RequestContext, data: dict[str, Any], chains: ChainFact
         holder = choice.get("message") if ctx.route == "chat" else choice
         if not isinstance(holder, dict):
             continue
+        hides = False
         try:
             if isinstance(holder.get(key), str) and (chain := chains(ctx)) is not None:
                 holder[key] = chain.apply(holder[key])
-                changed = True
+                changed, hides = True, chain.hides_text
             for _, owner, field_key in _side_texts(holder):
                 side = side_chains(ctx) if side_chains is not None else None
                 if side is not None:
                     owner[field_key] = side.apply(owner[field_key])
-                    changed = True
+                    changed, hides = True, hides or side.hides_text
         except OutputBlocked:
             # Nothing of a blocked choice leaves the gateway, as OpenAI's content filter.
             if isinstance(holder.get(key), str):
                 holder[key] = ""
             _blank_side_texts(holder)
             choice["finish_reason"] = "content_filter"
+            changed = hides = True
+        if hides and choice.get("logprobs") is not None:
+            choice["logprobs"] = None  # its tokens spell out what the filters withheld
             changed = True
     return changed
 
@@ -336,6 +340,8 @@ class StreamRelay:
                 holder[self._text_key] = ""
                 _blank_side_texts(holder)
             choice["finish_reason"] = "content_filter"
+            if choice.get("logprobs") is not None:
+                choice["logprobs"] = None
         self._ctx.finish_reasons = ("content_filter",)
         event.pop("usage", None)
         return frame_json(event)
@@ -411,6 +417,10 @@ class StreamRelay:
             chain = self._chain(index)
             if chain is None:
                 continue
+            if chain.hides_text and choice.get("logprobs") is not None:
+                # The tokens would spell out text the filters hold back or replace.
+                choice["logprobs"] = None
+                changed = True
             new = chain.feed(text) if isinstance(text, str) else ""
             if finish is not None:
                 self._finished.add(index)

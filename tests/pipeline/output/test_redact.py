@@ -44,3 +44,16 @@ def test_whole_text_apply_equals_streaming() -> None:
     whole = FilterChain((RedactFilter(("secret",)),)).apply(text)
     streamed = _stream(FilterChain((RedactFilter(("secret",)),)), list(text))
     assert whole == streamed == "one [redacted], two [redacted]s, secre"
+
+
+def test_a_chain_with_redaction_hides_text_one_that_only_adds_does_not() -> None:
+    """The relay drops logprobs beside a chain that hides text: they would spell it out."""
+    class Adds:
+        def feed(self, delta: str) -> str:
+            return delta + "\u200b"
+
+        def finish(self) -> str:
+            return ""
+
+    assert FilterChain((Adds(), RedactFilter(("secret",)))).hides_text
+    assert not FilterChain((Adds(),)).hides_text
