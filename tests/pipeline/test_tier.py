@@ -47,6 +47,9 @@ async def _run(tier: str, body: dict[str, Any], route: Route = "chat", sub: str 
         ("public", {"messages": _msgs(17)}, "too_many_messages", "messages"),
         ("public", {"messages": _msgs(9)}, "too_many_turns", "messages"),
         ("research", {"max_tokens": 9000}, "max_tokens_not_allowed", "max_tokens"),
+        # vLLM keeps the last k prompt tokens: the system prompt, first, would go.
+        ("public", {"truncate_prompt_tokens": 20}, "truncation_not_allowed",
+         "truncate_prompt_tokens"),
     ],
 )
 async def test_refusals_are_403_naming_what(tier: str, extra: dict[str, Any], code: str,
@@ -150,3 +153,12 @@ async def test_priority_and_cache_salt_per_tenant() -> None:
     assert c.body["cache_salt"] == d.body["cache_salt"]
     e, _ = await _run("trusted", {"model": MODEL, "messages": _msgs()})
     assert "cache_salt" not in e.body
+
+
+async def test_echo_would_hand_back_the_tiers_system_prompt() -> None:
+    body = {"model": MODEL, "prompt": "Once upon a time", "echo": True}
+    _, decision = await _run("public", body, route="completions")
+    assert (decision.allowed, decision.error.code, decision.error.param) == (
+        False, "echo_not_allowed", "echo")
+    _, decision = await _run("trusted", body, route="completions")  # no system prompt
+    assert decision.allowed

@@ -99,6 +99,19 @@ def _system_messages(spec: SystemPromptSpec, messages: list[dict[str, Any]],
     return [{"role": "system", "content": spec.text}, *messages]
 
 
+def _keeps_system_prompt(body: dict[str, Any], tier: str) -> Decision:
+    """Refuse what would undo the tier's system prompt: vLLM's `truncate_prompt_tokens`
+    keeps only the prompt's last tokens (the system prompt comes first), and completions'
+    `echo` would send the system prompt back to the caller."""
+    if body.get("truncate_prompt_tokens") is not None:
+        return _refuse(f"tier '{tier}' puts a system prompt first: truncate_prompt_tokens "
+                       "is not allowed", "truncation_not_allowed", "truncate_prompt_tokens")
+    if body.get("echo"):
+        return _refuse(f"tier '{tier}' puts a system prompt first: echo is not allowed",
+                       "echo_not_allowed", "echo")
+    return ALLOW
+
+
 def _system_prompt_text(spec: SystemPromptSpec, prompt: Any, tier: str) -> Any:
     prefix = spec.prompt_prefix
     if not prefix:
@@ -160,6 +173,10 @@ class TierStage:
         return ALLOW
 
     def _apply_prompt(self, tier: TierSpec, body: dict[str, Any]) -> Decision:
+        if tier.system_prompt.mode != "none":
+            decision = _keeps_system_prompt(body, tier.name)
+            if not decision.allowed:
+                return decision
         if "messages" in body:
             decision = _check_conversation(tier.request, body["messages"], tier.name)
             if not decision.allowed:
