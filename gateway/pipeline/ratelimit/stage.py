@@ -50,7 +50,9 @@ class RateLimitStage:
                         spec.concurrent_requests or None, spec.tokens_per_day or None)
         if limits.unlimited:
             return ALLOW
-        if (limits.tokens_per_minute or limits.tokens_per_day) and ctx.route != "embeddings":
+        if limits.tokens_per_minute or limits.tokens_per_day:
+            # Embeddings too: their input is all they cost, and an admission that reserved
+            # nothing let concurrent ones through far past the budget.
             await count_prompt(ctx, self._counter)
         key = limit_key(principal.sub)
         admission = await self._limiter.admit(key, limits, reservation(ctx))

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import ROOT, MintToken, Process, Server, StartGateway, chat
+from tests.conftest import MODEL, ROOT, MintToken, Process, Server, StartGateway, chat
 from tests.pipeline.ratelimit.helpers import RedisServer
 
 LIMITED = """\
@@ -198,3 +198,23 @@ async def test_refused_requests_count_but_use_no_tokens_or_slots(
     assert int(headers["x-ratelimit-remaining-tokens"]) > 1000 - 100  # only this one's
     status, _, body = await _post(http, gateway.url, token, content=HARMFUL)
     assert status == 429, body  # over the limit: the classifiers are not even asked
+
+
+async def test_concurrent_embeddings_stay_within_the_token_budget(
+        start_gateway: StartGateway, sim: Server, tmp_path: Path, mint: MintToken,
+        http: aiohttp.ClientSession) -> None:
+    """An embeddings admission reserved no tokens: 20 at once of 2000 tokens each all
+    passed a 3000 tokens-per-minute limit (found by a black-box check)."""
+    gateway = await start_gateway(sim.url, policies=str(_policies(
+        tmp_path, "{tokens_per_minute: 3000}")))
+    token = mint(tier="metered")
+    body = {"model": MODEL, "input": "word " * 1600}  # about 2000 tokens by estimate
+
+    async def embed() -> int:
+        async with http.post(gateway.url + "/v1/embeddings", json=body,
+                             headers={"Authorization": f"Bearer {token}"}) as resp:
+            await resp.read()
+            return resp.status
+
+    statuses = await asyncio.gather(*(embed() for _ in range(20)))
+    assert statuses.count(200) == 1 and statuses.count(429) == 19, statuses
