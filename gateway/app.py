@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -53,6 +55,9 @@ from gateway.routes import add_routes
 from gateway.secret_store import load_secret
 from gateway.settings import Settings
 from gateway.tracing import TRACING, Tracing
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("gateway")
 
@@ -113,21 +118,39 @@ async def _start_auth(settings: Settings, session: aiohttp.ClientSession, metric
                       ) -> tuple[Authenticator, Callable[[], Awaitable[None]]]:
     from gateway.pipeline.auth import AuthStage, build_verifier
 
-    redis_client = None
+    client = None
+    auth = settings.auth
     if settings.redis_url is not None:  # revoked jtis are shared through a Redis set too
-        import redis.asyncio
-
-        redis_client = redis.asyncio.from_url(settings.redis_url)
-    verifier = build_verifier(settings.auth, settings.home, session, redis=redis_client)
+        client = redis_client(settings.redis_url, auth.revocation_redis_timeout_s)
+        if auth.revocation_on_error is None:  # one answer to "Redis is down": the limiter's
+            closed = settings.ratelimit.on_store_error == "fail_closed"
+            auth = dataclasses.replace(
+                auth, revocation_on_error="fail_closed" if closed else "fail_open")
+    verifier = build_verifier(auth, settings.home, session, redis=client)
     await verifier.start()  # a JWKS URL that is down only warns: keys arrive later
 
     async def close() -> None:
         await verifier.close()
-        if redis_client is not None:
-            await redis_client.aclose()
+        if client is not None:
+            await client.aclose()
 
     return AuthStage(verifier, lambda reason: metrics.auth_failures.labels(reason).inc()), \
         close
+
+
+REDIS_CONNECTIONS = 32  # per process: a burst waits for a connection instead of opening one
+
+
+def redis_client(url: str, timeout_s: float) -> Redis:
+    """A redis.asyncio client on a bounded pool. Without a bound, a burst of requests
+    opened a connection each (hundreds at once), and their set-up alone outlasted the
+    time-out: the store looked down while it was idle."""
+    import redis.asyncio  # the `redis` extra
+
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=REDIS_CONNECTIONS, timeout=None,
+        socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def _limiter(settings: Settings, metrics: Metrics,
@@ -141,11 +164,8 @@ def _limiter(settings: Settings, metrics: Metrics,
         memory = MemoryLimiter()
         show("memory")
         return memory, memory.close
-    import redis.asyncio
-
     rl = settings.ratelimit
-    client = redis.asyncio.from_url(settings.redis_url, socket_timeout=rl.redis_timeout_s,
-                                    socket_connect_timeout=rl.redis_timeout_s)
+    client = redis_client(settings.redis_url, rl.redis_timeout_s)
     limiter = FallbackLimiter(RedisLimiter(client, rl.redis_prefix, rl.redis_timeout_s),
                               rl.on_store_error, rl.replicas,  # type: ignore[arg-type]
                               on_mode_change=show,

@@ -71,7 +71,7 @@ class RateLimitSettings:
 
     on_store_error: str = "fail_closed"  # fail_closed | fail_open | local
     replicas: int = 1  # local mode divides each limit by this
-    redis_timeout_s: float = 0.25  # longest wait on Redis per admission
+    redis_timeout_s: float = 1.0  # longest wait on Redis per admission
     redis_prefix: str = "gw:rl:"
 
 

@@ -48,9 +48,11 @@ async def test_redis_slow_down_and_back(start_gateway: StartGateway, sim: Server
                                         redis_server: RedisServer, token: str,
                                         leak_check: MakeLeakCheck, mode: str,
                                         while_down: int) -> None:
+    # The limiter alone: the revocation check (same Redis) is told to trust the file.
     gateway = await start_gateway(sim.url, redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
                                   ratelimit={"on_store_error": mode,
-                                             "redis_timeout_s": REDIS_TIMEOUT_S})
+                                             "redis_timeout_s": REDIS_TIMEOUT_S},
+                                  auth={"revocation_on_error": "fail_open"})
     assert (await ask(gateway.url, token, chat(max_tokens=2))).status == 200
     assert await _readiness_mode(gateway) == "redis"
     check = leak_check(gateway)
@@ -85,6 +87,27 @@ async def test_redis_slow_down_and_back(start_gateway: StartGateway, sim: Server
     assert (await ask(gateway.url, token, chat(max_tokens=2))).status == 200
     assert gateway.app[LIMITER].mode == "redis"  # type: ignore[attr-defined]
     await check.clean(mode)
+
+
+@pytest.mark.parametrize(("on_store_error", "while_down"), [
+    ("fail_closed", 503), ("fail_open", 200)])
+async def test_revocation_follows_the_store_error_mode(
+        start_gateway: StartGateway, sim: Server, redis_server: RedisServer, token: str,
+        on_store_error: str, while_down: int) -> None:
+    """A revoked token got in whenever Redis did not answer in time (a client can make it
+    slow by loading the gateway). Unless told otherwise the revocation check fails as
+    the limiter does: closed is a 503 for tokens with a jti."""
+    gateway = await start_gateway(sim.url, redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
+                                  ratelimit={"on_store_error": on_store_error,
+                                             "redis_timeout_s": REDIS_TIMEOUT_S},
+                                  auth={"revocation_redis_timeout_s": REDIS_TIMEOUT_S})
+    assert (await ask(gateway.url, token, chat(max_tokens=2))).status == 200
+    redis_server.stop()
+    outcome = await ask(gateway.url, token, chat(max_tokens=2))
+    assert outcome.status == while_down, outcome.body
+    if while_down == 503:
+        assert b"revocation cannot be checked" in outcome.body
+    redis_server.start()
 
 
 async def _as(gateway: Server, bearer: str) -> Outcome:

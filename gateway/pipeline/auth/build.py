@@ -57,7 +57,8 @@ def build_verifier(settings: AuthSettings, home: Path, session: aiohttp.ClientSe
         denylist = DenyList(settings.resolve(home, settings.revocation_file),
                             settings.revocation_poll_s)
     revocation = Revocation(denylist, redis, redis_key=settings.revocation_redis_key,
-                            redis_timeout_s=settings.revocation_redis_timeout_s)
+                            redis_timeout_s=settings.revocation_redis_timeout_s,
+                            fail_closed=settings.revocation_on_error != "fail_open")
     return Verifier(settings, Keyring(static, caches), revocation)
 
 

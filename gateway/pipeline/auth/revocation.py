@@ -3,9 +3,10 @@
 The file is one jti per line (blank lines and `#` comments ignored). A background task
 re-reads it when its mtime, size or inode changes, so a lookup is a set membership test
 and the hot path never touches the disk; if the file vanishes, the last list stays.
-Redis, when given, is asked with a short timeout; if it fails the file's answer stands and
-the outage is logged once (an outage of the shared list must not take authentication down
-with it).
+Redis, when given, is asked with a short timeout. If it fails, the outage is logged once
+and, by default (`auth.revocation_on_error: fail_closed`), a token with a jti gets 503: a
+client that can slow the store down by loading the gateway must not get a revoked token
+in. With `fail_open` the file's answer stands instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import logging
 import os
 from pathlib import Path
 from typing import Any, Protocol
+
+from gateway.errors import Unavailable
 
 log = logging.getLogger("gateway.auth")
 
@@ -96,8 +99,10 @@ class DenyList:
 
 class Revocation:
     def __init__(self, denylist: DenyList | None = None, redis: SetStore | None = None, *,
-                 redis_key: str = "gateway:revoked_jti", redis_timeout_s: float = 0.05) -> None:
+                 redis_key: str = "gateway:revoked_jti", redis_timeout_s: float = 1.0,
+                 fail_closed: bool = True) -> None:
         self.denylist = denylist
+        self._fail_closed = fail_closed
         self._redis = redis
         self._redis_key = redis_key
         self._redis_timeout_s = redis_timeout_s
@@ -123,9 +128,13 @@ class Revocation:
                 found = await self._redis.sismember(self._redis_key, jti)
         except Exception as exc:  # whatever Redis raises (connection, timeout, protocol)
             if not self._redis_failing:
-                log.warning("revocation check in Redis failed (%s); using the file list only "
-                            "until it answers again", type(exc).__name__)
+                log.warning("revocation check in Redis failed (%s); %s until it answers again",
+                            type(exc).__name__, "refusing tokens with a jti (503)"
+                            if self._fail_closed else "using the file list only")
             self._redis_failing = True
+            if self._fail_closed:
+                raise Unavailable("Token revocation cannot be checked right now; try again "
+                                  "in 1s", headers={"Retry-After": "1"}) from None
             return False
         if self._redis_failing:
             log.info("revocation check in Redis answers again")

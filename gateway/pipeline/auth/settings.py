@@ -37,7 +37,11 @@ class AuthSettings:
     revocation_file: Path | None = None  # jti deny-list, one per line, reloaded on change
     revocation_poll_s: float = 1.0
     revocation_redis_key: str = "gateway:revoked_jti"  # a Redis set, when Redis is configured
-    revocation_redis_timeout_s: float = 0.05
+    revocation_redis_timeout_s: float = 1.0
+    # While the Redis set cannot be read: fail_closed answers 503 (a revoked token must not
+    # get in because the store is slow or busy), fail_open trusts the file list alone.
+    # Unset: as ratelimit.on_store_error (fail_closed there means fail_closed here).
+    revocation_on_error: str | None = None
     cache_size: int = 10_000  # verified tokens remembered; 0 turns the cache off
 
     @property
@@ -61,6 +65,8 @@ class AuthSettings:
         for name in ("tier_claim", "org_claim", "hs256_kid", "revocation_redis_key"):
             if not getattr(self, name):
                 found.append(f"{name}: must not be empty")
+        if self.revocation_on_error not in (None, "fail_closed", "fail_open"):
+            found.append("revocation_on_error: one of fail_closed, fail_open")
         if self.max_token_bytes < 256:
             found.append("max_token_bytes: must be at least 256")
         for name in ("jwks_ttl_s", "jwks_timeout_s", "revocation_poll_s",

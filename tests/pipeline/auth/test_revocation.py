@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.errors import Unavailable
 from gateway.pipeline.auth.revocation import DenyList, Revocation
 from gateway.pipeline.auth.verify import AuthFailure
 from tests.pipeline.auth.conftest import free_port
@@ -107,7 +108,7 @@ async def test_redis_down_falls_back_to_the_file(tmp_path: Path,
     await denylist.reload_if_changed()
     client = aioredis.Redis(host="127.0.0.1", port=free_port())  # nothing listens there
     try:
-        revocation = Revocation(denylist, client, redis_timeout_s=0.1)
+        revocation = Revocation(denylist, client, redis_timeout_s=0.1, fail_closed=False)
         assert await revocation.is_revoked("in-file")
         assert not await revocation.is_revoked("elsewhere")
         assert not await revocation.is_revoked("elsewhere-too")
@@ -115,6 +116,25 @@ async def test_redis_down_falls_back_to_the_file(tmp_path: Path,
         await client.aclose()
     warnings = [r for r in caplog.records if "Redis failed" in r.getMessage()]
     assert len(warnings) == 1  # an outage is logged once, not once per request
+
+
+async def test_redis_down_refuses_by_default(tmp_path: Path) -> None:
+    """A revoked token got in whenever Redis was slow, and a client can make it slow by
+    loading the gateway: by default an unanswered check is a 503, not a pass."""
+    path = tmp_path / "revoked.txt"
+    path.write_text("in-file\n")
+    denylist = DenyList(path)
+    await denylist.reload_if_changed()
+    client = aioredis.Redis(host="127.0.0.1", port=free_port())  # nothing listens there
+    try:
+        revocation = Revocation(denylist, client, redis_timeout_s=0.1)
+        assert await revocation.is_revoked("in-file")  # the file still answers first
+        with pytest.raises(Unavailable) as refused:
+            await revocation.is_revoked("elsewhere")
+        assert refused.value.http_status == 503
+        assert refused.value.headers["Retry-After"] == "1"
+    finally:
+        await client.aclose()
 
 
 class SlowRedis:
@@ -130,7 +150,7 @@ class SlowRedis:
 
 async def test_slow_redis_times_out_quickly() -> None:
     slow = SlowRedis()
-    revocation = Revocation(None, slow, redis_timeout_s=0.05)
+    revocation = Revocation(None, slow, redis_timeout_s=0.05, fail_closed=False)
     started = time.monotonic()
     assert not await revocation.is_revoked("jti")
     assert time.monotonic() - started < 0.5 and slow.calls == 1

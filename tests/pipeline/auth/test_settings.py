@@ -42,6 +42,7 @@ def test_coerced_from_yaml_shaped_data() -> None:
     ({"max_token_bytes": 100}, "max_token_bytes"),
     ({"jwks_ttl_s": 0.0}, "jwks_ttl_s"),
     ({"revocation_redis_timeout_s": 0.0}, "revocation_redis_timeout_s"),
+    ({"revocation_on_error": "maybe"}, "revocation_on_error"),
 ])
 def test_problems_name_the_key(over: dict[str, Any], key: str) -> None:
     problems = AuthSettings(**over).problems()
