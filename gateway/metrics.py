@@ -95,7 +95,8 @@ class Metrics:
             "gateway_upstream_errors", "Failed upstream attempts, by kind.",
             ["kind"], registry=registry)
         self.upstream_healthy = Gauge(
-            "gateway_upstream_healthy", "1 when the backend is in rotation.",
+            "gateway_upstream_healthy", "1 when the backend takes requests (panic routing "
+            "included).",
             ["upstream"], registry=registry)
         self.upstream_panic = Counter(
             "gateway_upstream_panic_routed",

@@ -97,8 +97,21 @@ class Pool:
         backend.healthy = healthy
         if passed and backend.ejected_until and time.monotonic() >= backend.ejected_until:
             backend.failures, backend.ejected_until = 0, 0.0
+        self._show(backend)
+
+    def _show(self, backend: Backend) -> None:
+        """gateway_upstream_healthy: 1 while the backend takes requests, which an ejected
+        one still does when panic routing sends its models there."""
         self._metrics.upstream_healthy.labels(backend.url).set(
-            1 if backend.available(time.monotonic()) else 0)
+            1 if self._in_rotation(backend, time.monotonic()) else 0)
+
+    def _in_rotation(self, backend: Backend, now: float) -> bool:
+        if backend.available(now):
+            return True
+        if not (self._health.panic_routing and backend.healthy):
+            return False
+        return any(not any(other.available(now) for other in self.backends
+                           if model in other.models) for model in backend.models)
 
     # -- routing ---------------------------------------------------------------------
 
@@ -155,6 +168,7 @@ class Pool:
         backend.failures += 1
         if backend.failures >= self._health.failures_to_eject and backend.healthy:
             backend.ejected_until = time.monotonic() + self._health.eject_s
-            self._metrics.upstream_healthy.labels(backend.url).set(0)
+            for each in self.backends:  # another may now be routed to in panic
+                self._show(each)
             log.warning("upstream %s ejected for %.0fs after %d failures", backend.url,
                         self._health.eject_s, backend.failures)

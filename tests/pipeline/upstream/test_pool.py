@@ -126,11 +126,13 @@ async def test_failures_a_client_provokes_do_not_take_the_only_backend_away(
         ready = resp.status
     served = await _ask(http, gateway, chat(max_tokens=2))
     routed = await _metric_value(http, gateway, "gateway_upstream_panic_routed_total")
+    # The gauge an alert watches says whether the backend takes requests.
+    shown = await _metric_value(http, gateway, "gateway_upstream_healthy")
     if panic_routing:  # the probe still passes: the backend keeps serving everyone else
-        assert (ready, served) == (200, 200)
+        assert (ready, served, shown) == (200, 200, 1)
         assert routed > 0  # upstream calls (the completion, and a /tokenize before it)
     else:
-        assert (ready, served, routed) == (503, 503, 0)
+        assert (ready, served, routed, shown) == (503, 503, 0, 0)
 
 
 async def _backend_with_switchable_health(servers: list[web.AppRunner],
