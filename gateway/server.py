@@ -36,10 +36,13 @@ def _banner(settings: Settings, host: str, port: int) -> str:
     base = f"http://{host}:{port}"
     model = settings.sim.models[0] if settings.embedded_sim else "MODEL"
     home = f"GATEWAY_HOME={settings.home} " if str(settings.home) != ".gateway" else ""
-    return f"""gateway ready on {base}
-  get a development token (signed by the dev key under {settings.home}/keys):
+    # `token mint` signs with the dev key: useful only while the gateway trusts it.
+    token = f"""  get a development token (signed by the dev key under {settings.home}/keys):
     export TOKEN=$({home}.venv/bin/gateway token mint --tier public --sub you)
-  try it:
+""" if settings.auth.uses_dev_keys else """  with a token from your identity provider in $TOKEN
+"""
+    return f"""gateway ready on {base}
+{token}  try it:
     curl -s {base}/v1/chat/completions -H "Authorization: Bearer $TOKEN" \\
       -H 'Content-Type: application/json' \\
       -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'

@@ -115,3 +115,18 @@ async def test_drain_timeout_ends_open_requests_with_a_503_and_exits(
     request_lines = [orjson.loads(line) for line in gw.output().splitlines()
                      if line.startswith("{") and '"gateway.request"' in line]
     assert [r["status"] for r in request_lines] == [503, 503]
+
+
+def test_the_banner_offers_a_dev_token_only_while_dev_keys_are_trusted(tmp_path: Path) -> None:
+    """With the identity provider's keys configured, a dev token would only get 401."""
+    from gateway.server import _banner
+    from gateway.settings import load_settings
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    dev = load_settings(env={}, overrides={"home": str(tmp_path)})
+    assert "gateway token mint" in _banner(dev, "127.0.0.1", 8080)
+    idp = load_settings(env={}, overrides={"home": str(tmp_path),
+                                           "auth": {"jwks_file": str(jwks)}})
+    banner = _banner(idp, "127.0.0.1", 8080)
+    assert "token mint" not in banner and "identity provider" in banner

@@ -52,6 +52,10 @@ def parse_query(query: MultiMapping[str], now: float) -> tuple[QueryFilter, int,
             times[name] = parse_time(raw, now) if raw else None
         except ValueError as exc:
             raise BadRequest(str(exc), param=name) from None
+    if times["since"] is not None and times["until"] is not None and \
+            times["since"] >= times["until"]:
+        raise BadRequest("since must be before until (durations count back from now)",
+                         param="since")
     raw_limit = query.get("limit", str(DEFAULT_PAGE))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}", param="limit")
