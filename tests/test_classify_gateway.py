@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import codecs
+import math
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -374,3 +375,12 @@ async def test_logprobs_never_spell_out_what_moderation_withheld(
     # Where nothing can be withheld (trusted: no moderation, no redaction) they are kept.
     status, _, raw = await _post(gateway.url, mint(tier="trusted"), body)
     assert status == 200 and raw.count(b"bitcoin") >= 2  # in the text and in logprobs
+
+
+async def test_an_answer_without_usage_is_charged_by_its_text(
+        start_gateway: StartGateway, leaky_upstream: str, mint: MintToken) -> None:
+    """No usage block (real vLLM always sends one): it was charged as 0 tokens."""
+    gateway = await start_gateway(leaky_upstream)
+    _, headers, _ = await _post(gateway.url, mint(tier="trusted"), chat("A story (content)."))
+    record = await _audited(gateway.url, mint(), headers["x-request-id"])
+    assert record["completion_tokens"] == math.ceil(len("".join(LEAK)) / 3)

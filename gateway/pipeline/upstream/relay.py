@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
@@ -38,6 +39,7 @@ from gateway.pipeline.classify.moderation import OutputBlocked
 from gateway.pipeline.output import FilterChain
 from gateway.pipeline.upstream.client import RetryUpstream
 from gateway.pipeline.upstream.sse import DONE, DONE_EVENT, SSEParser, frame, frame_json
+from gateway.pipeline.upstream.tokens import CHARS_PER_TOKEN
 
 log = logging.getLogger("gateway.relay")
 
@@ -135,6 +137,9 @@ async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
     if not isinstance(data, dict):
         raise RetryUpstream(BadGateway("The upstream server sent a broken answer"), "malformed")
     _record_usage(ctx, data.get("usage"))
+    if not ctx.usage.reported and ctx.route != "embeddings":
+        # No usable usage block (real vLLM always sends one): charge the text it sent.
+        ctx.usage.completion_tokens = _estimated_tokens(data)
     if ctx.route != "embeddings" and _filter_choices(ctx, data, chains, side_chains):
         raw = orjson.dumps(data)
     _record_answer(ctx, data)  # after the filters: a blocked choice ends in content_filter
@@ -145,6 +150,17 @@ async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
     await ctx.hold()  # a verdict still being reached (overlap)
     return web.Response(body=raw, content_type="application/json",
                         headers=ctx.response_headers)
+
+
+def _estimated_tokens(data: dict[str, Any]) -> int:
+    chars = 0
+    for choice in data.get("choices") or ():
+        holder = choice.get("message", choice) if isinstance(choice, dict) else None
+        if isinstance(holder, dict):
+            chars += sum(len(v) for v in (holder.get("content"), holder.get("text"))
+                         if isinstance(v, str))
+            chars += sum(len(owner[key]) for _, owner, key in _side_texts(holder))
+    return math.ceil(chars / CHARS_PER_TOKEN)
 
 
 def _texts(ctx: RequestContext, data: dict[str, Any]) -> list[str]:
