@@ -100,12 +100,17 @@ async def test_redis_set_revokes(redis_port: int) -> None:
         await client.aclose()
 
 
-async def test_redis_down_falls_back_to_the_file(tmp_path: Path,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+async def _denylist(tmp_path: Path, *jtis: str) -> DenyList:
     path = tmp_path / "revoked.txt"
-    path.write_text("in-file\n")
+    path.write_text("".join(f"{jti}\n" for jti in jtis))
     denylist = DenyList(path)
     await denylist.reload_if_changed()
+    return denylist
+
+
+async def test_redis_down_falls_back_to_the_file(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    denylist = await _denylist(tmp_path, "in-file")
     client = aioredis.Redis(host="127.0.0.1", port=free_port())  # nothing listens there
     try:
         revocation = Revocation(denylist, client, redis_timeout_s=0.1, fail_closed=False)
@@ -121,10 +126,7 @@ async def test_redis_down_falls_back_to_the_file(tmp_path: Path,
 async def test_redis_down_refuses_by_default(tmp_path: Path) -> None:
     """A revoked token got in whenever Redis was slow, and a client can make it slow by
     loading the gateway: by default an unanswered check is a 503, not a pass."""
-    path = tmp_path / "revoked.txt"
-    path.write_text("in-file\n")
-    denylist = DenyList(path)
-    await denylist.reload_if_changed()
+    denylist = await _denylist(tmp_path, "in-file")
     client = aioredis.Redis(host="127.0.0.1", port=free_port())  # nothing listens there
     try:
         revocation = Revocation(denylist, client, redis_timeout_s=0.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.context import POOL
 from tests.conftest import MODEL, Server, StartGateway, StartSim, chat, free_port, wait_until
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def _ask(http: aiohttp.ClientSession, gateway: Server, body: dict[str, Any]) -> int:
@@ -49,28 +52,35 @@ async def test_least_outstanding_requests_spreads_streams(
             resp.close()
 
 
-async def _flaky_backend(servers: list[web.AppRunner], calls: list[int]) -> str:
-    """Healthy to probes, 503 to every completion: only passive ejection can catch it."""
-    async def health(_: web.Request) -> web.Response:
-        return web.Response()
-
+async def _fake_backend(servers: list[web.AppRunner], health: Handler,
+                        **posts: Handler) -> str:
+    """A backend serving MODEL: `health` answers /health, `posts` name POST paths."""
     async def models(_: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
-
-    async def fail(_: web.Request) -> web.Response:
-        calls.append(1)
-        return web.json_response({"error": {"message": "overloaded", "code": 503}}, status=503)
 
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
-    app.router.add_post("/v1/chat/completions", fail)
+    for path, handler in posts.items():
+        app.router.add_post(path, handler)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     servers.append(runner)
     host, port = runner.addresses[0][:2]
     return f"http://{host}:{port}"
+
+
+async def _flaky_backend(servers: list[web.AppRunner], calls: list[int]) -> str:
+    """Healthy to probes, 503 to every completion: only passive ejection can catch it."""
+    async def health(_: web.Request) -> web.Response:
+        return web.Response()
+
+    async def fail(_: web.Request) -> web.Response:
+        calls.append(1)
+        return web.json_response({"error": {"message": "overloaded", "code": 503}}, status=503)
+
+    return await _fake_backend(servers, health, **{"/v1/chat/completions": fail})
 
 
 async def test_passive_ejection_then_recovery(start_sim: StartSim, start_gateway: StartGateway,
@@ -137,22 +147,11 @@ async def test_failures_a_client_provokes_do_not_take_the_only_backend_away(
 
 async def _backend_with_switchable_health(servers: list[web.AppRunner],
                                           status: list[int]) -> str:
-    """/health answers status[0], which the test changes; /v1/models lists MODEL."""
+    """/health answers status[0], which the test changes."""
     async def health(_: web.Request) -> web.Response:
         return web.Response(status=status[0])
 
-    async def models(_: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
-
-    app = web.Application()
-    app.router.add_get("/health", health)
-    app.router.add_get("/v1/models", models)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    servers.append(runner)
-    host, port = runner.addresses[0][:2]
-    return f"http://{host}:{port}"
+    return await _fake_backend(servers, health)
 
 
 async def test_a_backend_is_down_only_after_consecutive_failed_probes(
