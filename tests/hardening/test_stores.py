@@ -52,7 +52,8 @@ async def test_redis_slow_down_and_back(start_gateway: StartGateway, sim: Server
     gateway = await start_gateway(sim.url, redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
                                   ratelimit={"on_store_error": mode,
                                              "redis_timeout_s": REDIS_TIMEOUT_S},
-                                  auth={"revocation_on_error": "fail_open"})
+                                  auth={"revocation_on_error": "fail_open",
+                                        "revocation_redis_timeout_s": REDIS_TIMEOUT_S})
     assert (await ask(gateway.url, token, chat(max_tokens=2))).status == 200
     assert await _readiness_mode(gateway) == "redis"
     check = leak_check(gateway)

@@ -97,6 +97,9 @@ class DenyList:
             await self.reload_if_changed()
 
 
+RETRY_S = 1.0  # while Redis fails, how often a request tries it again
+
+
 class Revocation:
     def __init__(self, denylist: DenyList | None = None, redis: SetStore | None = None, *,
                  redis_key: str = "gateway:revoked_jti", redis_timeout_s: float = 1.0,
@@ -107,6 +110,7 @@ class Revocation:
         self._redis_key = redis_key
         self._redis_timeout_s = redis_timeout_s
         self._redis_failing = False
+        self._retry_at = 0.0  # while failing, Redis is asked again from then on
 
     async def start(self) -> None:
         if self.denylist is not None:
@@ -123,6 +127,9 @@ class Revocation:
             return True
         if self._redis is None:
             return False
+        loop = asyncio.get_running_loop()
+        if self._redis_failing and loop.time() < self._retry_at:
+            return self._unanswered()  # one try per second while down, not one per request
         try:
             async with asyncio.timeout(self._redis_timeout_s):
                 found = await self._redis.sismember(self._redis_key, jti)
@@ -132,11 +139,15 @@ class Revocation:
                             type(exc).__name__, "refusing tokens with a jti (503)"
                             if self._fail_closed else "using the file list only")
             self._redis_failing = True
-            if self._fail_closed:
-                raise Unavailable("Token revocation cannot be checked right now; try again "
-                                  "in 1s", headers={"Retry-After": "1"}) from None
-            return False
+            self._retry_at = loop.time() + RETRY_S
+            return self._unanswered()
         if self._redis_failing:
             log.info("revocation check in Redis answers again")
             self._redis_failing = False
         return bool(found)
+
+    def _unanswered(self) -> bool:
+        if self._fail_closed:
+            raise Unavailable("Token revocation cannot be checked right now; try again in 1s",
+                              headers={"Retry-After": "1"})
+        return False

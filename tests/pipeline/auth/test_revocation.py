@@ -156,3 +156,8 @@ async def test_slow_redis_times_out_quickly() -> None:
     started = time.monotonic()
     assert not await revocation.is_revoked("jti")
     assert time.monotonic() - started < 0.5 and slow.calls == 1
+    # While it is down, the next requests do not each wait the time-out again.
+    started = time.monotonic()
+    for _ in range(20):
+        assert not await revocation.is_revoked("jti")
+    assert time.monotonic() - started < 0.05 and slow.calls == 1
