@@ -126,7 +126,8 @@ async def _start_auth(settings: Settings, session: aiohttp.ClientSession, metric
             closed = settings.ratelimit.on_store_error == "fail_closed"
             auth = dataclasses.replace(
                 auth, revocation_on_error="fail_closed" if closed else "fail_open")
-    verifier = build_verifier(auth, settings.home, session, redis=client)
+    verifier = build_verifier(auth, settings.home, session, redis=client,
+                              on_store_error=metrics.revocation_store_errors.inc)
     await verifier.start()  # a JWKS URL that is down only warns: keys arrive later
 
     async def close() -> None:

@@ -148,6 +148,10 @@ class Metrics:
         self.ratelimit_decisions = Counter(
             "gateway_ratelimit_decisions", "Admissions and refusals by tier and limit kind.",
             ["tier", "result", "limit"], registry=registry)
+        self.revocation_store_errors = Counter(
+            "gateway_revocation_store_errors",
+            "Failed reads of the shared revocation set in Redis (auth.revocation_on_error "
+            "says what the request got).", registry=registry)
         self.ratelimit_store_errors = Counter(
             "gateway_ratelimit_store_errors", "Errors talking to the shared limit store.",
             registry=registry)

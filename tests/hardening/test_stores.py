@@ -108,6 +108,8 @@ async def test_revocation_follows_the_store_error_mode(
     assert outcome.status == while_down, outcome.body
     if while_down == 503:
         assert b"revocation cannot be checked" in outcome.body
+    # Visible to SREs whatever the request got, not only in the log.
+    assert _metric(await _metrics(gateway), "gateway_revocation_store_errors_total") >= 1
     redis_server.start()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -31,11 +31,13 @@ class AuthConfigError(ValueError):
 
 def build_verifier(settings: AuthSettings, home: Path, session: aiohttp.ClientSession, *,
                    redis: SetStore | None = None,
-                   env: Mapping[str, str] | None = None) -> Verifier:
+                   env: Mapping[str, str] | None = None,
+                   on_store_error: Callable[[], None] | None = None) -> Verifier:
     """A Verifier to `await start()` before use and `await close()` at shutdown.
 
-    `redis` (a redis.asyncio client) adds the shared revocation set; `env` defaults to
-    os.environ and is where the HS256 secret is read.
+    `redis` (a redis.asyncio client) adds the shared revocation set, and `on_store_error`
+    is called for each failed call to it; `env` defaults to os.environ and is where the
+    HS256 secret is read.
     """
     static = _static_keys(settings, home, os.environ if env is None else env)
     caches: list[KeyCache] = []
@@ -58,7 +60,8 @@ def build_verifier(settings: AuthSettings, home: Path, session: aiohttp.ClientSe
                             settings.revocation_poll_s)
     revocation = Revocation(denylist, redis, redis_key=settings.revocation_redis_key,
                             redis_timeout_s=settings.revocation_redis_timeout_s,
-                            fail_closed=settings.revocation_on_error != "fail_open")
+                            fail_closed=settings.revocation_on_error != "fail_open",
+                            on_error=on_store_error)
     return Verifier(settings, Keyring(static, caches), revocation)
 
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,8 +104,10 @@ RETRY_S = 1.0  # while Redis fails, how often a request tries it again
 class Revocation:
     def __init__(self, denylist: DenyList | None = None, redis: SetStore | None = None, *,
                  redis_key: str = "gateway:revoked_jti", redis_timeout_s: float = 1.0,
-                 fail_closed: bool = True) -> None:
+                 fail_closed: bool = True,
+                 on_error: Callable[[], None] | None = None) -> None:
         self.denylist = denylist
+        self._on_error = on_error  # each failed call to Redis (a metric)
         self._fail_closed = fail_closed
         self._redis = redis
         self._redis_key = redis_key
@@ -140,6 +143,8 @@ class Revocation:
                             if self._fail_closed else "using the file list only")
             self._redis_failing = True
             self._retry_at = loop.time() + RETRY_S
+            if self._on_error is not None:
+                self._on_error()
             return self._unanswered()
         if self._redis_failing:
             log.info("revocation check in Redis answers again")
