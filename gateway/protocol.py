@@ -23,6 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from gateway.errors import ExpectationFailed, GatewayError, UpstreamStatus
+from gateway.middleware import error_response
 
 
 def protocol_error(status: int) -> GatewayError:
@@ -45,9 +46,7 @@ async def expect_handler(request: web.Request) -> web.Response | None:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the response itself has not started
         return None
-    error = ExpectationFailed("Only 'Expect: 100-continue' is supported", param=None)
-    return web.Response(status=error.http_status, body=error.to_json(),
-                        content_type="application/json")
+    return error_response(ExpectationFailed("Only 'Expect: 100-continue' is supported"))
 
 
 class _Handler(RequestHandler):
