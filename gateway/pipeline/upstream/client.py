@@ -42,6 +42,17 @@ class RetryUpstream(Exception):
         self.kind = kind
 
 
+def failure_kind(exc: aiohttp.ClientError) -> str:
+    """The metric's `kind` for a request that failed before any answer: `connect` when no
+    connection could be opened, `reset` when the backend closed or reset it, else
+    `protocol` (an answer aiohttp could not parse)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect"
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+        return "reset"
+    return "protocol"
+
+
 class UpstreamClient:
     def __init__(self, pool: Pool, session: aiohttp.ClientSession,
                  timeouts: TimeoutSettings, retries: int) -> None:
@@ -70,7 +81,7 @@ class UpstreamClient:
                 try:
                     resp = await self._send(backend, ctx, body)
                 except aiohttp.ClientError as exc:
-                    self.pool.failed(backend, "connect")
+                    self.pool.failed(backend, failure_kind(exc))
                     log.warning("upstream %s failed: %s", backend.url, exc.__class__.__name__)
                     error = BadGateway("The upstream server could not be reached")
                     continue

@@ -173,3 +173,26 @@ async def test_a_backend_is_down_only_after_consecutive_failed_probes(
     assert not backend.healthy and not gateway.app[POOL].ready
     status[0] = 200
     await wait_until(lambda: backend.healthy)  # one passing probe brings it back
+
+
+async def _errors_by_kind(http: aiohttp.ClientSession, gateway: Server) -> dict[str, float]:
+    async with http.get(gateway.url + "/metrics") as resp:
+        text = await resp.text()
+    return {sample.labels["kind"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == "gateway_upstream_errors_total"}
+
+
+async def test_upstream_errors_are_counted_by_what_went_wrong(
+        start_sim: StartSim, start_gateway: StartGateway, http: aiohttp.ClientSession,
+        servers: list[web.AppRunner]) -> None:
+    sim = await start_sim()
+    sim_runner = servers[-1]
+    gateway = await start_gateway(sim.url, retries=0, health={
+        "interval_s": 60, "failures_to_eject": 1000, "panic_routing": True})
+    assert await _ask(http, gateway, chat("[[sim:reset]] hi")) == 502
+    assert await _errors_by_kind(http, gateway) == {"reset": 1}
+    await sim_runner.cleanup()  # nothing listens on the backend's port any more
+    servers.remove(sim_runner)
+    assert await _ask(http, gateway, chat("hi")) == 502
+    assert await _errors_by_kind(http, gateway) == {"reset": 1, "connect": 1}
