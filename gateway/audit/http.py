@@ -45,6 +45,8 @@ def parse_query(query: MultiMapping[str], now: float) -> tuple[QueryFilter, int,
         if name not in _PARAMS:
             raise BadRequest(f"unknown parameter {name!r}; known: {', '.join(sorted(_PARAMS))}",
                              param=name)
+        if len(query.getall(name)) > 1:  # which one wins would be a guess
+            raise BadRequest(f"parameter {name!r} is given more than once", param=name)
     times: dict[str, float | None] = {}
     for name in ("since", "until"):
         raw = query.get(name)
