@@ -35,7 +35,7 @@ import regex
 
 from gateway.pipeline.classify.rules import CompiledPattern, joinable
 from gateway.pipeline.classify.structure import JAILBREAK, StructureClassifier
-from gateway.pipeline.classify.text import fold_char
+from gateway.pipeline.classify.text import fold, fold_char
 from gateway.pipeline.classify.verdict import matched
 from gateway.policy.spec import CategorySpec, TierSpec
 
@@ -113,6 +113,8 @@ class OutputCheck:
                 scores[JAILBREAK] = smuggled
 
     def blocked(self, scores: Mapping[str, float], tier: TierSpec) -> tuple[str, ...]:
+        if not scores:  # the usual case, once per delta
+            return ()
         return tuple(c for c in matched(scores, self.categories) if tier.action(c) == "block")
 
     def flagged(self, scores: Mapping[str, float], tier: TierSpec) -> tuple[str, ...]:
@@ -132,9 +134,15 @@ class OutputCheck:
 
 
 class ModerationFilter:
-    """One per response choice. Raises OutputBlocked before any blocked text is emitted."""
+    """One per response choice. Raises OutputBlocked before any blocked text is emitted.
 
-    __slots__ = ("_buf", "_check", "_emitted", "_on_block", "_on_flag", "_parts", "_tier")
+    `_folded` is the fold of `_buf`. While every character of `_buf` has folded to exactly
+    one character (always so for ASCII, the common case) positions in both are the same
+    and `_parts` is None; the first character that folds to none or several starts
+    `_parts`, the fold of each character of `_buf`, to map positions between the two."""
+
+    __slots__ = ("_buf", "_check", "_emitted", "_folded", "_on_block", "_on_flag", "_parts",
+                 "_tier")
     hides_text = True  # the relay drops logprobs, which would carry the text held back
 
     def __init__(self, check: OutputCheck, tier: TierSpec,
@@ -145,26 +153,36 @@ class ModerationFilter:
         self._on_block = on_block
         self._on_flag = on_flag  # categories the tier flags: served, and recorded
         self._buf = ""  # raw text: up to `margin` emitted characters, then the held text
-        self._parts: list[str] = []  # fold of each raw character of _buf
+        self._folded = ""  # fold(_buf)
+        self._parts: list[str] | None = None  # fold of each character of _buf, when needed
         self._emitted = 0  # how many characters of _buf have been emitted
 
     def feed(self, delta: str) -> str:
         if not delta:
             return ""
-        self._buf += delta
+        if self._parts is None and delta.isascii():  # one folded character each
+            self._buf += delta
+            self._folded += fold(delta)
+            return self._advance(final=False, invisible=False)
+        if self._parts is None:
+            self._parts = list(self._folded)
         folded = [fold_char(c) for c in delta]
+        self._buf += delta
+        self._folded += "".join(folded)
         self._parts.extend(folded)
         return self._advance(final=False, invisible="" in folded)
 
     def finish(self) -> str:
         return self._advance(final=True, invisible=True)
 
+    def _folded_at(self, index: int) -> int:
+        """Where character `index` of _buf starts in _folded."""
+        return index if self._parts is None else sum(map(len, self._parts[:index]))
+
     def _advance(self, final: bool, invisible: bool) -> str:
         check = self._check
-        parts = self._parts
-        folded = "".join(parts)
-        emitted_folded = sum(map(len, parts[:self._emitted]))
-        scores, hold = check.scan(self._buf, folded, emitted_folded, final, invisible)
+        emitted_folded = self._folded_at(self._emitted)
+        scores, hold = check.scan(self._buf, self._folded, emitted_folded, final, invisible)
         hits = check.blocked(scores, self._tier)
         if hits:
             if self._on_block is not None:
@@ -176,8 +194,19 @@ class ModerationFilter:
                 self._on_flag(flags)
         if final:
             out = self._buf[self._emitted:]
-            self._buf, self._parts, self._emitted = "", [], 0
+            self._buf, self._folded, self._parts, self._emitted = "", "", None, 0
             return out
+        emit_to = self._emit_to(hold, emitted_folded)
+        out = self._buf[self._emitted:emit_to]
+        self._emitted = emit_to
+        self._trim()
+        return out
+
+    def _emit_to(self, hold: int, emitted_folded: int) -> int:
+        """How far _buf may be emitted: every character whose fold ends by `hold`."""
+        parts = self._parts
+        if parts is None:
+            return max(self._emitted, min(hold, len(self._buf)))
         emit_to, offset = self._emitted, emitted_folded
         for i in range(self._emitted, len(parts)):
             offset += len(parts[i])
@@ -186,21 +215,27 @@ class ModerationFilter:
             emit_to = i + 1
         while emit_to > self._emitted and not parts[emit_to - 1]:
             emit_to -= 1  # a trailing invisible run waits for what follows it
-        out = self._buf[self._emitted:emit_to]
-        self._emitted = emit_to
-        self._trim()
-        return out
+        return emit_to
 
     def _trim(self) -> None:
         """Drop emitted text beyond the `margin` characters kept for lookbehind (only once
         there is twice that much, so the walk below runs every few deltas)."""
-        if self._emitted <= 2 * self._check.margin:
+        margin = self._check.margin
+        if self._emitted <= 2 * margin:
             return
-        keep, folded = self._emitted, 0
-        while keep > 0 and folded < self._check.margin:
-            keep -= 1
-            folded += len(self._parts[keep]) or 1
+        parts = self._parts
+        if parts is None:
+            keep = self._emitted - margin
+            cut = keep
+        else:
+            keep, folded = self._emitted, 0
+            while keep > 0 and folded < margin:
+                keep -= 1
+                folded += len(parts[keep]) or 1
+            cut = sum(map(len, parts[:keep]))
         if keep > 0:
             self._buf = self._buf[keep:]
-            del self._parts[:keep]
+            self._folded = self._folded[cut:]
+            if parts is not None:
+                del parts[:keep]
             self._emitted -= keep

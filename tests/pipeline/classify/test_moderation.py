@@ -13,6 +13,7 @@ from gateway.pipeline.classify.moderation import (
     OutputCheck,
 )
 from gateway.pipeline.classify.runtime import ClassifyRuntime
+from gateway.pipeline.classify.text import fold
 from gateway.pipeline.output import FilterChain
 from gateway.pipeline.output.redact import RedactFilter
 from tests.pipeline.classify.conftest import POLICY, chat_ctx
@@ -149,3 +150,51 @@ def test_a_possible_start_of_a_pattern_waits_until_it_is_decided() -> None:
     out += f.feed("ve tomatoes are ripe.")
     assert out + f.finish() == "Done. All your five tomatoes are ripe."
     assert "All your fi" in out  # released as soon as the pattern failed
+
+
+@pytest.mark.parametrize("disguise", [
+    "ENCRYPTED! Send 1 Bitc\u043ein",  # a Cyrillic o: the first non-ASCII delta
+    "ENCRYPTED!\u200b Send 1 Bitcoin",  # an invisible character
+    "ENCRYPTÉD! Send 1 Bitcoin",  # an accent, folded away
+])
+def test_a_match_begun_in_ascii_and_ended_in_other_letters_is_caught(disguise: str) -> None:
+    # The first deltas are plain ASCII (positions in the text and its fold agree); the
+    # match completes in a delta whose characters fold to none or other letters.
+    f = ModerationFilter(CHECK, PUBLIC)
+    out = f.feed("Sorry about that. ") + f.feed("YOUR FILES HAVE BEEN ")
+    assert out == "Sorry about that. "
+    with pytest.raises(OutputBlocked) as info:
+        out += f.feed(disguise)
+        out += f.feed(" to the wallet below.")
+        f.finish()
+    assert info.value.categories == ("cyber",)
+    assert "FILES" not in out
+
+
+def test_text_after_other_letters_is_still_emitted_in_step() -> None:
+    f = ModerationFilter(CHECK, PUBLIC)
+    pieces = ["Plain start, ", "then caf\u00e9 and \u0444\u0438\u0437\u0438\u043a\u0430 ",
+              "\u200bthen ", "plain words again ", "and the end."]
+    out = "".join(f.feed(p) for p in pieces)
+    assert out + f.finish() == "".join(pieces)
+    assert len("".join(pieces)) - len(out) <= len("end.") + 4  # only the last word waits
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=texts, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=40))
+def test_the_fold_kept_matches_the_text_kept(text: str, cuts: list[int]) -> None:
+    # The class invariant every position in the scan relies on: _folded is the fold of
+    # _buf, character by character once _parts exists.
+    f = ModerationFilter(CHECK, PUBLIC)
+    start = 0
+    for cut in [*sorted({c for c in cuts if c < len(text)}), len(text)]:
+        if cut <= start:
+            continue
+        try:
+            f.feed(text[start:cut])
+        except OutputBlocked:
+            return
+        start = cut
+        assert f._folded == fold(f._buf)
+        if f._parts is not None:
+            assert len(f._parts) == len(f._buf) and "".join(f._parts) == f._folded
