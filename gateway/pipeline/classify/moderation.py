@@ -64,6 +64,9 @@ class OutputCheck:
         self.partial = tuple(regex.compile(p.spec.pattern, _case(p) | regex.V0)
                              for p in patterns)
         # All of them in one: when it finds nothing before the end, no pattern can.
+        # Every search passes concurrent=False: by default `regex` lets go of the GIL
+        # for each match, and taking it back on the event loop waits out the switch
+        # interval (5 ms) whenever another thread (ledger, audit writer) is busy.
         self.any = regex.compile(
             "|".join(f"(?{'i' if _case(p) else ''}:{p.spec.pattern})" for p in patterns),
             regex.V0) if joinable(patterns) else None
@@ -81,7 +84,8 @@ class OutputCheck:
         confirmed = n if final else n - self.margin
         hold = n
         scores: dict[str, float] = {}
-        first = self.any.search(folded, start, partial=not final) if self.any else None
+        first = self.any.search(folded, start, partial=not final, concurrent=False) \
+            if self.any else None
         # An empty partial match at the very end (a `\b` that more text may satisfy)
         # holds nothing back.
         quiet = self.any is not None and (
@@ -89,7 +93,7 @@ class OutputCheck:
         for p, rx in zip(() if quiet else self.patterns, self.partial, strict=False):
             pos = start
             while pos < hold:
-                m = rx.search(folded, pos, partial=not final)
+                m = rx.search(folded, pos, partial=not final, concurrent=False)
                 if m is None:
                     break
                 if m.partial or m.end() > confirmed:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -198,3 +202,31 @@ def test_the_fold_kept_matches_the_text_kept(text: str, cuts: list[int]) -> None
         assert f._folded == fold(f._buf)
         if f._parts is not None:
             assert len(f._parts) == len(f._buf) and "".join(f._parts) == f._folded
+
+
+def test_checking_a_delta_keeps_the_gil() -> None:
+    # The filter runs on the event loop. A regex call that let go of the GIL would wait
+    # for it while the ledger or audit thread is busy: up to the switch interval per
+    # delta (5 ms by default; here 1 s, so a release cannot hide in the timing).
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    busy = threading.Thread(target=spin)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    try:
+        busy.start()
+        f = ModerationFilter(CHECK, PUBLIC)
+        f.feed("warm-up ")  # the first switch back from the new thread is allowed to wait
+        started = time.perf_counter()
+        out = "".join(f.feed(word) for word in ("Rivers ", "run ", "to ", "the ", "sea."))
+        elapsed = time.perf_counter() - started
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+        busy.join()
+    assert out + f.finish() == "Rivers run to the sea."
+    assert elapsed < 0.5, f"{elapsed:.2f}s: a search let go of the GIL"
