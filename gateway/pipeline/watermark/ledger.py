@@ -377,12 +377,16 @@ class Ledger:
 
     def __init__(self, store: LedgerStore, metrics: Metrics | None = None, *,
                  queue_size: int = 10_000, batch_size: int = 256,
-                 retention_days: float | None = None,
+                 linger_s: float = 0.05, retention_days: float | None = None,
                  retention_interval_s: float = 3600.0) -> None:
         self.store = store
         self._metrics = metrics
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
+        # Nobody awaits a ledger write, so the worker waits this long after a record for
+        # more to write with it: one transaction per batch, not per response, halves the
+        # store's CPU per record (bench in the commit) and wakes the thread less.
+        self._linger_s = linger_s
         self._retention_s = retention_days * DAY_S if retention_days else None
         self._retention_interval_s = retention_interval_s
         self._thread: threading.Thread | None = None
@@ -465,11 +469,15 @@ class Ledger:
             batch: list[Record] = []
             waiters: list[threading.Event] = []
             stop = self._take(item, batch, waiters)
+            deadline = time.monotonic() + self._linger_s
             while not stop and len(batch) < self._batch_size:
+                wait = 0.0 if waiters else deadline - time.monotonic()  # flush: at once
                 try:
-                    stop = self._take(self._queue.get_nowait(), batch, waiters)
+                    item = self._queue.get(timeout=wait) if wait > 0 else \
+                        self._queue.get_nowait()
                 except queue.Empty:
                     break
+                stop = self._take(item, batch, waiters)
             self._write_batch(batch)
             for w in waiters:
                 w.set()

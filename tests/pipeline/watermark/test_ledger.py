@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -176,3 +177,31 @@ def test_a_ledger_of_another_fingerprint_scheme_is_refused(tmp_path: Path) -> No
     with pytest.raises(RuntimeError, match="scheme"):
         other.open()
     other.store.close()
+
+
+class _CountingStore(SqliteStore):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.batches: list[int] = []
+
+    def add(self, batch: Sequence[Prepared]) -> None:
+        self.batches.append(len(batch))
+        super().add(batch)
+
+
+async def test_records_arriving_close_together_are_written_in_one_transaction(
+        tmp_path: Path) -> None:
+    store = _CountingStore(tmp_path / "l.sqlite3")
+    led = Ledger(store, linger_s=0.5)
+    await led.start()
+    for i in range(5):  # responses finishing a few milliseconds apart
+        led.submit(record(i, TEXTS[i]))
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.7)  # past the linger: written without anyone flushing
+    assert store.batches == [5]
+    led.submit(record(5, TEXTS[5]))
+    started = time.perf_counter()
+    await led.flush()  # a flush does not wait out the linger
+    assert time.perf_counter() - started < 0.4 and store.batches == [5, 1]
+    assert led.match(TEXTS[5])[0].record.key_id == f"{5:016x}"
+    await led.close()
