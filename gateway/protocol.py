@@ -10,11 +10,22 @@ logs a client's malformed request at INFO without a traceback.
 
 `expect_handler` does the same for an `Expect` header other than 100-continue, which
 aiohttp answers (417) before the app's middleware runs.
+
+Slow clients: aiohttp times out neither a request's headers nor (for an hour) an idle
+kept-alive connection, so one client sending a header byte now and then could hold
+connections until the process ran out of descriptors. Here a connection that has not
+sent a whole request head `header_timeout_s` after it opened (or after the first byte of
+its next request) is closed, and idle kept-alive connections close after
+`keepalive_timeout`. While descriptors run out anyway, asyncio's accept() error is
+logged once every ten seconds with a count, not once per attempt with a traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -49,7 +60,45 @@ async def expect_handler(request: web.Request) -> web.Response | None:
     return error_response(ExpectationFailed("Only 'Expect: 100-continue' is supported"))
 
 
+log = logging.getLogger("gateway.http")
+
+
 class _Handler(RequestHandler):
+    header_timeout_s = 10.0  # set per server by GatewayRunner
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._await_head()
+
+    def data_received(self, data: bytes) -> None:
+        requests = self._request_count
+        super().data_received(data)
+        if self._request_count != requests:  # a whole request head arrived
+            self._stop_waiting()
+        elif self._header_timer is None and not self._request_in_progress \
+                and not self._messages:
+            self._await_head()  # the first bytes of the next request on this connection
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        self._header_timer = self._loop.call_later(self.header_timeout_s, self._head_late)
+
+    def _stop_waiting(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _head_late(self) -> None:
+        self._header_timer = None
+        if not self._messages and not self._request_in_progress:
+            log.debug("closed a connection that sent no whole request in %.0fs",
+                      self.header_timeout_s)
+            self.force_close()
+
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -71,15 +120,55 @@ class _Handler(RequestHandler):
 
 
 class _Server(web.Server):
+    header_timeout_s = 10.0
+
     def __call__(self) -> RequestHandler:
         kwargs: dict[str, Any] = self._kwargs
-        return _Handler(self, loop=self._loop, **kwargs)
+        handler = _Handler(self, loop=self._loop, **kwargs)
+        handler.header_timeout_s = self.header_timeout_s
+        return handler
 
 
 class GatewayRunner(web.AppRunner):
-    """web.AppRunner whose connections answer protocol errors like the gateway does."""
+    """web.AppRunner whose connections answer protocol errors like the gateway does and
+    close when a client is too slow to send a request head or stays idle too long."""
+
+    def __init__(self, app: web.Application, *, header_timeout_s: float = 10.0,
+                 keepalive_timeout: float = 75.0, **kwargs: Any) -> None:
+        super().__init__(app, keepalive_timeout=keepalive_timeout, **kwargs)
+        self._header_timeout_s = header_timeout_s
+
+    async def setup(self) -> None:
+        await super().setup()
+        asyncio.get_running_loop().set_exception_handler(AcceptErrorThrottle())
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _Server  # the same server; only how it builds handlers changes
+        assert isinstance(server, _Server)
+        server.header_timeout_s = self._header_timeout_s
         return server
+
+
+class AcceptErrorThrottle:
+    """Loop exception handler: asyncio reports every failed accept() (out of file
+    descriptors, say) with a traceback; those become one line per `every_s` with a count.
+    Everything else goes to the default handler."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self.suppressed = 0
+        self._last = -float("inf")
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not str(context.get("message", "")).startswith("socket.accept() out of system"):
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            self.suppressed += 1
+            return
+        error = context.get("exception")
+        log.error("cannot accept connections: %s (%d more since the last report)",
+                  error if error is not None else "out of system resource", self.suppressed)
+        self._last, self.suppressed = now, 0
