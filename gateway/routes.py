@@ -92,10 +92,17 @@ async def _proxy(request: web.Request, route: Route) -> web.StreamResponse:
 
 
 def _apply(ctx: RequestContext, decision: Decision) -> None:
-    """Raise the refusal, or note the decision (a flag is told in a header)."""
+    """Raise the refusal, or note the decision (a flag is told in a header).
+
+    With `overlap`, output moderation may have judged the answer before the verdict came:
+    what it found outranks an `allow` (a block anything but a refusal)."""
     ctx.decision = decision.label
     if decision.error is not None:
         raise decision.error
+    if ctx.output_action == "block":
+        ctx.decision = "output_blocked"
+    elif ctx.output_action == "flag" and decision.label == "allow":
+        ctx.decision = "flag"
     if decision.label == "flag":
         ctx.response_headers["x-gateway-decision"] = "flag"
 

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import ROOT, MintToken, Server, StartGateway, StartSim, chat, wait_until
+from tests.test_classify_gateway import _audited, leaky_upstream  # noqa: F401 (a fixture)
 
 GUARD_MODEL = "meta-llama/Llama-Guard-3-8B"
 
@@ -216,3 +217,24 @@ async def test_a_client_gone_during_the_overlap_cancels_both(
 async def _metrics(url: str) -> str:
     async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
         return await resp.text()
+
+
+@pytest.mark.parametrize(("tier", "decision"), [("public", "output_blocked"),
+                                                ("research", "flag")])
+async def test_what_output_moderation_found_before_the_verdict_is_what_is_audited(
+        start_gateway: StartGateway, leaky_upstream: str, guard: CuedGuard, tmp_path: Path,
+        mint: MintToken, tier: str, decision: str) -> None:
+    """The answer came back and was moderated while the classifiers were still deciding;
+    their `allow` used to overwrite the output's finding in the audit record."""
+    gateway = await start_gateway(leaky_upstream,
+                                  policies=_policies(tmp_path, guard.url, overlap=True))
+    ask = asyncio.ensure_future(_ask(gateway.url, mint(tier=tier),
+                                     chat("Tell me a story (content).")))
+    await wait_until(lambda: guard.asked == 1)
+    await asyncio.sleep(0.3)  # the answer is in and filtered; the verdict is not
+    guard.cue.set()  # "safe"
+    answer = await ask
+    assert answer.status == 200
+    record = await _audited(gateway.url, mint(), answer.headers["X-Request-ID"])
+    assert record["decision"] == decision
+    assert "cyber" in record["categories"]
