@@ -18,7 +18,10 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import ROOT, MintToken, Server, StartGateway, StartSim, chat, wait_until
-from tests.test_classify_gateway import _audited, leaky_upstream  # noqa: F401 (a fixture)
+from tests.test_classify_gateway import (
+    _audited,
+    leaky_upstream,  # noqa: F401 (a fixture)
+)
 
 GUARD_MODEL = "meta-llama/Llama-Guard-3-8B"
 
@@ -222,8 +225,8 @@ async def _metrics(url: str) -> str:
 @pytest.mark.parametrize(("tier", "decision"), [("public", "output_blocked"),
                                                 ("research", "flag")])
 async def test_what_output_moderation_found_before_the_verdict_is_what_is_audited(
-        start_gateway: StartGateway, leaky_upstream: str, guard: CuedGuard, tmp_path: Path,
-        mint: MintToken, tier: str, decision: str) -> None:
+        start_gateway: StartGateway, leaky_upstream: str, guard: CuedGuard,  # noqa: F811
+        tmp_path: Path, mint: MintToken, tier: str, decision: str) -> None:
     """The answer came back and was moderated while the classifiers were still deciding;
     their `allow` used to overwrite the output's finding in the audit record."""
     gateway = await start_gateway(leaky_upstream,
