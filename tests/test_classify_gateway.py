@@ -363,16 +363,22 @@ async def test_a_stream_without_usage_counts_every_kind_of_token(
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_logprobs_never_spell_out_what_moderation_withheld(
-        start_gateway: StartGateway, leaky_upstream: str, mint: MintToken,
+        start_gateway: StartGateway, leaky_upstream: str, mint: MintToken, tmp_path: Path,
         stream: bool) -> None:
     """Logprobs carry every generated token: beside moderated (or redacted) text they
     gave the whole blocked answer away (found by a black-box check)."""
-    gateway = await start_gateway(leaky_upstream)
+    policies = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    path = policies / "classifiers.yaml"
+    path.write_text(path.read_text().replace(
+        "  moderation:\n    enabled: true\n",
+        "  moderation:\n    enabled: true\n    tiers: [public, verified, research]\n", 1))
+    gateway = await start_gateway(leaky_upstream, policies=str(policies))
     body = chat("Tell me a story (content).", stream=stream, logprobs=True)
     status, _, raw = await _post(gateway.url, mint(tier="verified"), body)
     assert status == 200
     assert b"bitcoin" not in raw and b"encrypted" not in raw
-    # Where nothing can be withheld (trusted: no moderation, no redaction) they are kept.
+    # Where nothing can be withheld (trusted here: no moderation, no redaction) they stay.
     status, _, raw = await _post(gateway.url, mint(tier="trusted"), body)
     assert status == 200 and raw.count(b"bitcoin") >= 2  # in the text and in logprobs
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -68,8 +69,11 @@ async def test_a_cheap_block_skips_the_expensive_classifiers() -> None:
 
 async def test_a_tier_that_allows_everything_skips_the_model() -> None:
     slow = Fixed("emb", {"cbrn": 1.0})
-    scored = await _chain([], [slow]).run(TEXT, POLICY.tiers["trusted"])
+    lenient = dataclasses.replace(POLICY.tiers["trusted"], categories={"default": "allow"})
+    scored = await _chain([], [slow]).run(TEXT, lenient)
     assert slow.calls == 0 and scored.verdict.action == "allow"
+    scored = await _chain([], [slow]).run(TEXT, POLICY.tiers["trusted"])  # blocks cbrn
+    assert slow.calls == 1 and scored.verdict.action == "block"
 
 
 async def test_expensive_classifiers_run_concurrently() -> None:

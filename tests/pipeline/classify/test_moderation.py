@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -124,7 +125,11 @@ def run_all(text: str) -> str:
 
 def test_factory_per_tier_and_metrics(metrics: Metrics) -> None:
     make = ClassifyRuntime(metrics).output_filter(POLICY)
-    assert make(chat_ctx("x", tier="trusted")) is None  # nothing blocked in trusted
+    lenient = dataclasses.replace(POLICY, tiers={**POLICY.tiers, "trusted": dataclasses.replace(
+        POLICY.tiers["trusted"], categories={"default": "allow"})})
+    # Nothing the check finds is blocked or flagged there: no filter at all.
+    assert make(chat_ctx("x", tier="trusted", policy=lenient)) is None
+    assert make(chat_ctx("x", tier="trusted")) is not None  # trusted blocks cbrn
     flt = make(chat_ctx("x", tier="public"))
     assert isinstance(flt, ModerationFilter)
     with pytest.raises(OutputBlocked):

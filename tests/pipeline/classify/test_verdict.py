@@ -35,7 +35,9 @@ def test_matched_uses_each_category_threshold_and_never_benign() -> None:
     ("research", ("cyber", "fraud"), "block"),
     ("research", ("cbrn",), "block"),
     ("research", ("unverified",), "block"),
-    ("trusted", ("cbrn", "cyber", "unverified"), "allow"),
+    ("trusted", ("cyber", "unverified"), "allow"),
+    ("trusted", ("cbrn",), "block"),  # "nothing blocked but the worst"
+    ("trusted", ("child_safety", "cyber"), "block"),
     ("trusted", (), "allow"),
 ])
 def test_tier_action_truth_table(tier: str, categories: tuple[str, ...], action: str) -> None:
