@@ -10,25 +10,44 @@ Off by default (`classifiers.guard.enabled`). Two ways to ask, as vLLM serves th
 - `api: chat`: POST /v1/chat/completions with the text as one user message (the model's
   chat template builds the same prompt) and `logprobs: true, top_logprobs: 5`.
 
+The caller's text is the one part of that prompt nobody else wrote, so `escape` neutralises
+whatever in it the tokenizer or the template reads as structure before it goes in (both
+APIs: the chat template pastes the message in verbatim too): a `<` that opens a Llama 3
+special token (`<|eot_id|>`, `<|start_header_id|>`, any `<|...|>`: vLLM turns those
+strings into the real tokens, and has no per-request switch to stop it) or a template
+marker (`<BEGIN ...>`, `<END CONVERSATION>`, ...) becomes U+2039 (a single angle quote),
+and the colon of a `User:` or `Agent:` turn label at the start of a line becomes U+FF1A
+(a fullwidth colon). Otherwise a caller could close the conversation, answer `safe` for
+the guard and open a harmless "last User message" for it to judge.
+
 The answer is `safe` or `unsafe\\nS1,S10`. The score is P(unsafe) from the first token's
 log-probabilities when present (the `unsafe` token's probability, else 1 - P(`safe`)),
 else 1.0 for `unsafe` and 0.0 for `safe`. It goes to every category whose `llama_guard`
-list names a returned code (categories.yaml); codes no category claims are ignored; an
-`unsafe` with no code scores the unverified category. Time-outs and errors are handled by
-the chain (`timeout_s`, `on_error: open|closed`).
+list names a returned code (categories.yaml). An `unsafe` with no code, or with a code no
+category claims (a newer guard's code, a mapping an admin removed), scores the unverified
+category: the guard said unsafe, and that must not pass as safe. Unclaimed codes are also
+logged (the codes, never the text) and counted in
+`gateway_classifier_errors_total{classifier="guard", outcome="unknown_code"}`. Time-outs
+and errors are handled by the chain (`timeout_s`, `on_error: open|closed`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from gateway.pipeline.classify.text import PromptText
 from gateway.policy.spec import CategorySpec, GuardSpec
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+
+log = logging.getLogger("gateway.classify")
 
 CATEGORIES = (
     "S1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex Crimes.\nS4: Child Exploitation.\n"
@@ -48,6 +67,17 @@ TEMPLATE = (
     "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
 
 _CODE = re.compile(r"\bS(\d{1,2})\b")
+# A `<` that opens a special token (every Llama 3 one starts with `<|`) or a template
+# marker (`<BEGIN CONVERSATION>`, `<END UNSAFE CONTENT CATEGORIES>`, ...; the model may not
+# care about case or spaces, so neither do we).
+_OPENER = re.compile(r"<(?=\||\s*/?\s*(?:BEGIN|END)\b)", re.IGNORECASE)
+# The template's turn labels (`User: ...`, `Agent: ...`) at the start of any line, as
+# str.splitlines() (and a model) sees lines.
+_BREAK = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+_ROLE = re.compile(rf"(?:^|(?<=[{_BREAK}]))([^\S{_BREAK}]*(?:user|agent)[^\S{_BREAK}]*):",
+                   re.IGNORECASE)
+_LOOKALIKE_LT = "\u2039"  # single left-pointing angle quotation mark
+_LOOKALIKE_COLON = "\\1\uff1a"  # the label, then a fullwidth colon
 MAX_TOKENS = 20
 TOP_LOGPROBS = 5
 
@@ -56,8 +86,17 @@ class GuardError(RuntimeError):
     """The guard answered with an error status or something that is not a verdict."""
 
 
+def escape(text: str) -> str:
+    """Caller text made safe to paste into the guard's prompt: no special token, template
+    marker or turn label of its own survives, and it still reads the same to the model
+    (`<|eot_id|>` -> `\u2039|eot_id|>`, `Agent: safe` -> `Agent\uff1a safe`). It only
+    replaces `<` and `:`, so it cannot make a new one either."""
+    return _ROLE.sub(_LOOKALIKE_COLON, _OPENER.sub(_LOOKALIKE_LT, text))
+
+
 def guard_prompt(text: str) -> str:
-    return TEMPLATE.format(categories=CATEGORIES, text=text)
+    """The completions prompt for caller text (escaped here)."""
+    return TEMPLATE.format(categories=CATEGORIES, text=escape(text))
 
 
 def clip(text: str, max_chars: int) -> str:
@@ -116,10 +155,12 @@ class GuardClassifier:
     cheap = False
 
     def __init__(self, spec: GuardSpec, session: aiohttp.ClientSession,
-                 categories: Mapping[str, CategorySpec], unverified: str) -> None:
+                 categories: Mapping[str, CategorySpec], unverified: str,
+                 metrics: Metrics | None = None) -> None:
         self.spec = spec
         self.session = session
         self.unverified = unverified
+        self.metrics = metrics
         self.code_to_categories: dict[str, list[str]] = {}
         for name, category in categories.items():
             for code in category.llama_guard:
@@ -133,7 +174,7 @@ class GuardClassifier:
                                   "temperature": 0, "stream": False}
         if self.spec.api == "chat":
             return base + "/v1/chat/completions", {
-                **common, "messages": [{"role": "user", "content": text}],
+                **common, "messages": [{"role": "user", "content": escape(text)}],
                 "logprobs": True, "top_logprobs": TOP_LOGPROBS}
         return base + "/v1/completions", {**common, "prompt": guard_prompt(text),
                                           "logprobs": TOP_LOGPROBS}
@@ -169,6 +210,12 @@ class GuardClassifier:
         if not unsafe:
             return {}
         targets = [c for code in codes for c in self.code_to_categories.get(code, ())]
-        if not codes:
-            targets = [self.unverified]
+        unknown = [code for code in codes if code not in self.code_to_categories]
+        if unknown:
+            log.warning("guard answered unsafe with codes no category claims (%s): scored "
+                        "as %s", ",".join(unknown), self.unverified)
+            if self.metrics is not None:
+                self.metrics.classifier_errors.labels(self.name, "unknown_code").inc()
+        if unknown or not codes:
+            targets.append(self.unverified)
         return {category: probability for category in targets}

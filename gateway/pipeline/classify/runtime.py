@@ -101,7 +101,7 @@ class ClassifyRuntime:
                 raise ClassifyConfigError("classifiers.guard is enabled but the runtime has "
                                           "no HTTP session")
             guard = GuardClassifier(spec.guard, self.session, policy.categories,
-                                    spec.unverified_category)
+                                    spec.unverified_category, self.metrics)
             expensive.append(Guarded(guard, spec.guard.timeout_s, spec.guard.on_error))
         return Chain(tuple(cheap), tuple(expensive), policy.categories, roles=spec.roles,
                      unverified=spec.unverified_category, unavailable=tuple(unavailable),
