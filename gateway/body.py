@@ -12,7 +12,13 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.context import SETTINGS
-from gateway.errors import BadRequest, InvalidJSON, RequestTimeout, UnsupportedMediaType
+from gateway.errors import (
+    BadRequest,
+    InvalidJSON,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from gateway.settings import TimeoutSettings
 
 _DEFAULT = TimeoutSettings()
@@ -28,6 +34,10 @@ async def read_body(request: web.Request) -> bytes:
     (a slow-loris upload would otherwise hold a connection and a task indefinitely)."""
     settings = request.app.get(SETTINGS)  # sub-apps and tests may mount handlers bare
     timeouts = settings.timeouts if settings is not None else _DEFAULT
+    if settings is not None and request.content_length is not None and \
+            request.content_length > settings.max_body_bytes:
+        # Refused from its declared size, not after waiting for bytes that may never come.
+        raise PayloadTooLarge("Request body is too large")
     try:
         async with asyncio.timeout(timeouts.client_body_s):
             return await request.read()

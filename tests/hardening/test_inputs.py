@@ -219,6 +219,20 @@ async def test_slow_loris_body_is_cut_off_with_408(start_gateway: StartGateway, 
     assert status == 200
 
 
+async def test_a_declared_length_over_the_limit_is_refused_before_the_body(
+        gateway: Server, token: str) -> None:
+    """It waited for the body (which never came) and answered 408 after 30 s."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write((f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                  f"Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n"
+                  ).encode())
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 413"), head
+
+
 async def _raw_http(url: str, request: bytes) -> bytes:
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
