@@ -119,3 +119,6 @@ REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 CONTEXT: web.RequestKey[RequestContext] = web.RequestKey("context")
 # The caller's tier once known to the policy, for requests with no RequestContext (models).
 TIER: web.RequestKey[str] = web.RequestKey("tier")
+# Who asked, once the token checked out: the log line of a request with no audit record
+# (admin calls, models) names the caller by its keyed id.
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

@@ -12,7 +12,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.accounting import record_request
-from gateway.context import CONTEXT, LIFECYCLE, METRICS, POOL, REQUEST_ID, TIER
+from gateway.audit import AUDIT_KEYS
+from gateway.context import CONTEXT, LIFECYCLE, METRICS, POOL, PRINCIPAL, REQUEST_ID, TIER
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -24,6 +25,7 @@ from gateway.errors import (
 from gateway.tracing import TRACEPARENT, TRACING
 
 log = logging.getLogger("gateway.http")
+request_log = logging.getLogger("gateway.request")  # the one line per request
 
 STARTED: web.RequestKey[float] = web.RequestKey("started")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -103,9 +105,29 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         metrics.in_flight.dec()
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        _count(request, route, status, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        _count(request, route, status, elapsed)
+        if request.get(CONTEXT) is None and request.path not in _ALWAYS_OPEN:
+            _log_unaudited(request, route, status, elapsed)
         if tracing is not None and span is not None:
             tracing.finish(span, request, route, status)
+
+
+def _log_unaudited(request: web.Request, route: str, status: int, elapsed: float) -> None:
+    """The one log line of a request that has no audit record (admin calls, models, and
+    refusals before the body was read): who asked, what, and how it ended."""
+    if not request_log.isEnabledFor(logging.INFO):
+        return
+    principal, keys = request.get(PRINCIPAL), request.app.get(AUDIT_KEYS)
+    request_log.info("request", extra={
+        "request_id": request.get(REQUEST_ID, "-"),
+        "key_id": keys.key_id(principal.sub) if principal and keys else "-",
+        "tier": request.get(TIER) or (principal.tier if principal else "-"),
+        "method": request.method,
+        "route": route,
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 3),
+    })
 
 
 def count_early_answer(request: web.Request, status: int) -> None:

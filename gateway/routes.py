@@ -21,6 +21,7 @@ from gateway.context import (
     METRICS,
     PIPELINE,
     POOL,
+    PRINCIPAL,
     REQUEST_ID,
     SETTINGS,
     TIER,
@@ -54,8 +55,11 @@ _QUERY_TOKEN_NAMES = ("access_token", "token", "api_key", "key")
 
 async def authenticate(request: web.Request) -> Principal:
     auth = request.app[PIPELINE].current.auth
-    return await auth.authenticate(request.headers.getall("Authorization", []),
-                                   any(name in request.query for name in _QUERY_TOKEN_NAMES))
+    principal = await auth.authenticate(
+        request.headers.getall("Authorization", []),
+        any(name in request.query for name in _QUERY_TOKEN_NAMES))
+    request[PRINCIPAL] = principal
+    return principal
 
 
 async def _proxy(request: web.Request, route: Route) -> web.StreamResponse:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 
-from gateway.audit import verify_chain
-from tests.conftest import Server, chat
+from gateway.audit import AUDIT_KEYS, verify_chain
+from tests.conftest import MintToken, Server, chat
 
 
 async def test_records_for_json_stream_and_refusal(gateway: Server, home: Path,
@@ -30,3 +32,30 @@ async def test_records_for_json_stream_and_refusal(gateway: Server, home: Path,
     raw = orjson.dumps(records)
     assert b"Hello there" not in raw, "prompts are not stored by default"
     assert verify_chain(home / "audit.sqlite3").ok
+
+
+async def test_requests_with_no_audit_record_still_get_their_log_line(
+        gateway: Server, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture,
+        mint: MintToken) -> None:
+    """Admin calls, refusals before the body is read and models left no trace at all."""
+    admin = {"Authorization": f"Bearer {mint(sub='ops-admin')}"}
+    with caplog.at_level(logging.INFO, logger="gateway.request"):
+        async with http.post(gateway.url + "/admin/v1/policy/reload", headers=admin) as resp:
+            assert resp.status == 200
+            reload_id = resp.headers["x-request-id"]
+        async with aiohttp.ClientSession() as anonymous, anonymous.post(
+                gateway.url + "/v1/chat/completions", json=chat()) as resp:
+            assert resp.status == 401
+            refused_id = resp.headers["x-request-id"]
+        async with http.get(gateway.url + "/healthz") as resp:  # probes: no line each
+            assert resp.status == 200
+    lines = {r.request_id: r for r in caplog.records  # type: ignore[attr-defined]
+             if r.getMessage() == "request"}
+    keys = gateway.app[AUDIT_KEYS]
+    reload = lines[reload_id]
+    assert (reload.method, reload.route, reload.status) == (  # type: ignore[attr-defined]
+        "POST", "/admin/v1/policy/reload", 200)
+    assert reload.key_id == keys.key_id("ops-admin")  # type: ignore[attr-defined]
+    assert (lines[refused_id].status, lines[refused_id].key_id) == (  # type: ignore[attr-defined]
+        401, "-")
+    assert len(lines) == 2
