@@ -38,6 +38,7 @@ class Backend:
     failures: int = 0
     ejected_until: float = 0.0
     failed_probes: int = 0  # consecutive
+    probed: bool = False  # whether any probe has finished yet
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -74,26 +75,34 @@ class Pool:
 
     async def _probe(self, backend: Backend) -> None:
         timeout = aiohttp.ClientTimeout(total=self._health.probe_timeout_s)
+        why = ""
         try:
             async with self._session.get(f"{backend.url}/health", timeout=timeout) as resp:
                 passed = resp.status == 200
+                why = f"/health answered {resp.status}"
             if passed:
                 async with self._session.get(f"{backend.url}/v1/models",
                                              timeout=timeout) as resp:
                     listing = orjson.loads(await resp.read()) if resp.status == 200 else {}
                 backend.models = {m["id"]: m for m in listing.get("data", [])
                                   if isinstance(m, dict) and isinstance(m.get("id"), str)}
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, AttributeError):
-            passed = False
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError,
+                AttributeError) as exc:
+            passed, why = False, exc.__class__.__name__
         backend.failed_probes = 0 if passed else backend.failed_probes + 1
         healthy = passed or (backend.healthy and
                              backend.failed_probes < self._health.failed_probes_to_down)
-        if healthy != backend.healthy:
-            log.log(logging.INFO if healthy else logging.WARNING, "upstream %s is %s",
-                    backend.url, "healthy" if healthy else "unhealthy")
+        if healthy != backend.healthy or not backend.probed:
+            # The first probe always says how it went: an upstream unreachable from the
+            # start was never reported.
+            if healthy:
+                log.info("upstream %s is healthy", backend.url)
+            else:
+                log.warning("upstream %s is unhealthy (%s)", backend.url, why)
         elif not passed and healthy:
             log.info("upstream %s failed a health probe (%d in a row)", backend.url,
                      backend.failed_probes)
+        backend.probed = True
         backend.healthy = healthy
         if passed and backend.ejected_until and time.monotonic() >= backend.ejected_until:
             backend.failures, backend.ejected_until = 0, 0.0

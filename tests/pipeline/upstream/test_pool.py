@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -196,3 +197,13 @@ async def test_upstream_errors_are_counted_by_what_went_wrong(
     servers.remove(sim_runner)
     assert await _ask(http, gateway, chat("hi")) == 502
     assert await _errors_by_kind(http, gateway) == {"reset": 1, "connect": 1}
+
+
+async def test_an_upstream_unreachable_from_the_start_is_reported(
+        start_gateway: StartGateway, caplog: pytest.LogCaptureFixture) -> None:
+    """The gateway said it was ready and logged nothing (only /readyz told)."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    with caplog.at_level(logging.INFO, logger="gateway.upstream"):
+        await start_gateway(dead)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"upstream {dead} is unhealthy (ClientConnectorError)"]
