@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from aiohttp import web
 
 from gateway.context import PIPELINE, RELOADER
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, PolicyInvalid
 from gateway.pipeline.watermark.http import detect_handler
 from gateway.protocol import expect_handler
 from gateway.routes import authenticate
@@ -35,8 +36,11 @@ async def policy_reload(request: web.Request) -> web.Response:
     await require_admin(request)
     reloader = request.app[RELOADER]
     ok = await reloader.reload_async("admin request")
-    return web.json_response({"reloaded": ok, "active": reloader.status.as_json()},
-                             status=200 if ok else 422)
+    body: dict[str, Any] = {"reloaded": ok, "active": reloader.status.as_json()}
+    if not ok:  # an error like every other, and the state the caller needs beside it
+        error = PolicyInvalid(reloader.status.last_error or "the policy did not load")
+        body = {**error.body(), **body}
+    return web.json_response(body, status=200 if ok else 422)
 
 
 async def watermark_detect(request: web.Request) -> web.StreamResponse:

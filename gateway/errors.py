@@ -127,6 +127,14 @@ class ExpectationFailed(GatewayError):
     default_code = "expectation_failed"
 
 
+class PolicyInvalid(GatewayError):
+    """An admin's reload found the policy files invalid (the last good policy serves on)."""
+
+    status = 422
+    type = "invalid_request_error"
+    default_code = "policy_invalid"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"

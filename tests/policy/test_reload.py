@@ -103,7 +103,12 @@ async def test_reload_endpoint(start_gateway: StartGateway, sim: Server, policie
     (policies / "tiers.yaml").write_text("tiers: {}\n")
     async with http.post(gateway.url + "/admin/v1/policy/reload") as resp:
         assert resp.status == 422
-        assert (await resp.json())["reloaded"] is False
+        body = await resp.json()
+    assert body["reloaded"] is False
+    # OpenAI's error shape, as every other error, with the policy state beside it
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == "policy_invalid"
+    assert body["error"]["message"] == body["active"]["last_error"]
 
 
 @pytest.fixture
