@@ -15,7 +15,10 @@ from gateway.audit.cli import add_audit_parser
 from gateway.pipeline.classify.eval import add_eval_parser, run_eval
 from gateway.pipeline.watermark.cli import add_watermark_parsers, run_watermark
 from gateway.report import add_report_parser
-from gateway.settings import SettingsError, load_settings
+from gateway.secret_store import SecretError
+from gateway.settings import LOG_FORMATS, SettingsError, load_settings
+
+MAX_TTL_S = 366 * 24 * 3600  # a typo must not mint a credential that never expires
 
 
 def _serve_parser(sub: Any) -> None:
@@ -107,7 +110,17 @@ def _seconds(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be at least 1 second, not {value}: "
                                          "the token would be expired when printed")
+    if value > MAX_TTL_S:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_TTL_S} seconds (366 days), "
+                                         f"not {value}")
     return value
+
+
+def _claim(text: str) -> str:
+    # The gateway refuses a token whose sub or tier is empty ("lacks required claims").
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def _keys_parser(sub: Any) -> None:
@@ -123,12 +136,15 @@ def _token_parser(sub: Any) -> None:
     p = sub.add_parser("token", help="development tokens")
     cmds = p.add_subparsers(dest="token_command", required=True)
     mint = cmds.add_parser("mint", help="print a JWT the default configuration accepts")
-    mint.add_argument("--tier", required=True)
-    mint.add_argument("--sub", required=True)
+    mint.add_argument("--tier", required=True, type=_claim,
+                      help="a tier of the policy (a warning if the policy has no such tier)")
+    mint.add_argument("--sub", required=True, type=_claim, help="the caller's id")
     mint.add_argument("--ttl", type=_seconds, default=3600,
-                      help="lifetime in seconds, at least 1 (default 3600)")
+                      help=f"lifetime in seconds, from 1 to {MAX_TTL_S} (366 days); "
+                      "default 3600")
     mint.add_argument("--org")
-    mint.add_argument("--scope", action="append", default=[], help="e.g. admin; repeatable")
+    mint.add_argument("--scope", action="append", default=[],
+                      help="a scope the gateway knows (admin); repeatable")
 
 
 def _run_keys(args: argparse.Namespace) -> int:
@@ -148,19 +164,48 @@ def _run_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_token(args: argparse.Namespace) -> int:
-    from gateway.devkeys import mint_token
+def _unknown_tier(tier: str, policies: Path) -> str | None:
+    """A warning when the policy loads and has no such tier (the gateway answers 403)."""
+    from gateway.policy.loader import PolicyError, load_policy
 
+    try:
+        policy = load_policy(policies)
+    except PolicyError:
+        return None  # `gateway policy check` is the place to report a broken policy
+    if tier in policy.tiers:
+        return None
+    return (f"gateway token mint: warning: the policy in {policies} has no tier {tier!r} "
+            f"(tiers: {', '.join(policy.tiers)}); the gateway will refuse this token")
+
+
+def _run_token(args: argparse.Namespace) -> int:
+    from gateway.admin import ADMIN_SCOPE
+    from gateway.devkeys import DevKeyError, mint_token
+
+    unknown = [scope for scope in args.scope if scope != ADMIN_SCOPE]
+    if unknown:
+        print(f"gateway token mint: --scope {unknown[0]!r}: not a scope the gateway knows "
+              f"(known: {ADMIN_SCOPE})", file=sys.stderr)
+        return 2
     settings = load_settings(overrides={})
-    print(mint_token(settings.home, tier=args.tier, sub=args.sub, ttl=args.ttl, org=args.org,
-                     scopes=tuple(args.scope), tier_claim=settings.auth.tier_claim))
+    try:
+        token = mint_token(settings.home, tier=args.tier, sub=args.sub, ttl=args.ttl,
+                           org=args.org, scopes=tuple(args.scope),
+                           tier_claim=settings.auth.tier_claim)
+    except DevKeyError as exc:
+        print(f"gateway token mint: {exc}", file=sys.stderr)
+        return 2
+    warning = _unknown_tier(args.tier, settings.policies)
+    if warning is not None:
+        print(warning, file=sys.stderr)
+    print(token)
     return 0
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str) -> None:
     from gateway.logs import configure_logging
 
-    configure_logging(level, json=os.environ.get("GATEWAY_LOG_FORMAT", "json") != "text")
+    configure_logging(level, json=log_format.lower() != "text")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -176,7 +221,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     from gateway.server import serve
 
     return asyncio.run(serve(settings))
@@ -185,7 +230,10 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _run_sim(args: argparse.Namespace) -> int:
     from gateway.sim import SimSettings, run_sim
 
-    _configure_logging("INFO")
+    log_format = os.environ.get("GATEWAY_LOG_FORMAT") or "json"
+    if log_format.lower() not in LOG_FORMATS:
+        raise SettingsError(f"GATEWAY_LOG_FORMAT: log_format: one of {', '.join(LOG_FORMATS)}")
+    _configure_logging("INFO", log_format)
     models = tuple(args.model) or SimSettings().models
     settings = SimSettings(models=models, ttft_s=args.ttft,
                            tokens_per_second=args.tokens_per_second)
@@ -208,12 +256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_watermark_parsers(sub)
     add_eval_parser(sub)
     args = parser.parse_args(argv)
-    if hasattr(args, "run"):
-        return int(args.run(args))
     commands = {"serve": _run_serve, "sim": _run_sim, "policy": _run_policy,
                 "keys": _run_keys, "token": _run_token, "watermark": run_watermark,
                 "eval": run_eval}
     try:
+        if hasattr(args, "run"):
+            return int(args.run(args))
         return commands[args.command](args)
+    except (SettingsError, SecretError) as exc:  # e.g. `token mint` with a bad GATEWAY_*
+        print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -31,6 +32,11 @@ from gateway.pipeline.auth.keys import b64url, thumbprint
 PRIVATE = "signing-key.pem"
 PUBLIC = "public-key.pem"
 JWKS = "jwks.json"
+
+
+class DevKeyError(ValueError):
+    """GATEWAY_HOME cannot hold development keys, or holds unusable ones; the message
+    names the path and what to do. Nothing there is ever replaced to get past it."""
 
 
 def public_jwk(private: Ed25519PrivateKey) -> dict[str, str]:
@@ -71,41 +77,72 @@ def generate_keys(out_dir: Path) -> Path:
 
 
 def ensure_dev_keys(home: Path) -> Path:
-    """The development JWKS under home/keys, created on first use; returns its path."""
+    """The development JWKS under home/keys, created on first use; returns its path.
+
+    Raises DevKeyError when home is not a usable directory, or when home/keys already
+    holds something other than a complete key set: that is never replaced.
+    """
     keys = home / "keys"
     if (keys / JWKS).exists():
         return keys / JWKS
-    home.mkdir(parents=True, exist_ok=True)
-    # Built aside and renamed into place in one step, so a `token mint` and a `serve`
-    # starting together agree on one key instead of each writing its own.
-    staging = Path(tempfile.mkdtemp(prefix=".keys-", dir=home))
+    _check_keys_dir(keys)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        # Built aside and renamed into place in one step, so a `token mint` and a `serve`
+        # starting together agree on one key instead of each writing its own.
+        staging = Path(tempfile.mkdtemp(prefix=".keys-", dir=home))
+    except FileExistsError:
+        raise DevKeyError(f"GATEWAY_HOME {home} is not a directory") from None
+    except OSError as exc:
+        raise DevKeyError(f"cannot create development keys in GATEWAY_HOME {home}: "
+                          f"{exc.strerror or exc}") from None
     try:
         generate_keys(staging)
         try:
+            # rename() replaces only an empty directory: a key set that is there is kept.
             staging.rename(keys)
         except OSError:
-            if not (keys / JWKS).exists():
+            if not (keys / JWKS).exists():  # else another process made it first
+                _check_keys_dir(keys)
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return keys / JWKS
 
 
+def _check_keys_dir(keys: Path) -> None:
+    """Refuse a keys directory without a JWKS that is not empty (a partial copy, a
+    corrupt key): replacing it would lose a signing key someone may still rely on."""
+    if keys.exists() and not keys.is_dir():
+        raise DevKeyError(f"{keys} is not a directory; move it away to create "
+                          "development keys")
+    if keys.is_dir() and any(keys.iterdir()) and not (keys / JWKS).exists():
+        raise DevKeyError(f"{keys} holds no {JWKS}: an incomplete development key set; "
+                          "restore it, or move the directory away to create new keys")
+
+
 def _signing_key(home: Path) -> Ed25519PrivateKey:
     path = ensure_dev_keys(home).parent / PRIVATE
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        pem = path.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is missing: this GATEWAY_HOME verifies development "
-                                "tokens but cannot mint them") from None
+        raise DevKeyError(f"{path} is missing: this GATEWAY_HOME verifies development "
+                          "tokens but cannot mint them") from None
+    except OSError as exc:
+        raise DevKeyError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an Ed25519 private key")
+        raise DevKeyError(f"{path} is not an unencrypted Ed25519 private key in PEM")
     return key
 
 
 def mint_token(home: Path, tier: str, sub: str, ttl: int = 3600, org: str | None = None,
                scopes: tuple[str, ...] = (), tier_claim: str = "tier") -> str:
-    """A token the default configuration (development keys under `home`) accepts."""
+    """A token the default configuration (development keys under `home`) accepts;
+    raises DevKeyError when home holds no usable signing key."""
     key = _signing_key(home)
     now = int(time.time())
     claims: dict[str, Any] = {"sub": sub, tier_claim: tier, "iat": now, "exp": now + ttl,

@@ -16,16 +16,18 @@ MIN_BYTES = 32
 
 
 class SecretError(ValueError):
-    pass
+    """A secret set in the environment that is too short; the message names the variable."""
 
 
 def load_secret(home: Path, name: str, env: Mapping[str, str] | None = None) -> bytes:
     env = os.environ if env is None else env
-    value = env.get(f"GATEWAY_SECRET_{name.upper()}")
+    variable = f"GATEWAY_SECRET_{name.upper()}"
+    value = env.get(variable)
     if value:
         raw = value.encode()
-        if len(raw) < MIN_BYTES:
-            raise SecretError(f"GATEWAY_SECRET_{name.upper()} must be at least {MIN_BYTES} bytes")
+        if len(raw) < MIN_BYTES:  # the message never shows the value: it is a secret
+            raise SecretError(f"{variable}: must be at least {MIN_BYTES} bytes, "
+                              f"not {len(raw)}")
         return raw
     path = home / "secrets" / name
     if path.exists():

@@ -6,19 +6,33 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import shlex
 import signal
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.context import LIFECYCLE, RELOADER
+from gateway.context import LIFECYCLE, POOL, RELOADER
+from gateway.devkeys import DevKeyError, ensure_dev_keys
 from gateway.lifecycle import StartupError
+from gateway.pipeline.auth.build import AuthConfigError
+from gateway.pipeline.auth.jwks import KeySetUnavailable
+from gateway.policy.loader import PolicyError, load_policy
 from gateway.protocol import GatewayRunner
-from gateway.settings import Settings
+from gateway.secret_store import SecretError
+from gateway.settings import Settings, SettingsError
 from gateway.sim import SimSettings, create_sim_app
 
 log = logging.getLogger("gateway")
+
+# Settings that name something unusable (a missing key file, an unset secret, a broken
+# policy): reported like a bad setting, exit 2 and no traceback. Anything else that
+# escapes start-up is a bug and keeps its traceback.
+_CONFIG_ERRORS = (SettingsError, AuthConfigError, KeySetUnavailable, DevKeyError, PolicyError,
+                  SecretError)
 
 
 async def start_embedded_sim(settings: Settings) -> tuple[web.AppRunner, str]:
@@ -32,13 +46,50 @@ async def start_embedded_sim(settings: Settings) -> tuple[web.AppRunner, str]:
     return runner, f"http://{host}:{port}"
 
 
-def _banner(settings: Settings, host: str, port: int) -> str:
+def _preflight(settings: Settings) -> None:
+    """What would otherwise fail only once the app starts, less clearly: the policy only
+    after the embedding model has loaded (seconds), the key files as "no usable key"."""
+    auth = settings.auth
+    if auth.uses_dev_keys:
+        ensure_dev_keys(settings.home)
+    jwks_file = auth.resolve(settings.home, auth.jwks_file) if auth.jwks_file else None
+    if jwks_file is not None and not jwks_file.is_file():
+        raise SettingsError(f"auth.jwks_file: {jwks_file}: no such file")
+    if not settings.policies.is_dir():
+        raise SettingsError(f"policies: {settings.policies}: not a directory")
+    load_policy(settings.policies)
+
+
+def _refuse(exc: Exception) -> int:
+    """Print why start-up failed, in one line per problem; the exit status."""
+    if isinstance(exc, PolicyError):
+        lines = [f"invalid policy: {error}" for error in exc.errors]
+    elif isinstance(exc, AuthConfigError):  # its message starts with the key under auth
+        lines = [f"invalid configuration: auth.{exc}"]
+    elif isinstance(exc, _CONFIG_ERRORS):
+        lines = [f"invalid configuration: {exc}"]
+    else:  # a store that cannot open, a port in use
+        lines = [f"cannot start: {exc}"]
+    for line in lines:
+        print(f"gateway: {line}", file=sys.stderr, flush=True)
+    return 2 if isinstance(exc, _CONFIG_ERRORS) else 1
+
+
+def _gateway_command() -> str:
+    """This installation's `gateway`, by absolute path: the hint works from any directory."""
+    script = Path(sys.executable).parent / "gateway"
+    if script.is_file():
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m gateway"
+
+
+def _banner(settings: Settings, host: str, port: int, models: Sequence[str] = ()) -> str:
     base = f"http://{host}:{port}"
-    model = settings.sim.models[0] if settings.embedded_sim else "MODEL"
-    home = f"GATEWAY_HOME={settings.home} " if str(settings.home) != ".gateway" else ""
+    model = models[0] if models else "<model>"
+    home = shlex.quote(str(settings.home.absolute()))
     # `token mint` signs with the dev key: useful only while the gateway trusts it.
-    token = f"""  get a development token (signed by the dev key under {settings.home}/keys):
-    export TOKEN=$({home}.venv/bin/gateway token mint --tier public --sub you)
+    token = f"""  get a development token (signed by the dev key under {home}/keys):
+    export TOKEN=$(GATEWAY_HOME={home} {_gateway_command()} token mint --tier public --sub you)
 """ if settings.auth.uses_dev_keys else """  with a token from your identity provider in $TOKEN
 """
     return f"""gateway ready on {base}
@@ -56,6 +107,10 @@ def _banner(settings: Settings, host: str, port: int) -> str:
 
 
 async def serve(settings: Settings) -> int:
+    try:
+        _preflight(settings)
+    except (OSError, *_CONFIG_ERRORS) as exc:
+        return _refuse(exc)
     sim_runner = None
     if settings.embedded_sim:
         sim_runner, url = await start_embedded_sim(settings)
@@ -69,15 +124,18 @@ async def serve(settings: Settings) -> int:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, backlog=2048)
         await site.start()
-    except (StartupError, OSError) as exc:  # a store that cannot open, a port in use
-        print(f"gateway: cannot start: {exc}", file=sys.stderr, flush=True)
+    except (StartupError, OSError, *_CONFIG_ERRORS) as exc:
         await runner.cleanup()
         if sim_runner is not None:
             await sim_runner.cleanup()
-        return 1
+        return _refuse(exc)
     host, port = runner.addresses[0][:2]
     log.info("fronting %s", ", ".join(settings.upstreams))
-    print(_banner(settings, host, port), flush=True)
+    # The pool has asked every upstream for its models once by now.
+    models = list(app[POOL].models())
+    if not models and sim_runner is not None:
+        models = [settings.sim.models[0]]
+    print(_banner(settings, host, port, models), flush=True)
     # Everything allocated so far (policy, model, libraries) lives as long as the process:
     # out of the collector's sight, a full collection no longer walks it (150+ ms with
     # the embedding model loaded, on the request path of whichever request triggers it).

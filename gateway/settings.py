@@ -11,7 +11,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,9 @@ from gateway.pipeline.auth.settings import AuthSettings
 from gateway.yamlfile import Located, YamlError, load_file
 
 _PROJECT_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+LOG_FORMATS = ("json", "text")
+# What redis.asyncio's from_url accepts; anything else fails only once the app starts.
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class SettingsError(ValueError):
@@ -130,6 +133,7 @@ class Settings:
     home: Path = Path(".gateway")
     redis_url: str | None = None
     log_level: str = "INFO"
+    log_format: str = "json"  # json | text
     max_body_bytes: int = 4 * 1024 * 1024
     retries: int = 1  # extra attempts on another backend, only before any byte is sent
     drain_timeout_s: float = 30.0
@@ -157,6 +161,7 @@ _ENV = {
     "GATEWAY_HOST": "host",
     "GATEWAY_PORT": "port",
     "GATEWAY_LOG_LEVEL": "log_level",
+    "GATEWAY_LOG_FORMAT": "log_format",
     "GATEWAY_AUDIT_URL": "audit.url",
     "GATEWAY_LEDGER_URL": "watermark.ledger_url",
     "GATEWAY_OTLP_ENDPOINT": "tracing.otlp_endpoint",
@@ -174,7 +179,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return None if value is None else _coerce(args[0], value, key)
     if origin is tuple:
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            items = [v.strip() for v in value.split(",")]
+            # "," or "a,,b" is most likely a template whose variable expanded to nothing:
+            # for upstreams, silently dropping it would mean the embedded simulator.
+            if not all(items):
+                raise SettingsError(f"{key}: empty entry in {value!r}; expected "
+                                    "comma-separated values")
+            value = items
         if not isinstance(value, list | tuple):
             raise SettingsError(f"{key}: expected a list")
         (item_tp, _) = typing.get_args(tp)
@@ -186,12 +197,14 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value.lower() in ("1", "true", "yes")
         raise SettingsError(f"{key}: expected true or false, got {value!r}")
     if tp in (int, float):
-        if isinstance(value, bool):
-            raise SettingsError(f"{key}: expected a number, got {value!r}")
+        what = "a whole number" if tp is int else "a number"
+        # int(80.5) is 80 and int(True) is 1: neither is what the file meant.
+        if isinstance(value, bool) or (tp is int and isinstance(value, float)):
+            raise SettingsError(f"{key}: expected {what}, got {value!r}")
         try:
             number = tp(value)
         except (TypeError, ValueError):
-            raise SettingsError(f"{key}: expected a number, got {value!r}") from None
+            raise SettingsError(f"{key}: expected {what}, got {value!r}") from None
         if number < 0:
             raise SettingsError(f"{key}: must not be negative")
         return number
@@ -221,9 +234,14 @@ def _check(settings: Settings) -> None:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SettingsError(f"upstreams.{i}: expected an http(s) URL, got {url!r}")
     if not 0 <= settings.port <= 65535:
-        raise SettingsError("port: must be between 0 and 65535")
+        raise SettingsError("port: must be between 1 and 65535 (0: any free port)")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError("log_level: one of DEBUG, INFO, WARNING, ERROR")
+    if settings.log_format.lower() not in LOG_FORMATS:
+        raise SettingsError(f"log_format: one of {', '.join(LOG_FORMATS)}")
+    if settings.redis_url is not None and urlsplit(settings.redis_url).scheme not in \
+            _REDIS_SCHEMES:
+        raise SettingsError("redis_url: expected a redis://, rediss:// or unix:// URL")
     if settings.max_body_bytes < 1024:
         raise SettingsError("max_body_bytes: must be at least 1024")
     if settings.timeouts.idle_s <= 0 or settings.timeouts.ttfb_s <= 0:
@@ -257,12 +275,52 @@ def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+Where = Callable[[tuple[str, ...]], str | None]
+
+
+def _validated(data: Mapping[str, Any], where: Where) -> Settings:
+    """Settings from one layer (or the merged layers); an error is prefixed with where
+    its key was written (`file:line`, or the environment variable)."""
+    try:
+        settings: Settings = _build(Settings, data)
+        _check(settings)
+    except SettingsError as exc:
+        prefix = where(tuple(str(exc).split(":", 1)[0].split(".")))
+        if prefix is None:
+            raise
+        raise SettingsError(f"{prefix}: {exc}") from None
+    return settings
+
+
+def _deepest(table: Mapping[tuple[str, ...], str], key: tuple[str, ...]) -> str | None:
+    for n in range(len(key), 0, -1):
+        if key[:n] in table:
+            return table[key[:n]]
+    return None
+
+
+def _sets(layer: Mapping[str, Any], key: tuple[str, ...]) -> bool:
+    """Whether layer gives key its value (itself or a list or value above it)."""
+    node: Any = layer
+    for part in key:
+        if not isinstance(node, Mapping):
+            return True  # e.g. upstreams.0 inside a list the layer wrote
+        if part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def load_settings(
     config: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Build Settings from the config file, then env, then explicit overrides."""
+    """Build Settings from the config file, then env, then explicit overrides.
+
+    Each layer is validated on its own before they are merged, so a bad value in the file
+    stops start-up even where an environment variable or a flag overrides it.
+    """
     env = os.environ if env is None else env
     config = config or (Path(env["GATEWAY_CONFIG"]) if env.get("GATEWAY_CONFIG") else None)
     located: Located | None = None
@@ -276,21 +334,29 @@ def load_settings(
             raise SettingsError(f"{config}:1: expected a mapping of settings")
         data = dict(located.data or {})
     env_layer: dict[str, Any] = {}
+    env_names: dict[tuple[str, ...], str] = {}
     for name, setting in _ENV.items():
-        if env.get(name):
+        if env.get(name):  # set but empty is unset, as in most shells' ${VAR:-default}
             *sections, leaf = setting.split(".")
             target = env_layer
             for section in sections:
                 target = target.setdefault(section, {})
             target[leaf] = env[name]
-    data = _merge(_merge(data, env_layer), dict(overrides or {}))
-    try:
-        settings: Settings = _build(Settings, data)
-        _check(settings)
-    except SettingsError as exc:
-        key = tuple(str(exc).split(":", 1)[0].split("."))
-        where = located.where(key) if located is not None else None
-        if where is None:
-            raise
-        raise SettingsError(f"{where}: {exc}") from None
-    return settings
+            env_names[tuple(setting.split("."))] = name
+
+    def in_file(key: tuple[str, ...]) -> str | None:
+        return located.where(key) if located is not None else None
+
+    def in_env(key: tuple[str, ...]) -> str | None:
+        return _deepest(env_names, key)
+
+    flags = dict(overrides or {})
+
+    def anywhere(key: tuple[str, ...]) -> str | None:
+        if _sets(flags, key):
+            return None  # a flag: the message needs no place
+        return in_env(key) or in_file(key)
+
+    _validated(data, in_file)
+    _validated(env_layer, in_env)
+    return _validated(_merge(_merge(data, env_layer), flags), anywhere)

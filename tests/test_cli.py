@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import jwt
 import pytest
 
-from gateway.cli import main
+from gateway.cli import MAX_TTL_S, main
 from gateway.devkeys import PRIVATE
+from tests.conftest import ROOT
 
 
 def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -71,3 +73,120 @@ def test_token_mint_ttl(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert claims["exp"] - claims["iat"] == 1
     assert "not a whole number" in _usage_error(
         ["token", "mint", "--tier", "public", "--sub", "a", "--ttl", "1.5"], capsys)
+
+
+def _refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run an argv the command itself must refuse (exit 2); its one stderr line."""
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert not out and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("option", ["--sub", "--tier"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_token_mint_refuses_an_empty_claim(home: Path, option: str, value: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["token", "mint", "--tier", "public", "--sub", "a"]
+    argv[argv.index(option) + 1] = value
+    assert f"argument {option}: must not be empty" in _usage_error(argv, capsys)
+
+
+def test_token_mint_ttl_has_an_upper_bound(home: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    mint = ["token", "mint", "--tier", "public", "--sub", "a", "--ttl"]
+    assert main([*mint, str(MAX_TTL_S)]) == 0
+    claims = jwt.decode(capsys.readouterr().out.strip(), options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == MAX_TTL_S == 366 * 24 * 3600
+    line = _usage_error([*mint, "99999999999999999999"], capsys)
+    assert "argument --ttl: must be at most 31622400 seconds (366 days)" in line
+    with pytest.raises(SystemExit):
+        main(["token", "mint", "--help"])
+    assert "366 days" in capsys.readouterr().out
+
+
+def test_token_mint_refuses_an_unknown_scope(home: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    line = _refusal(["token", "mint", "--tier", "public", "--sub", "a", "--scope", "admin",
+                     "--scope", "superuser"], capsys)
+    assert line == ("gateway token mint: --scope 'superuser': not a scope the gateway knows "
+                    "(known: admin)")
+    assert main(["token", "mint", "--tier", "public", "--sub", "a", "--scope", "admin"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert jwt.decode(token, options={"verify_signature": False})["scope"] == "admin"
+
+
+def test_token_mint_warns_of_a_tier_the_policy_lacks(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    monkeypatch.setenv("GATEWAY_POLICIES", str(policies))
+    assert main(["token", "mint", "--tier", "nosuchtier", "--sub", "a"]) == 0
+    out, err = capsys.readouterr()
+    assert jwt.decode(out.strip(), options={"verify_signature": False})["tier"] == "nosuchtier"
+    assert err.startswith(f"gateway token mint: warning: the policy in {policies} has no tier "
+                          "'nosuchtier' (tiers: ")
+    assert "public" in err and err.endswith("; the gateway will refuse this token\n")
+    assert main(["token", "mint", "--tier", "public", "--sub", "a"]) == 0
+    assert not capsys.readouterr().err
+    (policies / "tiers.yaml").write_text("not: [valid\n")  # no policy, no opinion on tiers
+    assert main(["token", "mint", "--tier", "nosuchtier", "--sub", "a"]) == 0
+    assert not capsys.readouterr().err
+
+
+def test_token_mint_with_an_unusable_home_says_why(home: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    mint = ["token", "mint", "--tier", "public", "--sub", "a"]
+    (tmp_path / "file").write_text("x\n")
+    monkeypatch.setenv("GATEWAY_HOME", str(tmp_path / "file"))
+    assert _refusal(mint, capsys) == (
+        f"gateway token mint: GATEWAY_HOME {tmp_path}/file is not a directory")
+
+    monkeypatch.setenv("GATEWAY_HOME", str(home))
+    (home / "keys").mkdir(parents=True)
+    (home / "keys" / PRIVATE).write_text("garbage\n")  # a partial copy of a key set
+    assert _refusal(mint, capsys) == (
+        f"gateway token mint: {home}/keys holds no jwks.json: an incomplete development key "
+        "set; restore it, or move the directory away to create new keys")
+    assert [p.name for p in home.iterdir()] == ["keys"]  # nothing staged, nothing replaced
+    assert [p.name for p in (home / "keys").iterdir()] == [PRIVATE]
+
+    shutil.rmtree(home / "keys")
+    assert main(mint) == 0
+    (home / "keys" / PRIVATE).unlink()  # a home that only verifies
+    capsys.readouterr()
+    assert "signing-key.pem is missing: this GATEWAY_HOME verifies development tokens but " \
+        "cannot mint them" in _refusal(mint, capsys)
+
+
+def test_a_bad_setting_is_one_line_for_every_command(home: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("GATEWAY_PORT", "eighty")
+    assert _refusal(["token", "mint", "--tier", "public", "--sub", "a"], capsys) == (
+        "gateway: invalid configuration: GATEWAY_PORT: port: expected a whole number, "
+        "got 'eighty'")
+    monkeypatch.delenv("GATEWAY_PORT")
+    monkeypatch.setenv("GATEWAY_LOG_FORMAT", "xml")
+    assert _refusal(["sim", "--port", "1"], capsys) == (
+        "gateway: invalid configuration: GATEWAY_LOG_FORMAT: log_format: one of json, text")
+    monkeypatch.delenv("GATEWAY_LOG_FORMAT")
+    monkeypatch.setenv("GATEWAY_SECRET_WATERMARK", "short")
+    text = home.parent / "text.txt"
+    text.write_text("hello\n")
+    assert _refusal(["watermark", "detect", str(text)], capsys) == (
+        "gateway: invalid configuration: GATEWAY_SECRET_WATERMARK: must be at least 32 bytes, "
+        "not 5")
+
+
+def test_serve_checks_the_file_even_where_a_flag_overrides_it(
+        home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text('port: "abc"\n')
+    assert _refusal(["serve", "--config", str(config), "--port", "18103",
+                     "--upstream", "http://127.0.0.1:18101"], capsys) == (
+        f"gateway: invalid configuration: {config}:1: port: expected a whole number, "
+        "got 'abc'")

@@ -13,7 +13,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.devkeys import JWKS, PRIVATE, PUBLIC, ensure_dev_keys, generate_keys, mint_token
+from gateway.devkeys import (
+    JWKS,
+    PRIVATE,
+    PUBLIC,
+    DevKeyError,
+    ensure_dev_keys,
+    generate_keys,
+    mint_token,
+)
 from gateway.pipeline.auth.keys import jwk_key, thumbprint
 
 
@@ -94,5 +102,46 @@ def test_mint_token_custom_tier_claim(tmp_path: Path) -> None:
 def test_mint_without_the_private_key_says_so(tmp_path: Path) -> None:
     ensure_dev_keys(tmp_path)
     (tmp_path / "keys" / PRIVATE).unlink()
-    with pytest.raises(FileNotFoundError, match="cannot mint"):
+    with pytest.raises(DevKeyError, match="cannot mint"):
         mint_token(tmp_path, "public", "x")
+
+
+def test_mint_with_a_corrupt_private_key_names_it(tmp_path: Path) -> None:
+    ensure_dev_keys(tmp_path)
+    (tmp_path / "keys" / PRIVATE).write_text("garbage\n")
+    with pytest.raises(DevKeyError, match=f"^{tmp_path}/keys/{PRIVATE} is not an unencrypted "
+                                          "Ed25519 private key in PEM$"):
+        mint_token(tmp_path, "public", "x")
+
+
+@pytest.mark.parametrize("left", [(PRIVATE,), (PUBLIC,), (PRIVATE, PUBLIC)])
+def test_an_incomplete_key_set_is_reported_never_replaced(tmp_path: Path,
+                                                          left: tuple[str, ...]) -> None:
+    """A keys directory without its JWKS (a partial copy, a failed restore) may hold the
+    only copy of a signing key that deployments trust: it is never renamed over."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for name in left:
+        (keys / name).write_text(f"{name} as it was\n")
+    with pytest.raises(DevKeyError, match=f"^{keys} holds no {JWKS}: an incomplete"):
+        ensure_dev_keys(tmp_path)
+    assert sorted(p.name for p in keys.iterdir()) == sorted(left)
+    assert all((keys / name).read_text() == f"{name} as it was\n" for name in left)
+    assert [p.name for p in tmp_path.iterdir()] == ["keys"]  # no staging directory left
+
+
+def test_an_empty_keys_directory_gets_a_key_set(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    assert ensure_dev_keys(tmp_path) == tmp_path / "keys" / JWKS
+
+
+@pytest.mark.parametrize("where", ["home", "keys"])
+def test_a_file_where_a_directory_belongs_is_reported(tmp_path: Path, where: str) -> None:
+    home = tmp_path / "home"
+    if where == "keys":
+        home.mkdir()
+    (tmp_path / "home" / "keys" if where == "keys" else home).write_text("x\n")
+    expected = (f"GATEWAY_HOME {home} is not a directory" if where == "home"
+                else f"{home}/keys is not a directory")
+    with pytest.raises(DevKeyError, match=f"^{expected}"):
+        mint_token(home, "public", "x")

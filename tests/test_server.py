@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 
+from gateway.devkeys import PRIVATE
 from tests.conftest import Process, chat
 
 
@@ -130,3 +133,115 @@ def test_the_banner_offers_a_dev_token_only_while_dev_keys_are_trusted(tmp_path:
                                            "auth": {"jwks_file": str(jwks)}})
     banner = _banner(idp, "127.0.0.1", 8080)
     assert "token mint" not in banner and "identity provider" in banner
+
+
+def _serve(tmp_path: Path, config: str | None, env: dict[str, str],
+           *flags: str) -> subprocess.CompletedProcess[str]:
+    """`gateway serve` that must not start; GATEWAY_* from env only."""
+    args = [sys.executable, "-m", "gateway", "serve", "--port", "0", *flags]
+    if config is not None:
+        (tmp_path / "gateway.yaml").write_text(config)
+        args += ["--config", str(tmp_path / "gateway.yaml")]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**clean, "GATEWAY_HOME": str(tmp_path / "home"), **env})
+
+
+@pytest.mark.parametrize(
+    ("config", "env", "expected"),
+    [
+        ("auth: {jwks_file: /nonexistent.json}\n", {},
+         "invalid configuration: auth.jwks_file: /nonexistent.json: no such file"),
+        ("auth: {pem_files: [/nonexistent.pem]}\n", {},
+         "invalid configuration: auth.pem_files.0: /nonexistent.pem: FileNotFoundError"),
+        ("auth: {hs256_secret_env: QA_UNSET_SECRET}\n", {},
+         "invalid configuration: auth.hs256_secret_env: environment variable QA_UNSET_SECRET "
+         "must hold at least 32 bytes"),
+        ("policies: /nonexistent\n", {},
+         "invalid configuration: policies: /nonexistent: not a directory"),
+        (None, {"GATEWAY_POLICIES": "/nonexistent"},
+         "invalid configuration: policies: /nonexistent: not a directory"),
+        (None, {"GATEWAY_REDIS_URL": "notaurl"},
+         "invalid configuration: GATEWAY_REDIS_URL: redis_url: expected a redis://"),
+        (None, {"GATEWAY_SECRET_WATERMARK": "short"},
+         "invalid configuration: GATEWAY_SECRET_WATERMARK: must be at least 32 bytes, not 5"),
+        (None, {"GATEWAY_UPSTREAM": ","},
+         "invalid configuration: GATEWAY_UPSTREAM: upstreams: empty entry in ','"),
+        (None, {"GATEWAY_UPSTREAM": ", "},
+         "invalid configuration: GATEWAY_UPSTREAM: upstreams: empty entry in ', '"),
+        (None, {"GATEWAY_LOG_FORMAT": "xml"},
+         "invalid configuration: GATEWAY_LOG_FORMAT: log_format: one of json, text"),
+    ],
+)
+def test_unusable_settings_stop_start_up_in_one_line(
+        tmp_path: Path, config: str | None, env: dict[str, str], expected: str) -> None:
+    """Each once ended in a traceback (or, for GATEWAY_UPSTREAM, in the simulator)."""
+    flags = () if "GATEWAY_UPSTREAM" in env else ("--upstream", "http://127.0.0.1:9")
+    result = _serve(tmp_path, config, env, *flags)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"gateway: {expected}"), result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "gateway ready" not in result.stdout
+
+
+def test_a_broken_policy_stops_start_up_before_the_model_loads(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "tiers.yaml").write_text("tiers: [oops\n")
+    result = _serve(tmp_path, None, {"GATEWAY_POLICIES": str(policies)},
+                    "--upstream", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"gateway: invalid policy: {policies}/tiers.yaml:2:")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "home" / "audit.sqlite3").exists()  # nothing was opened yet
+
+
+@pytest.mark.parametrize("home_is", ["a file", "an incomplete key set"])
+def test_an_unusable_home_stops_start_up_and_is_left_alone(tmp_path: Path,
+                                                           home_is: str) -> None:
+    home = tmp_path / "home"
+    if home_is == "a file":
+        home.write_text("x\n")
+        expected = f"GATEWAY_HOME {home} is not a directory"
+    else:
+        (home / "keys").mkdir(parents=True)
+        (home / "keys" / PRIVATE).write_text("garbage\n")
+        expected = f"{home}/keys holds no jwks.json: an incomplete development key set"
+    result = _serve(tmp_path, None, {}, "--upstream", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"gateway: invalid configuration: {expected}")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    if home_is == "a file":
+        assert home.read_text() == "x\n"
+    else:
+        assert [p.name for p in home.iterdir()] == ["keys"]
+        assert [p.name for p in (home / "keys").iterdir()] == [PRIVATE]
+        assert (home / "keys" / PRIVATE).read_text() == "garbage\n"
+
+
+async def test_the_banner_hint_works_from_any_directory(
+        gateway_process: Callable[..., Process], tmp_path: Path) -> None:
+    """The token command and the sample model in the banner, as a user would paste them."""
+    gw = gateway_process()
+    assert gw.proc.stdout is not None
+    lines: list[str] = []
+    while not lines or "from openai import OpenAI" not in lines[-1]:
+        line = await asyncio.to_thread(gw.proc.stdout.readline)
+        assert line, "the banner was printed"
+        lines.append(line)
+    (hint,) = [line.strip() for line in lines if line.strip().startswith("export TOKEN=$(")]
+    (model,) = set(re.findall(r'"model": "([^"]+)"', "".join(lines)))
+    assert model == "sim-llama-3-8b-instruct"  # what the embedded simulator serves
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    shell = await asyncio.to_thread(
+        subprocess.run, ["bash", "-c", f'{hint} && printf %s "$TOKEN"'], cwd=elsewhere,
+        env=clean, capture_output=True, text=True, timeout=30)
+    assert shell.returncode == 0, shell.stderr
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {shell.stdout}"}) as \
+            http, http.post(gw.url + "/v1/chat/completions",
+                            json={"model": model, "messages": [{"role": "user",
+                                                                "content": "Hello!"}]}) as resp:
+        assert resp.status == 200, await resp.text()
+    assert not list(elsewhere.iterdir())  # the token came from the gateway's own home

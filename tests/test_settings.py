@@ -37,7 +37,13 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
     [
         ("port: 80\ntimeouts:\n  idel_s: 3\n", "g.yaml:3: timeouts.idel_s: unknown key"),
         ("prot: 80\n", "g.yaml:1: prot: unknown key"),
-        ("port: eighty\n", "g.yaml:1: port: expected a number"),
+        ("port: eighty\n", "g.yaml:1: port: expected a whole number"),
+        ("port: 80.5\n", "g.yaml:1: port: expected a whole number, got 80.5"),
+        ("port: true\n", "g.yaml:1: port: expected a whole number, got True"),
+        ("port: 65536\n", "g.yaml:1: port: must be between 1 and 65535"),
+        ("log_format: xml\n", "g.yaml:1: log_format: one of json, text"),
+        ("redis_url: localhost:6379\n", "g.yaml:1: redis_url: expected a redis://"),
+        ("upstreams: 'http://a:1,,http://b:1'\n", "g.yaml:1: upstreams: empty entry"),
         ("upstreams: [ftp://x]\n", "g.yaml:1: upstreams.0: expected an http(s) URL"),
         ("health:\n  failures_to_eject: 0\n", "health.failures_to_eject: must be at least 1"),
         ("health:\n  failed_probes_to_down: 0\n",
@@ -59,9 +65,79 @@ def test_bad_config_names_file_line_and_key(tmp_path: Path, text: str, expected:
     assert expected in str(info.value).replace(str(tmp_path) + "/", "")
 
 
-def test_bad_env_value_names_key_without_file() -> None:
-    with pytest.raises(SettingsError, match=r"^port: expected a number"):
+def test_bad_env_value_names_the_variable_and_key() -> None:
+    with pytest.raises(SettingsError, match=r"^GATEWAY_PORT: port: expected a whole number"):
         load_settings(env={"GATEWAY_PORT": "http"})
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "expected"),
+    [
+        ('port: "abc"\n', {"port": 9000}, "g.yaml:1: port: expected a whole number"),
+        ("port: 99999\n", {"port": 9000}, "g.yaml:1: port: must be between 1 and 65535"),
+        ("port: -1\n", {"port": 9000}, "g.yaml:1: port: must not be negative"),
+        ("port: true\n", {"port": 9000}, "g.yaml:1: port: expected a whole number"),
+        ('upstreams: "notaurl"\n', {"upstreams": ["http://a:8000"]},
+         "g.yaml:1: upstreams.0: expected an http(s) URL"),
+        ("timeouts:\n  idle_s: x\n", {"timeouts": {"idle_s": 3}},
+         "g.yaml:2: timeouts.idle_s: expected a number"),
+    ],
+)
+def test_a_bad_file_value_stops_start_up_even_when_a_flag_overrides_it(
+        tmp_path: Path, text: str, flags: dict[str, object], expected: str) -> None:
+    config = tmp_path / "g.yaml"
+    config.write_text(text)
+    with pytest.raises(SettingsError) as info:
+        load_settings(config, env={}, overrides=flags)
+    assert str(info.value).replace(str(tmp_path) + "/", "").startswith(expected)
+
+
+def test_a_bad_env_value_stops_start_up_even_when_a_flag_overrides_it() -> None:
+    with pytest.raises(SettingsError, match=r"^GATEWAY_PORT: port: expected a whole number"):
+        load_settings(env={"GATEWAY_PORT": "abc"}, overrides={"port": 9000})
+    assert load_settings(env={"GATEWAY_PORT": "9001"}, overrides={"port": 9000}).port == 9000
+
+
+def test_a_bad_flag_value_names_only_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "g.yaml"
+    config.write_text("port: 9000\n")
+    with pytest.raises(SettingsError, match=r"^port: must be between 1 and 65535"):
+        load_settings(config, env={"GATEWAY_PORT": "9001"}, overrides={"port": 70000})
+
+
+@pytest.mark.parametrize("value", [",", ", ", " , ,", "http://a:8000,,http://b:8000",
+                                   "http://a:8000,"])
+def test_an_upstream_variable_with_an_empty_entry_is_refused(value: str) -> None:
+    """Not the embedded simulator: a template that expanded to nothing must not look
+    like a healthy gateway serving simulated text."""
+    with pytest.raises(SettingsError, match=r"^GATEWAY_UPSTREAM: upstreams: empty entry"):
+        load_settings(env={"GATEWAY_UPSTREAM": value})
+
+
+def test_an_unset_or_empty_upstream_variable_means_the_embedded_simulator() -> None:
+    assert load_settings(env={}).embedded_sim
+    assert load_settings(env={"GATEWAY_UPSTREAM": ""}).embedded_sim
+
+
+def test_log_format_from_the_environment_and_validated() -> None:
+    assert load_settings(env={}).log_format == "json"
+    assert load_settings(env={"GATEWAY_LOG_FORMAT": "text"}).log_format == "text"
+    with pytest.raises(SettingsError, match=r"^GATEWAY_LOG_FORMAT: log_format: one of json, "
+                                            r"text$"):
+        load_settings(env={"GATEWAY_LOG_FORMAT": "xml"})
+
+
+@pytest.mark.parametrize("url", ["redis://cache:6379/0", "rediss://u@cache:6380",
+                                 "unix:///run/redis.sock"])
+def test_redis_url_accepts_what_the_client_accepts(url: str) -> None:
+    assert load_settings(env={"GATEWAY_REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://cache:6379", "cache:6379"])
+def test_redis_url_is_validated_at_load(url: str) -> None:
+    with pytest.raises(SettingsError, match=r"^GATEWAY_REDIS_URL: redis_url: expected a "
+                                            r"redis://, rediss:// or unix:// URL"):
+        load_settings(env={"GATEWAY_REDIS_URL": url})
 
 
 def test_audit_url_from_the_environment_and_validated() -> None:
