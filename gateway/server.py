@@ -119,7 +119,9 @@ async def serve(settings: Settings) -> int:
         settings = dataclasses.replace(settings, upstreams=(url,))
     app = create_app(settings)
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=1.0)
+                           shutdown_timeout=1.0,
+                           header_timeout_s=settings.timeouts.client_header_s,
+                           keepalive_timeout=settings.timeouts.client_idle_s)
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, backlog=2048)

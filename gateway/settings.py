@@ -42,6 +42,10 @@ class TimeoutSettings:
     # Longest a client may take to send its request body: a slow-loris upload holds a
     # connection and a task otherwise.
     client_body_s: float = 30.0
+    # Longest a connection may take to send a whole request head (from its first byte, or
+    # from opening), and how long a kept-alive connection may sit idle (protocol.py).
+    client_header_s: float = 10.0
+    client_idle_s: float = 75.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +250,8 @@ def _check(settings: Settings) -> None:
         raise SettingsError("max_body_bytes: must be at least 1024")
     if settings.timeouts.idle_s <= 0 or settings.timeouts.ttfb_s <= 0:
         raise SettingsError("timeouts: ttfb_s and idle_s must be positive")
+    if settings.timeouts.client_header_s <= 0 or settings.timeouts.client_idle_s <= 0:
+        raise SettingsError("timeouts: client_header_s and client_idle_s must be positive")
     if settings.health.failures_to_eject < 1:
         raise SettingsError("health.failures_to_eject: must be at least 1")
     if settings.health.failed_probes_to_down < 1:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from gateway.protocol import AcceptErrorThrottle, GatewayRunner
+from tests.conftest import Process
 
 HEAD_S = 0.5
 
@@ -112,3 +114,14 @@ def test_failed_accepts_are_reported_once_per_period(caplog: pytest.LogCaptureFi
     lines = [r for r in caplog.records if "cannot accept" in r.getMessage()]
     assert len(lines) == 1 and lines[0].exc_info is None
     assert throttle.suppressed == 999
+
+
+async def test_gateway_serve_applies_the_client_timeouts(
+        gateway_process: Callable[..., Process], tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("timeouts: {client_header_s: 0.5, client_idle_s: 1.0}\n")
+    gw = gateway_process("--config", str(config))
+    reader, writer = await _connect(gw.url.removeprefix("http://"))
+    writer.write(b"GET /healthz HTTP/1.1\r\n")  # and nothing more
+    assert await _closed_after(reader, time.monotonic()) < 3.0  # default: 10 s
+    writer.close()
