@@ -182,7 +182,9 @@ def _paths() -> dict[str, Any]:
             **_admin_op("Payloads and ledger matches in a suspect text", {
                 "type": "object", "required": ["payloads", "marks", "result", "attribution"],
                 "properties": {"payloads": {"type": "array"}, "marks": {"type": "integer"},
-                               "result": {"enum": ["payload", "ledger", "forged", "none"]},
+                               "result": {"enum": ["payload", "payload_unconfirmed",
+                                                   "ledger", "forged", "none"]},
+                               "reason": {"type": "string"},
                                "attribution": {"type": ["object", "null"]}}},
                 400, 408, 413, 415),
             "requestBody": {"required": True, "content": {"application/json": {

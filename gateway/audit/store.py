@@ -20,6 +20,7 @@ from typing import Protocol
 import orjson
 
 from gateway.audit.record import AuditRecord, ChainedRecord, seal_batch
+from gateway.private_files import create_private
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,7 @@ class SqliteStore:
             uri = path.resolve().as_uri() + "?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(path)  # who asked, and what was decided: owner-only
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +79,19 @@ def test_readonly_store_needs_an_existing_file(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "missing.sqlite3", readonly=True)
     with pytest.raises(ValueError, match="synchronous"):
         SqliteStore(tmp_path / "x.sqlite3", synchronous="off")
+
+
+def test_a_new_audit_log_and_its_wal_are_owner_only(tmp_path: Path) -> None:
+    """It was created 0644: anyone on the host could read who asked what."""
+    old = os.umask(0o022)
+    try:
+        store = SqliteStore(tmp_path / "home" / "audit.sqlite3")
+        store.append([make_record(1)])
+        files = sorted(p.name for p in (tmp_path / "home").iterdir())
+        assert files == ["audit.sqlite3", "audit.sqlite3-shm", "audit.sqlite3-wal"]
+        for name in files:
+            assert stat.S_IMODE((tmp_path / "home" / name).stat().st_mode) == 0o600, name
+        assert stat.S_IMODE((tmp_path / "home").stat().st_mode) == 0o700
+        store.close()
+    finally:
+        os.umask(old)

@@ -2,13 +2,15 @@
 
 Both read the watermark secret the server uses (GATEWAY_SECRET_WATERMARK, else
 <home>/secrets/watermark) and never create one; detect also opens the ledger
-(<home>/ledger.sqlite3) when it exists. Output is JSON on stdout.
+(<home>/ledger.sqlite3) when it exists. Output is JSON on stdout; errors are one line
+on stderr. Exit statuses are in each command's --help (VERIFY_EXIT, DETECT_EXIT).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,15 +21,33 @@ from gateway.audit.postgres import is_postgres_url
 
 SECRET_NAME = "watermark"
 LEDGER_FILE = "ledger.sqlite3"
+USAGE = 2
+NOT_CHECKED = 3  # verify: the signature is genuine, but the text could not be checked
+DETECT_EXIT = ("exit status: 0 the report was printed (whatever it found); 1 no watermark "
+               "secret; 2 the input or the ledger cannot be read, or a bad argument")
+VERIFY_EXIT = ("exit status: 0 valid (the signature, and the text if given); 1 not valid "
+               "(bad signature, or the text does not match the signed hash); 2 usage error "
+               f"(a bad argument, an unreadable --text-file); {NOT_CHECKED} the signature is "
+               "valid but the header has no content hash (a streamed response), so the "
+               "given text was not checked: the JSON says \"valid\": false, "
+               "\"signature\": \"valid\", \"content\": \"not_checked\"")
 
 
 def add_watermark_parsers(sub: Any) -> None:
     """Register `watermark detect` and `watermark verify` on the CLI's subparsers."""
     p = sub.add_parser("watermark", help="trace text back to the key that produced it")
     cmds = p.add_subparsers(dest="watermark_command", required=True)
-    detect = cmds.add_parser("detect", help="embedded payloads and ledger matches, as JSON")
-    detect.add_argument("file", nargs="?", default="-", help="text file, or - for stdin")
-    detect.add_argument("--limit", type=int, default=5, help="ledger matches to show")
+    detect = cmds.add_parser("detect", help="embedded payloads and ledger matches, as JSON",
+                             description="Report every payload in a text (who, when, which "
+                             "request; signature valid? backed by the ledger?) and the "
+                             "ledger's matches, as JSON. A payload attributes the text only "
+                             "when the ledger holds its request and the text matches that "
+                             "request's output (result \"payload_unconfirmed\" otherwise; "
+                             "without a ledger, \"corroborated\": false).",
+                             epilog=DETECT_EXIT)
+    detect.add_argument("file", nargs="?", default="-", help="UTF-8 text file, or - for stdin")
+    detect.add_argument("--limit", type=_positive, default=5,
+                        help="ledger matches to show (at least 1; default 5)")
     _common(detect)
     detect.add_argument("--ledger", help="ledger: a SQLite file or a postgresql:// URL "
                         f"(default GATEWAY_LEDGER_URL, else HOME/{LEDGER_FILE})")
@@ -39,7 +59,8 @@ def add_watermark_parsers(sub: Any) -> None:
         "choices (n>1) give each choice's text, in the order of the response's choices: "
         "the hash covers all of them. A choice with no text (only tool calls, or a "
         "blocked one) is --text ''. --text and --text-file may be mixed; their order on "
-        "the command line is the choices' order.")
+        "the command line is the choices' order. A streamed response's header has no "
+        "content hash: it verifies alone, but not with a text.", epilog=VERIFY_EXIT)
     verify.add_argument("--header", help="the header value (default: read from stdin)")
     verify.add_argument("--text", dest="texts", action="append", metavar="TEXT",
                         help="a choice's text exactly as delivered, marks included; "
@@ -64,6 +85,16 @@ class _UsageError(Exception):
     pass
 
 
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {value!r}")
+    return n
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", type=Path, help="GATEWAY_HOME (default: from the settings)")
 
@@ -86,10 +117,19 @@ def _secret(home: Path) -> bytes:
     return load_secret(home, SECRET_NAME)
 
 
-def _read(source: str | Path) -> str:
-    if str(source) == "-":
-        return sys.stdin.read()
-    return Path(source).read_text(encoding="utf-8")
+def _read(source: str) -> str:
+    """The UTF-8 text of a file or stdin (-); a _UsageError says why not, in one line."""
+    name = "stdin" if source == "-" else source
+    stdin = getattr(sys.stdin, "buffer", None) if source == "-" else None
+    try:
+        if source == "-" and stdin is None:
+            return sys.stdin.read()  # already text (a caller replaced sys.stdin)
+        raw = stdin.read() if stdin is not None else Path(source).read_bytes()
+        return raw.decode("utf-8")
+    except OSError as exc:
+        raise _UsageError(f"cannot read {name}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise _UsageError(f"{name} is not UTF-8 text") from None
 
 
 def _print(data: dict[str, Any]) -> None:
@@ -108,14 +148,24 @@ def _run_detect(args: argparse.Namespace) -> int:
 
     home = _home(args.home)
     secret = _secret(home)
-    text = _read(args.file)
+    try:
+        text = _read(args.file)
+    except _UsageError as exc:
+        print(f"gateway watermark detect: {exc}", file=sys.stderr)
+        return USAGE
     where = args.ledger or os.environ.get("GATEWAY_LEDGER_URL") or home / LEDGER_FILE
     if isinstance(where, str) and not is_postgres_url(where):
         where = Path(where)
     ledger = None
     if not args.no_ledger and (isinstance(where, str) or where.exists()):
         ledger = Ledger.at(where)
-        ledger.open()
+        try:
+            ledger.open()
+        except (sqlite3.Error, OSError) as exc:
+            ledger.store.close()
+            print(f"gateway watermark detect: cannot open the ledger {where}: {exc}",
+                  file=sys.stderr)
+            return USAGE
     try:
         _print(detect(text, secret, ledger, limit=args.limit))
     finally:
@@ -138,11 +188,15 @@ def _run_verify(args: argparse.Namespace) -> int:
     if value.lower().startswith("x-gateway-provenance:"):
         value = value.split(":", 1)[1].strip()
     result = verify_provenance(value, secret, texts)
-    if texts is not None and result.valid and "h" not in result.fields:
-        print("gateway watermark verify: the header has no content hash (a streamed "
-              "response); the text was not checked", file=sys.stderr)
     _print(result.as_json())
-    return 0 if result.valid else 1
+    if result.valid:
+        return 0
+    if result.signature == "valid" and result.content == "not_checked":
+        print("gateway watermark verify: the signature is valid, but the header has no "
+              "content hash (a streamed response): the text was not checked",
+              file=sys.stderr)
+        return NOT_CHECKED
+    return 1
 
 
 def _texts(items: list[str | _TextFile] | None, header_on_stdin: bool) -> list[str] | None:

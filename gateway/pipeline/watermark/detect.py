@@ -2,13 +2,31 @@
 
 `detect(text, secret, ledger)` returns a JSON-able report:
 
-    result       "payload" (a genuine mark), "ledger" (a fingerprint match), "forged"
-                 (marks whose signature fails, and no match), or "none"
-    attribution  {"key_id", "request_id", "source"} of the best evidence, or null
+    result       "payload" (a genuine mark, backed by the ledger or no ledger to ask),
+                 "payload_unconfirmed" (genuine marks, none backed by the ledger: see
+                 below), "ledger" (a fingerprint match), "forged" (marks whose signature
+                 fails, and no match), or "none"
+    reason       one sentence for a human: why this result
+    attribution  {"key_id", "request_id", "source", ...} of the best evidence, or null;
+                 from a payload it also says "corroborated" (true: the ledger holds the
+                 payload's request and the text matches that request's output)
     payloads     every distinct payload found: key id, request ref, time, policy ref,
-                 signature "valid" or "forged", and the ledger records it points to
+                 signature "valid" or "forged", the ledger records it points to, and for a
+                 valid one "corroborated" and "ledger_check" {"status", "similarity",
+                 "coverage"}, status "match", "mismatch", "too_short", "not_found" or
+                 "no_ledger"
     ledger       ranked matches (similarity = estimated Jaccard between a 24-shingle
                  window of the text and a stored chunk) with a decision each
+
+A payload is not bound to the text around it: its run of invisible characters can be cut
+from one answer and pasted into any text. So a payload only attributes the text when the
+ledger agrees: the ledger holds the request the payload names (same key), and the text
+matches that request's output (some window of it scores MATCH against the record's
+chunks; `coverage` is the share of windows that do, so a quote inside other text shows
+as such). When the ledger has no such request, or the text does not match it, the
+result is "payload_unconfirmed", the payload's key is not named in the attribution, and
+a ledger match to another record (if any) is the attribution instead. Without a ledger
+nothing can be checked: the result stays "payload" with "corroborated": false.
 
 Calibration of the ledger decision. The score is the share of 64 MinHash values two
 windows of ~25 words have in common. For text the gateway never produced, what two
@@ -26,11 +44,14 @@ as "possible" and never attribute. bench/watermark.py re-measures all of this.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from gateway.pipeline.watermark import fingerprint as fp
-from gateway.pipeline.watermark.ledger import MATCH, POSSIBLE, Ledger, Match
-from gateway.pipeline.watermark.payload import count_marks, extract_payloads, verify
+from gateway.pipeline.watermark.ledger import MATCH, POSSIBLE, Ledger, Match, Stored
+from gateway.pipeline.watermark.payload import Payload, count_marks, extract_payloads, verify
+
+_COPIED = "the payload could have been copied from other text"
 
 
 def decision(similarity: float) -> str:
@@ -44,26 +65,85 @@ def _match_json(m: Match) -> dict[str, Any]:
             "chunks_matched": m.chunks, "decision": decision(m.similarity)}
 
 
+def _check(ledger: Ledger | None, windows: Sequence[tuple[int, ...]], shingles: int,
+           records: list[Stored]) -> tuple[dict[str, Any], Stored | None]:
+    """The ledger's word on one valid payload, and the record that backs it (if any)."""
+    if ledger is None:
+        return {"status": "no_ledger", "similarity": None, "coverage": None}, None
+    best: tuple[float, float, Stored] | None = None
+    for record in records:
+        scores = ledger.compare(windows, record)
+        if scores is None:
+            continue  # the record's fingerprints are gone (retention)
+        top = max(scores, default=0.0)
+        coverage = sum(s >= MATCH for s in scores) / len(scores) if scores else 0.0
+        if best is None or (top, coverage) > best[:2]:
+            best = (top, coverage, record)
+    if best is None:
+        return {"status": "not_found", "similarity": None, "coverage": None}, None
+    top, coverage, record = best
+    check = {"status": "match", "similarity": round(top, 4), "coverage": round(coverage, 4),
+             "request_id": record.request_id}
+    if top >= MATCH:
+        return check, record
+    # A text shorter than a chunk can reach only shingles/chunk-size, even verbatim.
+    chunk = min(fp.CHUNK, max(1, record.words - 1))
+    check["status"] = "too_short" if shingles / chunk < MATCH else "mismatch"
+    return check, None
+
+
+def _describe(p: Payload, check: dict[str, Any]) -> str:
+    who = f"request {check.get('request_id') or p.request_ref} of key {p.key_id}"
+    status = check["status"]
+    if status == "not_found":
+        return (f"the ledger holds no request {p.request_ref} of key {p.key_id} (purged, "
+                f"kept out of the ledger, or {_COPIED})")
+    if status == "too_short":
+        return (f"the text is too short to check against {who} (similarity "
+                f"{check['similarity']}): {_COPIED}")
+    return (f"the text does not match the output of {who} (similarity "
+            f"{check['similarity']} < {MATCH}): {_COPIED}")
+
+
 def detect(text: str, secret: bytes, ledger: Ledger | None, limit: int = 5) -> dict[str, Any]:
     """Every payload in the text and the ledger's best matches, as JSON-able data."""
+    hashes = fp.word_hashes(text)
+    windows = fp.query_signatures(hashes) if ledger is not None else []
+    shingles = len(fp.shingles(hashes))
     payloads: list[dict[str, Any]] = []
     attribution: dict[str, Any] | None = None
     forged = False
+    unconfirmed: list[str] = []
     for p in extract_payloads(text):
         valid = verify(p, secret)
         entry = {**p.as_json(), "signature": "valid" if valid else "forged"}
         records = ledger.lookup(p.raw[9:17]) if valid and ledger is not None else []
-        entry["records"] = [r.as_json() for r in records if r.key_id == p.key_id]
-        payloads.append(entry)
+        records = [r for r in records if r.key_id == p.key_id]
+        entry["records"] = [r.as_json() for r in records]
         forged = forged or not valid
-        if valid and attribution is None:
-            rid = entry["records"][0]["request_id"] if entry["records"] else None
-            attribution = {"source": "payload", "key_id": p.key_id, "request_id": rid,
-                           "request_ref": p.request_ref}
+        entry["corroborated"] = False
+        if valid:
+            check, backing = _check(ledger, windows, shingles, records)
+            entry["ledger_check"] = check
+            entry["corroborated"] = backing is not None
+            if backing is None and ledger is not None:
+                unconfirmed.append(_describe(p, check))
+            elif attribution is None:
+                rid = backing.request_id if backing is not None else (
+                    records[0].request_id if records else None)
+                attribution = {"source": "payload", "key_id": p.key_id, "request_id": rid,
+                               "request_ref": p.request_ref,
+                               "corroborated": backing is not None}
+                if backing is not None:
+                    attribution.update(similarity=check["similarity"],
+                                       coverage=check["coverage"])
+        payloads.append(entry)
     report: dict[str, Any] = {"payloads": payloads, "marks": count_marks(text),
-                              "words": len(fp.words(text)), "ledger": None}
+                              "words": len(hashes), "ledger": None}
+    matches: list[Match] = []
     if ledger is not None:
-        matches = [m for m in ledger.match(text, limit) if m.similarity >= POSSIBLE]
+        matches = [m for m in ledger.match_signatures(windows, limit)
+                   if m.similarity >= POSSIBLE]
         report["ledger"] = {"matches": [_match_json(m) for m in matches],
                             "thresholds": {"match": MATCH, "possible": POSSIBLE}}
         if attribution is None and matches and matches[0].similarity >= MATCH:
@@ -71,9 +151,38 @@ def detect(text: str, secret: bytes, ledger: Ledger | None, limit: int = 5) -> d
             attribution = {"source": "ledger", "key_id": top.key_id,
                            "request_id": top.request_id,
                            "similarity": round(matches[0].similarity, 4)}
-    if attribution is not None:
-        report["result"] = attribution["source"]
-    else:
-        report["result"] = "forged" if forged else "none"
+    others = len({m.record.key_id for m in matches if m.similarity >= MATCH}
+                 - {attribution["key_id"] if attribution is not None else ""})
+    report["result"], report["reason"] = _result(attribution, forged, unconfirmed, others)
     report["attribution"] = attribution
     return report
+
+
+def _result(attribution: dict[str, Any] | None, forged: bool, unconfirmed: list[str],
+            others: int) -> tuple[str, str]:
+    source = attribution["source"] if attribution is not None else None
+    if source == "payload" and attribution is not None:
+        if not attribution["corroborated"]:
+            return "payload", (f"a genuine payload of key {attribution['key_id']}, not "
+                               f"checked against a ledger (none available): {_COPIED}")
+        reason = (f"a genuine payload of key {attribution['key_id']}, and the text matches "
+                  f"its request's output in the ledger")
+        if others:
+            reason += (f"; the ledger matches it to {others} other key(s) too (the same text "
+                       "was produced for them)")
+        if unconfirmed:
+            reason += "; another payload is not backed by the ledger: " + unconfirmed[0]
+        return "payload", reason
+    if unconfirmed:
+        reason = unconfirmed[0]
+        if attribution is not None:
+            reason += (f"; the ledger matches the text to request "
+                       f"{attribution['request_id']} of key {attribution['key_id']} "
+                       f"(similarity {attribution['similarity']})")
+        return "payload_unconfirmed", reason
+    if source == "ledger" and attribution is not None:
+        return "ledger", (f"no genuine payload; the ledger matches the text to request "
+                          f"{attribution['request_id']} of key {attribution['key_id']}")
+    if forged:
+        return "forged", "marks whose signature fails (not made with this secret), no match"
+    return "none", "no genuine payload and no ledger match"

@@ -1,18 +1,30 @@
 """PayloadFilter: embeds the signed mark in prose, redundantly, as the text streams past.
 
-Where a mark may go (an *anchor*): right after a U+0020 SPACE that follows a letter,
-digit or closing punctuation on the same line, or right after CJK sentence punctuation
+Where a mark may go (an *anchor*): right after a U+0020 SPACE that follows a letter
+or closing punctuation on the same line, or right after CJK sentence punctuation
 (U+3002 U+FF01 U+FF1F), and only when the next character starts a new grapheme (a
 letter, digit, punctuation or symbol, not a combining mark, ZWJ, selector or emoji modifier). Marks
 join the grapheme before them (they are Extend characters), so no grapheme, emoji ZWJ
 sequence, flag or combining sequence is ever split, and leading indentation, list
-markers, headings, table pipes and Markdown hard breaks are left alone.
+markers, headings, table pipes and Markdown hard breaks are left alone. A space with a
+digit on either side is no anchor, so "1 000 000", "2024 12 31", "12 March 2025" and
+"5 kg" stay whole for whatever parses them (only U+0020 is ever an anchor, so groups
+split by thin or no-break spaces are never marked either); nor is a space before a |
+(the end of a table cell, in a table written without leading pipes).
 
 Where a mark never goes: fenced code (``` or ~~~, at any indentation), indented code
-lines (4+ spaces or a tab), inline code spans, display math ($$, \\[ \\], \\( \\)), HTML
-tags and autolinks (<...>), Markdown link targets ](...), URLs, and anything between
-braces { } in prose (unfenced JSON). A whole response is left unmarked in JSON mode or
-under structured output (the filter factory decides that from the request).
+lines (4+ spaces or a tab), inline code spans, math ($$ $$, \\[ \\], \\( \\) and inline
+$ $), Markdown table rows (lines that start with |), HTML tags and autolinks (<...>),
+Markdown link targets ](...), URLs, and anything between braces { } in prose (unfenced
+JSON). A whole response is left unmarked in JSON mode or under structured output (the
+filter factory decides that from the request).
+
+Inline math follows Pandoc's rule: a $ followed by a non-space opens it, a $ after a
+non-space and not followed by a digit closes it, so "$5 and $10" holds no math. The
+filter cannot wait for the closing $ without holding text back, so after an opening $
+no mark goes until the closing $, a blank line, or INLINE_MATH_SPAN characters: a price
+costs the anchors that follow it on that stretch, and inline math longer than that
+(rare) is not protected.
 
 Density: the first anchor gets a mark (so short answers carry one), then the next
 sentence end at least MIN_GAP prose characters later, or any anchor once MAX_GAP have
@@ -34,6 +46,7 @@ from collections.abc import Callable
 
 MIN_GAP = 160
 MAX_GAP = 240
+INLINE_MATH_SPAN = 160  # characters after an opening $ that get no mark (see above)
 
 # Characters that never change the scanner's state except `prev` and the gap count.
 _PLAIN = re.compile("[^\\s`~<>\\[\\](){}$\\\\:/.@\u3002\uff01\uff1f]+")
@@ -58,11 +71,11 @@ def _starts_grapheme(c: str) -> bool:
 class Scanner:
     """Markdown-aware state: decides, character by character, where marks may go."""
 
-    __slots__ = ("_backslash", "_blank", "_brace", "_bt_open", "_bt_run", "_dollars",
-                 "_fence_char", "_fence_len", "_indent", "_lead", "_lead_char",
-                 "_lead_len", "_line_code", "_link", "_lt", "_math", "_pending",
-                 "_pending_sentence", "_prev", "_prev2", "_rbracket", "_recent", "_tag",
-                 "_url")
+    __slots__ = ("_backslash", "_blank", "_brace", "_bt_open", "_bt_run",
+                 "_dollar_after_space", "_dollars", "_fence_char", "_fence_len", "_indent",
+                 "_lead", "_lead_char", "_lead_len", "_line_code", "_link", "_lt", "_math",
+                 "_math_left", "_pending", "_pending_sentence", "_prev", "_prev2",
+                 "_rbracket", "_recent", "_tag", "_url")
 
     def __init__(self) -> None:
         self._prev = "\n"
@@ -79,7 +92,9 @@ class Scanner:
         self._bt_open = 0  # length of the backtick run that opened an inline code span
         self._bt_run = 0
         self._dollars = 0
-        self._math = ""
+        self._dollar_after_space = False  # the $ run being read follows whitespace
+        self._math = ""  # "$$", "\\(", "\\[", or "$": inline, until closed or given up
+        self._math_left = 0  # characters an inline "$" span may still run
         self._backslash = False
         self._lt = False
         self._tag = False
@@ -104,7 +119,8 @@ class Scanner:
             last = prompt.rsplit("\n", 1)[-1]
             indent = len(last) - len(last.lstrip(" \t"))
             self._lead = False
-            self._line_code = bool(self._fence_char) or indent >= 4 or "\t" in last[:indent]
+            self._line_code = (bool(self._fence_char) or indent >= 4 or "\t" in last[:indent]
+                               or last[indent:].startswith("|"))
             self._blank = False
             self._prev = prompt[-1]
             self._prev2 = prompt[-2] if len(prompt) > 1 else "\n"
@@ -178,16 +194,21 @@ class Scanner:
     def plain(self, run: str) -> None:
         if self._fence_char.startswith("-"):
             self._fence_char = self._fence_char[1:]  # text after it: not a closing fence
+        if self._math == "$":
+            self._math_left -= len(run)
         self._prev2 = run[-2] if len(run) > 1 else self._prev
         self._prev = run[-1]
         self._recent = (self._recent + run)[-4:]
         self._blank = False
 
     def take_pending(self, c: str) -> tuple[bool, bool]:
-        """(anchor accepted before c, it was a sentence end); clears the pending flag."""
+        """(anchor accepted before c, it was a sentence end); clears the pending flag.
+        Never before a digit (a number group, a date) or a | (the end of a table cell)."""
         if not self._pending:
             return False, False
         self._pending = False
+        if c == "|" or c.isdigit():
+            return False, False
         return _starts_grapheme(c), self._pending_sentence
 
     def step(self, c: str) -> None:
@@ -209,6 +230,8 @@ class Scanner:
                 if c in "`~":
                     self._lead_char, self._lead_len = c, 1
                     return
+                if c == "|":
+                    self._line_code = True  # a table row: a mark would join a cell's text
             else:
                 self._line_code = True  # indented code (or deep list content): left alone
         if self._lead_char:
@@ -248,16 +271,27 @@ class Scanner:
         elif run == self._bt_open:
             self._bt_open = 0
 
-    def _close_dollars(self) -> None:
-        if self._dollars >= 2 and self._math in ("", "$$"):
-            self._math = "" if self._math else "$$"
-        self._dollars = 0
+    def _close_dollars(self, after: str) -> None:
+        """A run of $ ended with the character `after`."""
+        run, self._dollars = self._dollars, 0
+        if run >= 2:
+            if self._math == "$":
+                self._math = ""
+            if self._math in ("", "$$"):
+                self._math = "" if self._math else "$$"
+        elif self._math == "$":
+            if not self._dollar_after_space and not after.isdigit():
+                self._math = ""  # the closing $
+            elif not after.isspace():
+                self._math_left = INLINE_MATH_SPAN  # "$5 and $x": this $ may open it
+        elif not self._math and not after.isspace():
+            self._math, self._math_left = "$", INLINE_MATH_SPAN
 
     def _inline(self, c: str) -> None:
         if self._bt_run and c != "`":
             self._close_bt_run()
         if self._dollars and c != "$":
-            self._close_dollars()
+            self._close_dollars(c)
         if self._lt:
             self._lt = False
             if c.isascii() and (c.isalpha() or c in "/!?"):
@@ -276,6 +310,12 @@ class Scanner:
             return
         if self._bt_open:
             return
+        if self._math == "$":
+            self._math_left -= 1
+            # No closing $ in sight: a price, not math. Given up only where an anchor can
+            # follow (characters the fast paths never consume), so chunking cannot matter.
+            if self._math_left < 0 and (c.isspace() or c in _CJK_STOPS):
+                self._math = ""
         if c in " \t\r":
             self._url = False
             self._recent = ""
@@ -285,6 +325,8 @@ class Scanner:
             return
         self._recent = (self._recent + c)[-4:]
         if c == "$":
+            if not self._dollars:
+                self._dollar_after_space = self._prev.isspace()
             self._dollars += 1
         elif c == "\\":
             self._backslash = True
@@ -296,7 +338,7 @@ class Scanner:
             self._rbracket = True
         elif self._link and c in "()":
             self._link += 1 if c == "(" else -1
-        elif c == "{" and not self._math and not self._tag:
+        elif c == "{" and self._math in ("", "$") and not self._tag:
             self._brace += 1
         elif c == "}" and self._brace:
             self._brace -= 1
@@ -318,7 +360,7 @@ class Scanner:
 
     def _anchor_after_space(self) -> bool:
         prev = self._prev
-        return prev.isalnum() or prev in _CLOSERS
+        return (prev.isalnum() and not prev.isdigit()) or prev in _CLOSERS
 
     def _sentence_end(self) -> bool:
         prev = self._prev
@@ -330,7 +372,7 @@ class Scanner:
         if self._bt_run:
             self._close_bt_run()
         if self._dollars:
-            self._close_dollars()
+            self._close_dollars("\n")
         if self._fence_char.startswith("-"):
             self._fence_char, self._fence_len = "", 0  # the closing fence line ended
         if self._blank:

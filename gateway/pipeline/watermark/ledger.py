@@ -6,7 +6,8 @@ batches (sqlite3 blocks), runs retention every `retention_interval_s`, and `clos
 flushes what is queued. `match(text)` is synchronous and thread-safe: call it through
 `asyncio.to_thread` from the event loop.
 
-Storage is behind `LedgerStore`. `SqliteStore` (GATEWAY_HOME/ledger.sqlite3, WAL):
+Storage is behind `LedgerStore`. `SqliteStore` (GATEWAY_HOME/ledger.sqlite3, WAL; a new
+file and its -wal/-shm are created 0600, owner only):
 
     records     id, request_id, request_ref (8-byte ref as in the payload, indexed),
                 key_id, tier, model, created (indexed), policy_version, words, chunks,
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from gateway.pipeline.watermark import fingerprint as fp
 from gateway.pipeline.watermark.payload import request_ref
+from gateway.private_files import create_private
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -241,7 +243,7 @@ class SqliteStore:
         return self._conns.get()
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_private(self.path)
         conn = self._conn()
         conn.executescript(_SCHEMA)
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('fingerprint', ?)", (fp.SCHEME,))
@@ -367,6 +369,34 @@ class SqliteStore:
 
     def close(self) -> None:
         self._conns.close()
+
+
+def chunks_of(words: int) -> int:
+    """How many chunks a record of this many words was stored as."""
+    return len(fp.chunk_spans(words - 1 if words >= fp.SHINGLE else words))
+
+
+_EXHAUSTIVE = 16_384  # window x chunk pairs scored one by one (about 30 ms); past that,
+# only pairs sharing a band of the stored 16-bit values (as LSH would, in memory)
+
+
+def window_scores(windows: Sequence[array[int]], chunks: Sequence[array[int]]) -> list[float]:
+    """Each (truncated) window's best similarity to any of the chunks."""
+    if len(windows) * len(chunks) <= _EXHAUSTIVE:
+        return [max(fp.similarity(w, c) for c in chunks) for w in windows]
+    index: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+    for i, c in enumerate(chunks):
+        for key in _bands16(c):
+            index[key].append(i)
+    scores = []
+    for w in windows:
+        near = {i for key in _bands16(w) for i in index.get(key, ())}
+        scores.append(max((fp.similarity(w, chunks[i]) for i in near), default=0.0))
+    return scores
+
+
+def _bands16(sig: array[int]) -> list[tuple[int, int, int]]:
+    return [(b, sig[b * fp.ROWS], sig[b * fp.ROWS + 1]) for b in range(fp.BANDS)]
 
 
 _STOP = object()
@@ -525,6 +555,19 @@ class Ledger:
     def lookup(self, ref: bytes) -> list[Stored]:
         """Records whose request id has this 8-byte ref (a payload's request_ref)."""
         return self.store.by_request_ref(ref)
+
+    def compare(self, windows: Sequence[tuple[int, ...]], record: Stored
+                ) -> list[float] | None:
+        """Each query window's best similarity to any chunk of one record (blocking), or
+        None when the record's fingerprints are gone. Unlike `match`, every chunk is
+        scored, not only LSH candidates: this checks a claim about one record."""
+        n = chunks_of(record.words)
+        stored = self.store.signatures(range(record.id * CHUNK_SPACE,
+                                             record.id * CHUNK_SPACE + n))
+        if not stored or not windows:
+            return None if not stored else []
+        return window_scores([fp.truncate(w) for w in windows],
+                             [fp.unpack(blob) for blob in stored.values()])
 
     def match(self, text: str, limit: int = 5) -> list[Match]:
         """Records whose fingerprints resemble the text, best first (blocking)."""

@@ -54,12 +54,24 @@ def sign_provenance(secret: bytes, request_id: str, kid: str, issued_at: float,
 
 @dataclass(frozen=True, slots=True)
 class Provenance:
+    """A verification. `valid` only when the signature is genuine and, if texts were
+    given, they were checked against the signed hash and match: a header without a hash
+    (a streamed response) says nothing about a text, so it is not valid *for* one.
+
+    signature  "valid" or "invalid"
+    content    "match", "mismatch", "not_checked" (texts given, but the signature failed
+               or the header has no hash to check them against) or "not_given"
+    """
+
     valid: bool
     fields: dict[str, str]
     error: str | None = None
+    signature: str = "invalid"
+    content: str = "not_given"
 
     def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"valid": self.valid}
+        out: dict[str, Any] = {"valid": self.valid, "signature": self.signature,
+                               "content": self.content}
         names = {"rid": "request_id", "kid": "key_id", "t": "time", "h": "content_sha256",
                  "v": "version"}
         out.update({names[k]: v for k, v in self.fields.items() if k in names})
@@ -82,22 +94,33 @@ def parse_provenance(value: str) -> dict[str, str]:
 def verify_provenance(value: str, secret: bytes,
                       texts: Sequence[str] | None = None) -> Provenance:
     """Check a header value's signature (and, given the texts, the content hash)."""
+    unchecked = "not_given" if texts is None else "not_checked"
     try:
         fields = parse_provenance(value)
     except ValueError as exc:
-        return Provenance(False, {}, str(exc))
+        return Provenance(False, {}, str(exc), content=unchecked)
     sig = fields.pop("sig", "")
+    error = None
     if fields.get("v") != "1" or not {"rid", "kid", "t"} <= fields.keys():
-        return Provenance(False, fields, "not a version 1 provenance value")
-    unknown = fields.keys() - set(_FIELDS)
-    if unknown:
-        return Provenance(False, fields, f"unknown fields {sorted(unknown)}")
-    try:
-        base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
-    except (binascii.Error, ValueError):
-        return Provenance(False, fields, "malformed signature")
-    if not hmac.compare_digest(_tag(secret, fields), sig):
-        return Provenance(False, fields, "signature does not match")
-    if texts is not None and "h" in fields and content_hash(texts) != fields["h"]:
-        return Provenance(False, fields, "content does not match the signed hash")
-    return Provenance(True, fields)
+        error = "not a version 1 provenance value"
+    elif unknown := fields.keys() - set(_FIELDS):
+        error = f"unknown fields {sorted(unknown)}"
+    else:
+        try:
+            base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+        except (binascii.Error, ValueError):
+            error = "malformed signature"
+        else:
+            if not hmac.compare_digest(_tag(secret, fields), sig):
+                error = "signature does not match"
+    if error is not None:
+        return Provenance(False, fields, error, content=unchecked)
+    if texts is None:
+        return Provenance(True, fields, signature="valid")
+    if "h" not in fields:
+        return Provenance(False, fields, "the header has no content hash (a streamed "
+                          "response): the text was not checked", "valid", "not_checked")
+    if content_hash(texts) != fields["h"]:
+        return Provenance(False, fields, "content does not match the signed hash", "valid",
+                          "mismatch")
+    return Provenance(True, fields, signature="valid", content="match")

@@ -12,11 +12,11 @@ import pytest
 
 from gateway.cli import main
 from gateway.pipeline.watermark import fingerprint as fp
-from gateway.pipeline.watermark.cli import add_watermark_parsers
+from gateway.pipeline.watermark.cli import NOT_CHECKED, add_watermark_parsers
 from gateway.pipeline.watermark.ledger import Ledger, Record
 from gateway.pipeline.watermark.provenance import sign_provenance
 from tests.conftest import MODEL, Server
-from tests.pipeline.watermark.helpers import KID, PROSE, REQUEST_ID, SECRET, run_filter
+from tests.pipeline.watermark.helpers import KID, MARK, PROSE, REQUEST_ID, SECRET, run_filter
 
 
 def run(argv: list[str]) -> int:
@@ -52,7 +52,7 @@ def test_detect_reads_a_file_and_reports_json(home: Path,
 
 def test_detect_reads_stdin(home: Path, capsys: pytest.CaptureFixture[str],
                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sys.stdin", io.StringIO(PROSE[50:600]))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(PROSE[50:600].encode())))
     assert run(["watermark", "detect", "-", "--home", str(home)]) == 0
     assert orjson.loads(capsys.readouterr().out)["result"] == "ledger"
 
@@ -123,12 +123,80 @@ def test_verify_stdin_cannot_hold_header_and_text(home: Path,
     assert "pass --header" in capsys.readouterr().err
 
 
-def test_verify_says_when_the_header_has_no_content_hash(
+def test_verify_never_says_valid_for_a_text_a_streamed_header_cannot_check(
         home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # QA round 4b: a streamed response's header (no content hash) printed "valid": true
+    # and exited 0 beside any text at all.
     value = sign_provenance(SECRET, REQUEST_ID, KID, 1_700_000_000)  # a streamed response
     assert main(["watermark", "verify", "--home", str(home), "--header", value,
-                 "--text", "anything"]) == 0
-    assert "text was not checked" in capsys.readouterr().err
+                 "--text", "anything"]) == NOT_CHECKED == 3
+    out, err = capsys.readouterr()
+    result = orjson.loads(out)
+    assert result["valid"] is False and result["signature"] == "valid"
+    assert result["content"] == "not_checked" and "not checked" in result["error"]
+    assert "text was not checked" in err
+    # The header alone still verifies, and a bad signature is still 1, text or not.
+    assert main(["watermark", "verify", "--home", str(home), "--header", value]) == 0
+    assert orjson.loads(capsys.readouterr().out)["content"] == "not_given"
+    assert main(["watermark", "verify", "--home", str(home), "--header", value + "x",
+                 "--text", "anything"]) == 1
+    assert orjson.loads(capsys.readouterr().out)["signature"] == "invalid"
+
+
+def test_verify_help_documents_the_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["watermark", "verify", "--help"])
+    assert "3 the signature is valid but the header has no content hash" in " ".join(
+        capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("what", ["binary", "missing", "directory"])
+def test_detect_input_errors_are_one_line(home: Path, what: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # QA round 4b: each of these printed a traceback.
+    (home / "bin.dat").write_bytes(bytes(range(256)))
+    path = {"binary": home / "bin.dat", "missing": home / "nosuch.txt",
+            "directory": home / "secrets"}[what]
+    assert main(["watermark", "detect", str(path), "--home", str(home)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert str(path) in captured.err and "Traceback" not in captured.err
+
+
+def test_detect_refuses_binary_stdin(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xff\xfe\x00 bytes")))
+    assert main(["watermark", "detect", "-", "--home", str(home)]) == 2
+    assert "stdin is not UTF-8 text" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "two"])
+def test_detect_limit_must_be_positive(home: Path, limit: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # QA round 4b: --limit -1 was accepted and dropped the last match.
+    with pytest.raises(SystemExit) as exc:
+        main(["watermark", "detect", "-", "--limit", limit, "--home", str(home)])
+    assert exc.value.code == 2
+    assert "--limit: must be a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_detect_limit_one_shows_one_match(home: Path, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    (home / "leak.txt").write_text(PROSE, encoding="utf-8")
+    assert main(["watermark", "detect", str(home / "leak.txt"), "--limit", "1",
+                 "--home", str(home)]) == 0
+    assert len(orjson.loads(capsys.readouterr().out)["ledger"]["matches"]) == 1
+
+
+def test_detect_does_not_pin_a_copied_payload_on_its_key(
+        home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # MARK is the mark of KID's request REQUEST_ID, whose output (PROSE) is in the ledger.
+    (home / "made_up.txt").write_text("I wrote this letter myself " + MARK + "and I sign it.",
+                                      encoding="utf-8")
+    assert main(["watermark", "detect", str(home / "made_up.txt"), "--home", str(home)]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["result"] == "payload_unconfirmed" and report["attribution"] is None
+    assert report["payloads"][0]["ledger_check"]["status"] == "mismatch"
 
 
 async def test_verify_a_served_response_with_several_choices(

@@ -14,6 +14,7 @@ from gateway.pipeline.watermark.ledger import Ledger, Record
 from gateway.pipeline.watermark.payload import encode_mark, make_payload, strip_marks
 from tests.pipeline.watermark.helpers import (
     KID,
+    MARK,
     OTHER_SECRET,
     REQUEST_ID,
     SECRET,
@@ -44,6 +45,8 @@ def test_marked_excerpt_is_attributed_by_its_payload(ledger: Ledger) -> None:
     assert report["attribution"]["request_id"] == REQUEST_ID
     (payload,) = report["payloads"]
     assert payload["signature"] == "valid" and payload["records"][0]["tier"] == "public"
+    assert payload["corroborated"] is True and payload["ledger_check"]["status"] == "match"
+    assert report["attribution"]["corroborated"] is True
     assert report["ledger"]["matches"][0]["decision"] == "match"
     orjson.dumps(report)  # JSON-able
 
@@ -77,3 +80,90 @@ def test_without_a_ledger_only_payloads_count() -> None:
     assert detect(marked, SECRET, None)["result"] == "payload"
     report = detect(strip_marks(marked), SECRET, None)
     assert report["result"] == "none" and report["ledger"] is None
+
+
+# ------------------------------------------- a payload attributes only the text it came with
+# QA round 4b: a genuine mark cut from key A's answer and pasted into other text made
+# detect name key A. Now the ledger must hold the payload's request and the text must
+# match that request's output; otherwise the result says so and A is not named.
+
+def test_a_copied_payload_in_made_up_text_is_not_attributed(ledger: Ledger) -> None:
+    made_up = ("I, the holder of this key, wrote this threatening letter myself "
+               + MARK + "and I sign it.")
+    report = detect(made_up, SECRET, ledger)
+    assert report["result"] == "payload_unconfirmed" and report["attribution"] is None
+    (payload,) = report["payloads"]
+    assert payload["signature"] == "valid" and payload["key_id"] == KID
+    assert payload["corroborated"] is False
+    assert payload["ledger_check"]["status"] == "mismatch"
+    assert payload["ledger_check"]["request_id"] == REQUEST_ID
+    assert "does not match" in report["reason"] and "copied" in report["reason"]
+
+
+def test_a_payload_spliced_into_another_keys_output_names_the_ledger_match(
+        ledger: Ledger) -> None:
+    words = TEXTS[1].split(" ")
+    spliced = " ".join(words[:30]) + " " + MARK + " ".join(words[30:])
+    report = detect(spliced, SECRET, ledger)
+    assert report["result"] == "payload_unconfirmed"
+    assert report["attribution"] == {"source": "ledger", "key_id": f"{1:016x}",
+                                     "request_id": f"{1:032x}", "similarity": 1.0}
+    assert report["payloads"][0]["ledger_check"]["status"] == "mismatch"
+    assert f"of key {1:016x}" in report["reason"] and f"key {KID}" in report["reason"]
+
+
+def test_a_payload_whose_request_the_ledger_lacks_is_not_attributed(ledger: Ledger) -> None:
+    unknown = encode_mark(make_payload(SECRET, KID, "f" * 32, 1_750_000_000, "v1"))
+    words = TEXTS[0].split(" ")
+    report = detect(" ".join(words[:40]) + " " + unknown + " ".join(words[40:80]),
+                    SECRET, ledger)
+    assert report["result"] == "payload_unconfirmed"
+    assert report["payloads"][0]["ledger_check"]["status"] == "not_found"
+    assert report["payloads"][0]["records"] == []
+    assert "holds no request" in report["reason"]
+    # The ledger still knows whose words these are: its match is the attribution.
+    assert report["attribution"]["source"] == "ledger"
+    assert report["attribution"]["key_id"] == KID
+
+
+def test_a_quote_too_short_to_check_is_not_attributed(ledger: Ledger) -> None:
+    marked, _ = run_filter(TEXTS[0])
+    quote = " ".join(marked.split(" ")[:5])
+    report = detect(quote, SECRET, ledger)
+    assert report["payloads"][0]["signature"] == "valid"
+    assert report["result"] == "payload_unconfirmed" and report["attribution"] is None
+    assert report["payloads"][0]["ledger_check"]["status"] == "too_short"
+
+
+def test_a_genuine_excerpt_inside_other_text_is_attributed_with_its_coverage(
+        ledger: Ledger) -> None:
+    marked, _ = run_filter(TEXTS[0])
+    excerpt = " ".join(marked.split(" ")[:60])
+    report = detect(excerpt + " " + make_texts(1, seed=99, words=200)[0], SECRET, ledger)
+    assert report["result"] == "payload"
+    att = report["attribution"]
+    assert att["key_id"] == KID and att["corroborated"] is True and att["similarity"] == 1.0
+    assert 0.05 < att["coverage"] < 0.5  # only the quoted part is the key's output
+    whole = detect(marked, SECRET, ledger)["attribution"]
+    assert whole["coverage"] == 1.0
+
+
+def test_any_choice_of_the_payloads_request_corroborates(tmp_path: Path) -> None:
+    led = Ledger.sqlite(tmp_path / "ledger.sqlite3")
+    led.open()
+    led.write([Record(REQUEST_ID, KID, "public", "m", 1.75e9, "v1", tuple(fp.word_hashes(t)))
+               for t in TEXTS[:3]])  # n=3: one record per choice, one request id
+    marked, _ = run_filter(TEXTS[2])
+    report = detect(marked, SECRET, led)
+    led.store.close()
+    assert report["result"] == "payload" and report["attribution"]["corroborated"]
+    assert len(report["payloads"][0]["records"]) == 3
+
+
+def test_without_a_ledger_a_payload_says_it_is_uncorroborated() -> None:
+    made_up = "Made-up words around " + MARK + "a copied mark."
+    report = detect(made_up, SECRET, None)
+    assert report["result"] == "payload"
+    assert report["attribution"]["corroborated"] is False
+    assert report["payloads"][0]["ledger_check"]["status"] == "no_ledger"
+    assert "copied" in report["reason"]

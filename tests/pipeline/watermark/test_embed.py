@@ -26,7 +26,8 @@ TRICKY = ["👨‍👩‍👧‍👦", "👍🏽", "🇯🇵", "🏳️‍🌈",
           "مرحبا بالعالم", "שָׁלוֹם", "中文。测试\uff01", "葛\U000e0100", " \U0001f3fb", "\u200d",
           "a\u200db", "\ufe0f", "\r\n", "\t", "  ", "```", "`", "~~~", "<b>", "$$", "{", "}",
           "https://x.y/a", "www.example.com", "[a](b c)", "\\(", "\\[", "好。 Next", "end.\" Then",
-          "a@b", " x@y.z "]
+          "a@b", " x@y.z ", "$", "$5 ", " $x$ ", "1 000 ", "12 March 2025", "\n| a b | c |\n",
+          " | ", "\u00a0", "\u2009"]
 
 texts = st.lists(st.one_of(st.text(max_size=30), st.sampled_from(TRICKY),
                            st.sampled_from(PROSE.split(". "))), max_size=30).map("".join)
@@ -108,7 +109,8 @@ def markdown(draw: st.DrawFn) -> tuple[str, list[tuple[int, int]]]:
 
     for _ in range(draw(st.integers(1, 12))):
         kind = draw(st.sampled_from(["prose", "fence", "tilde", "inline", "url", "link",
-                                     "tag", "json", "indented", "math", "latex"]))
+                                     "tag", "json", "indented", "math", "latex",
+                                     "dollar", "table", "number"]))
         if kind == "prose":
             add(draw(PROSE_SEG) + " ", False)
         elif kind in ("fence", "tilde", "indented", "math"):
@@ -139,6 +141,18 @@ def markdown(draw: st.DrawFn) -> tuple[str, list[tuple[int, int]]]:
         elif kind == "json":
             add(f"{{\"key\": \"{draw(WORDS)} {draw(WORDS)}\", \"n\": [1, 2]}}", True)
             add(" ", False)
+        elif kind == "dollar":
+            add(f"${draw(WORDS)} + b = {draw(WORDS)} {draw(WORDS)}$", True)
+            add(" ", False)
+        elif kind == "table":
+            add("\n\n", False)
+            add(f"| {draw(WORDS)} {draw(WORDS)} | {draw(WORDS)} |\n|---|---|\n"
+                f"| {draw(WORDS)} {draw(WORDS)} | 1 000 |", True)
+            add("\n\n", False)
+        elif kind == "number":
+            add(draw(st.sampled_from(["1 000 000", "2024 12 31", "12 March 2025",
+                                      "3\u00a0141 592", "1\u2009000 000,50"])), True)
+            add(" ", False)
         else:
             add(f"\\( a + b = {draw(WORDS)} \\)", True)
             add(" ", False)
@@ -158,6 +172,14 @@ def test_marks_never_inside_code_urls_tags_json_or_math(
 
 
 @pytest.mark.parametrize(("text", "expected"), [
+    # QA round 4b: number groups, dates, inline math and table cells stay whole.
+    ("1 000 000 euros is the sum", [16]),
+    ("2024 12 31 is the date", [14]),
+    ("On 12 March 2025 we met", [20]),
+    ("$E = mc^2$ is famous", [14]),
+    ("Pay $5 and $10 now. Then go", [4]),
+    ("| Name | Age |\n|---|---|\n| Ann Lee | 31 |", []),
+    ("  | Name | Age |\n\nDone here now", [23]),
     ("```\ncode with many spaces in it and more and more words here\n```\n", []),
     ("    indented code line with spaces in it\n    and another line of it\n", []),
     ("Run `a b c d e f g` now", [4]),

@@ -16,7 +16,7 @@ from gateway.pipeline.watermark import fingerprint as fp
 from gateway.pipeline.watermark.http import detect_handler
 from gateway.pipeline.watermark.ledger import Ledger, Record
 from gateway.pipeline.watermark.runtime import WATERMARK, WatermarkRuntime
-from tests.pipeline.watermark.helpers import KID, PROSE, REQUEST_ID, SECRET, run_filter
+from tests.pipeline.watermark.helpers import KID, MARK, PROSE, REQUEST_ID, SECRET, run_filter
 
 PATH = "/admin/v1/watermark/detect"
 
@@ -73,3 +73,18 @@ async def test_a_body_that_is_not_json_by_its_type_is_refused(
             url, data=b'{"text": "hello"}', headers={"Content-Type": "text/plain"}) as resp:
         assert resp.status == 415
         assert (await resp.json())["error"]["code"] == "unsupported_media_type"
+
+
+async def test_a_copied_payload_is_reported_unconfirmed_over_http(
+        server: tuple[str, CollectorRegistry]) -> None:
+    url, registry = server
+    made_up = "Words the key never got " + MARK + "with a mark copied from its answer."
+    async with aiohttp.ClientSession() as http, http.post(url, json={"text": made_up}) as resp:
+        assert resp.status == 200
+        report = await resp.json()
+    assert report["result"] == "payload_unconfirmed" and report["attribution"] is None
+    assert report["payloads"][0]["key_id"] == KID
+    assert report["payloads"][0]["corroborated"] is False
+    assert "copied" in report["reason"]
+    assert registry.get_sample_value("gateway_watermark_detections_total",
+                                     {"result": "payload_unconfirmed"}) == 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -205,3 +207,52 @@ async def test_records_arriving_close_together_are_written_in_one_transaction(
     assert time.perf_counter() - started < 0.4 and store.batches == [5, 1]
     assert led.match(TEXTS[5])[0].record.key_id == f"{5:016x}"
     await led.close()
+
+
+def test_a_new_ledger_file_and_its_wal_are_owner_only(tmp_path: Path) -> None:
+    # QA round 4b: ledger.sqlite3 and its -wal/-shm were created 0644 (umask 022).
+    old = os.umask(0o022)
+    try:
+        led = Ledger.sqlite(tmp_path / "home" / "ledger.sqlite3")
+        led.open()
+        led.write([record(0, TEXTS[0])])
+        files = sorted(p.name for p in (tmp_path / "home").iterdir())
+        assert files == ["ledger.sqlite3", "ledger.sqlite3-shm", "ledger.sqlite3-wal"]
+        for name in files:
+            assert stat.S_IMODE((tmp_path / "home" / name).stat().st_mode) == 0o600, name
+        led.store.close()
+    finally:
+        os.umask(old)
+
+
+def test_an_existing_ledger_file_keeps_its_mode(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    sqlite3.connect(path).close()
+    path.chmod(0o640)  # the operator's choice (a backup group, say)
+    led = Ledger.sqlite(path)
+    led.open()
+    led.write([record(0, TEXTS[0])])
+    led.store.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_compare_scores_a_text_against_one_records_chunks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    long = make_texts(1, seed=5, words=2500)[0]  # ~100 chunks: past the exhaustive budget
+    led = Ledger.sqlite(tmp_path / "ledger.sqlite3")
+    led.open()
+    led.write([record(0, long), record(1, TEXTS[1])])
+    own, other = led.lookup(request_ref(rid(0))[0])[0], led.lookup(request_ref(rid(1))[0])[0]
+    windows = fp.query_signatures(fp.word_hashes(long))
+    banded = led.compare(windows, own)
+    monkeypatch.setattr("gateway.pipeline.watermark.ledger._EXHAUSTIVE", 1 << 30)
+    exhaustive = led.compare(windows, own)
+    assert banded is not None and exhaustive is not None
+    assert max(banded) == max(exhaustive) == 1.0
+    assert all(b <= e for b, e in zip(banded, exhaustive, strict=True))
+    assert sum(s >= MATCH for s in banded) >= 0.9 * len(windows)
+    stranger = led.compare(windows, other)
+    assert stranger is not None and max(stranger) < MATCH
+    led.purge(0, now=NOW + 10 * DAY_S)  # retention: the fingerprints are gone
+    assert led.compare(windows, own) is None
+    led.store.close()

@@ -41,3 +41,24 @@ def test_another_secret_fails_and_unsafe_request_ids_are_refused() -> None:
     assert not verify_provenance(value, OTHER_SECRET).valid
     with pytest.raises(ValueError):
         sign_provenance(SECRET, "a;b", KID, 1)
+
+
+def test_a_header_without_a_content_hash_is_not_valid_for_a_text() -> None:
+    streaming = sign_provenance(SECRET, REQUEST_ID, KID, 1)
+    result = verify_provenance(streaming, SECRET, ["any text at all"])
+    assert not result.valid and result.signature == "valid"
+    assert result.content == "not_checked" and "not checked" in (result.error or "")
+    assert result.as_json()["content"] == "not_checked"
+    alone = verify_provenance(streaming, SECRET)
+    assert alone.valid and (alone.signature, alone.content) == ("valid", "not_given")
+
+
+def test_the_json_says_what_was_checked() -> None:
+    value = sign_provenance(SECRET, REQUEST_ID, KID, 1, ["Hello."])
+    for texts, expected in ((["Hello."], (True, "valid", "match")),
+                            (["Hello!"], (False, "valid", "mismatch")),
+                            (None, (True, "valid", "not_given"))):
+        out = verify_provenance(value, SECRET, texts).as_json()
+        assert (out["valid"], out["signature"], out["content"]) == expected
+    bad = verify_provenance(value, OTHER_SECRET, ["Hello."]).as_json()
+    assert (bad["valid"], bad["signature"], bad["content"]) == (False, "invalid", "not_checked")
