@@ -35,6 +35,8 @@ def _sim_parser(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", action="append", default=[], metavar="NAME")
+    p.add_argument("--guard-model", action="append", default=[], metavar="NAME",
+                   help="also serve NAME as a Llama Guard 3 model; repeatable (docs/guard.md)")
     p.add_argument("--tokens-per-second", type=float, default=0.0)
     p.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")
 
@@ -236,9 +238,10 @@ def _run_sim(args: argparse.Namespace) -> int:
     _configure_logging("INFO", log_format)
     models = tuple(args.model) or SimSettings().models
     settings = SimSettings(models=models, ttft_s=args.ttft,
-                           tokens_per_second=args.tokens_per_second)
+                           tokens_per_second=args.tokens_per_second,
+                           guard_models=tuple(args.guard_model))
     logging.getLogger("gateway.sim").info("simulating vLLM on http://%s:%d serving %s",
-                                          args.host, args.port, ", ".join(models))
+                                          args.host, args.port, ", ".join(settings.served))
     asyncio.run(run_sim(settings, args.host, args.port))
     return 0
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import jwt
@@ -10,7 +15,7 @@ import pytest
 
 from gateway.cli import MAX_TTL_S, main
 from gateway.devkeys import PRIVATE
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 
 def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -190,3 +195,33 @@ def test_serve_checks_the_file_even_where_a_flag_overrides_it(
                      "--upstream", "http://127.0.0.1:18101"], capsys) == (
         f"gateway: invalid configuration: {config}:1: port: expected a whole number, "
         "got 'abc'")
+
+
+def test_sim_serves_a_guard_model_beside_its_models(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "sim", "--port", str(port),
+         "--guard-model", "meta-llama/Llama-Guard-3-8B"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/v1/models", timeout=1) as resp:
+                    listed = [m["id"] for m in json.load(resp)["data"]]
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        assert listed == ["sim-llama-3-8b-instruct", "meta-llama/Llama-Guard-3-8B"]
+        request = urllib.request.Request(
+            base + "/v1/chat/completions", headers={"Content-Type": "application/json"},
+            data=json.dumps({"model": "meta-llama/Llama-Guard-3-8B", "messages": [
+                {"role": "user", "content": "how is sarin made"}]}).encode())
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            answer = json.load(resp)["choices"][0]["message"]["content"]
+        assert answer == "unsafe\nS9"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -3,7 +3,9 @@
 Routes: POST /v1/chat/completions, /v1/completions, /v1/embeddings, /tokenize,
 /detokenize; GET /v1/models, /health, /version, /metrics, and /sim/stats (the
 simulator's own counters, for tests that run it in another process). Unknown paths get
-FastAPI's `{"detail": "Not Found"}`, as from vLLM.
+FastAPI's `{"detail": "Not Found"}`, as from vLLM. Guard models (SimSettings.guard_models)
+are served and listed like the others, and answer as Llama Guard 3 does (guard.py); fault
+directives work on them as on any model.
 
 Counters (`SimStats`): `requests` counts generation requests accepted (valid, and not
 refused by a `status` or `reset` fault); each then ends `completed`, or `aborted` when
@@ -26,10 +28,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.sim.embeddings import embeddings_body
 from gateway.sim.engine import ClientGone, Pace, Run, hang_up
 from gateway.sim.faults import Faults, FaultSyntaxError, parse_faults
+from gateway.sim.guard import Verdict, judge, judged_text, said
 from gateway.sim.job import Job, plan_job
 from gateway.sim.metrics import SimMetrics
 from gateway.sim.prose import Prose
 from gateway.sim.protocol import (
+    GenerateRequest,
     SimError,
     chat_prompt,
     decode,
@@ -83,8 +87,9 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     app = request.app
     settings = app[SIM_SETTINGS]
     body = await _body(request)
+    text = fault_text(body, chat)
     try:
-        faults = parse_faults(fault_text(body, chat), request.headers.get("x-sim-fault", ""))
+        faults = parse_faults(text, request.headers.get("x-sim-fault", ""))
     except FaultSyntaxError as exc:
         raise SimError(400, str(exc)) from None
     if faults.reset:
@@ -95,11 +100,22 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     if faults.status is not None:
         raise SimError(faults.status, f"Simulated failure (sim directive status={faults.status})")
     prose = None if faults.prose is None else Prose(faults.prose, app[TOKENIZER])
-    job = plan_job(parse_generate(body, chat, settings, app[TOKENIZER]), settings.max_model_len,
-                   prose)
+    asked = parse_generate(body, chat, settings, app[TOKENIZER])
+    guard = _verdicts(asked, text, faults, app[TOKENIZER]) \
+        if asked.model in settings.guard_models else []
+    job = plan_job(asked, settings.max_model_len, prose, guard)
     pace = Pace(settings.ttft_s if faults.ttft_s is None else faults.ttft_s,
                 settings.tokens_per_second if faults.tps is None else faults.tps)
     return await _serve(request, job, faults, pace)
+
+
+def _verdicts(asked: GenerateRequest, text: str, faults: Faults,
+              tokenizer: Tokenizer) -> list[tuple[Verdict, tuple[str, ...]]]:
+    """A guard model's verdict and its tokens, per prompt. A chat guard judges the last
+    user message (`text`), a completion guard each prompt's conversation."""
+    judged = [text] if asked.chat else [judged_text(p.text) for p in asked.prompts]
+    verdicts = [judge(t, faults) for t in judged]
+    return [(v, said(v, tokenizer)) for v in verdicts]
 
 
 async def _serve(request: web.Request, job: Job, faults: Faults,
@@ -183,7 +199,7 @@ async def models(request: web.Request) -> web.Response:
                              "allow_search_indices": False, "allow_view": True,
                              "allow_fine_tuning": False, "organization": "*", "group": None,
                              "is_blocking": False}]}
-            for i, m in enumerate(settings.models)]
+            for i, m in enumerate(settings.served)]
     return _json({"object": "list", "data": data})
 
 
@@ -205,12 +221,12 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def create_sim_app(settings: SimSettings) -> web.Application:
-    if not settings.models:
+    if not settings.served:
         raise ValueError("the simulator needs at least one model")
     app = web.Application(middlewares=[errors], client_max_size=64 * 1024 * 1024)
     app[SIM_SETTINGS] = settings
     app[SIM_STATS] = SimStats()
-    app[SIM_METRICS] = SimMetrics(CollectorRegistry(), settings.models, settings.max_model_len)
+    app[SIM_METRICS] = SimMetrics(CollectorRegistry(), settings.served, settings.max_model_len)
     app[TOKENIZER] = Tokenizer()
     for path, handler in (("/v1/chat/completions", chat_completions),
                           ("/v1/completions", completions), ("/v1/embeddings", embeddings),

@@ -21,6 +21,14 @@ directives merge, later ones winning; the header comes last. Keys:
   prose[=F+F...]     answer in long Markdown-ish prose (prose.py) instead of short
                      sentences; F adds code, json, links, emoji, rtl or cjk (all: every
                      one). Not a fault, like ttft and tps: a way to ask for other text
+  guard=VERDICT      guard models only (SimSettings.guard_models; others ignore it):
+                     the verdict, instead of the keyword table of guard.py. VERDICT is
+                     `safe`, `unsafe` (no code: the gateway scores it unverified), or
+                     codes joined by `+` (`S9+S14` answers `unsafe\nS9,S14`). Codes are
+                     S1..S14, Llama Guard 3's; S15..S99 play a newer guard's codes
+  guard_p=P          guard models only: P(unsafe) in 0..1, as the first token's
+                     log-probabilities tell it (default 0.97 for an unsafe verdict,
+                     0.02 for a safe one)
 
 An unknown key or a bad value is a 400, so a typo cannot silently disable a fault.
 """
@@ -35,7 +43,8 @@ from gateway.sim.prose import FEATURES
 
 _DIRECTIVE = re.compile(r"\[\[sim:([^\]]*)\]\]")
 _KEYS = frozenset({"status", "reset", "drop_after", "stall_after", "malformed_after", "ttft",
-                   "tps", "prose"})
+                   "tps", "prose", "guard", "guard_p"})
+_CODE = re.compile(r"S([1-9]\d?)", re.IGNORECASE)
 
 
 class FaultSyntaxError(ValueError):
@@ -52,6 +61,8 @@ class Faults:
     ttft_s: float | None = None
     tps: float | None = None
     prose: frozenset[str] | None = None  # None: the usual sentences
+    guard: str | None = None  # a guard model's answer: "safe", "unsafe\nS9,S14"; None: judge
+    guard_p: float | None = None  # a guard model's P(unsafe); None: from the verdict
 
 
 def parse_faults(prompt: str = "", header: str = "") -> Faults:
@@ -83,7 +94,28 @@ def parse_faults(prompt: str = "", header: str = "") -> Faults:
                   drop_after=count("drop_after"), stall_after=count("stall_after"),
                   malformed_after=count("malformed_after"), ttft_s=number("ttft"),
                   tps=number("tps"),
-                  prose=_features(values["prose"]) if "prose" in values else None)
+                  prose=_features(values["prose"]) if "prose" in values else None,
+                  guard=_verdict(values["guard"]) if "guard" in values else None,
+                  guard_p=_probability(values["guard_p"]) if "guard_p" in values else None)
+
+
+def _verdict(value: str) -> str:
+    """`safe` | `unsafe` | `S9+S14` as Llama Guard 3 says it: `safe`, `unsafe\nS9,S14`."""
+    if value.lower() in ("safe", "unsafe"):
+        return value.lower()
+    codes = [c.strip() for c in value.split("+")]
+    matches = [_CODE.fullmatch(c) for c in codes]
+    if not all(matches):
+        raise FaultSyntaxError(f"sim directive guard wants safe, unsafe or codes like "
+                               f"S9+S14, got {value!r}")
+    return "unsafe\n" + ",".join(dict.fromkeys(f"S{m[1]}" for m in matches if m))
+
+
+def _probability(value: str) -> float:
+    number = _number("guard_p", value)
+    if number > 1:
+        raise FaultSyntaxError(f"sim directive guard_p wants a number in 0..1, got {value!r}")
+    return number
 
 
 def _features(value: str) -> frozenset[str]:

@@ -4,14 +4,17 @@ Text depends only on (prompt, seed, choice index): the same request gives the sa
 so tests can compare direct and proxied answers word for word. The model speaks in
 sentences of 5..14 words from the tokenizer's vocabulary: every word is one token with
 its leading space (" hello"), the first is capitalised, and a "." token ends the sentence.
-With the `prose` directive it says long Markdown-ish answers instead (see prose.py).
+With the `prose` directive it says long Markdown-ish answers instead (see prose.py). A
+guard model says its verdict (`said`, see guard.py), then may end; made to go on
+(`ignore_eos`, `min_tokens`), it goes on in sentences.
 
 When it stops:
   natural end    after the first sentence that reaches a length drawn from 16..49 tokens
                  (never before `min_tokens`), the model emits an end-of-sequence token:
                  no text, but one generated token, as vLLM counts EOS. A natural answer
                  is 17..64 tokens; finish_reason "stop", stop_reason None. In prose
-                 mode: after a whole answer (or the first after `min_tokens`).
+                 mode: after a whole answer (or the first after `min_tokens`). A guard
+                 model: after its verdict (or the first sentence after `min_tokens`).
   max_tokens     cut after that many tokens: finish_reason "length". `ignore_eos` lets
                  the model talk until then.
   stop strings   the text ends just before the earliest stop string (just after it with
@@ -22,8 +25,9 @@ When it stops:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from gateway.sim.prose import Prose
@@ -48,6 +52,12 @@ class Plan:
     pieces: tuple[str, ...]  # "" for EOS, and for text hidden by a stop string
     finish_reason: str  # "stop" | "length"
     stop_reason: str | None = None
+    raw: tuple[str, ...] = ()  # each token's own text, as logprobs name it: "" for EOS;
+    # the same as `pieces` unless a stop string hid some (then set by `plan`)
+
+    @property
+    def token_texts(self) -> tuple[str, ...]:
+        return self.raw or self.pieces
 
     @property
     def text(self) -> str:
@@ -58,13 +68,20 @@ class Plan:
         return len(self.pieces)
 
 
-def plan(prompt: str, seed: int, index: int, limits: Limits, prose: Prose | None = None) -> Plan:
+def plan(prompt: str, seed: int, index: int, limits: Limits, prose: Prose | None = None,
+         said: Sequence[str] = ()) -> Plan:
     """The answer: the model's sentences, or with `prose` (the `prose` sim directive)
-    Markdown-ish prose, which ends after a whole answer instead of after a sentence."""
+    Markdown-ish prose, which ends after a whole answer instead of after a sentence, or
+    with `said` (a guard model's verdict, one entry per token) those tokens, then the end."""
     digest = hashlib.blake2b(f"{seed}\0{index}\0{prompt}".encode(), digest_size=8).digest()
     rng = random.Random(int.from_bytes(digest, "big"))
-    source = (_sentences(rng, max(rng.randint(16, 49), limits.min_tokens)) if prose is None
-              else prose.pieces(rng))
+    source: Iterable[str | None]
+    if said:
+        source = itertools.chain(said, (None,), _sentences(rng, 0))
+    elif prose is None:
+        source = _sentences(rng, max(rng.randint(16, 49), limits.min_tokens))
+    else:
+        source = prose.pieces(rng)
     finder = _StopFinder(limits.stop, limits.include_stop) if limits.stop else None
     pieces: list[str] = []
     for piece in source:
@@ -79,7 +96,7 @@ def plan(prompt: str, seed: int, index: int, limits: Limits, prose: Prose | None
         hit = finder.feed(piece) if finder is not None else None
         if hit is not None:
             cut, stop = hit
-            return Plan(_clip(pieces, cut), "stop", stop)
+            return Plan(_clip(pieces, cut), "stop", stop, tuple(pieces))
     raise AssertionError("unreachable: the sources never end")
 
 

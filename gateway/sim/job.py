@@ -5,18 +5,29 @@ job is only a matter of pacing. Shapes follow vLLM's OpenAI server: non-stream b
 carry every field vLLM serialises; stream events carry the fields vLLM sets, i.e. the
 role chunk `{"role": "assistant", "content": ""}`, one chunk per generated token, the
 last one with `finish_reason` and `stop_reason`, and the usage chunk with `choices: []`.
+
+Logprobs, where the model has them (guard models, guard.py) and the request asks
+(`logprobs: N` for completions, `logprobs: true, top_logprobs: N` for chat), take vLLM's
+shapes: completions `{"tokens", "token_logprobs", "top_logprobs": [{token: logprob}],
+"text_offset"}` with up to N+1 entries per dict (the sampled token first, then the top
+N), chat `{"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token",
+"logprob", "bytes"}]}]}` with N entries; in a stream, each chunk's for its own token.
+Other models answer `"logprobs": null`.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from gateway.sim.generate import Plan, plan
+from gateway.sim.guard import Top, Verdict, tops
 from gateway.sim.prose import Prose
 from gateway.sim.protocol import GenerateRequest
 
@@ -28,6 +39,23 @@ class Choice:
     index: int
     prompt_tokens: int
     plan: Plan
+    top: tuple[Top, ...] | None = None  # per token, when logprobs were asked and known
+    offset: tuple[int, ...] = ()  # per token, the length of the text before it
+
+    def logprobs(self, chat: bool, n: int, start: int = 0,
+                 stop: int | None = None) -> dict[str, Any] | None:
+        """vLLM's logprobs of tokens start..stop, with N alternatives; None if unknown."""
+        if self.top is None:
+            return None
+        tops = self.top[start:stop]
+        if chat:
+            return {"content": [{**_entry(*top[0]),
+                                 "top_logprobs": [_entry(*e) for e in _ranked(top, n)[:n]]}
+                                for top in tops]}
+        return {"text_offset": list(self.offset[start:stop]),
+                "token_logprobs": [top[0][1] for top in tops],
+                "tokens": [top[0][0] for top in tops],
+                "top_logprobs": [dict(_ranked(top, n)) for top in tops]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +90,12 @@ class Job:
                                     "refusal": None, "annotations": None, "audio": None,
                                     "function_call": None, "tool_calls": [],
                                     "reasoning_content": None},
-                        "logprobs": None, "finish_reason": c.plan.finish_reason,
+                        "logprobs": c.logprobs(True, self._top_n),
+                        "finish_reason": c.plan.finish_reason,
                         "stop_reason": c.plan.stop_reason} for c in self.choices]
         else:
-            choices = [{"index": c.index, "text": c.plan.text, "logprobs": None,
+            choices = [{"index": c.index, "text": c.plan.text,
+                        "logprobs": c.logprobs(False, self._top_n),
                         "finish_reason": c.plan.finish_reason,
                         "stop_reason": c.plan.stop_reason, "prompt_logprobs": None}
                        for c in self.choices]
@@ -88,12 +118,15 @@ class Job:
         p = choice.plan
         if self.request.chat:
             entry: dict[str, Any] = {"index": choice.index, "delta": {"content": p.pieces[step]},
-                                     "logprobs": None, "finish_reason": None}
+                                     "logprobs": choice.logprobs(True, self._top_n, step,
+                                                                 step + 1),
+                                     "finish_reason": None}
             if step == p.tokens - 1:
                 entry.update(finish_reason=p.finish_reason, stop_reason=p.stop_reason)
         else:
             last = step == p.tokens - 1
-            entry = {"index": choice.index, "text": p.pieces[step], "logprobs": None,
+            entry = {"index": choice.index, "text": p.pieces[step],
+                     "logprobs": choice.logprobs(False, self._top_n, step, step + 1),
                      "finish_reason": p.finish_reason if last else None,
                      "stop_reason": p.stop_reason if last else None}
         return self._event(entry, choice, step + 1)
@@ -102,6 +135,10 @@ class Job:
         event = self._head(self._chunk_object)
         event.update(choices=[], usage=self.usage())
         return b"data: " + orjson.dumps(event) + b"\n\n"
+
+    @property
+    def _top_n(self) -> int:
+        return self.request.logprobs or 0
 
     @property
     def _chunk_object(self) -> str:
@@ -124,14 +161,40 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
             "completion_tokens": completion}
 
 
-def plan_job(request: GenerateRequest, max_model_len: int, prose: Prose | None = None) -> Job:
+def plan_job(request: GenerateRequest, max_model_len: int, prose: Prose | None = None,
+             guard: Sequence[tuple[Verdict, tuple[str, ...]]] = ()) -> Job:
     """Every choice's answer. Choice i*n+j answers prompt i, as vLLM numbers them; its text
-    depends on the prompt, the seed and j only, not on the prompt's place in a batch."""
+    depends on the prompt, the seed and j only, not on the prompt's place in a batch.
+    A guard model's job has one (verdict, its tokens) per prompt (guard.py)."""
     n = request.n
-    choices = tuple(
-        Choice(i * n + j, prompt.tokens,
-               plan(prompt.text, request.seed, j, request.limits(prompt, max_model_len),
-                    prose))
-        for i, prompt in enumerate(request.prompts) for j in range(n))
+    choices = []
+    for i, prompt in enumerate(request.prompts):
+        verdict, said = guard[i] if guard else (None, ())
+        for j in range(n):
+            answer = plan(prompt.text, request.seed, j, request.limits(prompt, max_model_len),
+                          prose, said)
+            choices.append(_choice(i * n + j, prompt.tokens, answer,
+                                   verdict if request.logprobs is not None else None))
     prefix = "chatcmpl" if request.chat else "cmpl"
-    return Job(request, f"{prefix}-{uuid.uuid4().hex}", int(time.time()), choices)
+    return Job(request, f"{prefix}-{uuid.uuid4().hex}", int(time.time()), tuple(choices))
+
+
+def _choice(index: int, prompt_tokens: int, answer: Plan, verdict: Verdict | None) -> Choice:
+    if verdict is None:
+        return Choice(index, prompt_tokens, answer)
+    offsets = list(itertools.accumulate((len(p) for p in answer.pieces), initial=0))[:-1]
+    return Choice(index, prompt_tokens, answer, tops(verdict, answer.token_texts),
+                  tuple(offsets))
+
+
+def _entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+
+def _ranked(top: Top, n: int) -> list[tuple[str, float]]:
+    """The sampled token and the top n, once each, as vLLM's logprobs dict holds them:
+    n entries when the sampled token is among the top n, else n + 1."""
+    seen: dict[str, float] = {}
+    for token, logprob in top[:n + 1]:
+        seen.setdefault(token, logprob)
+    return list(seen.items())

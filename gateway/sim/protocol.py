@@ -3,8 +3,10 @@
 Defaults follow vLLM: a chat request without `max_tokens`/`max_completion_tokens` may
 use the rest of the context (`max_model_len - prompt_tokens`) and ends naturally; a
 completion request defaults to `max_tokens=16`. A request without `model` gets the first
-served model. Accepted and ignored: temperature, top_p, logprobs, and the other sampling
-knobs. Every refusal is a `SimError` whose body has vLLM's shape:
+served model. Logprobs are checked as vLLM checks them (completions `logprobs` 0..20;
+chat `logprobs` a boolean and `top_logprobs` 0..20, which needs `logprobs: true`) and
+answered by guard models only (job.py). Accepted and ignored: temperature, top_p, and
+the other sampling knobs. Every refusal is a `SimError` whose body has vLLM's shape:
 `{"error": {"message", "type", "param", "code"}}` with the integer status as code.
 """
 
@@ -23,6 +25,7 @@ from gateway.sim.settings import SimSettings
 from gateway.sim.tokenizer import Tokenizer, content_text, render_chat
 
 MAX_N = 128
+MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 COMPLETION_MAX_TOKENS = 16  # vLLM's default for /v1/completions
 
 
@@ -73,6 +76,7 @@ class GenerateRequest:
     stop: tuple[str, ...]
     include_stop: bool
     seed: int
+    logprobs: int | None = None  # top alternatives per token; None: no logprobs asked
 
     def limits(self, prompt: Prompt, max_model_len: int) -> Limits:
         room = max_model_len - prompt.tokens
@@ -94,8 +98,8 @@ def parse_json(raw: bytes) -> dict[str, Any]:
 def model_of(body: Mapping[str, Any], settings: SimSettings) -> str:
     model = body.get("model")
     if model is None or model == "":
-        return settings.models[0]
-    if not isinstance(model, str) or model not in settings.models:
+        return settings.served[0]
+    if not isinstance(model, str) or model not in settings.served:
         raise SimError(404, f"The model `{model}` does not exist.", "model")
     return model
 
@@ -143,7 +147,24 @@ def parse_generate(body: Mapping[str, Any], chat: bool, settings: SimSettings,
         max_tokens=max_tokens, min_tokens=min_tokens, ignore_eos=_bool(body, "ignore_eos"),
         stop=_stops(body.get("stop")),
         include_stop=_bool(body, "include_stop_str_in_output"),
-        seed=settings.seed if seed is None else seed)
+        seed=settings.seed if seed is None else seed, logprobs=_logprobs(body, chat))
+
+
+def _logprobs(body: Mapping[str, Any], chat: bool) -> int | None:
+    """How many top alternatives per token, or None when no logprobs are asked."""
+    key = "top_logprobs" if chat else "logprobs"
+    top = _int(body, key, None, 0)
+    if top is not None and top > MAX_LOGPROBS:
+        raise SimError(400, f"Requested sample logprobs of {top}, which is greater than max "
+                            f"allowed: {MAX_LOGPROBS}", key)
+    if not chat:
+        return top
+    if not _bool(body, "logprobs"):
+        if top:
+            raise SimError(400, "when using `top_logprobs`, `logprobs` must be set to true.",
+                           "top_logprobs")
+        return None
+    return top or 0
 
 
 def chat_prompt(body: Mapping[str, Any], tokenizer: Tokenizer) -> Prompt:

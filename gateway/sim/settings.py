@@ -8,10 +8,20 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class SimSettings:
     """What the simulator serves and how fast. A request's `seed` overrides `seed`; fault
-    directives override `ttft_s` and `tokens_per_second` per request."""
+    directives override `ttft_s` and `tokens_per_second` per request.
+
+    `guard_models` are served as Llama Guard 3 models (gateway.sim.guard): they answer
+    `safe` or `unsafe\\nS1,...` about the text they are asked to judge, with vLLM's
+    logprobs. A name in both tuples is a guard model."""
 
     models: tuple[str, ...] = ("sim-llama-3-8b-instruct",)
     ttft_s: float = 0.0  # delay before the first token
     tokens_per_second: float = 0.0  # 0: as fast as possible
     max_model_len: int = 8192
     seed: int = 0
+    guard_models: tuple[str, ...] = ()
+
+    @property
+    def served(self) -> tuple[str, ...]:
+        """Every model name served, in order, once each: `models`, then `guard_models`."""
+        return tuple(dict.fromkeys((*self.models, *self.guard_models)))

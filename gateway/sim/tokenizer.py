@@ -4,8 +4,9 @@ Text is split into pieces the way GPT-style tokenizers do (a word keeps its lead
 space, punctuation marks stand alone, runs of whitespace are pieces of their own), then:
 
 * a piece found in the vocabulary is one token. The vocabulary (ids below `CHUNK_BASE`)
-  holds the chat template's special markers, whitespace, ASCII punctuation and digits, and
-  every word of `WORDS` bare, with a leading space, and capitalised. The default generator
+  holds the chat template's special markers, whitespace, ASCII punctuation and digits,
+  every word of `WORDS` bare, with a leading space, and capitalised, and a guard model's
+  verdicts `safe` and `unsafe`. The default generator
   only emits vocabulary pieces, and prose mode spells its text with `pieces`, so either
   way a completion of N tokens tokenizes back to N tokens.
 * any other piece is spelt in UTF-8 byte chunks of up to three bytes, one token each
@@ -50,6 +51,10 @@ five using himself usually river
 """
 WORDS = tuple(_WORD_LIST.split())  # the model's words; each is one token
 
+# A guard model's verdicts (guard.py), one token each as in Llama 3's vocabulary, so the
+# first generated token is the verdict and its log-probabilities tell P(unsafe).
+GUARD_WORDS = ("safe", "unsafe")
+
 ROLES = ("system", "developer", "user", "assistant", "tool")
 SPECIALS = (*(f"<|{role}|>" for role in ROLES), "<|end|>")
 
@@ -67,6 +72,7 @@ def _vocabulary() -> list[str]:
         pieces += [symbol, " " + symbol]
     for word in WORDS:
         pieces += [word, " " + word, word.capitalize(), " " + word.capitalize()]
+    pieces += GUARD_WORDS  # last, so that the ids before them never change
     return list(dict.fromkeys(pieces))  # first occurrence keeps its id
 
 

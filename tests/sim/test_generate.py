@@ -111,3 +111,23 @@ def test_prose_obeys_max_tokens_ignore_eos_min_tokens_and_stop() -> None:
 def _rng(prompt: str, seed: int, index: int) -> random.Random:
     digest = hashlib.blake2b(f"{seed}\0{index}\0{prompt}".encode(), digest_size=8).digest()
     return random.Random(int.from_bytes(digest, "big"))
+
+
+def test_a_guard_says_its_verdict_then_ends() -> None:
+    said = ("unsafe", "\n", "S", "9")
+    answer = plan("p", 0, 0, FREE, said=said)
+    assert answer.pieces == (*said, EOS) and answer.finish_reason == "stop"
+    assert plan("p", 0, 0, Limits(max_tokens=2), said=said).pieces == said[:2]
+    # Made to go on, it goes on in sentences, and ends after one.
+    longer = plan("p", 0, 0, Limits(max_tokens=100, min_tokens=6), said=said)
+    assert longer.pieces[:4] == said and longer.pieces[-2:] == (".", EOS)
+    assert plan("p", 0, 0, Limits(max_tokens=9, ignore_eos=True), said=said).tokens == 9
+
+
+def test_raw_keeps_the_text_a_stop_string_hid() -> None:
+    answer = plan("p", 0, 0, Limits(max_tokens=100, stop=("\nS",)),
+                  said=("unsafe", "\n", "S", "9"))
+    assert answer.pieces == ("unsafe", "", "") and answer.stop_reason == "\nS"
+    assert answer.token_texts == ("unsafe", "\n", "S")
+    plain = plan("p", 0, 0, FREE)
+    assert plain.raw == () and plain.token_texts == plain.pieces

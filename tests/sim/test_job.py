@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from gateway.sim.guard import Verdict
 from gateway.sim.job import Job, plan_job
 from gateway.sim.protocol import parse_generate
 from gateway.sim.settings import SimSettings
@@ -89,3 +90,36 @@ def test_continuous_usage_counts_each_choices_tokens() -> None:
     usage = _event(job.token_event(second, 2))["usage"]
     assert usage == {"prompt_tokens": job.prompt_tokens,
                      "total_tokens": job.prompt_tokens + 3, "completion_tokens": 3}
+
+
+def _guard_job(chat: bool, **body: Any) -> Job:
+    base = {"messages": [{"role": "user", "content": "hi"}]} if chat else {"prompt": "hi"}
+    request = parse_generate({"model": MODEL, **base, **body}, chat, SETTINGS, Tokenizer())
+    verdict = Verdict("unsafe\nS9", 0.9)
+    return plan_job(request, SETTINGS.max_model_len,
+                    guard=[(verdict, ("unsafe", "\n", "S", "9"))])
+
+
+def test_guard_logprobs_only_when_asked() -> None:
+    assert _guard_job(True).body()["choices"][0]["logprobs"] is None
+    assert _guard_job(False).body()["choices"][0]["logprobs"] is None
+    chat = _guard_job(True, logprobs=True).body()["choices"][0]
+    assert chat["message"]["content"] == "unsafe\nS9"
+    assert [(e["token"], e["top_logprobs"]) for e in chat["logprobs"]["content"]][:1] == \
+        [("unsafe", [])]  # top_logprobs 0: none
+    completion = _guard_job(False, logprobs=0).body()["choices"][0]["logprobs"]
+    assert completion["tokens"] == ["unsafe", "\n", "S", "9", "<|end|>"]
+    assert [list(top) for top in completion["top_logprobs"]] == \
+        [[t] for t in completion["tokens"]]
+
+
+def test_guard_events_carry_their_tokens_logprobs() -> None:
+    job = _guard_job(False, logprobs=1, stream=True)
+    choice = job.choices[0]
+    events = [_event(job.token_event(choice, step)) for step in range(job.steps)]
+    assert [e["choices"][0]["logprobs"]["text_offset"] for e in events] == \
+        [[0], [6], [7], [8], [9]]
+    chat = _guard_job(True, logprobs=True, top_logprobs=2, stream=True)
+    first = _event(chat.token_event(chat.choices[0], 0))["choices"][0]["logprobs"]
+    assert [t["token"] for t in first["content"][0]["top_logprobs"]] == ["unsafe", "safe"]
+    assert _event(chat.role_event(chat.choices[0]))["choices"][0]["logprobs"] is None

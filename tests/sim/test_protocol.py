@@ -54,6 +54,13 @@ def _parse(body: dict[str, Any], chat: bool = True) -> GenerateRequest:
     ({"model": "m1", "prompt": [1.5]}, False, 400, "prompt"),
     ({"model": "m1", "prompt": [[-4]]}, False, 400, "tokens"),
     ({"model": "m1", "prompt": "x", "max_tokens": 100}, False, 400, "input_tokens"),
+    ({"model": "m1", "prompt": "x", "logprobs": 21}, False, 400, "logprobs"),
+    ({"model": "m1", "prompt": "x", "logprobs": -1}, False, 400, "logprobs"),
+    ({"model": "m1", "prompt": "x", "logprobs": True}, False, 400, "logprobs"),
+    (_chat(logprobs=1), True, 400, "logprobs"),
+    (_chat(top_logprobs=2), True, 400, "top_logprobs"),
+    (_chat(logprobs=True, top_logprobs=21), True, 400, "top_logprobs"),
+    ({"model": "g", "messages": USER}, True, 404, "model"),
 ])
 def test_refusals(body: dict[str, Any], chat: bool, status: int, param: str) -> None:
     with pytest.raises(SimError) as caught:
@@ -127,3 +134,25 @@ def test_body_must_be_a_json_object(raw: bytes) -> None:
     with pytest.raises(SimError) as caught:
         parse_json(raw)
     assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(("body", "chat", "logprobs"), [
+    ({"prompt": "x"}, False, None),
+    ({"prompt": "x", "logprobs": 0}, False, 0),
+    ({"prompt": "x", "logprobs": 20}, False, 20),
+    ({"messages": USER}, True, None),
+    ({"messages": USER, "logprobs": False, "top_logprobs": 0}, True, None),
+    ({"messages": USER, "logprobs": True}, True, 0),
+    ({"messages": USER, "logprobs": True, "top_logprobs": 5}, True, 5),
+])
+def test_logprobs_as_vllm_reads_them(body: dict[str, Any], chat: bool,
+                                     logprobs: int | None) -> None:
+    assert _parse({"model": "m1", **body}, chat).logprobs == logprobs
+
+
+def test_guard_models_are_served() -> None:
+    settings = SimSettings(models=("m1",), guard_models=("g",))
+    request = parse_generate({"model": "g", "messages": USER}, True, settings, Tokenizer())
+    assert request.model == "g"
+    alone = SimSettings(models=(), guard_models=("g",))
+    assert parse_generate({"messages": USER}, True, alone, Tokenizer()).model == "g"

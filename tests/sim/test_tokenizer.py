@@ -104,3 +104,12 @@ def test_chat_template() -> None:
                                                ([{"text": "a"}, "junk", {"text": 1}], "a")])
 def test_content_text(content: object, text: str) -> None:
     assert content_text(content) == text
+
+
+def test_guard_verdicts_are_one_token_each_after_the_rest() -> None:
+    tokenizer = Tokenizer()
+    safe, unsafe = tokenizer.encode("safe"), tokenizer.encode("unsafe")
+    assert len(safe) == len(unsafe) == 1
+    assert safe[0] > max(tokenizer.encode(" " + WORDS[-1].capitalize()))  # ids before: same
+    assert tokenizer.pieces("unsafe\nS9,S14") == ["unsafe", "\n", "S", "9", ",", "S", "1",
+                                                   "4"]
