@@ -83,7 +83,11 @@ def _run_explain(args: argparse.Namespace, load_policy: Any, policy_error: Any) 
     except policy_error as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    raw = sys.stdin.buffer.read() if str(args.body) == "-" else args.body.read_bytes()
+    try:
+        raw = sys.stdin.buffer.read() if str(args.body) == "-" else args.body.read_bytes()
+    except OSError as exc:
+        print(f"{args.body}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

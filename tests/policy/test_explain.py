@@ -63,3 +63,14 @@ def test_a_shape_error_stops_before_classification(
     assert report["decision"] != "allow" and report["error"]["param"] == "messages"
     assert [s["stage"] for s in report["stages"]] == ["shape"]
     assert "classification" not in report
+
+
+@pytest.mark.parametrize("where", ["missing.json", "."])
+def test_a_body_that_cannot_be_read_is_one_line(rules_only: Path, tmp_path: Path, where: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    body = tmp_path / where
+    assert main(["policy", "explain", "--tier", "public", "--body", str(body),
+                 "--policies", str(rules_only)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{body}: cannot read") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -63,7 +63,7 @@ class Outcome:
 
 def load_rows(path: Path) -> list[Row]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not JSON
     except (OSError, UnicodeDecodeError) as exc:
         raise EvalInputError(f"{path}:1: cannot read: {exc.__class__.__name__}") from None
     rows = []
@@ -215,8 +215,9 @@ def add_eval_parser(subparsers: Any) -> None:
     cmds = p.add_subparsers(dest="eval_command", required=True)
     c = cmds.add_parser("classify", help="precision/recall/F1 and false-positive rate of "
                                          "the classifier chain on a labelled JSONL file")
-    c.add_argument("file", type=Path, help='JSON lines: {"text", "label", "category"?, '
-                                           '"source"?}')
+    c.add_argument("file", type=Path, help='JSON lines: {"text", "label": "harmful" or '
+                                           '"benign", "category"? (any name: a row of the '
+                                           'confusion table), "source"?}')
     c.add_argument("--tier", default="public", help="tier whose actions decide (public)")
     c.add_argument("--json", action="store_true", help="one JSON object instead of text")
     c.add_argument("--policies", type=Path, help="policy directory (default GATEWAY_POLICIES "

@@ -129,3 +129,12 @@ def test_the_cascade_model_gets_its_whole_timeout_when_measuring_quality() -> No
     assert measured.contextual_timeout_s == serving.timeout_s
     assert measured.contextual_band == serving.contextual_band
     assert POLICY.classifiers.embedding.contextual_timeout_s == serving.contextual_timeout_s
+
+
+def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path, rules_only: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"text": "hello", "label": "benign"}\n')
+    assert run_eval(_parse(["eval", "classify", str(path), "--json", "--policies",
+                            str(rules_only)])) == 0
+    assert json.loads(capsys.readouterr().out)["benign"] == 1
