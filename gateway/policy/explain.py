@@ -87,7 +87,14 @@ async def explain_classified(policy: PolicySpec, tier: str,
         report = await explain(policy, tier, body, (stage,))
     finally:
         await runtime.close()
+    report["final"] = True
     if "classification" in report:
         report["classification"]["not_run"] = ["guard"] if guard.enabled else []
         report["classification"]["unavailable"] = list(chain.unavailable)
+        # The guard runs only in the server (it needs its upstream): it can still refuse
+        # what this allows or flags, never undo a block.
+        if guard.enabled and report["classification"]["action"] != "block":
+            report["final"] = False
+            report["note"] = ("the guard classifier was not run: the server may still "
+                              "refuse or flag this request")
     return report
