@@ -28,6 +28,9 @@ class AuthSettings:
     tier_claim: str = "tier"
     org_claim: str = "org"
     leeway_s: float = 30.0  # clock skew allowed on exp, nbf and iat
+    # Longest lifetime (exp - iat) a token may have: an `exp` of 10**30 would otherwise be
+    # a credential that never expires. null: no bound.
+    max_lifetime_s: float | None = 366 * 86400.0
     max_token_bytes: int = 8192  # longer tokens are refused before any decoding
     jwks_ttl_s: float = 300.0  # a key set older than this is refreshed in the background
     # Least time between two fetches caused by unknown kids (or by failures): a client
@@ -54,6 +57,8 @@ class AuthSettings:
     def problems(self) -> list[str]:
         """Validation messages, each starting with the key, for the settings loader."""
         found: list[str] = []
+        if self.max_lifetime_s is not None and self.max_lifetime_s <= 0:
+            found.append("max_lifetime_s: must be positive, or null for no bound")
         if self.jwks_url is not None:
             parts = urlsplit(self.jwks_url)
             # Keys fetched over plain HTTP could be swapped by anyone on the path.

@@ -36,6 +36,7 @@ _MESSAGES: dict[Reason, str] = {
     "too_large": "The token is too large",
     "multiple_headers": "Send exactly one Authorization header",
     "query_token": "Tokens in the URL are refused; send them in the Authorization header",
+    "too_long_lived": "The token is valid for longer than this gateway accepts",
 }
 
 

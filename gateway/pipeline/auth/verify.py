@@ -27,7 +27,7 @@ from gateway.pipeline.auth.settings import AuthSettings
 
 Reason = Literal["missing", "malformed", "expired", "not_yet_valid", "bad_signature",
                  "unknown_kid", "bad_claims", "revoked", "too_large", "bad_alg", "crit",
-                 "multiple_headers", "query_token"]
+                 "multiple_headers", "query_token", "too_long_lived"]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 
 ALGORITHMS = ASYMMETRIC | {"HS256"}
@@ -157,6 +157,8 @@ class Verifier:
         if _mistyped_times(claims):  # RFC 7519: NumericDate is a JSON number, not "1700000000"
             raise AuthFailure("bad_claims")
         s = self.settings
+        if s.max_lifetime_s is not None and claims["exp"] - claims["iat"] > s.max_lifetime_s:
+            raise AuthFailure("too_long_lived")
         sub, tier = claims.get("sub"), claims.get(s.tier_claim)
         org, jti = claims.get(s.org_claim), claims.get("jti")
         if not (isinstance(sub, str) and sub and isinstance(tier, str) and tier):

@@ -141,6 +141,18 @@ async def test_leeway_is_configurable() -> None:
     assert await refused(static_verifier(leeway_s=0), token("ed", **at(exp=-10))) == "expired"
 
 
+async def test_a_token_valid_for_longer_than_allowed_is_refused() -> None:
+    """`exp: 10**30` was a credential that never expires."""
+    year = 366 * 86400
+    assert await refused(static_verifier(), token("ed", exp=10**30)) == "too_long_lived"
+    assert await refused(static_verifier(), token("ed", **at(exp=year + 60))) == \
+        "too_long_lived"
+    await static_verifier().verify(token("ed", **at(exp=year - 60)))
+    await static_verifier(max_lifetime_s=None).verify(token("ed", exp=10**30))
+    assert await refused(static_verifier(max_lifetime_s=3600),
+                         token("ed", **at(exp=7200))) == "too_long_lived"
+
+
 # --- required and checked claims ---------------------------------------------------------
 
 
@@ -358,7 +370,7 @@ async def test_no_token_content_in_failures() -> None:
 def test_reasons_are_the_documented_bounded_set() -> None:
     assert set(REASONS) == {"missing", "malformed", "expired", "not_yet_valid", "bad_signature",
                             "unknown_kid", "bad_claims", "revoked", "too_large", "bad_alg",
-                            "crit", "multiple_headers", "query_token"}
+                            "crit", "multiple_headers", "query_token", "too_long_lived"}
 
 
 def test_pyjwt_encodes_what_we_forge() -> None:
