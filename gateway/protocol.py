@@ -30,6 +30,7 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -102,6 +103,8 @@ class _Handler(RequestHandler):
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
+        if isinstance(exc, LineTooLong):  # aiohttp says 400 for every oversized line
+            status = 414 if _is_target(exc.args[0]) else 431
         if status >= 500:  # the gateway's own fault: aiohttp logs it with its traceback
             super().handle_error(request, status, exc, message)
         else:
@@ -117,6 +120,13 @@ class _Handler(RequestHandler):
                                          "x-request-id": secrets.token_hex(16)})
         response.force_close()
         return response
+
+
+def _is_target(line: object) -> bool:
+    """Whether the line aiohttp found too long is the request target (a URL: 414), not a
+    header (431): a target starts with `/` or a scheme, a header value hardly ever."""
+    head = bytes(line[:8]) if isinstance(line, bytes | bytearray) else str(line)[:8].encode()
+    return head.startswith((b"/", b"http://", b"https://"))
 
 
 class _Server(web.Server):

@@ -252,7 +252,8 @@ async def test_requests_aiohttp_cannot_parse_get_the_gateway_s_error_shape(
     cases = [
         (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
          b"Transfer-Encoding: chunked\r\n\r\n{}", 400),
-        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: " + secret + b"\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: " + secret + b"\r\n\r\n", 431),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
         (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
     ]
     for request, status in cases:
