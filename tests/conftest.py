@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -125,6 +126,21 @@ async def http(token: str) -> AsyncIterator[aiohttp.ClientSession]:
     """A client that sends a valid admin token of the trusted tier."""
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
         yield session
+
+
+def edited_policies(tmp_path: Path, *edits: tuple[str, str],
+                    file: str = "classifiers.yaml") -> str:
+    """A copy of the shipped policies with exact text replacements in one file (each must
+    match, so a test cannot silently stop editing what it meant to)."""
+    policies = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    path = policies / file
+    text = path.read_text()
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path.write_text(text)
+    return str(policies)
 
 
 def free_port() -> int:

@@ -5,7 +5,6 @@ slow classifier; the simulator is the upstream."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,7 +16,15 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.conftest import ROOT, MintToken, Server, StartGateway, StartSim, chat, wait_until
+from tests.conftest import (
+    MintToken,
+    Server,
+    StartGateway,
+    StartSim,
+    chat,
+    edited_policies,
+    wait_until,
+)
 from tests.test_classify_gateway import (
     _audited,
     leaky_upstream,  # noqa: F401 (a fixture)
@@ -62,19 +69,12 @@ async def guard() -> AsyncIterator[CuedGuard]:
 def _policies(tmp_path: Path, guard_url: str, overlap: bool) -> str:
     """The shipped policies with the guard on (and the embedding model off, so the guard is
     the one slow classifier)."""
-    policies = tmp_path / "policies"
-    shutil.copytree(ROOT / "policies", policies)
-    path = policies / "classifiers.yaml"
-    text = path.read_text()
-    for old, new in (
-            ("  embedding:\n    enabled: true\n", "  embedding:\n    enabled: false\n"),
-            ("  guard:\n    enabled: false\n",
-             f"  guard:\n    enabled: true\n    url: {guard_url}\n    model: {GUARD_MODEL}\n"),
-            ("  overlap: true\n", f"  overlap: {str(overlap).lower()}\n")):
-        assert old in text
-        text = text.replace(old, new, 1)
-    path.write_text(text)
-    return str(policies)
+    return edited_policies(
+        tmp_path,
+        ("  embedding:\n    enabled: true\n", "  embedding:\n    enabled: false\n"),
+        ("  guard:\n    enabled: false\n",
+         f"  guard:\n    enabled: true\n    url: {guard_url}\n    model: {GUARD_MODEL}\n"),
+        ("  overlap: true\n", f"  overlap: {str(overlap).lower()}\n"))
 
 
 @dataclass

@@ -4,7 +4,6 @@ logprobs for both guard APIs, and a stalled guard with on_error open and closed.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, MintToken, Server, StartGateway, StartSim, chat
+from tests.conftest import MintToken, Server, StartGateway, StartSim, chat, edited_policies
 
 GUARD = "meta-llama/Llama-Guard-3-8B"
 # Nothing in the rules or the structure classifier matches these; the sim's guard
@@ -30,20 +29,13 @@ def _policies(tmp_path: Path, guard_url: str, api: str, timeout_s: float = 2.0,
               on_error: str = "open") -> str:
     """The shipped policies with the guard on, pointed at the simulator (and the embedding
     model off, so a verdict is the guard's)."""
-    policies = tmp_path / "policies"
-    shutil.copytree(ROOT / "policies", policies)
-    path = policies / "classifiers.yaml"
-    text = path.read_text()
-    for old, new in (
-            ("  embedding:\n    enabled: true\n", "  embedding:\n    enabled: false\n"),
-            ("  guard:\n    enabled: false\n    api: completions\n    timeout_s: 2.0\n"
-             "    on_error: open\n",
-             f"  guard:\n    enabled: true\n    url: {guard_url}/v1\n    model: {GUARD}\n"
-             f"    api: {api}\n    timeout_s: {timeout_s}\n    on_error: {on_error}\n")):
-        assert old in text
-        text = text.replace(old, new, 1)
-    path.write_text(text)
-    return str(policies)
+    return edited_policies(
+        tmp_path,
+        ("  embedding:\n    enabled: true\n", "  embedding:\n    enabled: false\n"),
+        ("  guard:\n    enabled: false\n    api: completions\n    timeout_s: 2.0\n"
+         "    on_error: open\n",
+         f"  guard:\n    enabled: true\n    url: {guard_url}/v1\n    model: {GUARD}\n"
+         f"    api: {api}\n    timeout_s: {timeout_s}\n    on_error: {on_error}\n"))
 
 
 @dataclass
