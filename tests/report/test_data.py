@@ -45,3 +45,13 @@ def test_flagged_requests_are_served_not_refused() -> None:
     assert data.refused == 1
     assert data.refusal_reasons == {"output_blocked (cyber)": 1}
     assert data.coverage().eligible == 1  # the flagged answer counts for the watermark
+
+
+def test_charts_start_at_the_first_record_of_a_longer_period() -> None:
+    """`--since 0` drew 2,900 empty weekly buckets (a 2 MB page) before the data."""
+    records = [make_record(i) for i in range(1, 85)]  # T0 + 10 s .. T0 + 840 s
+    data = aggregate(records, 0.0, T0 + 3600)
+    assert data.since == 0.0 and data.total == 84  # the period asked for, all records
+    assert data.bucket_s == 300 and data.n_buckets <= 14
+    assert sum(sum(row) for row in data.by_tier_time.values()) == 84
+    assert aggregate([], 0.0, T0).since == 0.0  # no records: the period as asked
