@@ -496,7 +496,7 @@ class Ledger:
                                        if self._retention_s is not None else None)
             except queue.Empty:
                 continue
-            batch: list[Record] = []
+            batch: list[Prepared] = []
             waiters: list[threading.Event] = []
             stop = self._take(item, batch, waiters)
             deadline = time.monotonic() + self._linger_s
@@ -514,21 +514,29 @@ class Ledger:
             if stop:
                 return
 
-    @staticmethod
-    def _take(item: object, batch: list[Record], waiters: list[threading.Event]) -> bool:
+    def _take(self, item: object, batch: list[Prepared],
+              waiters: list[threading.Event]) -> bool:
         if item is _STOP:
             return True
         if isinstance(item, threading.Event):
             waiters.append(item)
         elif isinstance(item, Record):
-            batch.append(item)
+            # Fingerprinted as it arrives, between waits for the next record, not all at
+            # once when the batch is written: it is pure Python, and the event loop waits
+            # for the GIL while this thread holds it (after any socket call, up to the
+            # 5 ms switch interval), so one long run of it stalls the loop.
+            try:
+                batch.append(prepare(item))
+            except Exception:
+                log.exception("ledger fingerprinting failed; record lost")
+                self._count("error")
         return False
 
-    def _write_batch(self, batch: list[Record]) -> None:
+    def _write_batch(self, batch: list[Prepared]) -> None:
         if not batch:
             return
         try:
-            self.store.add([prepare(r) for r in batch])
+            self.store.add(batch)
         except Exception:
             log.exception("ledger write of %d records failed", len(batch))
             self._count("error", len(batch))
