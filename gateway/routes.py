@@ -42,6 +42,7 @@ from gateway.errors import (
 from gateway.middleware import count_early_answer, error_response
 from gateway.openapi import document
 from gateway.pipeline import Decision, Pipeline
+from gateway.pipeline.classify.runtime import note_output
 from gateway.pipeline.upstream.relay import StreamRelay, relay_json
 from gateway.pipeline.watermark.filters import provenance_header, vllm_xargs
 from gateway.pipeline.watermark.provenance import HEADER as PROVENANCE
@@ -103,10 +104,8 @@ def _apply(ctx: RequestContext, decision: Decision) -> None:
     ctx.decision = decision.label
     if decision.error is not None:
         raise decision.error
-    if ctx.output_action == "block":
-        ctx.decision = "output_blocked"
-    elif ctx.output_action == "flag" and decision.label == "allow":
-        ctx.decision = "flag"
+    if ctx.output_action != "none":  # rank it against this verdict, as moderation does
+        note_output(ctx, ctx.output_action, ())
     if decision.label == "flag":
         ctx.response_headers["x-gateway-decision"] = "flag"
 
