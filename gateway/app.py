@@ -38,7 +38,7 @@ from gateway.pipeline import Authenticator, Pipeline, PipelineRef
 from gateway.pipeline.classify import ClassifyRuntime
 from gateway.pipeline.output import OutputFilter
 from gateway.pipeline.output.redact import RedactFilter
-from gateway.pipeline.ratelimit import FallbackLimiter, Limiter, MemoryLimiter, RedisLimiter
+from gateway.pipeline.ratelimit import FallbackLimiter, Limiter, MemoryLimiter
 from gateway.pipeline.ratelimit.stage import RateLimitStage
 from gateway.pipeline.shape import ShapeStage
 from gateway.pipeline.tier import TierStage
@@ -165,6 +165,8 @@ def _limiter(settings: Settings, metrics: Metrics,
         memory = MemoryLimiter()
         show("memory")
         return memory, memory.close
+    from gateway.pipeline.ratelimit.redis import RedisLimiter  # the `redis` extra
+
     rl = settings.ratelimit
     client = redis_client(settings.redis_url, rl.redis_timeout_s)
     limiter = FallbackLimiter(RedisLimiter(client, rl.redis_prefix, rl.redis_timeout_s),

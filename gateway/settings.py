@@ -19,10 +19,13 @@ from urllib.parse import urlsplit
 
 from gateway.audit.log import AuditSettings
 from gateway.audit.postgres import is_postgres_url
+from gateway.extras import installed
 from gateway.pipeline.auth.settings import AuthSettings
 from gateway.yamlfile import Located, YamlError, load_file
 
-_PROJECT_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+# The shipped policies: a link to the checkout's policies/ that a wheel carries as files,
+# so an installed gateway starts on them too (a container points GATEWAY_POLICIES elsewhere).
+_PROJECT_POLICIES = Path(__file__).resolve().parent / "default_policies"
 LOG_FORMATS = ("json", "text")
 # What redis.asyncio's from_url accepts; anything else fails only once the app starts.
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -246,6 +249,9 @@ def _check(settings: Settings) -> None:
     if settings.redis_url is not None and urlsplit(settings.redis_url).scheme not in \
             _REDIS_SCHEMES:
         raise SettingsError("redis_url: expected a redis://, rediss:// or unix:// URL")
+    if settings.redis_url is not None and not installed("redis"):
+        raise SettingsError("redis_url: the shared store needs the `redis` extra "
+                            "(pip install 'gateway[redis]'); not installed: redis")
     if settings.max_body_bytes < 1024:
         raise SettingsError("max_body_bytes: must be at least 1024")
     if settings.timeouts.idle_s <= 0 or settings.timeouts.ttfb_s <= 0:

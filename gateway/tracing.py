@@ -23,13 +23,13 @@ Never on a span: prompts, completions, tokens, subjects, stop sequences.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from gateway.context import CONTEXT, REQUEST_ID, RequestContext
+from gateway.extras import absent
 from gateway.logs import genai_fields
 
 if TYPE_CHECKING:
@@ -59,17 +59,10 @@ class TracingUnavailable(RuntimeError):
 
 def missing() -> str | None:
     """Why tracing cannot run here, or None when the `otel` extra is installed."""
-    absent = []
-    for name in _REQUIRED:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ImportError:  # a parent package is missing
-            found = False
-        if not found:
-            absent.append(name)
-    if not absent:
+    lacking = absent(*_REQUIRED)
+    if not lacking:
         return None
-    return f"tracing needs the `otel` extra ({_INSTALL}); not installed: {', '.join(absent)}"
+    return f"tracing needs the `otel` extra ({_INSTALL}); not installed: {', '.join(lacking)}"
 
 
 def _module(name: str) -> Any:

@@ -28,7 +28,6 @@ import asyncio
 import collections
 import concurrent.futures
 import importlib
-import importlib.util
 import logging
 import math
 import os
@@ -39,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.extras import absent
 from gateway.pipeline.classify.text import PromptText
 
 if TYPE_CHECKING:
@@ -58,10 +58,10 @@ LAST_LAYER = (6,)
 
 def missing() -> str | None:
     """Why the embedding model cannot run here, or None when the `ml` extra is installed."""
-    absent = [m for m in ML_MODULES if importlib.util.find_spec(m) is None]
-    if absent:
+    lacking = absent(*ML_MODULES)
+    if lacking:
         return (f"the embedding classifier needs the `ml` extra (pip install 'gateway[ml]'); "
-                f"not installed: {', '.join(absent)}")
+                f"not installed: {', '.join(lacking)}")
     return None
 
 

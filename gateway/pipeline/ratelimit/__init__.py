@@ -12,6 +12,8 @@ replicas), tokens reserved at admission (prompt + max_tokens) and trued up when 
 response ends, so token limits hold for streams too.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from gateway.pipeline.ratelimit.fallback import FallbackLimiter, FallbackMode, Mode
 from gateway.pipeline.ratelimit.headers import format_reset
 from gateway.pipeline.ratelimit.limits import (
@@ -23,7 +25,9 @@ from gateway.pipeline.ratelimit.limits import (
     Ticket,
 )
 from gateway.pipeline.ratelimit.memory import MemoryLimiter
-from gateway.pipeline.ratelimit.redis import RedisLimiter
+
+if TYPE_CHECKING:
+    from gateway.pipeline.ratelimit.redis import RedisLimiter
 
 __all__ = [
     "Admission",
@@ -39,3 +43,12 @@ __all__ = [
     "Ticket",
     "format_reset",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """RedisLimiter on first use: it needs the `redis` extra, which a plain install lacks."""
+    if name == "RedisLimiter":
+        from gateway.pipeline.ratelimit.redis import RedisLimiter
+
+        return RedisLimiter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

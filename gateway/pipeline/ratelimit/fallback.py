@@ -21,7 +21,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from gateway.pipeline.ratelimit.limits import (
     Admission,
@@ -31,7 +31,9 @@ from gateway.pipeline.ratelimit.limits import (
     unmetered,
 )
 from gateway.pipeline.ratelimit.memory import MemoryLimiter
-from gateway.pipeline.ratelimit.redis import RedisLimiter
+
+if TYPE_CHECKING:  # the `redis` extra: only a configured store imports it
+    from gateway.pipeline.ratelimit.redis import RedisLimiter
 
 log = logging.getLogger("gateway.ratelimit")
 
