@@ -42,10 +42,8 @@ from gateway.sim.protocol import (
     parse_generate,
     parse_json,
 )
-from gateway.sim.settings import SimSettings
+from gateway.sim.settings import VLLM_VERSION, SimSettings
 from gateway.sim.tokenizer import Tokenizer
-
-VLLM_VERSION = "0.11.0"  # the vLLM release whose API the simulator follows
 
 
 @dataclass(slots=True)

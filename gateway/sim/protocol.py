@@ -5,15 +5,16 @@ use the rest of the context (`max_model_len - prompt_tokens`) and ends naturally
 completion request defaults to `max_tokens=16`. A request without `model` gets the first
 served model. Logprobs are checked as vLLM checks them (completions `logprobs` 0..20;
 chat `logprobs` a boolean and `top_logprobs` 0..20, which needs `logprobs: true`) and
-answered by guard models only (job.py). Accepted and ignored: temperature, top_p, and
-the other sampling knobs. Every refusal is a `SimError` whose body has vLLM's shape:
-`{"error": {"message", "type", "param", "code"}}` with the integer status as code.
+answered for every model (job.py). Sampling knobs (temperature, top_p, penalties, ...)
+are checked against vLLM's ranges and otherwise ignored. Every refusal is a `SimError`
+whose body has vLLM's shape: `{"error": {"message", "type", "param", "code"}}` with the
+integer status as code.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -138,6 +139,7 @@ def parse_generate(body: Mapping[str, Any], chat: bool, settings: SimSettings,
                             f", got {min_tokens}.", "min_tokens")
     for prompt in prompts:
         check_context(prompt.tokens, max_tokens, settings.max_model_len)
+    check_sampling(body)
     seed = _int(body, "seed", None, -(1 << 63))
     return GenerateRequest(
         chat=chat, model=model, prompts=prompts, n=_int(body, "n", 1, 1, MAX_N) or 1,
@@ -226,6 +228,33 @@ def decode(tokens: list[int], tokenizer: Tokenizer) -> str:
         return tokenizer.decode(tokens)
     except ValueError as exc:
         raise SimError(400, str(exc), "tokens") from None
+
+
+# vLLM's SamplingParams checks, in its words: (key, accepts, what it must be)
+_SAMPLING: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("temperature", lambda v: v >= 0, "must be non-negative"),
+    ("top_p", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("top_k", lambda v: v >= -1, "must be 0 (disable), or at least 1"),
+    ("min_p", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    ("presence_penalty", lambda v: -2 <= v <= 2, "must be in [-2, 2]"),
+    ("frequency_penalty", lambda v: -2 <= v <= 2, "must be in [-2, 2]"),
+    ("repetition_penalty", lambda v: v > 0, "must be greater than zero"),
+)
+
+
+def check_sampling(body: Mapping[str, Any]) -> None:
+    """Refuse sampling knobs out of vLLM's ranges, as vLLM does: 400 before any output,
+    for streams too. The values are otherwise ignored (generation is deterministic)."""
+    for key, accepts, rule in _SAMPLING:
+        value = body.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SimError(400, f"{key}: a number is required", key)
+        if not accepts(value):
+            shown = float(value) if key != "top_k" else value
+            raise SimError(400, f"{key} {rule}, got {shown}. (parameter={key}, "
+                                f"value={shown})", key)
 
 
 def _bool(body: Mapping[str, Any], key: str, default: bool = False) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+VLLM_VERSION = "0.32.0"  # the vLLM release whose API the simulator follows
+
 
 @dataclass(frozen=True, slots=True)
 class SimSettings:

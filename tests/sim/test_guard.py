@@ -251,7 +251,10 @@ async def test_listed_served_and_measured_like_the_others(guard: Server,
                             json={"model": MODEL, "prompt": "[[sim:guard=S9]] sarin",
                                   "logprobs": 5}) as resp:
         choice = (await resp.json())["choices"][0]
-    assert choice["text"] not in ("safe", "unsafe") and choice["logprobs"] is None
+    assert choice["text"] not in ("safe", "unsafe")
+    # Its logprobs are its own tokens', not a verdict's.
+    assert "".join(choice["logprobs"]["tokens"]) == choice["text"]
+    assert not {"safe", "unsafe"} & set(choice["logprobs"]["top_logprobs"][0])
     async with session.get(guard.url + "/metrics") as resp:
         assert f'model_name="{GUARD}"' in await resp.text()
 

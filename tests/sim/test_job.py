@@ -40,7 +40,8 @@ def test_chat_body() -> None:
         ("length", None, None)
     assert body["usage"] == {"prompt_tokens": job.prompt_tokens, "total_tokens":
                              job.prompt_tokens + 5, "completion_tokens": 5,
-                             "prompt_tokens_details": None}
+                             "prompt_tokens_details": None, "completion_tokens_details": None}
+    assert body["system_fingerprint"].startswith("vllm-0.32.0-")
 
 
 def test_completion_body_numbers_choices_per_prompt() -> None:
@@ -64,10 +65,13 @@ def test_chat_events() -> None:
     assert role["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                 "logprobs": None, "finish_reason": None}]
     assert "usage" not in role
-    first, last = (_event(job.token_event(choice, i))["choices"][0] for i in (0, 2))
-    assert first == {"index": 0, "delta": {"content": choice.plan.pieces[0]}, "logprobs": None,
-                     "finish_reason": None}
-    assert (last["finish_reason"], last["stop_reason"]) == ("length", None)
+    first, last = (_event(job.token_event(choice, i)) for i in (0, 2))
+    assert first["choices"][0] == {"index": 0, "delta": {"content": choice.plan.pieces[0]},
+                                   "logprobs": None, "finish_reason": None, "token_ids": None}
+    assert (last["choices"][0]["finish_reason"], last["choices"][0]["stop_reason"]) == \
+        ("length", None)
+    # Without a usage chunk, the last token's event is the stream's last: it names the build.
+    assert "system_fingerprint" not in first and last["system_fingerprint"].startswith("vllm-")
 
 
 def test_completion_events_and_usage_event() -> None:
@@ -76,8 +80,10 @@ def test_completion_events_and_usage_event() -> None:
     choice = job.choices[0]
     entry = _event(job.token_event(choice, choice.plan.tokens - 1))["choices"][0]
     assert entry == {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop",
-                     "stop_reason": " "}
+                     "stop_reason": " ", "prompt_token_ids": None, "token_ids": None}
+    assert "system_fingerprint" not in _event(job.token_event(choice, 0))
     usage = _event(job.usage_event())
+    assert usage["system_fingerprint"].startswith("vllm-")
     assert usage["object"] == "text_completion" and usage["choices"] == []
     assert usage["usage"] == {"prompt_tokens": 1, "total_tokens": 2, "completion_tokens": 1}
 

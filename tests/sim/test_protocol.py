@@ -156,3 +156,31 @@ def test_guard_models_are_served() -> None:
     assert request.model == "g"
     alone = SimSettings(models=(), guard_models=("g",))
     assert parse_generate({"messages": USER}, True, alone, Tokenizer()).model == "g"
+
+
+@pytest.mark.parametrize(("field", "value", "rule"), [
+    ("temperature", -1, "temperature must be non-negative, got -1.0."),
+    ("top_p", 0, "top_p must be in (0, 1], got 0.0."),
+    ("top_p", 1.5, "top_p must be in (0, 1], got 1.5."),
+    ("top_k", -2, "top_k must be 0 (disable), or at least 1, got -2."),
+    ("min_p", 2, "min_p must be in [0, 1], got 2.0."),
+    ("presence_penalty", 3, "presence_penalty must be in [-2, 2], got 3.0."),
+    ("frequency_penalty", -2.5, "frequency_penalty must be in [-2, 2], got -2.5."),
+    ("repetition_penalty", 0, "repetition_penalty must be greater than zero, got 0.0."),
+    ("temperature", "hot", "temperature: a number is required"),
+    ("top_p", True, "top_p: a number is required"),
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_sampling_knobs_out_of_range_are_refused_before_any_output(
+        field: str, value: Any, rule: str, stream: bool) -> None:
+    with pytest.raises(SimError) as caught:
+        _parse(_chat(**{field: value, "stream": stream}))
+    assert caught.value.status == 400 and caught.value.param == field
+    assert str(caught.value).startswith(rule)
+
+
+@pytest.mark.parametrize(("field", "value"), [("temperature", 0), ("top_p", 1),
+                                              ("top_k", -1), ("top_k", 0),
+                                              ("presence_penalty", -2), ("min_p", 0.0)])
+def test_sampling_knobs_at_their_bounds_are_accepted(field: str, value: Any) -> None:
+    assert _parse(_chat(**{field: value})).model == "m1"
