@@ -38,6 +38,8 @@ async def _run(tier: str, body: dict[str, Any], route: Route = "chat", sub: str 
         ("public", {"model": "llama-3-70b-instruct"}, "model_not_allowed", "model"),
         ("public", {"n": 2}, "n_not_allowed", "n"),
         ("public", {"logprobs": True}, "logprobs_not_allowed", "logprobs"),
+        # top_logprobs asks for logprobs too: not "at most 0 per token"
+        ("public", {"top_logprobs": 1}, "logprobs_not_allowed", "logprobs"),
         ("verified", {"logprobs": True, "top_logprobs": 6}, "logprobs_not_allowed",
          "top_logprobs"),
         ("public", {"tools": [{"type": "function", "function": {"name": "f"}}]},
@@ -79,6 +81,32 @@ async def test_completions_counts_are_capped_like_chats(extra: dict[str, Any], c
     _, decision = await _run("verified", {**body, **{k: 2 for k in extra}},
                              route="completions")
     assert decision.allowed  # within the tier's caps (top_logprobs 5, n 4)
+
+
+async def test_completions_logprobs_0_still_asks_for_logprobs() -> None:
+    """`logprobs: 0` returns each sampled token's logprob and offset: a tier without
+    logprobs refuses it as it refuses 1."""
+    body = {"model": MODEL, "prompt": "hello", "logprobs": 0}
+    _, decision = await _run("public", body, route="completions")
+    assert not decision.allowed
+    assert (decision.error.http_status, decision.error.code) == (403, "logprobs_not_allowed")
+    _, decision = await _run("verified", body, route="completions")
+    assert decision.allowed
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("temperature", -1), ("top_p", 0), ("top_p", 1.5), ("presence_penalty", 5),
+    ("frequency_penalty", -2.5), ("min_p", 2), ("repetition_penalty", 0)])
+@pytest.mark.parametrize("tier", ["public", "trusted"])
+async def test_values_no_backend_accepts_are_400_whatever_the_tier(
+        field: str, value: float, tier: str) -> None:
+    principal = Principal(sub="a", tier=tier, org=None, expires_at=time.time() + 60)
+    ctx = RequestContext(request_id="r", route="chat", principal=principal, model="",
+                         body={"model": MODEL, "messages": _msgs(), field: value})
+    decision = await ShapeStage().check(ctx)
+    assert not decision.allowed
+    assert (decision.error.http_status, decision.error.type, decision.error.param) == (
+        400, "invalid_request_error", field)
 
 
 @pytest.mark.parametrize(

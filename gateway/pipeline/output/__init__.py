@@ -25,9 +25,9 @@ class FilterChain:
 
     def __init__(self, filters: tuple[OutputFilter, ...]) -> None:
         self.filters = filters
-        # A filter that withholds or replaces text (moderation, redaction) sets
-        # `hides_text`: the choice's logprobs, which spell out every generated token, must
-        # not go out beside it. (The watermark only adds invisible characters.)
+        # A filter that withholds, replaces or marks text (moderation, redaction, the
+        # watermark payload) sets `hides_text`: the choice's logprobs, which spell out every
+        # generated token as generated, must not go out beside it.
         self.hides_text = any(getattr(f, "hides_text", False) for f in filters)
 
     def feed(self, delta: str) -> str:

@@ -63,10 +63,16 @@ def _is_int(value: Any) -> bool:
 # Typed optional fields (null is always allowed: "the default"). A tier's caps compare
 # numbers, and vLLM coerces "99" or true into 99.0 or 1.0, so a wrong type is refused here
 # rather than slipping past a cap.
+# Ranges are vLLM's (every backend refuses values outside them): a 400 here, before the
+# tier compares its own narrower bounds (403), whatever the caller's tier.
 _TYPED: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **{key: (_is_number, "a number") for key in (
-        "temperature", "top_p", "frequency_penalty", "presence_penalty", "min_p",
-        "repetition_penalty", "length_penalty")},
+    "temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "min_p": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "repetition_penalty": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    **{key: (lambda v: _is_number(v) and -2 <= v <= 2, "a number in [-2, 2]")
+       for key in ("frequency_penalty", "presence_penalty")},
+    "length_penalty": (_is_number, "a number"),
     **{key: (_is_int, "an integer") for key in ("seed", "top_k", "min_tokens")},
     "top_logprobs": (lambda v: _is_int(v) and 0 <= v <= 20, "an integer from 0 to 20"),
     "best_of": (lambda v: _is_int(v) and 1 <= v <= MAX_N, f"an integer from 1 to {MAX_N}"),

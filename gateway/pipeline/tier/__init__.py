@@ -29,7 +29,12 @@ def _check_caps(caps: RequestCaps, body: dict[str, Any], tier: str) -> Decision:
         if (body.get(key) or 1) > caps.n:  # null means the default, 1
             return _refuse(f"tier '{tier}' allows at most {key}={caps.n}", "n_not_allowed",
                            key)
-    if body.get("logprobs") and not caps.logprobs:
+    # Any logprobs asked count: completions' `logprobs: 0` still returns each token's
+    # logprob, and chat's top_logprobs asks for them too.
+    logprobs = body.get("logprobs")
+    asked = (logprobs is not None and logprobs is not False) \
+        or body.get("top_logprobs") is not None  # (0 == False: hence `is`)
+    if asked and not caps.logprobs:
         return _refuse(f"tier '{tier}' does not allow logprobs", "logprobs_not_allowed",
                        "logprobs")
     # Chat asks for a count in top_logprobs; completions in logprobs itself (an integer).

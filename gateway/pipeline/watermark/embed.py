@@ -405,6 +405,9 @@ class PayloadFilter:
     """
 
     __slots__ = ("_mark", "_on_finish", "_scan", "_since", "marks")
+    # The logprobs' tokens spell the text without the mark: relayed beside it, they would
+    # hand the caller an unmarked copy. The relay drops them.
+    hides_text = True
 
     def __init__(self, mark: str, prompt: str = "",
                  on_finish: Callable[[int], None] | None = None) -> None:
