@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench bench-classify bench-watermark soak capacity helm-policies clean
+.PHONY: run test lint bench bench-classify bench-watermark soak capacity helm-policies clean vllm-check
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ run: $(VENV)/.installed
 	$(BIN)/gateway serve
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff check gateway tests bench vllm_check
 	$(BIN)/mypy
 
 test: lint
@@ -31,6 +31,12 @@ test: lint
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/proxy.py
+
+# Real vLLM (CPU build) behind the gateway, and a new recording for the simulator's
+# fidelity test: see vllm_check/README.md. Not part of `make test`: a multi-GB install.
+vllm-check:
+	VLLM_VENV=.vllm-venv PYTHON=$(PYTHON) bash vllm_check/setup_cpu.sh
+	VLLM_PYTHON=.vllm-venv/bin/python bash vllm_check/run.sh
 
 bench-classify: $(VENV)/.test-installed
 	$(BIN)/python bench/classify.py
