@@ -59,7 +59,7 @@ async def test_idle_keys_vanish_once_their_bucket_is_full(clients: Clients) -> N
     assert admission.ticket is not None
     await limiter.settle(admission.ticket, 10)
     ttl = await client.pttl(limiter.keys("t")[0])
-    assert ttl == -2 or 0 < ttl <= 11  # -2: gone already
+    assert ttl == -2 or 0 <= ttl <= 11  # -2: gone already; 0: due this millisecond
     await asyncio.sleep(0.1)
     assert await client.keys("*") == []
 
