@@ -218,7 +218,8 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_keeps_the_context_small_and_secret_free() -> None:
     patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    for excluded in (".venv/bin/python", ".git/HEAD", "tests/test_routes.py",
+    for excluded in (".venv/bin/python", ".vllm-venv/bin/python", ".git/HEAD",
+                     "tests/test_routes.py",
                      ".gateway/keys/signing.pem", "gateway/__pycache__/app.cpython-311.pyc",
                      "bench/proxy.py", "helm/gateway/Chart.yaml"):
         assert _ignored(excluded, patterns), excluded
