@@ -9,13 +9,26 @@ response choice; filters are never shared across requests.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class OutputFilter(Protocol):
     def feed(self, delta: str) -> str: ...
 
     def finish(self) -> str: ...
+
+
+# Set to "withheld" when the caller asked for logprobs and the output filters (moderation,
+# redaction, the watermark payload) keep them back: a null is then a decision, not a bug.
+LOGPROBS_HEADER = "x-gateway-logprobs"
+
+
+def asks_logprobs(body: dict[str, Any]) -> bool:
+    """Whether the request asks for logprobs (completions' `logprobs: 0` does: 0 == False,
+    hence `is`)."""
+    logprobs = body.get("logprobs")
+    return (logprobs is not None and logprobs is not False) \
+        or body.get("top_logprobs") is not None
 
 
 class FilterChain:

@@ -15,6 +15,7 @@ from typing import Any
 from gateway.context import RequestContext
 from gateway.errors import Forbidden, shown
 from gateway.pipeline import ALLOW, Decision, deny
+from gateway.pipeline.output import asks_logprobs
 from gateway.pipeline.upstream.tokens import PromptCounter, count_prompt
 from gateway.policy.spec import PolicySpec, RequestCaps, SystemPromptSpec, TierSpec
 
@@ -31,10 +32,7 @@ def _check_caps(caps: RequestCaps, body: dict[str, Any], tier: str) -> Decision:
                            key)
     # Any logprobs asked count: completions' `logprobs: 0` still returns each token's
     # logprob, and chat's top_logprobs asks for them too.
-    logprobs = body.get("logprobs")
-    asked = (logprobs is not None and logprobs is not False) \
-        or body.get("top_logprobs") is not None  # (0 == False: hence `is`)
-    if asked and not caps.logprobs:
+    if asks_logprobs(body) and not caps.logprobs:
         return _refuse(f"tier '{tier}' does not allow logprobs", "logprobs_not_allowed",
                        "logprobs")
     # Chat asks for a count in top_logprobs; completions in logprobs itself (an integer).

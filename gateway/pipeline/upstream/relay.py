@@ -36,7 +36,7 @@ from gateway.errors import (
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.pipeline.classify.moderation import OutputBlocked
-from gateway.pipeline.output import FilterChain
+from gateway.pipeline.output import LOGPROBS_HEADER, FilterChain, asks_logprobs
 from gateway.pipeline.upstream.client import RetryUpstream
 from gateway.pipeline.upstream.sse import DONE, DONE_EVENT, SSEParser, frame, frame_json
 from gateway.pipeline.upstream.tokens import CHARS_PER_TOKEN
@@ -197,6 +197,8 @@ def _filter_choices(ctx: RequestContext, data: dict[str, Any], chains: ChainFact
             _blank_side_texts(holder)
             choice["finish_reason"] = "content_filter"
             changed = hides = True
+        if hides and asks_logprobs(ctx.body):
+            ctx.response_headers[LOGPROBS_HEADER] = "withheld"
         if hides and choice.get("logprobs") is not None:
             choice["logprobs"] = None  # its tokens spell out what the filters withheld
             changed = True
@@ -433,6 +435,8 @@ class StreamRelay:
             chain = self._chain(index)
             if chain is None:
                 continue
+            if chain.hides_text and self.response is None and asks_logprobs(self._ctx.body):
+                self._ctx.response_headers[LOGPROBS_HEADER] = "withheld"  # before headers go
             if chain.hides_text and choice.get("logprobs") is not None:
                 # The tokens would spell out text the filters hold back or replace.
                 choice["logprobs"] = None

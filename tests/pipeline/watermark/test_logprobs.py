@@ -27,10 +27,14 @@ async def url(start_gateway: StartGateway, start_sim: StartSim, tmp_path: Path) 
     return (await start_gateway(sim.url, policies=policies)).url
 
 
+headers_seen: list[str | None] = []  # each answer's x-gateway-logprobs header, in order
+
+
 async def _post(url: str, token: str, body: dict[str, Any]) -> bytes:
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as h, \
             h.post(url + body.pop("path"), json={"model": MODEL, **body}) as resp:
         assert resp.status == 200, await resp.text()
+        headers_seen.append(resp.headers.get("x-gateway-logprobs"))
         return await resp.read()
 
 
@@ -38,6 +42,7 @@ async def _post(url: str, token: str, body: dict[str, Any]) -> bytes:
 async def test_logprobs_are_withheld_beside_a_watermarked_answer(
         url: str, mint: MintToken, tier: str) -> None:
     token = mint(tier=tier)
+    headers_seen.clear()
     chat = orjson.loads(await _post(url, token, {
         "path": "/v1/chat/completions", "messages": [{"role": "user", "content": PROSE}],
         "max_tokens": 200, "logprobs": True, "top_logprobs": 2}))
@@ -53,9 +58,12 @@ async def test_logprobs_are_withheld_beside_a_watermarked_answer(
             tokens = [e["token"] for e in logprobs["content"]] if "content" in logprobs \
                 else logprobs["tokens"]
             assert "".join(tokens) == strip_marks(text)
+    # The header says why they are null, where they are.
+    assert headers_seen == (["withheld"] * 2 if tier == "verified" else [None, None])
 
 
 async def test_a_watermarked_stream_carries_no_logprobs(url: str, mint: MintToken) -> None:
+    headers_seen.clear()
     raw = await _post(url, mint(tier="verified"), {
         "path": "/v1/chat/completions", "messages": [{"role": "user", "content": PROSE}],
         "max_tokens": 200, "logprobs": True, "stream": True})
@@ -65,3 +73,8 @@ async def test_a_watermarked_stream_carries_no_logprobs(url: str, mint: MintToke
     text = "".join(c["delta"].get("content") or "" for c in chunks)
     assert extract_payloads(text)
     assert len(chunks) > 50 and all(c.get("logprobs") is None for c in chunks)
+    assert headers_seen == ["withheld"]
+    # Not asked for, not mentioned.
+    await _post(url, mint(tier="verified"), {
+        "path": "/v1/completions", "prompt": PROSE, "max_tokens": 20, "stream": True})
+    assert headers_seen == ["withheld", None]
