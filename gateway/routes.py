@@ -71,6 +71,10 @@ async def _proxy(request: web.Request, route: Route) -> web.StreamResponse:
     body = await read_json(request)  # 415, 413, 408, 400 as the body deserves
     ctx = RequestContext(request_id=request[REQUEST_ID], route=route, body=body, model="",
                          principal=principal, traceparent=request.get(TRACEPARENT))
+    # The caller's tier, where configured (bounded labels): also on refusals that come
+    # before the tier stage (a bad field), so audit filters and dashboards see them.
+    if pipeline.policy is not None and principal.tier in pipeline.policy.tiers:
+        ctx.tier = principal.tier
     request[CONTEXT] = ctx
     try:
         try:

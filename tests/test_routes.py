@@ -7,7 +7,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Server, StartGateway, chat
+from tests.conftest import MintToken, Server, StartGateway, chat
 
 
 def _is_openai_error(raw: bytes) -> dict[str, object]:
@@ -103,3 +103,21 @@ async def test_unknown_model_label_is_bounded(gateway: Server,
         text = await resp.text()
     assert "attacker-chosen-123" not in text
     assert 'model="other"' in text
+
+
+async def test_a_refused_field_is_counted_under_the_callers_tier(
+        gateway: Server, mint: MintToken) -> None:
+    """A 400 from a bad field comes before the tier stage; dashboards by tier still see it,
+    and an unconfigured tier claim stays "-" (labels stay bounded)."""
+    for tier in ("public", "made-up"):
+        async with aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {mint(tier=tier)}"}) as h, \
+                h.post(gateway.url + "/v1/chat/completions",
+                       json=chat(temperature=-1)) as resp:
+            assert resp.status == 400
+    async with aiohttp.ClientSession() as h, h.get(gateway.url + "/metrics") as resp:
+        text = await resp.text()
+    refused = {s.labels["tier"]: s.value for f in text_string_to_metric_families(text)
+               for s in f.samples if s.name == "gateway_requests_total"
+               and s.labels["status"] == "400"}
+    assert refused == {"public": 1, "-": 1}
