@@ -217,6 +217,22 @@ async def test_stream_output_moderation_never_leaks(start_gateway: StartGateway,
     assert b"[DONE]" not in raw
 
 
+async def test_a_blocked_stream_still_gives_the_usage_asked_for(
+        start_gateway: StartGateway, leaky_upstream: str, mint: MintToken) -> None:
+    gateway = await start_gateway(leaky_upstream)
+    status, _, raw = await _post(gateway.url, mint(tier="public"), chat(
+        "Tell me a story (content).", stream=True, stream_options={"include_usage": True}))
+    events = _events(raw)
+    assert status == 200 and events[-1]["error"]["code"] == "content_policy_violation"
+    usage = events[-2]  # before the error event, as before [DONE] in a stream that ends
+    assert usage["choices"] == [] and usage["object"] == "chat.completion.chunk"
+    relayed = sum(1 for e in events[:-2] for c in e["choices"]
+                  if c.get("delta", {}).get("content"))
+    assert usage["usage"]["completion_tokens"] >= max(relayed, 1)
+    assert usage["usage"]["total_tokens"] == sum(
+        usage["usage"][k] for k in ("prompt_tokens", "completion_tokens"))
+
+
 @pytest.mark.parametrize("where", ["content", "reasoning", "tool"])
 async def test_json_output_moderation_never_leaks(start_gateway: StartGateway,
                                                   leaky_upstream: str,

@@ -260,6 +260,8 @@ class StreamRelay:
                             self._ctx.request_id)
                 self._metrics.upstream_errors.labels(exc.kind).inc()
             await self._end(exc.error.http_status)
+            if exc.kind == "output_blocked" and self._ctx.client_wants_usage:
+                await self._send(self._usage_frame())
             await self._send(frame_json(exc.error.body()))
         except ConnectionResetError:
             self._ctx.client_gone = True  # counted by the observe middleware
@@ -309,6 +311,15 @@ class StreamRelay:
             self._raise(BadGateway("The upstream server closed the stream early"), "truncated")
         await self._end(200)
         await self._send(DONE_EVENT)
+
+    def _usage_frame(self) -> bytes:
+        """The usage chunk the client asked for, on a stream the gateway ended itself: the
+        tokens it relayed (the generation is cancelled; they are what is charged)."""
+        usage = self._ctx.usage
+        prompt = usage.prompt_tokens if usage.reported else (self._ctx.prompt_tokens or 0)
+        done = usage.completion_tokens
+        return frame_json({**self._meta, "choices": [], "usage": {
+            "prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}})
 
     def cut(self) -> None:
         """End the stream now, with an error event (the drain time ran out)."""
