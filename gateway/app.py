@@ -210,10 +210,15 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
                      cache_salt_secret=load_secret(settings.home, "cache_salt"))
         ref = PipelineRef(None)
 
-        def apply(policy: PolicySpec) -> None:
-            ref.current = build_pipeline(policy, rt)
+        def build(policy: PolicySpec) -> Callable[[], None]:
+            pipeline = build_pipeline(policy, rt)
 
-        reloader = PolicyReloader(settings.policies, apply, metrics)
+            def swap() -> None:
+                ref.current = pipeline
+
+            return swap
+
+        reloader = PolicyReloader(settings.policies, build, metrics)
         reloader.load_initial()
         app[PIPELINE], app[RELOADER] = ref, reloader
         await pool.start()

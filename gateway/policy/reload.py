@@ -6,9 +6,10 @@ Any error keeps the last good pipeline serving; it is logged, counted and shown 
 /admin/v1/policy until a good policy loads, even one identical to the serving policy (an
 edit reverted).
 
-In the running server the files are read, parsed and validated on a worker thread: that is
-hundreds of milliseconds for the shipped files and more for a large one, and requests keep
-flowing meanwhile. The build and the swap stay on the event loop, one reload at a time.
+In the running server the files are read, parsed and validated, and the new pipeline is
+built (rules compiled, the classifier head read), on a worker thread: that is hundreds of
+milliseconds for the shipped files and more for a large one, and requests keep flowing
+meanwhile. Only the swap runs on the event loop, one reload at a time.
 """
 
 from __future__ import annotations
@@ -51,14 +52,18 @@ def _signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
         return ()
 
 
-class PolicyReloader:
-    """Owns the current policy; `apply` is called with each new, fully built policy."""
+# Makes everything a policy needs, raising before anything changes, and returns the swap
+# that puts it in service. May run on a worker thread; the swap runs on the event loop.
+Build = Callable[[PolicySpec], Callable[[], None]]
 
-    def __init__(self, directory: Path, apply: Callable[[PolicySpec], None],
-                 metrics: Metrics) -> None:
+
+class PolicyReloader:
+    """Owns the current policy: each new one is built with `build`, then swapped in."""
+
+    def __init__(self, directory: Path, build: Build, metrics: Metrics) -> None:
         self.directory = directory
         self.status = PolicyStatus()
-        self._apply = apply
+        self._build = build
         self._metrics = metrics
         self._signature = _signature(directory)
         self._lock = asyncio.Lock()
@@ -67,7 +72,7 @@ class PolicyReloader:
     def load_initial(self) -> PolicySpec:
         """Start-up load: an invalid policy here is fatal (raises PolicyError)."""
         policy = load_policy(self.directory)
-        self._apply(policy)
+        self._build(policy)()
         self._swapped(policy)
         return policy
 
@@ -75,20 +80,28 @@ class PolicyReloader:
         """Load, build and swap on the calling thread; the server uses `reload_async`."""
         try:
             policy = load_policy(self.directory)
+            if self._unchanged(policy, reason):
+                return True
+            swap = self._build(policy)
         except Exception as exc:
             self._load_failed(exc)
             return False
-        return self._install(policy, reason)
+        self._install(policy, swap, reason)
+        return True
 
     async def reload_async(self, reason: str = "change") -> bool:
-        """`reload` with the files loaded on a worker thread, off the event loop."""
+        """`reload` with the load and the build on a worker thread, off the event loop."""
         async with self._lock:
             try:
                 policy = await asyncio.to_thread(load_policy, self.directory)
+                if self._unchanged(policy, reason):
+                    return True
+                swap = await asyncio.to_thread(self._build, policy)
             except Exception as exc:
                 self._load_failed(exc)
                 return False
-            return self._install(policy, reason)
+            self._install(policy, swap, reason)
+            return True
 
     def reload_soon(self, reason: str) -> None:
         """Start `reload_async` from a callback that cannot await (a signal handler)."""
@@ -104,20 +117,19 @@ class PolicyReloader:
                 self._signature = signature
                 await self.reload_async("file change")
 
-    def _install(self, policy: PolicySpec, reason: str) -> bool:
-        if policy.digest == self.status.digest:
-            if self.status.last_error is not None:
-                log.info("policy %s is valid again (%s)", policy.version, reason)
-                self.status.last_error = self.status.last_error_at = None
-            return True
-        try:
-            self._apply(policy)  # builds everything; raises before any swap on failure
-        except Exception as exc:
-            self._load_failed(exc)
+    def _unchanged(self, policy: PolicySpec, reason: str) -> bool:
+        """The serving policy again: nothing to build (an edit reverted clears its error)."""
+        if policy.digest != self.status.digest:
             return False
+        if self.status.last_error is not None:
+            log.info("policy %s is valid again (%s)", policy.version, reason)
+            self.status.last_error = self.status.last_error_at = None
+        return True
+
+    def _install(self, policy: PolicySpec, swap: Callable[[], None], reason: str) -> None:
+        swap()
         self._swapped(policy)
         log.info("policy %s loaded (%s)", policy.version, reason)
-        return True
 
     def _load_failed(self, exc: Exception) -> None:
         if isinstance(exc, PolicyError):

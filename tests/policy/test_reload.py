@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.context import PIPELINE, RELOADER
@@ -143,6 +144,28 @@ async def test_reload_parses_off_the_event_loop(start_gateway: StartGateway, sim
     (policies / "subjects.yaml").write_text("overrides:\n  subjects:\n" + subjects)
     stall = await _longest_stall(lambda: reloader.status.version != old)
     assert gateway.app[PIPELINE].current.version == reloader.status.version
+    assert stall < 0.25
+
+
+def _many_rules(policies: Path, n: int) -> None:
+    """`n` more rules patterns: compiling them into the classifier is seconds of work."""
+    doc = yaml.safe_load((policies / "classifiers.yaml").read_text())
+    doc["classifiers"]["rules"]["patterns"] += [
+        {"id": f"extra.rule-{i}", "category": "cyber", "score": 0.9,
+         "pattern": rf"\b(?:zq{i}|xv{i})\s+(?:alpha|beta|gamma)+\w{{2,9}}\b"}
+        for i in range(n)]
+    (policies / "classifiers.yaml").write_text(yaml.safe_dump(doc))
+
+
+async def test_reload_builds_off_the_event_loop(start_gateway: StartGateway, sim: Server,
+                                                policies: Path, frozen_heap: None) -> None:
+    gateway = await start_gateway(sim.url, policies=str(policies), policy_poll_s=0.05)
+    reloader = gateway.app[RELOADER]
+    old = gateway.app[PIPELINE].current
+    _many_rules(policies, 3000)
+    stall = await _longest_stall(lambda: gateway.app[PIPELINE].current is not old)
+    assert reloader.status.last_error is None
+    assert gateway.app[PIPELINE].current.version == reloader.status.version != old.version
     assert stall < 0.25
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 FORMAT = "gateway-head/1"
 MAX_LAYER = 6  # all-MiniLM-L6-v2 has six
@@ -107,10 +108,24 @@ class HeadError(ValueError):
 
 
 def load_head(path: Path | None = None) -> Head:
+    """The head in `path` (default: the shipped one). Read again with the same bytes (a
+    policy reload), it is the head parsed before: parsing its 1.6 MB of JSON is one call of
+    tens of milliseconds that holds the GIL, so it would stall the event loop even when a
+    worker thread makes it."""
     path = path or default_head_path()
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise HeadError(f"{path}: cannot read embedding head: {exc}") from None
+    return _parse_file(path, data)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_file(path: Path, data: bytes) -> Head:
+    """Shared once cached, so its arrays are made read-only."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise HeadError(f"{path}: cannot read embedding head: {exc}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise HeadError(f"{path}: not a {FORMAT} file")
@@ -138,6 +153,9 @@ def _parse(raw: Any, path: Path) -> Head:
             hidden_b=None if hidden is None else np.asarray(hidden["b"], dtype=np.float32))
     except (KeyError, TypeError, ValueError) as exc:
         raise HeadError(f"{path}: malformed embedding head: {exc}") from None
+    for weights in (head.harm_w, head.cat_w, head.cat_b, head.hidden_w, head.hidden_b):
+        if weights is not None:
+            weights.flags.writeable = False
     k = len(head.categories)
     if head.cat_w.ndim != 2 or head.cat_w.shape[0] != k or head.cat_b.shape != (k,):
         raise HeadError(f"{path}: head shapes do not match its {k} categories")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 np = pytest.importorskip("numpy", reason="the embedding head needs numpy (the `ml` extra)")
@@ -124,4 +125,24 @@ def test_the_hidden_layer_round_trips_and_its_shapes_are_checked(tmp_path: Path)
             load_head(path)
     path.write_text(json.dumps({**raw, "harm": {"w": raw["harm"]["w"][:-1], "b": 0.0}}))
     with pytest.raises(HeadError, match="harm weights"):
+        load_head(path)
+
+
+def test_the_same_bytes_give_the_head_parsed_before(tmp_path: Path) -> None:
+    """A policy reload must not parse the head again: that one call holds the GIL for tens
+    of milliseconds. Other bytes at the same path are read afresh."""
+    path = tmp_path / "head.json"
+    load_head().save(path)
+    first = load_head(path)
+    assert load_head(path) is first
+    assert not first.cat_w.flags.writeable  # shared between pipelines: nobody may change it
+    with pytest.raises(ValueError, match="read-only"):
+        first.harm_w[0] = 1.0
+    raw = first.to_json()
+    raw["harm"]["b"] = first.harm_b + 1.0
+    path.write_bytes(orjson.dumps(raw))
+    changed = load_head(path)
+    assert changed is not first and changed.harm_b == pytest.approx(first.harm_b + 1.0)
+    path.unlink()
+    with pytest.raises(HeadError, match="cannot read"):
         load_head(path)
