@@ -116,6 +116,8 @@ def _tier(name: str, raw: dict[str, Any]) -> TierSpec:
     request = dict(raw.get("request") or {})
     for key in ("temperature", "top_p"):
         request[key] = _pair(request.get(key))
+    request["media"] = tuple(request.get("media") or ())
+    request["media_hosts"] = tuple(h.lower() for h in request.get("media_hosts") or ())
     return TierSpec(
         name=name,
         models=tuple(raw["models"]),

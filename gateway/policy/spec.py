@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Action = Literal["allow", "flag", "block"]
+MediaKind = Literal["image", "audio", "video", "file", "embeds"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,9 @@ class RequestCaps:
     response_format: bool = True
     temperature: tuple[float, float] | None = None
     top_p: tuple[float, float] | None = None
+    # Media the classifiers cannot read: none unless named (tier/media.py).
+    media: tuple[MediaKind, ...] = ()
+    media_hosts: tuple[str, ...] = ()  # host globs vLLM may fetch media URLs from
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,6 +103,11 @@ async def test_non_stream_drops_stream_options() -> None:
             {"type": "input_text", "text": 5}]}]}, "messages[0].content[0]"),
         ("chat", {"model": "m", "messages": [{"role": "user", "content": [
             {"type": "refusal", "text": "x"}]}]}, "messages[0].content[0]"),
+        # a part vLLM would fetch must say from where, as a string
+        ("chat", {"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": 5}}]}]}, "messages[0].content[0]"),
+        ("chat", {"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "video_url"}]}]}, "messages[0].content[0]"),
         ("completions", {"model": "m"}, "prompt"),
         ("completions", {"model": "m", "prompt": [1, "a"]}, "prompt"),
         ("completions", {"model": "m", "prompt": [[1, 2], []]}, "prompt"),

@@ -86,6 +86,10 @@ def test_overrides_merge_over_tier_limits(tmp_path: Path) -> None:
         ("tiers:\n  basic:\n    models: [x]\noverrides:\n  orgs:\n"
          "    acme: {limits: {concurrent_requests: 0}}\n",
          "t.yaml:6: overrides.orgs.acme.limits.concurrent_requests: 0 is not a limit"),
+        ("tiers:\n  basic:\n    models: [x]\n    request: {media: [image, pictures]}\n",
+         "t.yaml:4: tiers.basic.request.media.1: 'pictures' is not one of"),
+        ("tiers:\n  basic:\n    models: [x]\n    request: {media_hosts: ['a.com/x']}\n",
+         "t.yaml:4: tiers.basic.request.media_hosts.0: 'a.com/x' does not match"),
         ("tiers:\n  basic:\n    models: [x]\n    limits: {requests_per_minute: 5}\n"
          "    limits: {requests_per_minute: 50}\n",
          "t.yaml:5: tiers.basic.limits: duplicate key (first written on line 4)"),

@@ -132,10 +132,25 @@ def _check_common(body: dict[str, Any]) -> Decision:
 # read every one of them, or text in an `input_text` part would reach the model unjudged.
 TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text",
                   "refusal": "refusal", "thinking": "thinking"}
-# The other part types vLLM accepts (media; no text of their own). vLLM refuses any other
-# type, so the gateway does as well, before anything else looks at the request.
-MEDIA_PART_TYPES = frozenset({"image_url", "input_image", "image_embeds", "audio_url",
-                              "input_audio", "video_url", "file"})
+# The other part types vLLM accepts (media; no text of their own), by the kind a tier names
+# (tier/media.py). vLLM refuses any other type, so the gateway does as well, before
+# anything else looks at the request.
+MEDIA_KINDS = {"image_url": "image", "input_image": "image", "image_embeds": "embeds",
+               "audio_url": "audio", "input_audio": "audio", "video_url": "video",
+               "file": "file"}
+MEDIA_PART_TYPES = frozenset(MEDIA_KINDS)
+# The media parts fetched by URL, and the key that holds it ({"url": ...} or the URL).
+URL_KEYS = {"image_url": "image_url", "input_image": "image_url", "audio_url": "audio_url",
+            "video_url": "video_url"}
+
+
+def media_url(part: dict[str, Any]) -> str | None:
+    """The URL a media part asks vLLM to fetch, or None (an inline part, or no string)."""
+    key = URL_KEYS.get(part["type"])
+    value = part.get(key) if key is not None else None
+    if isinstance(value, dict):
+        value = value.get("url")
+    return value if isinstance(value, str) else None
 
 
 def part_text(part: Any) -> str | None:
@@ -172,13 +187,18 @@ def _check_messages(messages: Any) -> Decision:
                 if not _valid_part(part):
                     return _bad(f"'messages[{i}].content[{j}]' must be a text part "
                                 f"({', '.join(sorted(TEXT_PART_KEYS))}) with its text as "
-                                f"a string, or a media part", f"messages[{i}].content[{j}]")
+                                f"a string, or a media part (with its URL as a string)",
+                                f"messages[{i}].content[{j}]")
     return ALLOW
 
 
 def _valid_part(part: Any) -> bool:
+    """A text part with its text, or a media part (with its URL, where fetched by one: the
+    tier stage checks where it points)."""
     if not isinstance(part, dict) or not isinstance(part.get("type"), str):
         return False
+    if part["type"] in URL_KEYS:
+        return media_url(part) is not None
     return part["type"] in MEDIA_PART_TYPES or part_text(part) is not None
 
 

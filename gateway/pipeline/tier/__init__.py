@@ -16,6 +16,7 @@ from gateway.context import RequestContext
 from gateway.errors import Forbidden, shown
 from gateway.pipeline import ALLOW, Decision, deny
 from gateway.pipeline.output import asks_logprobs
+from gateway.pipeline.tier.media import check_media
 from gateway.pipeline.upstream.tokens import PromptCounter, count_prompt
 from gateway.policy.spec import PolicySpec, RequestCaps, SystemPromptSpec, TierSpec
 
@@ -181,9 +182,10 @@ class TierStage:
             if not decision.allowed:
                 return decision
         if "messages" in body:
-            decision = _check_conversation(tier.request, body["messages"], tier.name)
-            if not decision.allowed:
-                return decision
+            for check in (_check_conversation, check_media):
+                decision = check(tier.request, body["messages"], tier.name)
+                if not decision.allowed:
+                    return decision
             shaped = _system_messages(tier.system_prompt, body["messages"], tier.name)
             if isinstance(shaped, Decision):
                 return shaped
