@@ -33,6 +33,8 @@ _PATTERNS = (
     re.compile(r"\b[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"),
     # Credentials in query strings.
     re.compile(r"(?i)(?P<keep>\b(?:access_token|token|api_key|key|secret)=)[^&\s\"']+"),
+    # User info in URLs (http://user:password@host).
+    re.compile(r"(?i)(?P<keep>\b[a-z][a-z0-9+.-]*://)[^/?#@\s]+(?=@)"),
 )
 # gen_ai.operation.name of each route, as the GenAI semantic conventions spell it.
 OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
@@ -92,6 +94,15 @@ def _replacement(match: re.Match[str]) -> str:
     # Keep the name ("token=", "Bearer ") so the line still says what was there.
     keep = match.groupdict().get("keep")
     return (keep or "") + REDACTED
+
+
+def without_credentials(url: str) -> str:
+    """The URL with any user info removed: how an upstream is named in logs and labels."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def env_secrets(env: Mapping[str, str] | None = None) -> list[str]:

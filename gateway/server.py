@@ -18,6 +18,7 @@ from gateway.app import create_app
 from gateway.context import LIFECYCLE, POOL, RELOADER
 from gateway.devkeys import DevKeyError, ensure_dev_keys
 from gateway.lifecycle import StartupError
+from gateway.logs import without_credentials
 from gateway.pipeline.auth.build import AuthConfigError
 from gateway.pipeline.auth.jwks import KeySetUnavailable
 from gateway.policy.loader import PolicyError, load_policy
@@ -132,7 +133,7 @@ async def serve(settings: Settings) -> int:
             await sim_runner.cleanup()
         return _refuse(exc)
     host, port = runner.addresses[0][:2]
-    log.info("fronting %s", ", ".join(settings.upstreams))
+    log.info("fronting %s", ", ".join(map(without_credentials, settings.upstreams)))
     # The pool has asked every upstream for its models once by now.
     models = list(app[POOL].models())
     if not models and sim_runner is not None:

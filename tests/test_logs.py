@@ -14,6 +14,7 @@ from gateway.logs import (
     Redactor,
     configure_logging,
     request_log_fields,
+    without_credentials,
 )
 
 # A well-formed (unsigned-looking) JWT and a planted server secret.
@@ -77,6 +78,15 @@ def test_redactor_leaves_ordinary_text_alone() -> None:
         assert r.scrub(text) == text
     assert r.scrub(f"Basic dXNlcjpwYXNzd29yZA== and {SECRET}") == \
         f"Basic {REDACTED} and {REDACTED}"
+    assert r.scrub("see http://example.com/a@b and a@b.c") == "see http://example.com/a@b and a@b.c"
+
+
+def test_user_info_in_urls_is_removed() -> None:
+    r = Redactor()
+    assert r.scrub("fronting http://admin:pw@10.0.0.1:8000/v1, redis://:pw@r:6379") == \
+        f"fronting http://{REDACTED}@10.0.0.1:8000/v1, redis://{REDACTED}@r:6379"
+    assert without_credentials("https://u:p@host:8443/x?y=1") == "https://host:8443/x?y=1"
+    assert without_credentials("http://host:1") == "http://host:1"
 
 
 def test_text_mode_and_levels(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -82,7 +82,7 @@ class UpstreamClient:
                     resp = await self._send(backend, ctx, body)
                 except aiohttp.ClientError as exc:
                     self.pool.failed(backend, failure_kind(exc))
-                    log.warning("upstream %s failed: %s", backend.url, exc.__class__.__name__)
+                    log.warning("upstream %s failed: %s", backend.name, exc.__class__.__name__)
                     error = BadGateway("The upstream server could not be reached")
                     continue
                 except TimeoutError:

@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 
 from gateway.errors import ModelNotFound, Unavailable, shown
+from gateway.logs import without_credentials
 from gateway.metrics import Metrics
 from gateway.settings import HealthSettings
 
@@ -31,7 +32,8 @@ log = logging.getLogger("gateway.upstream")
 
 @dataclass(eq=False, slots=True)
 class Backend:
-    url: str
+    url: str  # as configured: may carry user info the upstream needs
+    name: str = ""  # the URL without user info: for logs and metric labels
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> model object
     healthy: bool = False
     outstanding: int = 0
@@ -47,7 +49,8 @@ class Backend:
 class Pool:
     def __init__(self, urls: tuple[str, ...], session: aiohttp.ClientSession,
                  health: HealthSettings, metrics: Metrics) -> None:
-        self.backends = tuple(Backend(url.rstrip("/")) for url in urls)
+        self.backends = tuple(Backend(url.rstrip("/"), without_credentials(url.rstrip("/")))
+                              for url in urls)
         self._session = session
         self._health = health
         self._metrics = metrics
@@ -96,11 +99,11 @@ class Pool:
             # The first probe always says how it went: an upstream unreachable from the
             # start was never reported.
             if healthy:
-                log.info("upstream %s is healthy", backend.url)
+                log.info("upstream %s is healthy", backend.name)
             else:
-                log.warning("upstream %s is unhealthy (%s)", backend.url, why)
+                log.warning("upstream %s is unhealthy (%s)", backend.name, why)
         elif not passed and healthy:
-            log.info("upstream %s failed a health probe (%d in a row)", backend.url,
+            log.info("upstream %s failed a health probe (%d in a row)", backend.name,
                      backend.failed_probes)
         backend.probed = True
         backend.healthy = healthy
@@ -111,7 +114,7 @@ class Pool:
     def _show(self, backend: Backend) -> None:
         """gateway_upstream_healthy: 1 while the backend takes requests, which an ejected
         one still does when panic routing sends its models there."""
-        self._metrics.upstream_healthy.labels(backend.url).set(
+        self._metrics.upstream_healthy.labels(backend.name).set(
             1 if self._in_rotation(backend, time.monotonic()) else 0)
 
     def _in_rotation(self, backend: Backend, now: float) -> bool:
@@ -179,5 +182,5 @@ class Pool:
             backend.ejected_until = time.monotonic() + self._health.eject_s
             for each in self.backends:  # another may now be routed to in panic
                 self._show(each)
-            log.warning("upstream %s ejected for %.0fs after %d failures", backend.url,
+            log.warning("upstream %s ejected for %.0fs after %d failures", backend.name,
                         self._health.eject_s, backend.failures)

@@ -111,6 +111,6 @@ class PromptCounter:
                     return None
                 count = orjson.loads(await resp.read()).get("count")
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, AttributeError):
-            log.debug("tokenize failed on %s; using the estimate", backend.url)
+            log.debug("tokenize failed on %s; using the estimate", backend.name)
             return None
         return count if type(count) is int else None

@@ -207,3 +207,42 @@ async def test_an_upstream_unreachable_from_the_start_is_reported(
         await start_gateway(dead)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [f"upstream {dead} is unhealthy (ClientConnectorError)"]
+
+
+async def test_user_info_in_an_upstream_url_is_used_but_never_shown(
+        start_sim: StartSim, start_gateway: StartGateway, http: aiohttp.ClientSession,
+        servers: list[web.AppRunner], caplog: pytest.LogCaptureFixture) -> None:
+    """A backend behind Basic auth: the password goes upstream, and nowhere else (the
+    unauthenticated /metrics, the logs, dashboards and alert texts built on them)."""
+    seen: list[str] = []
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Authorization", ""))
+        if request.path == "/health":
+            return web.Response()
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list", "data": [{"id": MODEL,
+                                                                  "object": "model"}]})
+        return web.json_response({"error": {"message": "no", "type": "x", "code": 503}},
+                                 status=503)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", guarded)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    servers.append(runner)
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    with caplog.at_level(logging.INFO):
+        gateway = await start_gateway(f"http://admin:S3cr3tPW@127.0.0.1:{port}", retries=0,
+                                      health={"failures_to_eject": 1})
+        assert await _ask(http, gateway, chat("hi")) == 503  # a failure: logged, ejected
+    assert seen and set(seen) == {"Basic YWRtaW46UzNjcjN0UFc="}  # admin:S3cr3tPW
+    async with http.get(gateway.url + "/metrics") as resp:
+        text = await resp.text()
+    healthy = [s.labels for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "gateway_upstream_healthy"]
+    assert healthy == [{"upstream": f"http://127.0.0.1:{port}"}]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"127.0.0.1:{port}" in logged
+    assert "S3cr3tPW" not in text and "S3cr3tPW" not in logged and "admin:" not in logged
