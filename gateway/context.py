@@ -94,6 +94,12 @@ class RequestContext:
     finish_reasons: tuple[str, ...] = ()
     status: int | None = None  # the status audited and logged (a broken stream's error)
 
+    @property
+    def prompt_tokens_used(self) -> int:
+        """The backend's count where it reported usage, else the gateway's own (a stream
+        cut before its usage chunk): what the limiter settles and the metrics count."""
+        return self.usage.prompt_tokens if self.usage.reported else (self.prompt_tokens or 0)
+
     async def hold(self) -> None:
         """Called by the relay before the client's response begins: waits for a verdict
         still being reached, if any."""

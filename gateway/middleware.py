@@ -93,6 +93,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = CLIENT_CLOSED if ctx is not None and ctx.client_gone else response.status
         if ctx is not None:
             await record_request(app, ctx, status)  # before aiohttp sends the response
+            # A stream that failed after its 200 ends with the error's status: counted as
+            # audited and logged, so error ratios see it.
+            status = ctx.status or status
         return response
     except (asyncio.CancelledError, ConnectionResetError):
         status = CLIENT_CLOSED

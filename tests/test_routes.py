@@ -121,3 +121,23 @@ async def test_a_refused_field_is_counted_under_the_callers_tier(
                for s in f.samples if s.name == "gateway_requests_total"
                and s.labels["status"] == "400"}
     assert refused == {"public": 1, "-": 1}
+
+
+async def test_a_stream_that_fails_after_its_200_is_counted_with_its_error(
+        gateway: Server, http: aiohttp.ClientSession) -> None:
+    """The client saw 200 and then an error event: requests_total says what the log and the
+    audit record say (502), so error ratios see the failure, and the prompt the backend read
+    is in tokens_total although no usage chunk came."""
+    body = {**chat("a story [[sim:drop_after=3]]"), "stream": True}
+    async with http.post(gateway.url + "/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200
+        assert b'"bad_gateway"' in await resp.read()
+    async with http.get(gateway.url + "/metrics") as resp:
+        families = {f.name: f for f in text_string_to_metric_families(await resp.text())}
+    statuses = {s.labels["status"]: s.value for s in families["gateway_requests"].samples
+                if s.name == "gateway_requests_total"
+                and s.labels["route"] == "/v1/chat/completions"}
+    assert statuses == {"502": 1}
+    tokens = {s.labels["direction"]: s.value for s in families["gateway_tokens"].samples
+              if s.name == "gateway_tokens_total"}
+    assert tokens["completion"] >= 1 and tokens["prompt"] >= 5

@@ -107,8 +107,7 @@ class _Settlement:
         if self.task is not None or ticket is None:
             return
         usage = self._ctx.usage
-        prompt = usage.prompt_tokens if usage.reported else (self._ctx.prompt_tokens or 0)
-        used = prompt + usage.completion_tokens
+        used = self._ctx.prompt_tokens_used + usage.completion_tokens
         self.task = asyncio.ensure_future(self._limiter.settle(ticket, used))
         _PENDING.add(self.task)
         self.task.add_done_callback(_PENDING.discard)

@@ -316,7 +316,7 @@ class StreamRelay:
         """The usage chunk the client asked for, on a stream the gateway ended itself: the
         tokens it relayed (the generation is cancelled; they are what is charged)."""
         usage = self._ctx.usage
-        prompt = usage.prompt_tokens if usage.reported else (self._ctx.prompt_tokens or 0)
+        prompt = self._ctx.prompt_tokens_used
         done = usage.completion_tokens
         return frame_json({**self._meta, "choices": [], "usage": {
             "prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}})
