@@ -58,9 +58,7 @@ class Redactor(logging.Filter):
     def scrub(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
-        for pattern in _PATTERNS:
-            text = pattern.sub(_replacement, text)
-        return text
+        return scrub_credentials(text)
 
     def _deep(self, value: object) -> object:
         """Scrubbed copies of strings inside extra fields; the caller's objects are kept."""
@@ -88,6 +86,13 @@ class Redactor(logging.Filter):
         if record.stack_info:
             record.stack_info = self.scrub(record.stack_info)
         return True
+
+
+def scrub_credentials(text: str) -> str:
+    """`text` with anything shaped like a token, a JWT or URL user info redacted."""
+    for pattern in _PATTERNS:
+        text = pattern.sub(_replacement, text)
+    return text
 
 
 def _replacement(match: re.Match[str]) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.audit.record import LIMIT_NONE, AuditKeys, AuditRecord
 from gateway.context import RequestContext
+from gateway.logs import scrub_credentials
 from gateway.pipeline.shape import part_text
 
 
@@ -25,7 +26,7 @@ def build_record(ctx: RequestContext, *, status: int, keys: AuditKeys,
         time=time.time() if now is None else now,
         key_id=keys.key_id(ctx.principal.sub) if ctx.principal is not None else "-",
         tier=ctx.tier,
-        model=ctx.model,
+        model=scrub_credentials(ctx.model),  # a client's string: a token pasted in it
         route=ctx.route,
         status=status,
         decision=ctx.decision,

@@ -34,6 +34,15 @@ def test_record_carries_the_facts_but_not_the_subject_or_prompt() -> None:
     assert record.scores == {"cyber": 0.7} and record.watermark_key_id == "wm-1"
 
 
+def test_a_token_pasted_into_the_model_is_not_kept() -> None:
+    """The log redacts it; the append-only audit log must not keep it either."""
+    jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    record = build_record(ctx(model=f"Bearer {jwt}"), status=403, keys=KEYS)
+    assert jwt not in str(record) and record.model.startswith("Bearer ")
+    assert build_record(ctx(model="org/llama-3-8b"), status=200, keys=KEYS).model == \
+        "org/llama-3-8b"
+
+
 def test_prompt_stored_only_when_opted_in_and_refusals_without_principal() -> None:
     record = build_record(ctx(), status=200, keys=KEYS, store_prompt=True)
     assert record.prompt == "system: Be kind.\nuser: secret plan"

@@ -89,6 +89,8 @@ async def test_non_stream_drops_stream_options() -> None:
         ("chat", {**CHAT, "presence_penalty": "high"}, "presence_penalty"),
         ("chat", {**CHAT, "seed": 1.5}, "seed"),
         ("chat", {**CHAT, "user": 5}, "user"),
+        # the model goes into every log line and audit record: bounded
+        ("chat", {**CHAT, "model": "m" * 257}, "model"),
         ("chat", {**CHAT, "logit_bias": {"50256": "x"}}, "logit_bias"),
         ("chat", {**CHAT, "tools": {"type": "function"}}, "tools"),
         ("chat", {**CHAT, "response_format": "json"}, "response_format"),
@@ -144,9 +146,10 @@ async def test_bad_fields_are_refused_naming_the_param(route: Route, body: dict[
         ("completions", {"model": "m", "prompt": "p", "logprobs": 3, "best_of": 2,
                          "echo": False, "suffix": "s"}),
         ("embeddings", {"model": "m", "input": ["a", "b"]}),
+        ("chat", {**CHAT, "model": "m" * 256}),
     ],
 )
 async def test_valid_bodies_pass(route: Route, body: dict[str, Any]) -> None:
     ctx, decision = await _shape(route, body)
     assert decision.allowed
-    assert ctx.model == "m"
+    assert ctx.model == body["model"]

@@ -46,6 +46,7 @@ REACH_AROUND_FIELDS = frozenset({
 
 _STREAM_OPTIONS = frozenset({"include_usage"})
 MAX_N = 16
+MAX_MODEL_CHARS = 256  # model ids are paths or repo names: far shorter
 
 
 def _bad(message: str, param: str) -> Decision:
@@ -105,6 +106,8 @@ def _check_types(body: dict[str, Any], route: Route) -> Decision:
 def _check_common(body: dict[str, Any]) -> Decision:
     if not isinstance(body.get("model"), str) or not body["model"]:
         return _bad("'model' must be a non-empty string", "model")
+    if len(body["model"]) > MAX_MODEL_CHARS:  # it goes into every log line and audit record
+        return _bad(f"'model' must be at most {MAX_MODEL_CHARS} characters", "model")
     if body.get("stream") is not None and not isinstance(body["stream"], bool):
         return _bad("'stream' must be a boolean", "stream")
     for key in ("max_tokens", "max_completion_tokens"):
