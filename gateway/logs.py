@@ -136,6 +136,27 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message key=value ...`: the same fields as the JSON lines."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{name}={_text_value(value)}"
+                          for name, value in record.__dict__.items()
+                          if name not in _STANDARD and not name.startswith("_"))
+        line = super().format(record)
+        if not fields:
+            return line
+        head, newline, trace = line.partition("\n")  # fields before any traceback
+        return f"{head} {fields}{newline}{trace}"
+
+
+def _text_value(value: object) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+
+
 def _rfc3339(created: float) -> str:
     seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
     return f"{seconds}.{int(created % 1 * 1000):03d}Z"
@@ -158,8 +179,7 @@ def configure_logging(level: str, json: bool = True, *, stream: IO[str] | None =
     handler = logging.StreamHandler(stream or sys.stderr)
     setattr(handler, _HANDLER_MARK, True)
     handler.addFilter(Redactor([*env_secrets(), *secrets]))
-    handler.setFormatter(JsonFormatter() if json else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if json else TextFormatter())
     root.addHandler(handler)
     root.setLevel(numeric)
     return handler

@@ -98,6 +98,12 @@ def test_text_mode_and_levels(monkeypatch: pytest.MonkeyPatch) -> None:
         logging.getLogger("x").warning("shown %s", JWT)
         assert "hidden" not in out.getvalue()
         assert "WARNING x: shown [redacted]" in out.getvalue()
+        # a request line carries its fields in text too, not just the word "request"
+        logging.getLogger("x").warning("request", extra={
+            "request_id": "r1", "status": 502, "tokens": {"prompt": 3}, "auth": JWT})
+        line = out.getvalue().splitlines()[-1]
+        assert line.endswith('WARNING x: request request_id=r1 status=502 '
+                             'tokens={"prompt":3} auth=[redacted]'), line
         again = configure_logging("info", stream=out)  # replaces, never duplicates
         assert handler not in root.handlers and again in root.handlers
         handler = again
