@@ -259,9 +259,14 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     """Opened before, and closed after, everything that submits records."""
     settings, metrics = app[SETTINGS], app[METRICS]
     app[AUDIT_KEYS] = AuditKeys(load_secret(settings.home, "audit"))
+
+    def dropped(n: int) -> None:
+        metrics.audit_dropped.inc(n)
+        metrics.audit_records.labels("dropped").inc(n)
+
     audit = AuditLog(settings.audit, settings.home,
                      on_written=lambda n: metrics.audit_records.labels("written").inc(n),
-                     on_dropped=lambda n: metrics.audit_dropped.inc(n),
+                     on_dropped=dropped,
                      on_failed=lambda n: metrics.audit_records.labels("error").inc(n))
     try:
         await audit.start()

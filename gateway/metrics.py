@@ -114,6 +114,9 @@ class Metrics:
         self.policy_reload_failures = Counter(
             "gateway_policy_reload_failures", "Policy reloads that kept the old policy.",
             registry=registry)
+        self.policy_invalid = Gauge(
+            "gateway_policy_invalid", "1 while the policy files fail to load (the last good "
+            "policy keeps serving; a restart would not start).", registry=registry)
         self.policy_info = Gauge(
             "gateway_policy_info", "The active policy version (1 for the active one).",
             ["version"], registry=registry)
@@ -172,7 +175,7 @@ class Metrics:
         self.audit_records = Counter(
             "gateway_audit_records", "Audit records by result (written, dropped, error).",
             ["result"], registry=registry)
-        self.audit_dropped = Counter(
+        self.audit_dropped = Counter(  # the dropped result alone, as named before it
             "gateway_audit_queue_dropped", "Audit records dropped because the queue was full.",
             registry=registry)
 

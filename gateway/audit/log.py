@@ -30,6 +30,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ log = logging.getLogger("gateway.audit")
 
 OVERFLOW = ("block", "drop")
 MAX_PAGE = 1000
+DROP_LOG_S = 10.0  # drops in a burst: one log line, not one per record
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,7 @@ class AuditLog:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.pending = 0  # submitted, not yet settled: for a queue-depth gauge
+        self._unlogged_drops, self._next_drop_log = 0, 0.0
 
     def _open_default(self, readonly: bool) -> AuditStore:
         return open_store(self.location, synchronous=self.settings.synchronous,
@@ -135,24 +138,35 @@ class AuditLog:
         if self._slots is None or self._loop is None:
             raise RuntimeError("AuditLog.submit() before start()")
         if self._closed or (self.settings.overflow == "drop" and self._slots.locked()):
-            self._on_dropped(1)
+            self._drop(1)
             return False
         try:
             await self._slots.acquire()
         except asyncio.CancelledError:
             # The request went away while waiting for space; its record is still owed.
             if self._closed:
-                self._on_dropped(1)
+                self._drop(1)
             else:
                 self._enqueue(record, holds_slot=False)
             raise
         if self._closed:
             self._slots.release()
-            self._on_dropped(1)
+            self._drop(1)
             return False
         # Cancelling this await cancels only the outcome future; the queued record is
         # still written (and _settle skips outcomes nobody waits for any more).
         return await self._enqueue(record, holds_slot=True)
+
+    def _drop(self, n: int) -> None:
+        """Count a drop; log them, at most one line per DROP_LOG_S, with how many."""
+        self._on_dropped(n)
+        self._unlogged_drops += n
+        now = time.monotonic()
+        if now >= self._next_drop_log:
+            log.error("audit records dropped: %d, answers served without their record "
+                      "(queue full with overflow: drop, or the log closing)",
+                      self._unlogged_drops)
+            self._unlogged_drops, self._next_drop_log = 0, now + DROP_LOG_S
 
     @property
     def saturated(self) -> bool:

@@ -124,6 +124,7 @@ class PolicyReloader:
         if self.status.last_error is not None:
             log.info("policy %s is valid again (%s)", policy.version, reason)
             self.status.last_error = self.status.last_error_at = None
+            self._metrics.policy_invalid.set(0)
         return True
 
     def _install(self, policy: PolicySpec, swap: Callable[[], None], reason: str) -> None:
@@ -142,6 +143,7 @@ class PolicyReloader:
         self.status.digest, self.status.version = policy.digest, policy.version
         self.status.loaded_at, self.status.files = time.time(), policy.files
         self.status.last_error = self.status.last_error_at = None
+        self._metrics.policy_invalid.set(0)
         self._metrics.policy_reloads.labels("ok").inc()
         self._metrics.policy_info.clear()
         self._metrics.policy_info.labels(policy.version).set(1)
@@ -151,3 +153,4 @@ class PolicyReloader:
         self.status.last_error, self.status.last_error_at = error, time.time()
         self._metrics.policy_reloads.labels("error").inc()
         self._metrics.policy_reload_failures.inc()
+        self._metrics.policy_invalid.set(1)

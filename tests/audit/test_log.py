@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,6 +115,27 @@ async def test_overflow_drop_refuses_at_once_and_counts(tmp_path: Path) -> None:
     assert counts.written == 3
     assert [r.request_id for r in SqliteStore(tmp_path / "audit.sqlite3").scan(None, None)] \
         == ["req-1", "req-2", "req-4"]
+
+
+async def test_drops_are_logged_once_per_burst_with_their_count(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An answer served without its record is an incident: the log says so, but a full
+    queue under load does not write one line per request."""
+    gate, counts = threading.Event(), Counts()
+    audit = counts.log(AuditSettings(queue_size=1, overflow="drop"), tmp_path,
+                       gated(tmp_path, gate))
+    await audit.start()
+    held = asyncio.create_task(audit.submit(make_record(0)))
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.ERROR, logger="gateway.audit"):
+        assert [await audit.submit(make_record(i)) for i in range(1, 6)] == [False] * 5
+    lines = [r.getMessage() for r in caplog.records]
+    assert counts.dropped == 5
+    assert lines == ["audit records dropped: 1, answers served without their record (queue "
+                     "full with overflow: drop, or the log closing)"]
+    gate.set()
+    assert await held is True
+    await audit.close()
 
 
 async def test_failed_write_resolves_false_and_counts(tmp_path: Path) -> None:

@@ -116,5 +116,5 @@ def test_alerts_use_only_exported_metrics() -> None:
     used = set().union(*(promql_metric_names(e) for e in exprs))
     assert used - gateway_names() == set()
     assert used >= {"gateway_requests_total", "gateway_upstream_healthy",
-                    "gateway_ratelimit_mode", "gateway_policy_reload_failures_total",
-                    "gateway_overhead_seconds_bucket"}
+                    "gateway_ratelimit_mode", "gateway_policy_invalid",
+                    "gateway_overhead_seconds_bucket", "gateway_audit_records_total"}

@@ -194,14 +194,26 @@ async def test_reverted_edit_clears_last_error(start_gateway: StartGateway, sim:
     reloader = gateway.app[RELOADER]
     good_version, tiers = reloader.status.version, policies / "tiers.yaml"
     good = tiers.read_text()
+    assert await _policy_invalid(http, gateway) == 0
     tiers.write_text("tiers:\n  public: [unclosed\n" + good)
     await wait_until(lambda: reloader.status.last_error is not None)
+    await asyncio.sleep(0.3)  # polls go on: the state holds while the file is bad
+    assert await _policy_invalid(http, gateway) == 1
     tiers.write_text(good)  # the serving policy again: nothing to swap, nothing wrong
     await wait_until(lambda: reloader.status.last_error is None)
     async with http.get(gateway.url + "/admin/v1/policy") as resp:
         active = (await resp.json())["active"]
     assert active["version"] == good_version
     assert active["last_error"] is None and active["last_error_at"] is None
+    assert await _policy_invalid(http, gateway) == 0
+
+
+async def _policy_invalid(http: aiohttp.ClientSession, gateway: Server) -> float:
+    """What the reload alert watches: it holds for as long as the files do not load."""
+    async with http.get(gateway.url + "/metrics") as resp:
+        text = await resp.text()
+    return next(s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == "gateway_policy_invalid")
 
 
 async def test_reload_endpoint_clears_last_error_of_a_reverted_edit(
