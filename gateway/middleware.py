@@ -77,7 +77,12 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app
     lifecycle, metrics = app[LIFECYCLE], app[METRICS]
     if lifecycle.draining and request.path not in _ALWAYS_OPEN:
-        return error_response(Unavailable("The gateway is shutting down"))
+        # Counted and logged: during a rollout these are the answers an SRE looks for.
+        refused = error_response(Unavailable("The gateway is shutting down"))
+        route = _route(request)
+        _count(request, route, refused.status, 0.0)
+        _log_unaudited(request, route, refused.status, 0.0)
+        return refused
     started = time.perf_counter()
     request[STARTED] = started
     tracing, span = app[TRACING], None
@@ -106,14 +111,19 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         lifecycle.end()
         metrics.in_flight.dec()
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
+        route = _route(request)
         elapsed = time.perf_counter() - started
         _count(request, route, status, elapsed)
         if request.get(CONTEXT) is None and request.path not in _ALWAYS_OPEN:
             _log_unaudited(request, route, status, elapsed)
         if tracing is not None and span is not None:
             tracing.finish(span, request, route, status)
+
+
+def _route(request: web.Request) -> str:
+    """The route's pattern (bounded), "unmatched" for unknown paths."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 def _log_unaudited(request: web.Request, route: str, status: int, elapsed: float) -> None:
@@ -135,8 +145,7 @@ def _log_unaudited(request: web.Request, route: str, status: int, elapsed: float
 
 def count_early_answer(request: web.Request, status: int) -> None:
     """Count an answer given before the middleware ran (to an Expect header)."""
-    resource = request.match_info.route.resource
-    _count(request, resource.canonical if resource is not None else "unmatched", status, 0.0)
+    _count(request, _route(request), status, 0.0)
 
 
 def _count(request: web.Request, route: str, status: int, elapsed: float) -> None:
