@@ -15,14 +15,17 @@ from aiohttp import web
 from gateway.audit import AUDIT, AUDIT_KEYS
 from gateway.audit.build import build_record
 from gateway.context import PIPELINE, SETTINGS, RequestContext
+from gateway.errors import AuditUnavailable
 from gateway.logs import request_log_fields
 
 log = logging.getLogger("gateway.request")
 
 
-async def record_request(app: web.Application, ctx: RequestContext, status: int) -> None:
+async def record_request(app: web.Application, ctx: RequestContext, status: int) -> bool:
+    """Audit and log the request. False when its record was not committed and
+    `audit.on_error` is fail_closed: the caller must not complete the response."""
     if ctx.audited:
-        return
+        return True
     ctx.audited = True
     ctx.status = status  # a stream that broke after its 200 ends with the error's status
     keys = app[AUDIT_KEYS]
@@ -44,6 +47,11 @@ async def record_request(app: web.Application, ctx: RequestContext, status: int)
         policy_version=pipeline.version,
         policy_hash=pipeline.policy.digest if pipeline.policy is not None else "",
         store_prompt=app[SETTINGS].audit.store_prompts and tier_opt_in)
-    await app[AUDIT].submit(record)
+    committed = await app[AUDIT].submit(record)
+    settings = app[SETTINGS].audit
+    withheld = not committed and settings.on_error == "fail_closed"
+    if withheld:
+        ctx.status = status = AuditUnavailable.status
     duration = time.perf_counter() - ctx.started
     log.info("request", extra=request_log_fields(ctx, status, duration, key_id=record.key_id))
+    return not withheld

@@ -15,6 +15,7 @@
     ├── UpstreamStatus                (upstream's 4xx, normalised, passed through)
     ├── BadGateway                    502 upstream_error
     ├── Unavailable                   503 service_unavailable
+    │   └── AuditUnavailable          503 service_unavailable / audit_unavailable
     └── GatewayTimeout                504 upstream_timeout
 
 Each error knows its status and OpenAI error type; `errors.middleware` in app.py
@@ -175,6 +176,13 @@ class Unavailable(GatewayError):
     status = 503
     type = "service_unavailable"
     default_code = "service_unavailable"
+
+
+class AuditUnavailable(Unavailable):
+    default_code = "audit_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The answer was withheld: its audit record could not be written")
 
 
 class GatewayTimeout(GatewayError):

@@ -15,6 +15,7 @@ from gateway.accounting import record_request
 from gateway.audit import AUDIT_KEYS
 from gateway.context import CONTEXT, LIFECYCLE, METRICS, POOL, PRINCIPAL, REQUEST_ID, TIER
 from gateway.errors import (
+    AuditUnavailable,
     BadRequest,
     GatewayError,
     MethodNotAllowed,
@@ -97,7 +98,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         ctx = request.get(CONTEXT)
         status = CLIENT_CLOSED if ctx is not None and ctx.client_gone else response.status
         if ctx is not None:
-            await record_request(app, ctx, status)  # before aiohttp sends the response
+            # Before aiohttp sends the response: without its record (audit.on_error:
+            # fail_closed) the answer is withheld.
+            if not await record_request(app, ctx, status):
+                response = error_response(AuditUnavailable())
             # A stream that failed after its 200 ends with the error's status: counted as
             # audited and logged, so error ratios see it.
             status = ctx.status or status

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.audit import AUDIT_KEYS, verify_chain
-from tests.conftest import MintToken, Server, chat
+from gateway.audit import AUDIT, AUDIT_KEYS, verify_chain
+from tests.conftest import MintToken, Server, StartGateway, chat, wait_until
 
 
 async def test_records_for_json_stream_and_refusal(gateway: Server, home: Path,
@@ -59,3 +62,45 @@ async def test_requests_with_no_audit_record_still_get_their_log_line(
     assert (lines[refused_id].status, lines[refused_id].key_id) == (  # type: ignore[attr-defined]
         401, "-")
     assert len(lines) == 2
+
+
+@pytest.mark.parametrize("on_error", ["fail_open", "fail_closed"])
+async def test_an_answer_whose_record_is_lost_is_withheld_when_fail_closed(
+        start_gateway: StartGateway, sim: Server, home: Path, http: aiohttp.ClientSession,
+        on_error: str) -> None:
+    """A writer lock holds the first record uncommitted; with a queue of one and drop, the
+    next records are lost. fail_open serves those answers anyway; fail_closed withholds
+    them: a 503, and a stream ends with an error event instead of [DONE]."""
+    gateway = await start_gateway(sim.url, audit={"queue_size": 1, "overflow": "drop",
+                                                  "on_error": on_error})
+    lock = sqlite3.connect(home / "audit.sqlite3", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        first = asyncio.create_task(http.post(gateway.url + "/v1/chat/completions",
+                                              json=chat(max_tokens=2)))
+        await wait_until(lambda: gateway.app[AUDIT].pending == 1)
+        async with http.post(gateway.url + "/v1/chat/completions",
+                             json=chat(max_tokens=2)) as resp:
+            plain = resp.status, await resp.json()
+        async with http.post(gateway.url + "/v1/chat/completions",
+                             json=chat(max_tokens=2, stream=True)) as resp:
+            streamed = resp.status, (await resp.read()).rstrip().rsplit(b"\n", 1)[-1]
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    async with await first as resp:
+        assert resp.status == 200  # its record committed once the lock went
+    if on_error == "fail_open":
+        assert plain[0] == 200 and plain[1]["choices"]
+        assert streamed == (200, b"data: [DONE]")
+        return
+    assert plain[0] == 503 and plain[1]["error"]["code"] == "audit_unavailable"
+    assert streamed[0] == 200
+    assert orjson.loads(streamed[1].removeprefix(b"data: "))["error"]["code"] == \
+        "audit_unavailable"
+    async with http.get(gateway.url + "/metrics") as resp:
+        text = await resp.text()
+    statuses = {s.labels["status"]: s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == "gateway_requests_total"
+                and s.labels["route"] == "/v1/chat/completions"}
+    assert statuses == {"200": 1, "503": 2}

@@ -43,6 +43,7 @@ from gateway.audit.store import SYNCHRONOUS, AuditStore, QueryFilter, open_store
 log = logging.getLogger("gateway.audit")
 
 OVERFLOW = ("block", "drop")
+ON_ERROR = ("fail_open", "fail_closed")
 MAX_PAGE = 1000
 DROP_LOG_S = 10.0  # drops in a burst: one log line, not one per record
 
@@ -56,12 +57,18 @@ class AuditSettings:
     synchronous: str = "normal"  # normal | full (see SqliteStore)
     batch_size: int = 512  # most records per transaction
     url: str | None = None  # postgresql://...: one log shared by every replica (postgres.py)
+    # A record that could not be committed (write failed, or dropped): fail_open serves the
+    # answer anyway (counted, logged, alerted on); fail_closed withholds it with a 503 (a
+    # stream ends with an error event instead of [DONE]).
+    on_error: str = "fail_open"
 
     def problems(self) -> list[str]:
         """Validation messages, each starting with the key, for the settings loader."""
         found = []
         if self.overflow not in OVERFLOW:
             found.append(f"overflow: one of {', '.join(OVERFLOW)}")
+        if self.on_error not in ON_ERROR:
+            found.append(f"on_error: one of {', '.join(ON_ERROR)}")
         if self.synchronous not in SYNCHRONOUS:
             found.append(f"synchronous: one of {', '.join(SYNCHRONOUS)}")
         if self.queue_size < 1:

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from gateway.context import RequestContext
 from gateway.errors import (
+    AuditUnavailable,
     BadGateway,
     BadRequest,
     GatewayError,
@@ -219,7 +220,7 @@ class StreamRelay:
 
     def __init__(self, request: web.Request, ctx: RequestContext, chains: ChainFactory,
                  metrics: Metrics, ttfb_s: float, idle_s: float,
-                 on_end: Callable[[RequestContext, int], Awaitable[None]] | None = None,
+                 on_end: Callable[[RequestContext, int], Awaitable[bool]] | None = None,
                  side_chains: ChainFactory | None = None,
                  lifecycle: Lifecycle | None = None) -> None:
         self._request = request
@@ -309,8 +310,10 @@ class StreamRelay:
             self._timer = None  # a Timeout that has exited cannot be rescheduled
         if not self._done:
             self._raise(BadGateway("The upstream server closed the stream early"), "truncated")
-        await self._end(200)
-        await self._send(DONE_EVENT)
+        if await self._end(200):
+            await self._send(DONE_EVENT)
+        else:  # its audit record could not be written (audit.on_error: fail_closed)
+            await self._send(frame_json(AuditUnavailable().body()))
 
     def _usage_frame(self) -> bytes:
         """The usage chunk the client asked for, on a stream the gateway ended itself: the
@@ -327,13 +330,13 @@ class StreamRelay:
         if self._timer is not None:
             self._timer.reschedule(asyncio.get_running_loop().time())
 
-    async def _end(self, status: int) -> None:
-        """The response is about to end: account for it before the client can see that."""
+    async def _end(self, status: int) -> bool:
+        """The response is about to end: account for it before the client can see that.
+        False when `on_end` says it must not end as a success."""
         if not self._ctx.usage.reported:
             self._ctx.usage.completion_tokens = self._relayed
         _record_answer(self._ctx, self._meta)
-        if self._on_end is not None:
-            await self._on_end(self._ctx, status)
+        return self._on_end is None or await self._on_end(self._ctx, status)
 
     async def _translate_all(self, payloads: list[bytes]) -> list[bytes]:
         out: list[bytes] = []
