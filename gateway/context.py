@@ -94,6 +94,14 @@ class RequestContext:
     finish_reasons: tuple[str, ...] = ()
     status: int | None = None  # the status audited and logged (a broken stream's error)
 
+    def upstream_headers(self) -> dict[str, str]:
+        """Headers of every call made upstream for this request, so the backend's logs and
+        traces join the gateway's."""
+        headers = {"content-type": "application/json", "x-request-id": self.request_id}
+        if self.traceparent:
+            headers["traceparent"] = self.traceparent
+        return headers
+
     @property
     def prompt_tokens_used(self) -> int:
         """The backend's count where it reported usage, else the gateway's own (a stream

@@ -102,9 +102,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             # fail_closed) the answer is withheld.
             if not await record_request(app, ctx, status):
                 response = error_response(AuditUnavailable())
-            # A stream that failed after its 200 ends with the error's status: counted as
-            # audited and logged, so error ratios see it.
-            status = ctx.status or status
+                status = response.status
         return response
     except (asyncio.CancelledError, ConnectionResetError):
         status = CLIENT_CLOSED
@@ -160,6 +158,10 @@ def _count(request: web.Request, route: str, status: int, elapsed: float) -> Non
     if ctx is not None:
         model = ctx.model if request.app[POOL].knows(ctx.model) else "other"
         tier, decision = ctx.tier, ctx.decision
+        # A stream that failed after its 200 counts with its error's status, as it is
+        # audited and logged, so error ratios see it (the span keeps the status sent).
+        if status != CLIENT_CLOSED:
+            status = ctx.status or status
     else:
         tier = request.get(TIER, tier)
     metrics.requests.labels(route, model, tier, decision, str(status)).inc()

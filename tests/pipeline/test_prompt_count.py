@@ -7,6 +7,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import aiohttp
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.context import Principal, RequestContext
@@ -18,7 +20,7 @@ from gateway.pipeline.tier import TierStage
 from gateway.pipeline.upstream.tokens import PromptCounter
 from gateway.policy.loader import load_policy
 from gateway.policy.spec import LimitsSpec, PolicySpec
-from tests.conftest import ROOT, chat
+from tests.conftest import MODEL, ROOT, MintToken, StartGateway, chat, free_port
 
 POLICY = load_policy(ROOT / "policies")
 
@@ -99,3 +101,39 @@ async def test_without_a_tokenizer_the_estimate_counts() -> None:
     stage = RateLimitStage(MemoryLimiter(), policy, Metrics(CollectorRegistry()))
     assert (await stage.check(ctx)).allowed
     assert ctx.prompt_tokens == 100 + 4  # ceil(300 / 3) + 4 per message
+
+
+async def test_the_tokenizer_call_carries_the_request_id(
+        start_gateway: StartGateway, servers: list[web.AppRunner], mint: MintToken) -> None:
+    """The backend's logs of a request's /tokenize call join the gateway's, as its
+    completion call does."""
+    seen: dict[str, str] = {}
+
+    async def backend(request: web.Request) -> web.StreamResponse:
+        seen[request.path] = request.headers.get("x-request-id", "")
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list", "data": [{"id": MODEL}]})
+        if request.path == "/tokenize":
+            return web.json_response({"count": 7})
+        if request.path == "/v1/chat/completions":
+            return web.json_response({"id": "c", "object": "chat.completion", "model": MODEL,
+                                      "choices": [{"index": 0, "finish_reason": "stop",
+                                                   "message": {"role": "assistant",
+                                                               "content": "Hi."}}],
+                                      "usage": {"prompt_tokens": 7, "completion_tokens": 2,
+                                                "total_tokens": 9}})
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", backend)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    servers.append(runner)
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    gateway = await start_gateway(f"http://127.0.0.1:{port}")
+    headers = {"Authorization": f"Bearer {mint(tier='public')}", "x-request-id": "join-me-1"}
+    async with aiohttp.ClientSession(headers=headers) as http, \
+            http.post(gateway.url + "/v1/chat/completions", json=chat()) as resp:
+        assert resp.status == 200
+    assert seen["/tokenize"] == seen["/v1/chat/completions"] == "join-me-1"

@@ -97,6 +97,9 @@ class UpstreamClient:
                     self.pool.failed(backend, exc.kind)
                     error = exc.error
                     continue
+                except GatewayTimeout:  # a stream's first event never came: not retried
+                    self.pool.failed(backend, "timeout")
+                    raise
                 finally:
                     resp.release()  # an unfinished body closes the connection: vLLM aborts
                 self.pool.succeeded(backend)
@@ -116,11 +119,8 @@ class UpstreamClient:
     async def _send(self, backend: Backend, ctx: RequestContext,
                     body: bytes) -> aiohttp.ClientResponse:
         url = backend.url + UPSTREAM_PATHS[ctx.route]
-        headers = {"content-type": "application/json", "x-request-id": ctx.request_id}
-        if ctx.traceparent:
-            headers["traceparent"] = ctx.traceparent
         async with asyncio.timeout(self._timeouts.ttfb_s):
-            return await self._session.post(url, data=body, headers=headers,
+            return await self._session.post(url, data=body, headers=ctx.upstream_headers(),
                                             timeout=self._client_timeout)
 
     async def _status_error(self, backend: Backend, resp: aiohttp.ClientResponse,

@@ -85,7 +85,7 @@ class PromptCounter:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        count = await self._tokenize(ctx.model, raw)
+        count = await self._tokenize(ctx, raw)
         if count is None:
             return estimate(body)
         self._cache[key] = count
@@ -93,16 +93,16 @@ class PromptCounter:
             self._cache.popitem(last=False)
         return count
 
-    async def _tokenize(self, model: str, raw: bytes) -> int | None:
+    async def _tokenize(self, ctx: RequestContext, raw: bytes) -> int | None:
         try:
-            backend = self._pool.pick(model)
+            backend = self._pool.pick(ctx.model)
         except Exception:
             return None
         if backend.url in self._no_tokenize:
             return None
         try:
             async with self._session.post(f"{backend.url}/tokenize", data=raw,
-                                          headers={"content-type": "application/json"},
+                                          headers=ctx.upstream_headers(),
                                           timeout=self._timeout) as resp:
                 if resp.status == 404:
                     self._no_tokenize.add(backend.url)

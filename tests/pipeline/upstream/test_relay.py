@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import MODEL, Server, StartGateway, StartSim, chat, wait_until
 
@@ -147,6 +148,11 @@ async def test_slow_first_token_is_504(start_gateway: StartGateway, sim: Server,
     assert error["code"] == "upstream_timeout"
     assert "in time" in error["message"]  # not "stopped sending tokens": none had come
     await wait_until(lambda: sim.stats.aborted == 1)
+    async with http.get(gateway.url + "/metrics") as resp:  # a slow backend shows, streams too
+        text = await resp.text()
+    assert [s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "gateway_upstream_errors_total" and s.labels["kind"] == "timeout"] \
+        == [1]
 
 
 async def test_client_disconnect_mid_stream_aborts_upstream(gateway: Server,
