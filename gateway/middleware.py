@@ -97,12 +97,11 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
         ctx = request.get(CONTEXT)
         status = CLIENT_CLOSED if ctx is not None and ctx.client_gone else response.status
-        if ctx is not None:
-            # Before aiohttp sends the response: without its record (audit.on_error:
-            # fail_closed) the answer is withheld.
-            if not await record_request(app, ctx, status):
-                response = error_response(AuditUnavailable())
-                status = response.status
+        # Before aiohttp sends the response: without its record (audit.on_error:
+        # fail_closed) the answer is withheld.
+        if ctx is not None and not await record_request(app, ctx, status):
+            response = error_response(AuditUnavailable())
+            status = response.status
         return response
     except (asyncio.CancelledError, ConnectionResetError):
         status = CLIENT_CLOSED
