@@ -83,6 +83,25 @@ async def test_completions_counts_are_capped_like_chats(extra: dict[str, Any], c
     assert decision.allowed  # within the tier's caps (top_logprobs 5, n 4)
 
 
+@pytest.mark.parametrize(("prompt", "n", "allowed"), [
+    (["a"] * 8, 1, True),  # research: n 8, eight sequences
+    (["a"] * 9, 1, False),  # nine: as n=9 would be
+    (["a"] * 4, 2, True),
+    (["a"] * 3, 3, False),  # nine sequences
+    ([[1, 2]] * 9, 1, False),  # token-id prompts count alike
+    ([1, 2, 3, 4, 5, 6, 7, 8, 9], 1, True),  # one prompt of token ids
+])
+async def test_a_prompt_array_counts_a_sequence_per_prompt(prompt: list[Any], n: int,
+                                                          allowed: bool) -> None:
+    """The backend generates n sequences for each prompt of the array: a tier's n cap
+    bounds them all, or one request returns as many answers as it has prompts."""
+    _, decision = await _run("research", {"model": MODEL, "prompt": prompt, "n": n},
+                             route="completions")
+    assert decision.allowed is allowed
+    if not allowed:
+        assert (decision.error.code, decision.error.param) == ("n_not_allowed", "prompt")
+
+
 async def test_completions_logprobs_0_still_asks_for_logprobs() -> None:
     """`logprobs: 0` returns each sampled token's logprob and offset: a tier without
     logprobs refuses it as it refuses 1."""

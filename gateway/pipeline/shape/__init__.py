@@ -209,6 +209,14 @@ def _token_ids(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
 
 
+def generations(body: dict[str, Any]) -> int:
+    """Sequences one shaped request makes the backend generate: n (or best_of, which
+    generates that many to return n) for each prompt of a completions prompt array."""
+    prompt = body.get("prompt")
+    prompts = len(prompt) if isinstance(prompt, list) and not _token_ids(prompt) else 1
+    return prompts * max(int(body.get("n") or 1), int(body.get("best_of") or 1))
+
+
 def _check_prompt(prompt: Any) -> Decision:
     """OpenAI's four forms: a string, strings, token ids, or lists of token ids."""
     if isinstance(prompt, str):

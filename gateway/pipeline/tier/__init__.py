@@ -16,6 +16,7 @@ from gateway.context import RequestContext
 from gateway.errors import Forbidden, shown
 from gateway.pipeline import ALLOW, Decision, deny
 from gateway.pipeline.output import asks_logprobs
+from gateway.pipeline.shape import generations
 from gateway.pipeline.tier.media import check_media
 from gateway.pipeline.upstream.tokens import PromptCounter, count_prompt
 from gateway.policy.spec import PolicySpec, RequestCaps, SystemPromptSpec, TierSpec
@@ -31,6 +32,11 @@ def _check_caps(caps: RequestCaps, body: dict[str, Any], tier: str) -> Decision:
         if (body.get(key) or 1) > caps.n:  # null means the default, 1
             return _refuse(f"tier '{tier}' allows at most {key}={caps.n}", "n_not_allowed",
                            key)
+    # A completions prompt array generates n (best_of) for each of its prompts.
+    if generations(body) > caps.n:
+        return _refuse(f"tier '{tier}' allows at most {caps.n} generated sequences per "
+                       f"request (n or best_of, for each prompt of a prompt array)",
+                       "n_not_allowed", "prompt")
     # Any logprobs asked count: completions' `logprobs: 0` still returns each token's
     # logprob, and chat's top_logprobs asks for them too.
     if asks_logprobs(body) and not caps.logprobs:

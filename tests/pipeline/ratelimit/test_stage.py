@@ -218,3 +218,28 @@ async def test_concurrent_embeddings_stay_within_the_token_budget(
 
     statuses = await asyncio.gather(*(embed() for _ in range(20)))
     assert statuses.count(200) == 1 and statuses.count(429) == 19, statuses
+
+
+async def test_a_prompt_array_reserves_max_tokens_for_each_prompt(
+        start_gateway: StartGateway, sim: Server, tmp_path: Path, mint: MintToken,
+        http: aiohttp.ClientSession) -> None:
+    """A completions prompt array of four generates four answers: it reserved max_tokens
+    once, so one request spent several times a per-minute (or daily) limit (found by a
+    black-box check)."""
+    directory = _policies(tmp_path, "{tokens_per_minute: 1000}")
+    tiers = directory / "tiers.yaml"
+    tiers.write_text(tiers.read_text().replace("max_tokens: 50, default_max_tokens: 20",
+                                               "max_tokens: 300, n: 8"))
+    gateway = await start_gateway(sim.url, policies=str(directory))
+    token = mint(tier="metered")
+
+    async def complete(prompt: str | list[str]) -> tuple[int, str]:
+        async with http.post(gateway.url + "/v1/completions", json={
+                "model": MODEL, "prompt": prompt, "max_tokens": 300},
+                headers={"Authorization": f"Bearer {token}"}) as resp:
+            return resp.status, (await resp.text())
+
+    status, _ = await complete("Once upon a time")
+    assert status == 200
+    status, body = await complete(["Once upon a time"] * 4)  # 4 x 300 > 1000
+    assert status == 429 and "can never be admitted" in body
