@@ -104,9 +104,12 @@ class RequestContext:
 
     @property
     def prompt_tokens_used(self) -> int:
-        """The backend's count where it reported usage, else the gateway's own (a stream
-        cut before its usage chunk): what the limiter settles and the metrics count."""
-        return self.usage.prompt_tokens if self.usage.reported else (self.prompt_tokens or 0)
+        """What the limiter settles and the metrics count: the backend's count where it
+        reported usage; else the gateway's own once an answer began (a stream cut before
+        its usage chunk), and nothing when none did (the upstream failed or refused)."""
+        if self.usage.reported:
+            return self.usage.prompt_tokens
+        return (self.prompt_tokens or 0) if self.usage.completion_tokens else 0
 
     async def hold(self) -> None:
         """Called by the relay before the client's response begins: waits for a verdict

@@ -196,9 +196,7 @@ def _finish(request: web.Request, ctx: RequestContext) -> None:
     metrics = request.app[METRICS]
     if ctx.gate is not None and ctx.gate.done() and not ctx.gate.cancelled():
         metrics.classifier_hold.observe(ctx.held_s)
-    # Once an answer began, the backend read the prompt (a cut stream's: the gateway's count).
-    answered = ctx.usage.reported or ctx.usage.completion_tokens
-    prompt = ctx.prompt_tokens_used if answered else 0
+    prompt = ctx.prompt_tokens_used
     if prompt or ctx.usage.completion_tokens:
         metrics.tokens.labels(ctx.tier, "prompt").inc(prompt)
         metrics.tokens.labels(ctx.tier, "completion").inc(ctx.usage.completion_tokens)

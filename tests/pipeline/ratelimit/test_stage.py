@@ -243,3 +243,22 @@ async def test_a_prompt_array_reserves_max_tokens_for_each_prompt(
     assert status == 200
     status, body = await complete(["Once upon a time"] * 4)  # 4 x 300 > 1000
     assert status == 429 and "can never be admitted" in body
+
+
+@pytest.mark.parametrize("fault", ["[[sim:status=503]]", "[[sim:status=400]]",
+                                   "[[sim:reset]]"])
+async def test_a_request_the_upstream_never_answered_costs_no_tokens(
+        start_gateway: StartGateway, sim: Server, tmp_path: Path, mint: MintToken,
+        http: aiohttp.ClientSession, fault: str) -> None:
+    """No usage and no token relayed: the backend generated nothing, so the settlement
+    gives the whole reservation back (it kept the prompt's share, found by a black-box
+    check), as gateway_tokens_total counts nothing."""
+    gateway = await start_gateway(sim.url, retries=0, policies=str(_policies(
+        tmp_path, "{tokens_per_minute: 100000}")))
+    token = mint(tier="metered")
+    prompt = f"{fault} " + "a long prompt of many words " * 40  # ~200 tokens
+    status, _, _ = await _post(http, gateway.url, token, content=prompt, max_tokens=1)
+    assert status >= 400
+    await asyncio.sleep(0.05)  # settlement runs just after the response
+    _, headers, _ = await _post(http, gateway.url, token, content="hi", max_tokens=1)
+    assert 100000 - int(headers["x-ratelimit-remaining-tokens"]) < 40  # only "hi"'s
