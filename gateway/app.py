@@ -145,13 +145,19 @@ REDIS_CONNECTIONS = 32  # per process: a burst waits for a connection instead of
 def redis_client(url: str, timeout_s: float) -> Redis:
     """A redis.asyncio client on a bounded pool. Without a bound, a burst of requests
     opened a connection each (hundreds at once), and their set-up alone outlasted the
-    time-out: the store looked down while it was idle."""
+    time-out: the store looked down while it was idle. A command that meets a closed
+    connection (Redis restarted since it was pooled) is tried once more on a new one,
+    at once; a time-out is not (it would double the wait)."""
     import redis.asyncio  # the `redis` extra
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url, max_connections=REDIS_CONNECTIONS, timeout=None,
-        socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    return redis.asyncio.Redis(connection_pool=pool)
+        socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+    return redis.asyncio.Redis.from_pool(pool)  # so aclose() closes its connections too
 
 
 def _limiter(settings: Settings, metrics: Metrics,

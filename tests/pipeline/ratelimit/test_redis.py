@@ -126,3 +126,19 @@ async def test_a_hung_server_times_out(redis_server: RedisServer, silent_port: i
         await limiter.admit("t", Limits(requests_per_minute=1), 0)
     assert time.monotonic() - started < 0.3
     await client.aclose()
+
+
+async def test_the_gateways_client_reconnects_after_a_redis_restart(
+        redis_server: RedisServer) -> None:
+    """The first command after a restart met the pooled connection the old server had
+    closed, and the limiter declared a healthy store down for a second (its fail mode on
+    every replica, after every routine restart). One retry on a fresh connection."""
+    from gateway.app import redis_client
+
+    client = redis_client(f"redis://127.0.0.1:{redis_server.port}/0", timeout_s=0.5)
+    limiter = RedisLimiter(client, timeout_s=0.5)
+    assert (await limiter.admit("t", Limits(requests_per_minute=100), 0)).allowed
+    redis_server.stop()
+    redis_server.start()
+    assert (await limiter.admit("t", Limits(requests_per_minute=100), 0)).allowed
+    await client.aclose()
