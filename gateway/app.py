@@ -39,6 +39,7 @@ from gateway.pipeline.classify import ClassifyRuntime
 from gateway.pipeline.output import OutputFilter
 from gateway.pipeline.output.redact import RedactFilter
 from gateway.pipeline.ratelimit import FallbackLimiter, Limiter, MemoryLimiter
+from gateway.pipeline.ratelimit.leases import Leasing
 from gateway.pipeline.ratelimit.stage import RateLimitStage
 from gateway.pipeline.shape import ShapeStage
 from gateway.pipeline.tier import TierStage
@@ -168,17 +169,17 @@ def _limiter(settings: Settings, metrics: Metrics,
         metrics.ratelimit_mode.labels(mode).set(1)
 
     if settings.redis_url is None:
-        memory = MemoryLimiter()
+        memory = Leasing(MemoryLimiter())
         show("memory")
         return memory, memory.close
     from gateway.pipeline.ratelimit.redis import RedisLimiter  # the `redis` extra
 
     rl = settings.ratelimit
     client = redis_client(settings.redis_url, rl.redis_timeout_s)
-    limiter = FallbackLimiter(RedisLimiter(client, rl.redis_prefix, rl.redis_timeout_s),
-                              rl.on_store_error, rl.replicas,  # type: ignore[arg-type]
-                              on_mode_change=show,
-                              on_store_error=metrics.ratelimit_store_errors.inc)
+    limiter = Leasing(FallbackLimiter(
+        RedisLimiter(client, rl.redis_prefix, rl.redis_timeout_s),
+        rl.on_store_error, rl.replicas,  # type: ignore[arg-type]
+        on_mode_change=show, on_store_error=metrics.ratelimit_store_errors.inc))
     show(limiter.mode)
 
     async def close() -> None:

@@ -6,6 +6,7 @@
     memory.py     MemoryLimiter: in this process
     redis.py      RedisLimiter: shared by all replicas, one atomic script per call
     fallback.py   FallbackLimiter: what happens while Redis is down
+    leases.py     Leasing: open requests keep their concurrency slots, dead gateways' free
 
 Exact where peer gateways are loose: one shared count for all replicas (not limit x
 replicas), tokens reserved at admission (prompt + max_tokens) and trued up when the

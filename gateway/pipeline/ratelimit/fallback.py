@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final, Literal
 
 from gateway.pipeline.ratelimit.limits import (
@@ -94,6 +94,17 @@ class FallbackLimiter:
                 except LimiterUnavailable as exc:
                     self._degrade(exc)
             self._pending.append((ticket, used_tokens))
+
+    async def renew(self, tickets: Sequence[Ticket]) -> None:
+        """Each ticket in the store that charged it; Redis's only while it answers (its
+        leases outlast a short outage)."""
+        await self._local.renew([t for t in tickets if t.source == "memory"])
+        shared = [t for t in tickets if t.source == "redis"]
+        if shared and self._healthy:
+            try:
+                await self._primary.renew(shared)
+            except LimiterUnavailable as exc:
+                self._degrade(exc)
 
     async def close(self) -> None:
         if self._recovery is not None:

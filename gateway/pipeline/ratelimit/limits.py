@@ -15,7 +15,7 @@ is refused as "tokens" (or "tokens_per_day") with a message saying so.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final, Literal, Protocol
@@ -30,8 +30,8 @@ Source = Literal["memory", "redis", "none"]
 # a nominal second keeps well-behaved clients from hammering.
 CONCURRENT_RETRY_S: Final = 1.0
 # How long a concurrency slot (and the right to a refund) outlives a gateway that
-# crashed without settling. A response longer than this loses its refund.
-LEASE_S: Final = 600.0
+# crashed without settling; a live gateway renews its open requests' leases (leases.py).
+LEASE_S: Final = 60.0
 
 
 class LimiterUnavailable(Exception):
@@ -120,6 +120,11 @@ class Limiter(Protocol):
 
     async def settle(self, ticket: Ticket, used_tokens: int) -> None:
         """Refund reserved - used (or charge the excess) and free the slot. Idempotent."""
+        ...
+
+    async def renew(self, tickets: Sequence[Ticket]) -> None:
+        """Extend the leases of tickets whose requests are still open (settled ones stay
+        settled). May raise LimiterUnavailable."""
         ...
 
     async def close(self) -> None: ...

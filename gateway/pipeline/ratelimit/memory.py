@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -118,6 +118,13 @@ class MemoryLimiter:
                 state.tats[rate.name] = gcra.refund(tat, now, rate.increment(delta))
             else:
                 state.tats[rate.name] = gcra.charge(tat, now, rate.increment(-delta))
+
+    async def renew(self, tickets: Sequence[Ticket]) -> None:
+        expiry = self._clock() + self._lease_s
+        for ticket in tickets:
+            state = self._states.get(ticket.key)
+            if state is not None and ticket.id in state.leases:
+                state.leases[ticket.id] = expiry
 
     async def close(self) -> None:
         self._states.clear()

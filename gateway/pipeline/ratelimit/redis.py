@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -55,6 +55,7 @@ class RedisLimiter:
         self._lease_us = round(lease_s * 1_000_000)
         self._admit = client.register_script(_script("admit.lua"))
         self._settle = client.register_script(_script("settle.lua"))
+        self._renew = client.register_script(_script("renew.lua"))
 
     def keys(self, key: str) -> list[str]:
         """rpm, tpm, tpd and conc keys of `key`, in the scripts' KEYS order."""
@@ -99,6 +100,16 @@ class RedisLimiter:
                                  ticket.limits.tokens_per_minute or 0,
                                  ticket.limits.tokens_per_day or 0]
         await self._call(self._settle(keys=[keys[1], keys[2], keys[3]], args=args))
+
+    async def renew(self, tickets: Sequence[Ticket]) -> None:
+        """One script call per key (a script may touch one Cluster slot only)."""
+        by_key: dict[str, list[str]] = {}
+        for ticket in tickets:
+            if ticket.id:
+                by_key.setdefault(ticket.key, []).append(ticket.id)
+        for key, ids in by_key.items():
+            await self._call(self._renew(keys=[self.keys(key)[3]],
+                                         args=[self._lease_us, *ids]))
 
     async def ping(self) -> None:
         """Raises LimiterUnavailable unless Redis answers within the timeout."""
