@@ -13,7 +13,7 @@ import hashlib
 import math
 
 from gateway.context import RequestContext
-from gateway.errors import RateLimited
+from gateway.errors import RateLimited, Unavailable
 from gateway.metrics import Metrics
 from gateway.pipeline import ALLOW, Decision, deny
 from gateway.pipeline.ratelimit.limits import Admission, Limiter, Limits
@@ -74,8 +74,7 @@ class RateLimitStage:
                      refused: Admission) -> Admission:
         """Lower max_tokens to what the budget still holds, instead of refusing."""
         remaining = int(refused.headers.get("x-ratelimit-remaining-tokens", "0"))
-        n = int(ctx.body.get("n") or 1)
-        room = (remaining - (ctx.prompt_tokens or 0)) // n
+        room = (remaining - (ctx.prompt_tokens or 0)) // generations(ctx.body)
         if room < 1:
             return refused
         name = "max_completion_tokens" if "max_completion_tokens" in ctx.body else "max_tokens"
@@ -91,6 +90,9 @@ class RateLimitStage:
         if kind == "tokens_per_day" or "can never be admitted" in admission.message:
             headers["x-should-retry"] = "false"  # the official SDKs stop retrying on this
         message = admission.message or "Rate limit reached; try again later."
+        if kind == "store_unavailable":  # fail_closed: the gateway's fault, not the caller's
+            return deny(Unavailable(message, headers=headers, code="ratelimit_unavailable"),
+                        "ratelimited")
         return deny(RateLimited(message, headers=headers), "ratelimited")
 
 
