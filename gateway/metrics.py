@@ -18,10 +18,13 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
                    40.0, 80.0, 160.0, 320.0)
 # As vLLM's own histograms: first tokens arrive in milliseconds to tens of seconds.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
-                5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+                5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)  # up to timeouts.ttfb_s
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
                0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
-OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+# Microseconds when classification is cheap, seconds when an answer waits for a verdict
+# (the guard's and the embedding model's time-outs are seconds): quantiles must not clamp.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class _MemoLabels:
@@ -128,7 +131,7 @@ class Metrics:
             ["tier", "category", "action"], registry=registry)
         self.classifier_duration = Histogram(
             "gateway_classifier_duration_seconds", "Time each classifier took per request.",
-            ["classifier"], buckets=(*OVERHEAD_BUCKETS, 0.25, 0.5, 1.0), registry=registry)
+            ["classifier"], buckets=OVERHEAD_BUCKETS, registry=registry)
         self.classifier_embedding_paths = Counter(
             "gateway_classifier_embedding_paths",
             "Embedding classifications answered by the static head alone or by the "
@@ -140,7 +143,7 @@ class Metrics:
             "gateway_classifier_hold_seconds",
             "Overlapped classification: how long an answer ready upstream waited for the "
             "verdict before it was released (0 when the verdict came first).",
-            buckets=(0.0, *OVERHEAD_BUCKETS, 0.25, 0.5, 1.0), registry=registry)
+            buckets=(0.0, *OVERHEAD_BUCKETS), registry=registry)
         self.output_blocks = Counter(
             "gateway_output_blocks", "Responses cut by output moderation.",
             ["tier", "category"], registry=registry)

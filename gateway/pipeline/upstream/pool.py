@@ -179,7 +179,10 @@ class Pool:
         self._metrics.upstream_errors.labels(kind).inc()
         backend.failures += 1
         if backend.failures >= self._health.failures_to_eject and backend.healthy:
-            backend.ejected_until = time.monotonic() + self._health.eject_s
+            now = time.monotonic()
+            if now < backend.ejected_until:
+                return  # ejected already: its ejection is not extended, nor logged again
+            backend.ejected_until = now + self._health.eject_s
             for each in self.backends:  # another may now be routed to in panic
                 self._show(each)
             log.warning("upstream %s ejected for %.0fs after %d failures", backend.name,

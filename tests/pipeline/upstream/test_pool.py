@@ -235,9 +235,13 @@ async def test_user_info_in_an_upstream_url_is_used_but_never_shown(
     await web.TCPSite(runner, "127.0.0.1", port).start()
     with caplog.at_level(logging.INFO):
         gateway = await start_gateway(f"http://admin:S3cr3tPW@127.0.0.1:{port}", retries=0,
-                                      health={"failures_to_eject": 1})
+                                      health={"failures_to_eject": 1, "panic_routing": True})
         assert await _ask(http, gateway, chat("hi")) == 503  # a failure: logged, ejected
+        for _ in range(3):  # panic routing: the only backend, ejected, still asked
+            assert await _ask(http, gateway, chat("hi")) == 503
     assert seen and set(seen) == {"Basic YWRtaW46UzNjcjN0UFc="}  # admin:S3cr3tPW
+    ejected = [r for r in caplog.records if "ejected" in r.getMessage()]
+    assert len(ejected) == 1  # not one line per failure while it is out
     async with http.get(gateway.url + "/metrics") as resp:
         text = await resp.text()
     healthy = [s.labels for f in text_string_to_metric_families(text) for s in f.samples
