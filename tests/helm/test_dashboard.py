@@ -117,4 +117,5 @@ def test_alerts_use_only_exported_metrics() -> None:
     assert used - gateway_names() == set()
     assert used >= {"gateway_requests_total", "gateway_upstream_healthy",
                     "gateway_ratelimit_mode", "gateway_policy_invalid",
-                    "gateway_overhead_seconds_bucket", "gateway_audit_records_total"}
+                    "gateway_overhead_seconds_bucket", "gateway_audit_records_total",
+                    "gateway_revocation_store_errors_total"}
