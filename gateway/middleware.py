@@ -98,8 +98,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         ctx = request.get(CONTEXT)
         status = CLIENT_CLOSED if ctx is not None and ctx.client_gone else response.status
         # Before aiohttp sends the response: without its record (audit.on_error:
-        # fail_closed) the answer is withheld.
-        if ctx is not None and not await record_request(app, ctx, status):
+        # fail_closed) the answer is withheld, where it has not started (a stream's
+        # relay ends it with the error event itself).
+        recorded = ctx is None or await record_request(app, ctx, status)
+        if not recorded and not response.prepared:
             response = error_response(AuditUnavailable())
             status = response.status
         return response
