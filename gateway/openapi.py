@@ -177,7 +177,8 @@ def _paths() -> dict[str, Any]:
                                "next_cursor": {"type": ["string", "null"]}}}, 400),
             "parameters": [
                 {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                for n in ("since", "until", "tier", "decision", "key_id", "limit", "cursor")]}},
+                for n in ("since", "until", "tier", "decision", "key_id", "request_id", "limit",
+                          "cursor")]}},
         "/admin/v1/watermark/detect": {"post": {
             **_admin_op("Payloads and ledger matches in a suspect text", {
                 "type": "object", "required": ["payloads", "marks", "result", "attribution"],

@@ -1,9 +1,10 @@
 """GET /admin/v1/audit: the decision log for admins, newest first, one page at a time.
 
 Query parameters (all optional): since, until (epoch seconds, ISO 8601, or a duration
-such as 24h meaning that long ago), tier, decision, key_id, limit (1-1000, default 100),
-cursor (the `next_cursor` of the previous page). Unknown parameters are refused so a typo
-never silently widens the result.
+such as 24h meaning that long ago), tier, decision, key_id, request_id (the join to what
+`gateway watermark detect` and the ledger report; clients choose request ids, so compare
+the key too), limit (1-1000, default 100), cursor (the `next_cursor` of the previous
+page). Unknown parameters are refused so a typo never silently widens the result.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from gateway.audit.timespec import parse_time
 from gateway.errors import BadRequest
 from gateway.protocol import expect_handler
 
-_PARAMS = frozenset({"since", "until", "tier", "decision", "key_id", "limit", "cursor"})
+_PARAMS = frozenset({"since", "until", "tier", "decision", "key_id", "request_id", "limit",
+                     "cursor"})
 DEFAULT_PAGE = 100
 
 
@@ -63,7 +65,8 @@ def parse_query(query: MultiMapping[str], now: float) -> tuple[QueryFilter, int,
         raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}", param="limit")
     flt = QueryFilter(since=times["since"], until=times["until"],
                       tier=query.get("tier") or None, decision=query.get("decision") or None,
-                      key_id=query.get("key_id") or None)
+                      key_id=query.get("key_id") or None,
+                      request_id=query.get("request_id") or None)
     return flt, int(raw_limit), query.get("cursor") or None
 
 

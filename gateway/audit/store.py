@@ -30,6 +30,7 @@ class QueryFilter:
     tier: str | None = None
     decision: str | None = None
     key_id: str | None = None
+    request_id: str | None = None  # e.g. from `gateway watermark detect` or the ledger
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +173,8 @@ def where_clause(flt: QueryFilter, mark: str = "?") -> tuple[list[str], list[obj
     params: list[object] = []
     for column, op, value in (("time", ">=", flt.since), ("time", "<", flt.until),
                               ("tier", "=", flt.tier), ("decision", "=", flt.decision),
-                              ("key_id", "=", flt.key_id)):
+                              ("key_id", "=", flt.key_id),
+                              ("request_id", "=", flt.request_id)):
         if value is not None:
             where.append(f"{column} {op} {mark}")
             params.append(value)

@@ -91,6 +91,8 @@ async def test_pages_through_filtered_records(http: aiohttp.ClientSession, url: 
     key_id = make_record(2).key_id
     status, body = await get(http, url, {"key_id": key_id, "limit": "1000"})
     assert {r["key_id"] for r in body["records"]} == {key_id} and len(body["records"]) == 12
+    status, body = await get(http, url, {"request_id": "req-7"})  # watermark detect's join
+    assert [r["request_id"] for r in body["records"]] == ["req-7"]
 
 
 @pytest.mark.parametrize(("params", "param"), [
