@@ -170,6 +170,7 @@ def _limiter(settings: Settings, metrics: Metrics,
 
     if settings.redis_url is None:
         memory = Leasing(MemoryLimiter())
+        memory.start()
         show("memory")
         return memory, memory.close
     from gateway.pipeline.ratelimit.redis import RedisLimiter  # the `redis` extra
@@ -180,6 +181,7 @@ def _limiter(settings: Settings, metrics: Metrics,
         RedisLimiter(client, rl.redis_prefix, rl.redis_timeout_s),
         rl.on_store_error, rl.replicas,  # type: ignore[arg-type]
         on_mode_change=show, on_store_error=metrics.ratelimit_store_errors.inc))
+    limiter.start()
     show(limiter.mode)
 
     async def close() -> None:

@@ -118,12 +118,17 @@ async def test_unknown_model_is_404_model_not_found(gateway: Server, token: str)
 
 async def test_a_long_unknown_model_name_is_not_echoed_whole(gateway: Server,
                                                              token: str) -> None:
-    name = "m" * 70 + "z" * 100_000
+    name = "m" * 70 + "z" * 180  # within the 256 characters a model name may have
     async with _async_client(gateway, token) as client:
         with pytest.raises(openai.NotFoundError) as info:
             await client.chat.completions.create(model=name, messages=MESSAGES)
-    message = str(info.value.body["message"])  # type: ignore[index]
-    assert "m" * 64 + "..." in message and "z" not in message and len(message) < 200
+        message = str(info.value.body["message"])  # type: ignore[index]
+        assert "m" * 64 + "..." in message and "z" not in message and len(message) < 200
+        with pytest.raises(openai.BadRequestError) as too_long:  # beyond: refused as such
+            await client.chat.completions.create(model=name + "z" * 100_000,
+                                                 messages=MESSAGES)
+    message = str(too_long.value.body["message"])  # type: ignore[index]
+    assert message == "'model' must be at most 256 characters"
 
 
 async def test_n_choices_streamed(gateway: Server, token: str) -> None:

@@ -28,6 +28,12 @@ class Leasing:
         self._open: dict[tuple[str, str], Ticket] = {}  # (source, id) -> ticket
         self._task: asyncio.Task[None] | None = None
 
+    def start(self) -> None:
+        """Start renewing now (from the event loop), not at the first admission."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._renew_forever(), name="ratelimit-leases")
+
     @property
     def mode(self) -> str:
         return str(getattr(self.inner, "mode", "memory"))
@@ -37,9 +43,7 @@ class Leasing:
         ticket = admission.ticket
         if ticket is not None and ticket.id:
             self._open[ticket.source, ticket.id] = ticket
-            if self._task is None:
-                self._task = asyncio.get_running_loop().create_task(
-                    self._renew_forever(), name="ratelimit-leases")
+            self.start()
         return admission
 
     async def settle(self, ticket: Ticket, used_tokens: int) -> None:
