@@ -50,6 +50,14 @@ async def _start(app: web.Application, runners: list[web.AppRunner], port: int =
     return f"http://{host}:{bound}"
 
 
+async def fake_backend(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                       runners: list[web.AppRunner]) -> str:
+    """A backend of a test's own on loopback: `handler` answers every method and path."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return await _start(app, runners)
+
+
 @pytest.fixture
 async def servers() -> AsyncIterator[list[web.AppRunner]]:
     runners: list[web.AppRunner] = []

@@ -20,7 +20,7 @@ from gateway.pipeline.tier import TierStage
 from gateway.pipeline.upstream.tokens import PromptCounter
 from gateway.policy.loader import load_policy
 from gateway.policy.spec import LimitsSpec, PolicySpec
-from tests.conftest import MODEL, ROOT, MintToken, StartGateway, chat, free_port
+from tests.conftest import MODEL, ROOT, MintToken, StartGateway, chat, fake_backend
 
 POLICY = load_policy(ROOT / "policies")
 
@@ -124,14 +124,7 @@ async def test_the_tokenizer_call_carries_the_request_id(
                                                 "total_tokens": 9}})
         return web.Response()
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", backend)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    servers.append(runner)
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    gateway = await start_gateway(f"http://127.0.0.1:{port}")
+    gateway = await start_gateway(await fake_backend(backend, servers))
     headers = {"Authorization": f"Bearer {mint(tier='public')}", "x-request-id": "join-me-1"}
     async with aiohttp.ClientSession(headers=headers) as http, \
             http.post(gateway.url + "/v1/chat/completions", json=chat()) as resp:

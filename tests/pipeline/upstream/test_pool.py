@@ -14,7 +14,16 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.context import POOL
-from tests.conftest import MODEL, Server, StartGateway, StartSim, chat, free_port, wait_until
+from tests.conftest import (
+    MODEL,
+    Server,
+    StartGateway,
+    StartSim,
+    chat,
+    fake_backend,
+    free_port,
+    wait_until,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -226,13 +235,7 @@ async def test_user_info_in_an_upstream_url_is_used_but_never_shown(
         return web.json_response({"error": {"message": "no", "type": "x", "code": 503}},
                                  status=503)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", guarded)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    servers.append(runner)
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    port = (await fake_backend(guarded, servers)).rsplit(":", 1)[1]
     with caplog.at_level(logging.INFO):
         gateway = await start_gateway(f"http://admin:S3cr3tPW@127.0.0.1:{port}", retries=0,
                                       health={"failures_to_eject": 1, "panic_routing": True})
