@@ -1,5 +1,8 @@
 """What happens when a request ends: its audit record and its one log line.
 
+Admin calls by an authenticated caller are audited too (`record_admin`), allowed or
+refused: who read the audit log, reloaded the policy or traced a text.
+
 Called before the last byte of a response goes out (the observe middleware for JSON
 responses and refusals, the stream relay before `[DONE]` or the error event), so a client
 that saw the end of its response has a committed audit record.
@@ -14,7 +17,8 @@ from aiohttp import web
 
 from gateway.audit import AUDIT, AUDIT_KEYS
 from gateway.audit.build import build_record
-from gateway.context import PIPELINE, SETTINGS, RequestContext
+from gateway.audit.record import AuditRecord
+from gateway.context import PIPELINE, PRINCIPAL, REQUEST_ID, SETTINGS, RequestContext
 from gateway.errors import AuditUnavailable
 from gateway.logs import request_log_fields
 
@@ -55,3 +59,19 @@ async def record_request(app: web.Application, ctx: RequestContext, status: int)
     duration = time.perf_counter() - ctx.started
     log.info("request", extra=request_log_fields(ctx, status, duration, key_id=record.key_id))
     return not withheld
+
+
+async def record_admin(app: web.Application, request: web.Request, route: str,
+                       status: int) -> None:
+    """The audit record of an admin call whose token was valid: `route` is the admin path,
+    the decision `forbidden` for a token without the admin scope, else `admin`."""
+    principal = request[PRINCIPAL]
+    pipeline = app[PIPELINE].current
+    policy = pipeline.policy
+    await app[AUDIT].submit(AuditRecord(
+        request_id=request[REQUEST_ID], time=time.time(),
+        key_id=app[AUDIT_KEYS].key_id(principal.sub),
+        tier=principal.tier if policy is not None and principal.tier in policy.tiers else "-",
+        model="", route=route, status=status,
+        decision="forbidden" if status == 403 else "admin",
+        policy_version=pipeline.version, policy_hash=policy.digest if policy else ""))

@@ -11,7 +11,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.accounting import record_request
+from gateway.accounting import record_admin, record_request
 from gateway.audit import AUDIT_KEYS
 from gateway.context import CONTEXT, LIFECYCLE, METRICS, POOL, PRINCIPAL, REQUEST_ID, TIER
 from gateway.errors import (
@@ -33,6 +33,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Still answered while draining: liveness and scrapes must keep working.
 _ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
 CLIENT_CLOSED = 499  # nginx's convention, for the metric only: nothing is sent
+ADMIN_PREFIX = "/admin/"  # calls audited once their token is valid (accounting.py)
 
 
 def error_response(error: GatewayError) -> web.Response:
@@ -104,6 +105,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not recorded and not response.prepared:
             response = error_response(AuditUnavailable())
             status = response.status
+        if ctx is None and PRINCIPAL in request and request.path.startswith(ADMIN_PREFIX):
+            await record_admin(app, request, _route(request), status)
         return response
     except (asyncio.CancelledError, ConnectionResetError):
         status = CLIENT_CLOSED
@@ -130,7 +133,7 @@ def _route(request: web.Request) -> str:
 
 
 def _log_unaudited(request: web.Request, route: str, status: int, elapsed: float) -> None:
-    """The one log line of a request that has no audit record (admin calls, models, and
+    """The one log line of a request with no RequestContext (admin calls, models, and
     refusals before the body was read): who asked, what, and how it ended."""
     if not request_log.isEnabledFor(logging.INFO):
         return

@@ -104,3 +104,33 @@ async def test_an_answer_whose_record_is_lost_is_withheld_when_fail_closed(
                 for s in f.samples if s.name == "gateway_requests_total"
                 and s.labels["route"] == "/v1/chat/completions"}
     assert statuses == {"200": 1, "503": 2}
+
+
+async def test_admin_calls_with_a_valid_token_are_audited(
+        gateway: Server, home: Path, http: aiohttp.ClientSession, mint: MintToken) -> None:
+    """Who reloaded the policy or read the audit log, and who tried without the admin
+    scope, is in the tamper-evident trail; a call without a valid token is not (it gets a
+    log line: nobody can fill the append-only log without a token)."""
+    ids: dict[str, str] = {}
+    async with http.post(gateway.url + "/admin/v1/policy/reload") as resp:  # admin token
+        assert resp.status == 200
+        ids["reload"] = resp.headers["x-request-id"]
+    user = {"Authorization": f"Bearer {mint(sub='someone', scopes=())}"}
+    async with aiohttp.ClientSession(headers=user) as plain, \
+            plain.get(gateway.url + "/admin/v1/audit") as resp:
+        assert resp.status == 403
+        ids["denied"] = resp.headers["x-request-id"]
+    async with aiohttp.ClientSession() as anonymous, \
+            anonymous.get(gateway.url + "/admin/v1/audit") as resp:
+        assert resp.status == 401
+        ids["anonymous"] = resp.headers["x-request-id"]
+    async with http.get(gateway.url + "/admin/v1/audit") as resp:
+        records = {r["request_id"]: r for r in (await resp.json())["records"]}
+    reload, denied = records[ids["reload"]], records[ids["denied"]]
+    assert (reload["route"], reload["status"], reload["decision"]) == (
+        "/admin/v1/policy/reload", 200, "admin")
+    assert (denied["route"], denied["status"], denied["decision"]) == (
+        "/admin/v1/audit", 403, "forbidden")
+    assert reload["key_id"] != denied["key_id"]
+    assert ids["anonymous"] not in records
+    assert verify_chain(home / "audit.sqlite3").ok

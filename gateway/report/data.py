@@ -94,6 +94,8 @@ class ReportData:
         row[i] += 1
 
     def add(self, r: AuditRecord) -> None:
+        if r.route.startswith("/admin/"):
+            return  # an admin call, audited but not traffic
         i = min(self.n_buckets - 1, max(0, int((r.time - self.origin) // self.bucket_s)))
         self.total += 1
         self.keys.add(r.key_id)

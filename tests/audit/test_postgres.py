@@ -114,7 +114,7 @@ async def test_gateway_writes_its_audit_log_to_postgres(
         subprocess.run, [sys.executable, "-m", "gateway", "audit", "verify", "--db",
                          postgres_url], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "3 records, chain intact" in done.stdout
+    assert "4 records, chain intact" in done.stdout  # the admin query is audited too
     out = tmp_path / "report.html"
     assert report_cli("report", "--db", postgres_url, "--since", "1h", "--out", str(out)) == 0
     assert "<svg" in out.read_text()
