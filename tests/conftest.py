@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.devkeys import mint_token
@@ -149,6 +150,21 @@ def edited_policies(tmp_path: Path, *edits: tuple[str, str],
         text = text.replace(old, new, 1)
     path.write_text(text)
     return str(policies)
+
+
+async def requests_total(url: str, by: str, **where: str) -> dict[str, float]:
+    """gateway_requests_total from a live /metrics, summed by the label `by`, over the
+    samples whose labels equal `where`."""
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "gateway_requests_total" and all(
+                    labels.get(k) == v for k, v in where.items()):
+                counts[labels[by]] = counts.get(labels[by], 0.0) + sample.value
+    return counts
 
 
 def free_port() -> int:

@@ -10,10 +10,9 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.audit import AUDIT, AUDIT_KEYS, verify_chain
-from tests.conftest import MintToken, Server, StartGateway, chat, wait_until
+from tests.conftest import MintToken, Server, StartGateway, chat, requests_total, wait_until
 
 
 async def test_records_for_json_stream_and_refusal(gateway: Server, home: Path,
@@ -98,12 +97,8 @@ async def test_an_answer_whose_record_is_lost_is_withheld_when_fail_closed(
     assert streamed[0] == 200
     assert orjson.loads(streamed[1].removeprefix(b"data: "))["error"]["code"] == \
         "audit_unavailable"
-    async with http.get(gateway.url + "/metrics") as resp:
-        text = await resp.text()
-    statuses = {s.labels["status"]: s.value for f in text_string_to_metric_families(text)
-                for s in f.samples if s.name == "gateway_requests_total"
-                and s.labels["route"] == "/v1/chat/completions"}
-    assert statuses == {"200": 1, "503": 2}
+    assert await requests_total(gateway.url, "status", route="/v1/chat/completions") == {
+        "200": 1, "503": 2}
 
 
 async def test_admin_calls_with_a_valid_token_are_audited(
