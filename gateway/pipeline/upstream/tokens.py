@@ -78,8 +78,10 @@ class PromptCounter:
             payload["messages"] = body["messages"]
         elif ctx.route == "completions" and isinstance(body.get("prompt"), str):
             payload["prompt"] = body["prompt"]
+        elif ctx.route == "embeddings" and isinstance(body.get("input"), str):
+            payload["prompt"] = body["input"]  # as a prompt: vLLM tokenizes it alike
         else:
-            return estimate(body)  # lists of prompts and embeddings inputs: estimate
+            return estimate(body)  # lists of prompts or of inputs: estimate
         raw = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         key = hashlib.blake2b(raw, digest_size=16).digest()
         if key in self._cache:

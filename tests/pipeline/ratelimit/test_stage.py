@@ -262,3 +262,18 @@ async def test_a_request_the_upstream_never_answered_costs_no_tokens(
     await asyncio.sleep(0.05)  # settlement runs just after the response
     _, headers, _ = await _post(http, gateway.url, token, content="hi", max_tokens=1)
     assert 100000 - int(headers["x-ratelimit-remaining-tokens"]) < 40  # only "hi"'s
+
+
+async def test_an_embeddings_input_is_counted_by_the_backends_tokenizer(
+        start_gateway: StartGateway, sim: Server, tmp_path: Path, mint: MintToken,
+        http: aiohttp.ClientSession) -> None:
+    """It reserved characters/3, which refused as "can never be admitted" an input the
+    limit holds (and under-reserved text denser than that), found by a black-box check."""
+    gateway = await start_gateway(sim.url, policies=str(_policies(
+        tmp_path, "{tokens_per_minute: 1200}")))
+    text = "hello world " * 330  # 3,960 characters: 1,320 by the estimate
+    async with http.post(sim.url + "/tokenize", json={"model": MODEL, "prompt": text}) as r:
+        assert (await r.json())["count"] < 1200  # what the backend will count
+    async with http.post(gateway.url + "/v1/embeddings", json={"model": MODEL, "input": text},
+                         headers={"Authorization": f"Bearer {mint(tier='metered')}"}) as resp:
+        assert resp.status == 200, await resp.text()
