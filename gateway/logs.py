@@ -101,15 +101,6 @@ def _replacement(match: re.Match[str]) -> str:
     return (keep or "") + REDACTED
 
 
-def without_credentials(url: str) -> str:
-    """The URL with any user info removed: how an upstream is named in logs and labels."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, path = rest.partition("/")
-    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
-
-
 def env_secrets(env: Mapping[str, str] | None = None) -> list[str]:
     """The values of GATEWAY_SECRET_* variables, to be scrubbed wherever they appear."""
     env = os.environ if env is None else env

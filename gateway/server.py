@@ -18,7 +18,6 @@ from gateway.app import create_app
 from gateway.context import LIFECYCLE, POOL, RELOADER
 from gateway.devkeys import DevKeyError, ensure_dev_keys
 from gateway.lifecycle import StartupError
-from gateway.logs import without_credentials
 from gateway.pipeline.auth.build import AuthConfigError
 from gateway.pipeline.auth.jwks import KeySetUnavailable
 from gateway.policy.loader import PolicyError, load_policy
@@ -26,6 +25,7 @@ from gateway.protocol import GatewayRunner
 from gateway.secret_store import SecretError
 from gateway.settings import Settings, SettingsError
 from gateway.sim import SimSettings, create_sim_app
+from gateway.urls import redact
 
 log = logging.getLogger("gateway")
 
@@ -133,7 +133,7 @@ async def serve(settings: Settings) -> int:
             await sim_runner.cleanup()
         return _refuse(exc)
     host, port = runner.addresses[0][:2]
-    log.info("fronting %s", ", ".join(map(without_credentials, settings.upstreams)))
+    log.info("fronting %s", ", ".join(map(redact, settings.upstreams)))
     # The pool has asked every upstream for its models once by now.
     models = list(app[POOL].models())
     if not models and sim_runner is not None:

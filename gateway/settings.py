@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 from gateway.audit.log import AuditSettings
 from gateway.audit.postgres import is_postgres_url
 from gateway.extras import installed
-from gateway.logs import without_credentials
 from gateway.pipeline.auth.settings import AuthSettings
+from gateway.urls import redact as redact_url
 from gateway.yamlfile import Located, YamlError, load_file
 
 # The shipped policies: a link to the checkout's policies/ that a wheel carries as files,
@@ -241,7 +241,7 @@ def _check(settings: Settings) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SettingsError(f"upstreams.{i}: expected an http(s) URL, got "
-                                f"{without_credentials(url)!r}")
+                                f"{redact_url(url)!r}")
     if not 0 <= settings.port <= 65535:
         raise SettingsError("port: must be between 1 and 65535 (0: any free port)")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -14,13 +14,13 @@ gateway without the extra never imports it. Connection URLs carry passwords: onl
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from gateway.audit.record import AuditRecord, ChainedRecord, seal_batch
 from gateway.audit.store import INDEXED, QueryFilter, StoredRow, record_from_body, where_clause
+from gateway.urls import redact
 
 SCHEMES = ("postgresql", "postgres")
 # An arbitrary constant naming "the audit chain head" for pg_advisory_xact_lock.
@@ -28,7 +28,6 @@ _CHAIN_LOCK = 0x6761_7564_6974  # "gaudit"
 
 _COPY = ("COPY gateway_audit (seq, time, request_id, key_id, tier, decision, status, body, "
          "prev_hash, hash) FROM STDIN")
-_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateway_audit (
@@ -57,17 +56,6 @@ FOR EACH ROW EXECUTE FUNCTION gateway_audit_append_only();
 
 def is_postgres_url(url: str) -> bool:
     return urlsplit(url).scheme in SCHEMES
-
-
-def redact(url: str) -> str:
-    """The URL with any password (user info or ?password=) masked, for logs and errors.
-    Works on the raw text: multi-host URLs (h1:5432,h2:5432) have no single port."""
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    if ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
-    return urlunsplit(parts._replace(netloc=userinfo + at + hosts, query=query))
 
 
 def _scrub(message: str, url: str) -> str:

@@ -21,6 +21,7 @@ import orjson
 
 from gateway.audit.record import AuditRecord, ChainedRecord, seal_batch
 from gateway.private_files import create_private
+from gateway.urls import redact
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +198,4 @@ def open_store(where: str | Path, *, readonly: bool = False,
 
 def describe(where: str | Path) -> str:
     """How to name a store in messages: the path, or the URL without its password."""
-    from gateway.audit.postgres import redact
-
     return redact(where) if isinstance(where, str) else str(where)

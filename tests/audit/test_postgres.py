@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.audit.cli import run_audit as audit_cli
-from gateway.audit.postgres import PostgresStore, redact
+from gateway.audit.postgres import PostgresStore
 from gateway.audit.store import QueryFilter, open_store
 from gateway.audit.verify import verify_chain
 from tests.audit.records import make_record
@@ -88,11 +88,6 @@ def test_readonly_needs_an_existing_log(postgres_url: str) -> None:
 
 
 def test_passwords_never_reach_messages() -> None:
-    url = "postgresql://gw:s3cret-pw@db.internal:5432/audit"
-    assert redact(url) == "postgresql://gw:***@db.internal:5432/audit"
-    assert redact("postgresql://db/audit") == "postgresql://db/audit"
-    assert (redact("postgresql://gw:pw@h1:5432,h2:5432/audit?sslmode=require&password=pw")
-            == "postgresql://gw:***@h1:5432,h2:5432/audit?sslmode=require&password=***")
     with pytest.raises(ConnectionError) as info:
         PostgresStore("postgresql://gw:s3cret-pw@127.0.0.1:1/audit")
     assert "s3cret-pw" not in str(info.value) and "***" in str(info.value)

@@ -23,9 +23,9 @@ import aiohttp
 import orjson
 
 from gateway.errors import ModelNotFound, Unavailable, shown
-from gateway.logs import without_credentials
 from gateway.metrics import Metrics
 from gateway.settings import HealthSettings
+from gateway.urls import redact
 
 log = logging.getLogger("gateway.upstream")
 
@@ -33,7 +33,7 @@ log = logging.getLogger("gateway.upstream")
 @dataclass(eq=False, slots=True)
 class Backend:
     url: str  # as configured: may carry user info the upstream needs
-    name: str = ""  # the URL without user info: for logs and metric labels
+    name: str = ""  # the URL with its password masked: for logs and metric labels
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> model object
     healthy: bool = False
     outstanding: int = 0
@@ -49,7 +49,7 @@ class Backend:
 class Pool:
     def __init__(self, urls: tuple[str, ...], session: aiohttp.ClientSession,
                  health: HealthSettings, metrics: Metrics) -> None:
-        self.backends = tuple(Backend(url.rstrip("/"), without_credentials(url.rstrip("/")))
+        self.backends = tuple(Backend(url.rstrip("/"), redact(url.rstrip("/")))
                               for url in urls)
         self._session = session
         self._health = health

