@@ -1,13 +1,16 @@
 """Prompt token counts: the backend's own /tokenize when it has one, else an estimate.
 
 Counts are cached per identical (model, prompt) so a client resending the same long
-conversation costs one tokenizer call. The estimate (documented in the README) is
-ceil(characters / 3) + 4 per chat message: deliberately on the high side, because it
-feeds token reservations and caps, where undercounting lets callers overshoot.
+conversation costs one tokenizer call. A list of prompts (completions) or of inputs
+(embeddings) is counted item by item, concurrently, up to MAX_ITEMS items. The estimate
+(documented in the README) is ceil(characters / 3) + 4 per chat message: deliberately on
+the high side, because it feeds token reservations and caps, where undercounting lets
+callers overshoot.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -24,6 +27,7 @@ log = logging.getLogger("gateway.tokens")
 
 PER_MESSAGE = 4
 CHARS_PER_TOKEN = 3
+MAX_ITEMS = 32  # a longer list of prompts is estimated: one tokenizer call per item
 
 
 def _text_of(content: Any) -> str:
@@ -73,15 +77,24 @@ class PromptCounter:
 
     async def _count(self, ctx: RequestContext) -> int:
         body = ctx.body
-        payload: dict[str, Any] = {"model": ctx.model}
         if ctx.route == "chat":
-            payload["messages"] = body["messages"]
-        elif ctx.route == "completions" and isinstance(body.get("prompt"), str):
-            payload["prompt"] = body["prompt"]
-        elif ctx.route == "embeddings" and isinstance(body.get("input"), str):
-            payload["prompt"] = body["input"]  # as a prompt: vLLM tokenizes it alike
-        else:
-            return estimate(body)  # lists of prompts or of inputs: estimate
+            counted = await self._cached(ctx, {"model": ctx.model, "messages": body["messages"]})
+            return counted if counted is not None else estimate(body)
+        # Embedding inputs go as prompts: vLLM tokenizes them alike.
+        prompts = body.get("prompt") if ctx.route == "completions" else body.get("input")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if (ctx.route not in ("completions", "embeddings") or not isinstance(prompts, list)
+                or not 0 < len(prompts) <= MAX_ITEMS
+                or not all(isinstance(p, str) for p in prompts)):
+            return estimate(body)  # token ids are counted exactly by the estimate
+        counts = await asyncio.gather(*(
+            self._cached(ctx, {"model": ctx.model, "prompt": prompt}) for prompt in prompts))
+        return sum(count if count is not None else estimate({"prompt": prompt})
+                   for count, prompt in zip(counts, prompts, strict=True))
+
+    async def _cached(self, ctx: RequestContext, payload: dict[str, Any]) -> int | None:
+        """The backend's count for one /tokenize payload; None when it has none."""
         raw = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         key = hashlib.blake2b(raw, digest_size=16).digest()
         if key in self._cache:
@@ -89,7 +102,7 @@ class PromptCounter:
             return self._cache[key]
         count = await self._tokenize(ctx, raw)
         if count is None:
-            return estimate(body)
+            return None
         self._cache[key] = count
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

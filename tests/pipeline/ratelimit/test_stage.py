@@ -277,3 +277,31 @@ async def test_an_embeddings_input_is_counted_by_the_backends_tokenizer(
     async with http.post(gateway.url + "/v1/embeddings", json={"model": MODEL, "input": text},
                          headers={"Authorization": f"Bearer {mint(tier='metered')}"}) as resp:
         assert resp.status == 200, await resp.text()
+
+
+@pytest.mark.parametrize("route,field", [("/v1/embeddings", "input"),
+                                         ("/v1/completions", "prompt")])
+async def test_a_list_of_prompts_is_counted_by_the_backends_tokenizer(
+        start_gateway: StartGateway, sim: Server, tmp_path: Path, mint: MintToken,
+        http: aiohttp.ClientSession, route: str, field: str) -> None:
+    """Each item of a list is counted by /tokenize, as one string is: characters/3 for
+    the list refused as "can never be admitted" inputs the limit holds."""
+    directory = _policies(tmp_path, "{tokens_per_minute: 1200}")
+    tiers = directory / "tiers.yaml"
+    tiers.write_text(tiers.read_text().replace("default_max_tokens: 20", "n: 4"))
+    gateway = await start_gateway(sim.url, policies=str(directory))
+    texts = [f"hello world {i} " + "hello world " * 110 for i in range(3)]  # 1,350 estimated
+    counted = 0
+    for text in texts:
+        async with http.post(sim.url + "/tokenize", json={"model": MODEL, "prompt": text}) as r:
+            counted += (await r.json())["count"]
+    assert counted + len(texts) < 1200  # what the backend will count
+    body = {"model": MODEL, field: texts} | ({"max_tokens": 1} if field == "prompt" else {})
+    async with http.post(gateway.url + route, json=body,
+                         headers={"Authorization": f"Bearer {mint(tier='metered')}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        reserved = 1200 - int(resp.headers["x-ratelimit-remaining-tokens"])
+    # The reservation is the backend's count (plus max_tokens for each prompt), give or
+    # take the few tokens the bucket refills meanwhile.
+    expected = counted + (len(texts) if field == "prompt" else 0)
+    assert expected - 5 <= reserved <= expected
