@@ -178,6 +178,10 @@ class Metrics:
         self.audit_records = Counter(
             "gateway_audit_records", "Audit records by result (written, dropped, error).",
             ["result"], registry=registry)
+        # Exported at 0 from the start: increase() needs a sample before the first loss,
+        # or an alert on it misses the first burst of lost records.
+        for result in ("written", "dropped", "error"):
+            self.audit_records.labels(result)
         self.audit_dropped = Counter(  # the dropped result alone, as named before it
             "gateway_audit_queue_dropped", "Audit records dropped because the queue was full.",
             registry=registry)
