@@ -253,7 +253,8 @@ async def readyz(request: web.Request) -> web.Response:
         "upstream": request.app[POOL].ready,
         "classifier": request.app[CLASSIFY].ready,
     }
-    ready = all(checks.values())
+    required = request.app[SETTINGS].readiness_requires_upstream
+    ready = all(passed for name, passed in checks.items() if required or name != "upstream")
     limiter = request.app[LIMITER]
     detail = {"ratelimit_mode": getattr(limiter, "mode", "memory")}
     return web.json_response({"ready": ready, "checks": checks, "detail": detail},

@@ -146,6 +146,10 @@ class Settings:
     retries: int = 1  # extra attempts on another backend, only before any byte is sent
     drain_timeout_s: float = 30.0
     policy_poll_s: float = 2.0  # how often the policy directory is checked for changes
+    # /readyz fails while no upstream is healthy. Behind a load balancer whose every
+    # gateway shares the same upstreams, false keeps the gateway in rotation to answer
+    # its own 503 `no healthy upstream` instead of the balancer's connection errors.
+    readiness_requires_upstream: bool = True
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     sim: SimSettingsSpec = field(default_factory=SimSettingsSpec)

@@ -7,7 +7,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MintToken, Server, StartGateway, chat, requests_total
+from tests.conftest import MintToken, Server, StartGateway, chat, free_port, requests_total
 
 
 def _is_openai_error(raw: bytes) -> dict[str, object]:
@@ -134,3 +134,19 @@ async def test_a_stream_that_fails_after_its_200_is_counted_with_its_error(
     tokens = {s.labels["direction"]: s.value for s in families["gateway_tokens"].samples
               if s.name == "gateway_tokens_total"}
     assert tokens["completion"] >= 1 and tokens["prompt"] >= 5
+
+
+@pytest.mark.parametrize("required", [True, False])
+async def test_readiness_without_a_healthy_upstream(
+        start_gateway: StartGateway, http: aiohttp.ClientSession, required: bool) -> None:
+    """`readiness_requires_upstream: false` keeps the gateway ready while every upstream is
+    down, so it answers its own 503 rather than leaving the balancer without endpoints."""
+    gateway = await start_gateway(f"http://127.0.0.1:{free_port()}",
+                                  readiness_requires_upstream=required)
+    async with http.get(gateway.url + "/readyz") as resp:
+        ready = await resp.json()
+        assert ready["checks"]["upstream"] is False
+        assert (resp.status, ready["ready"]) == ((503, False) if required else (200, True))
+    async with http.post(gateway.url + "/v1/chat/completions", json=chat()) as resp:
+        assert resp.status == 503
+        assert (await resp.json())["error"]["type"]
