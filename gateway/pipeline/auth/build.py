@@ -1,9 +1,9 @@
 """build_verifier: AuthSettings to a ready-to-start Verifier (key sources, revocation).
 
-Key sources, all optional and combinable: PEM files and an HS256 secret (static), a JWKS
-URL and a JWKS file (refreshed). With none configured, the development key set under
-GATEWAY_HOME/keys (created on first use) is the only source: the key `gateway token mint`
-signs with.
+Key sources, all optional and combinable: an HS256 secret (static), a JWKS URL
+(refreshed), a JWKS file and PEM files (re-read when they change on disk). With none
+configured, the development key set under GATEWAY_HOME/keys (created on first use) is the
+only source: the key `gateway token mint` signs with.
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.pipeline.auth.jwks import KeyCache, Loader, file_loader, url_loader
+from gateway.pipeline.auth.jwks import (
+    KeyCache,
+    Loader,
+    Stamp,
+    file_loader,
+    file_stamp,
+    pem_loader,
+    url_loader,
+)
 from gateway.pipeline.auth.keyring import Keyring
 from gateway.pipeline.auth.keys import UnusableKey, VerifyKey, hs256_key, pem_key
 from gateway.pipeline.auth.revocation import DenyList, Revocation, SetStore
@@ -42,16 +50,20 @@ def build_verifier(settings: AuthSettings, home: Path, session: aiohttp.ClientSe
     static = _static_keys(settings, home, os.environ if env is None else env)
     caches: list[KeyCache] = []
 
-    def cache(source: str, load: Loader, required: bool) -> None:
+    def cache(source: str, load: Loader, required: bool, stamp: Stamp | None = None) -> None:
         caches.append(KeyCache(source, load, ttl_s=settings.jwks_ttl_s,
-                               refetch_s=settings.jwks_refetch_s, required=required))
+                               refetch_s=settings.jwks_refetch_s, required=required,
+                               stamp=stamp))
 
     if settings.jwks_url:
         cache(settings.jwks_url, url_loader(session, settings.jwks_url, settings.jwks_timeout_s),
               required=False)
     if settings.jwks_file is not None:
         path = settings.resolve(home, settings.jwks_file)
-        cache(str(path), file_loader(path), required=True)
+        cache(str(path), file_loader(path), required=True, stamp=file_stamp([path]))
+    if settings.pem_files:
+        paths = [settings.resolve(home, pem) for pem in settings.pem_files]
+        cache("pem_files", pem_loader(paths), required=True, stamp=file_stamp(paths))
     if settings.uses_dev_keys:
         cache("development keys", _dev_loader(home), required=True)
     denylist = None
@@ -67,15 +79,15 @@ def build_verifier(settings: AuthSettings, home: Path, session: aiohttp.ClientSe
 
 def _static_keys(settings: AuthSettings, home: Path, env: Mapping[str, str],
                  ) -> dict[str, VerifyKey]:
-    keys: dict[str, VerifyKey] = {}
-    for i, pem in enumerate(settings.pem_files):
+    for i, pem in enumerate(settings.pem_files):  # read by their KeyCache; checked here
         path = settings.resolve(home, pem)
         try:
-            key = pem_key(path)
-        except (OSError, ValueError) as exc:  # UnusableKey is a ValueError
-            detail = exc if isinstance(exc, UnusableKey) else type(exc).__name__
-            raise AuthConfigError(f"pem_files.{i}: {path}: {detail}") from None
-        keys[key.kid] = key
+            pem_key(path)
+        except UnusableKey as exc:  # its message starts with the path
+            raise AuthConfigError(f"pem_files.{i}: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise AuthConfigError(f"pem_files.{i}: {path}: {type(exc).__name__}") from None
+    keys: dict[str, VerifyKey] = {}
     name = settings.hs256_secret_env
     if name:
         secret = env.get(name, "").encode()

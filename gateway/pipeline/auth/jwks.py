@@ -8,6 +8,11 @@
             refresh() ─► one fetch in flight at a time, shared by every waiter
                            ok: replace the set   failed: keep the last good set, log
 
+A file source (a JWKS file, PEM files: often a mounted Secret) is also watched: when its
+files change on disk (mtime, size or inode, looked at most once per `stamp_check_s`) it
+is read again at once, so a rotated or withdrawn key takes effect within a second or so
+of the kubelet's update, not after the TTL, and not after a throttled miss.
+
 `kid` values are only ever dictionary keys here: never a path, a URL or a query.
 """
 
@@ -17,19 +22,22 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
+import orjson
 
-from gateway.pipeline.auth.keys import VerifyKey, parse_jwks
+from gateway.pipeline.auth.keys import VerifyKey, parse_jwks, pem_jwk
 
 log = logging.getLogger("gateway.auth")
 
 MAX_JWKS_BYTES = 1024 * 1024  # a key set is a few KiB; a bigger answer is not one
 
 Loader = Callable[[], Awaitable[bytes]]
+Stamp = Callable[[], Hashable]  # cheap, synchronous: changes when the source's files do
 
 
 class KeySetUnavailable(RuntimeError):
@@ -42,8 +50,13 @@ class KeyCache:
     """The keys of one JWKS source. `fetches` counts attempts (tests, diagnostics)."""
 
     def __init__(self, source: str, load: Loader, *, ttl_s: float, refetch_s: float,
-                 required: bool = False, clock: Clock = time.monotonic) -> None:
+                 required: bool = False, clock: Clock = time.monotonic,
+                 stamp: Stamp | None = None, stamp_check_s: float = 1.0) -> None:
         self.source = source
+        self._stamp = stamp
+        self._stamp_check_s = stamp_check_s
+        self._loaded_stamp: Hashable = None  # the files' stamp when last read
+        self._stamp_checked_at = -math.inf
         self._required = required
         self._load = load
         self._ttl_s = ttl_s
@@ -82,8 +95,8 @@ class KeyCache:
         if key is not None:
             self.poke()
             return key
-        if self._inflight is not None:
-            await self.refresh()  # a fetch is under way: its answer may hold the kid
+        if self._inflight is not None or self._files_changed():
+            await self.refresh()  # a fetch is under way, or due: its answer may hold the kid
         elif kid is not None or not self._keys:
             now = self._clock()
             # Rotation: a new kid shows up before our TTL runs out. Throttled, because
@@ -97,8 +110,20 @@ class KeyCache:
     def poke(self) -> None:
         """Refresh in the background if the set is older than its TTL; never waits."""
         now = self._clock()
-        if now - self._fetched_at >= self._ttl_s and now - self._attempted_at >= self._refetch_s:
+        stale = (now - self._fetched_at >= self._ttl_s
+                 and now - self._attempted_at >= self._refetch_s)
+        if stale or self._files_changed():
             self._spawn()
+
+    def _files_changed(self) -> bool:
+        """A file source changed on disk since it was read (looked at once per check)."""
+        if self._stamp is None:
+            return False
+        now = self._clock()
+        if now - self._stamp_checked_at < self._stamp_check_s:
+            return False
+        self._stamp_checked_at = now
+        return self._stamp() != self._loaded_stamp
 
     async def refresh(self) -> None:
         """Fetch now, or join the fetch already in flight."""
@@ -123,6 +148,9 @@ class KeyCache:
     async def _fetch(self) -> None:
         self._attempted_at = self._clock()
         self.fetches += 1
+        if self._stamp is not None:  # before reading: a change meanwhile is read again
+            self._loaded_stamp = self._stamp()
+            self._stamp_checked_at = self._clock()
         try:
             keys = parse_jwks(await self._load(), self.source)
         except Exception as exc:  # any failure at all keeps the last good set serving
@@ -170,3 +198,33 @@ def file_loader(path: Path) -> Loader:
         return await asyncio.to_thread(read)
 
     return load
+
+
+def pem_loader(paths: Sequence[Path]) -> Loader:
+    """PEM public key files as one JWKS document (kids: RFC 7638 thumbprints). A file
+    that cannot be used fails the whole read, so the last good set keeps serving."""
+    def read() -> bytes:
+        return orjson.dumps({"keys": [pem_jwk(path.read_bytes(), str(path))
+                                      for path in paths]})
+
+    async def load() -> bytes:
+        return await asyncio.to_thread(read)
+
+    return load
+
+
+def file_stamp(paths: Sequence[Path]) -> Stamp:
+    """What changes when any of `paths` is rewritten, replaced or removed: a mounted
+    Secret's update swaps a symlink, hence a new inode."""
+    def stamp() -> tuple[tuple[int, int, int] | None, ...]:
+        stamps: list[tuple[int, int, int] | None] = []
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                stamps.append(None)
+            else:
+                stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(stamps)
+
+    return stamp

@@ -1,8 +1,9 @@
 """Keyring: every verification key the gateway trusts, found by kid.
 
-Static keys (PEM files, the HS256 secret) are loaded once; JWKS sources (a URL, a file)
-are KeyCaches that refresh themselves. A token without a kid is accepted only when the
-whole keyring holds exactly one key, so it never selects among keys by trial.
+The static key (the HS256 secret) is loaded once; the other sources (a JWKS URL, a JWKS
+file, PEM files) are KeyCaches that refresh themselves, the files whenever they change.
+A token without a kid is accepted only when the whole keyring holds exactly one key, so it
+never selects among keys by trial.
 """
 
 from __future__ import annotations

@@ -130,9 +130,12 @@ def parse_jwks(raw: bytes, source: str) -> dict[str, VerifyKey]:
     return keys
 
 
-def pem_key(path: Path) -> VerifyKey:
-    """A public key PEM file; its kid is its RFC 7638 thumbprint."""
-    public = load_pem_public_key(path.read_bytes())
+def pem_jwk(data: bytes, where: str) -> dict[str, Any]:
+    """The public JWK (no kid) of a PEM public key; UnusableKey names `where`."""
+    try:
+        public = load_pem_public_key(data)
+    except ValueError:
+        raise UnusableKey(f"{where}: not a PEM public key") from None
     jwk: dict[str, Any]
     if isinstance(public, ed25519.Ed25519PublicKey):
         jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
@@ -141,8 +144,14 @@ def pem_key(path: Path) -> VerifyKey:
     elif isinstance(public, rsa.RSAPublicKey):
         jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
     else:
-        raise UnusableKey(f"{path}: unsupported public key type")
+        raise UnusableKey(f"{where}: unsupported public key type")
     jwk.pop("kid", None)
+    return jwk
+
+
+def pem_key(path: Path) -> VerifyKey:
+    """A public key PEM file; its kid is its RFC 7638 thumbprint."""
+    jwk = pem_jwk(path.read_bytes(), str(path))
     try:
         return jwk_key(jwk)
     except UnusableKey as exc:

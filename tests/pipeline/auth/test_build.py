@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,52 @@ async def test_revocation_file_from_settings(tmp_path: Path, session: aiohttp.Cl
     with pytest.raises(AuthFailure, match="revoked"):
         await verifier.verify(minted)
     await verifier.verify(mint_token(home, "public", "dave"))  # a fresh jti
+
+
+def _pem(private: Any) -> bytes:
+    return bytes(private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def _kubelet_update(directory: Path, name: str, content: bytes) -> None:
+    """How the kubelet updates a mounted Secret: a new timestamped directory, then one
+    atomic rename of the `..data` symlink; the file itself is a symlink through it."""
+    version = directory / f"..{len(list(directory.iterdir()))}"
+    version.mkdir()
+    (version / name).write_bytes(content)
+    link = directory / "..data_tmp"
+    link.symlink_to(version.name)
+    link.rename(directory / "..data")
+    if not (directory / name).is_symlink():
+        (directory / name).symlink_to(f"..data/{name}")
+
+
+async def test_key_files_are_read_again_when_their_secret_changes(
+        tmp_path: Path, session: aiohttp.ClientSession, started: list[Verifier]) -> None:
+    """Rotation through a mounted Secret (`auth.keys.existingSecret` in the chart) needed a
+    restart for PEM files, and up to the TTL or the miss throttle for a JWKS file; pods
+    started after the update accepted the new key and older ones did not."""
+    pems, jwks = tmp_path / "pem", tmp_path / "jwks"
+    pems.mkdir()
+    jwks.mkdir()
+    _kubelet_update(pems, "key.pem", _pem(RSA_KEY))
+    _kubelet_update(jwks, "jwks.json", orjson.dumps({"keys": [public_jwk(ED_KEY, kid="old")]}))
+    verifier = await build(started, session, tmp_path, pem_files=(pems / "key.pem",),
+                           jwks_file=jwks / "jwks.json")
+    rsa_kid = thumbprint(public_jwk(RSA_KEY))
+    await verifier.verify(sign(RSA_KEY, "RS256", claims(), {"kid": rsa_kid}))
+    await verifier.verify(sign(ED_KEY, "EdDSA", claims(), {"kid": "old"}))
+    with pytest.raises(AuthFailure):  # a miss before the update: the throttle starts
+        await verifier.verify(sign(ED_KEY, "EdDSA", claims(), {"kid": "new"}))
+
+    _kubelet_update(pems, "key.pem", _pem(ED_KEY))  # the RSA key is withdrawn
+    _kubelet_update(jwks, "jwks.json", orjson.dumps({"keys": [public_jwk(ED_KEY, kid="new")]}))
+    await asyncio.sleep(1.1)  # one file check
+    await verifier.verify(sign(ED_KEY, "EdDSA", claims(), {"kid": "new"}))
+    await verifier.verify(sign(ED_KEY, "EdDSA", claims(), {"kid": thumbprint(
+        public_jwk(ED_KEY))}))
+    for private, alg, kid in ((RSA_KEY, "RS256", rsa_kid), (ED_KEY, "EdDSA", "old")):
+        for _ in range(2):  # the withdrawn keys' tokens, cached verdicts included
+            await asyncio.sleep(0.6)
+            with pytest.raises(AuthFailure):
+                await verifier.verify(sign(private, alg, claims(), {"kid": kid}))

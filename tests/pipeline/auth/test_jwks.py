@@ -12,7 +12,13 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.pipeline.auth.jwks import KeyCache, KeySetUnavailable, file_loader, url_loader
+from gateway.pipeline.auth.jwks import (
+    KeyCache,
+    KeySetUnavailable,
+    file_loader,
+    file_stamp,
+    url_loader,
+)
 from gateway.pipeline.auth.keyring import Keyring
 from gateway.pipeline.auth.settings import AuthSettings
 from gateway.pipeline.auth.verify import AuthFailure, Verifier
@@ -257,3 +263,39 @@ async def test_required_file_missing_fails_start(tmp_path: Path,
     cache = KeyCache(str(path), file_loader(path), ttl_s=300, refetch_s=30, required=True)
     with pytest.raises(KeySetUnavailable):
         await cache.start()
+
+
+async def test_a_changed_file_is_read_again_despite_a_recent_miss(tmp_path: Path) -> None:
+    """A token with the new kid came before the Secret was updated: its miss throttled the
+    next reads for refetch_s (30 s), so the rotated key was refused long after it landed
+    (found by a black-box check). The file's change is now enough."""
+    path = tmp_path / "jwks.json"
+    path.write_bytes(orjson.dumps({"keys": [ED]}))
+    clock = Clock()
+    cache = KeyCache(str(path), file_loader(path), ttl_s=300, refetch_s=30, required=True,
+                     clock=clock, stamp=file_stamp([path]))
+    await cache.start()
+    assert await cache.get("rsa") is None  # not there yet: a miss, and the throttle starts
+    path.write_bytes(orjson.dumps({"keys": [ED, RSA]}))
+    clock.advance(1.5)
+    assert await cache.get("rsa") is not None
+
+
+async def test_a_key_removed_from_the_file_goes_within_a_check(tmp_path: Path) -> None:
+    """Withdrawing a leaked key from the file took up to the TTL (300 s) to take effect."""
+    path = tmp_path / "jwks.json"
+    path.write_bytes(orjson.dumps({"keys": [ED, RSA]}))
+    clock = Clock()
+    cache = KeyCache(str(path), file_loader(path), ttl_s=300, refetch_s=30, required=True,
+                     clock=clock, stamp=file_stamp([path]))
+    await cache.start()
+    generation = cache.generation
+    path.write_bytes(orjson.dumps({"keys": [ED]}))
+    clock.advance(0.5)
+    assert await cache.get("ed") is not None
+    assert cache.fetches == 1  # looked at most once per stamp_check_s
+    clock.advance(1)
+    assert await cache.get("ed") is not None  # its poke sees the change: re-read
+    await cache.refresh()
+    assert set(cache.keys) == {"ed"} and cache.generation == generation + 1
+    assert await cache.get("rsa") is None
