@@ -1,10 +1,17 @@
 # syntax=docker/dockerfile:1
 #
 #   docker build -t gateway:0.1.0 .
-#   docker build --build-arg EXTRAS=redis,ml -t gateway:0.1.0-ml .   # + embedding classifier
+#   docker build --build-arg EXTRAS=redis,ml -t gateway:0.1.0-ml \
+#     --build-arg TORCH_INDEX_URL=<PyTorch's CPU-only wheel index> .  # + embedding classifier
 #   docker build --target vllm-plugin -t vllm-gateway-plugin:v0.32.0 .  # vLLM + logits processor
 #   docker run --rm -p 8080:8080 --read-only --tmpfs /tmp -v gateway-home:/var/lib/gateway \
 #     gateway:0.1.0
+#
+# TORCH_INDEX_URL (for the ml extra): PyTorch's CPU-only wheel index, given to pip as an
+# extra index so it installs torch's CPU build (torch==X.Y.Z+cpu satisfies the pin and wins
+# over PyPI's X.Y.Z). Without it pip takes torch's default build from PyPI, which pulls the
+# CUDA libraries (several GB); the build prints a warning then. A private mirror of that
+# index works the same way.
 #
 # The base is pinned by its full version tag. For reproducible production builds pin the
 # digest too (`docker buildx imagetools inspect python:3.11.14-slim-bookworm`), e.g.
@@ -17,6 +24,8 @@ FROM ${PYTHON_IMAGE} AS build
 # Optional extras baked into the image: "redis" (shared rate-limit store) by default;
 # add "ml" for the sentence-embedding classifier (torch, MiniLM; a much larger image).
 ARG EXTRAS=redis
+# PyTorch's CPU-only wheel index (see the top of this file); empty: torch's default build.
+ARG TORCH_INDEX_URL=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -26,7 +35,11 @@ COPY policies ./policies
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/venv \
  && wheel="$(ls /wheels/gateway-*.whl)" \
- && /opt/venv/bin/pip install "${wheel}${EXTRAS:+[$EXTRAS]}" \
+ && case ",${EXTRAS}," in *,ml,*) [ -n "${TORCH_INDEX_URL}" ] || echo "WARNING: EXTRAS has" \
+      "ml but TORCH_INDEX_URL is empty: pip installs torch's default build (CUDA, several" \
+      "GB). Pass --build-arg TORCH_INDEX_URL=<PyTorch's CPU-only wheel index>." >&2 ;; esac \
+ && /opt/venv/bin/pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+      "${wheel}${EXTRAS:+[$EXTRAS]}" \
  && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 # ---- vllm-plugin (optional target): vLLM's image with the gateway's logits processor ----
@@ -67,7 +80,8 @@ COPY policies /etc/gateway/policies
 USER 10001:10001
 WORKDIR /var/lib/gateway
 EXPOSE 8080
+# The port the gateway listens on: GATEWAY_PORT (`docker run -e GATEWAY_PORT=9000`), 8080 if unset.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
+  CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('GATEWAY_PORT') or '8080'; sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2).status == 200 else 1)"]
 ENTRYPOINT ["gateway"]
 CMD ["serve"]

@@ -13,7 +13,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# The ml extra pins torch's CPU build (torch==2.13.0); the embedding classifier's tests
+# The ml extra pins torch==2.13.0 (give pip PyTorch's CPU-only index where it would pick
+# the multi-GB CUDA build; see the Dockerfile's TORCH_INDEX_URL); the embedding classifier's tests
 # need it, and CI sets GATEWAY_REQUIRE_ML=1 so they fail rather than skip without it.
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install -q -e '.[test,ml,redis,otel]'

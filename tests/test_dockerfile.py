@@ -4,10 +4,17 @@ by parsing it (instructions, stages, build arguments) and the .dockerignore besi
 from __future__ import annotations
 
 import fnmatch
+import http.server
 import json
+import os
 import re
 import shlex
+import socket
+import subprocess
+import sys
+import threading
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,8 +172,44 @@ def test_ml_extra_is_a_build_argument(stages: list[Stage]) -> None:
         "optional-dependencies"]
     assert "ml" in declared and "ml" not in default  # slim unless asked for
     assert default <= set(declared)
-    assert re.search(r"pip install \S*\$\{?EXTRAS", build.run_text())
+    assert re.search(r"pip install (?:.*\s)?\S*\$\{?EXTRAS", build.run_text())
     assert "--build-arg EXTRAS=redis,ml" in DOCKERFILE.read_text()
+
+
+def _install(build: Stage, tmp_path: Path, extras: str, index: str) -> tuple[list[str], str]:
+    """The build stage's pip install step, run by sh with a pip that prints its arguments:
+    (the arguments, what the step wrote to stderr)."""
+    steps = [step.strip() for step in build.run_text().split(" && ")]
+    wanted = [step for step in steps
+              if step.startswith("case ") or step.startswith("/opt/venv/bin/pip install")]
+    pip = tmp_path / "pip"
+    pip.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    pip.chmod(0o755)
+    script = " && ".join(wanted).replace("/opt/venv/bin/pip", str(pip))
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
+                          env={"PATH": os.environ["PATH"], "EXTRAS": extras,
+                               "TORCH_INDEX_URL": index, "wheel": "/wheels/gateway.whl"})
+    return done.stdout.splitlines(), done.stderr
+
+
+def test_torch_index_is_a_build_argument_passed_to_pip(stages: list[Stage],
+                                                       tmp_path: Path) -> None:
+    """The ml extra's torch: from the CPU-only index given as TORCH_INDEX_URL (documented,
+    never written into the file), else PyPI's default (CUDA) build, with a warning."""
+    build = next(s for s in stages if s.name == "build")
+    assert stage_args(build)["TORCH_INDEX_URL"] == '""'
+    text = DOCKERFILE.read_text()
+    assert "PyTorch's CPU-only wheel index" in text
+    assert not re.search(r"TORCH_INDEX_URL=[a-z]+://", text)  # no index URL in the file
+    index = "https://mirror.example/whl/cpu"
+    args, warning = _install(build, tmp_path, "redis,ml", index)
+    assert args == ["install", "--extra-index-url", index, "/wheels/gateway.whl[redis,ml]"]
+    assert warning == ""
+    args, warning = _install(build, tmp_path, "redis,ml", "")
+    assert args == ["install", "/wheels/gateway.whl[redis,ml]"]
+    assert "TORCH_INDEX_URL is empty" in warning and "CPU-only" in warning
+    args, warning = _install(build, tmp_path, "redis", "")
+    assert args == ["install", "/wheels/gateway.whl[redis]"] and warning == ""
 
 
 def test_healthcheck_probes_healthz(final: Stage) -> None:
@@ -175,6 +218,48 @@ def test_healthcheck_probes_healthz(final: Stage) -> None:
     assert "/healthz" in check.args
     cmd = check.args[check.args.index("CMD") + 3:].strip()
     assert json.loads(cmd)[0] == "python"  # exec form: no shell in the probe
+
+
+@pytest.fixture
+def healthz_port() -> Iterator[int]:
+    """A server answering GET /healthz with 200, on a free port."""
+
+    class Healthz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Healthz)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_healthcheck_follows_gateway_port(final: Stage, healthz_port: int) -> None:
+    """`docker run -e GATEWAY_PORT=9000` moves the server; the probe follows it."""
+    (check,) = final.all("HEALTHCHECK")
+    argv = json.loads(check.args[check.args.index("CMD") + 3:].strip())
+    assert "8080" in argv[-1]  # the default, as ENV GATEWAY_PORT
+
+    def probe(port: int) -> int:
+        return subprocess.run([sys.executable, *argv[1:]], capture_output=True, timeout=10,
+                              env={"GATEWAY_PORT": str(port)}, check=False).returncode
+
+    assert probe(healthz_port) == 0
+    assert probe(_free_port()) != 0
 
 
 def test_oci_labels(final: Stage) -> None:
