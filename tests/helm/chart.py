@@ -69,9 +69,9 @@ def _chart() -> helm_python.Chart:
 
 
 def render(values: dict[str, Any] | None = None, *, api_versions: tuple[str, ...] = (),
-           namespace: str = NAMESPACE) -> Rendered:
+           namespace: str = NAMESPACE, release: str = RELEASE) -> Rendered:
     """`helm template prod helm/gateway -n ai --kube-version ... --api-versions ...`."""
-    opts = {"name": RELEASE, "namespace": namespace, "is_install": True,
+    opts = {"name": release, "namespace": namespace, "is_install": True,
             "kube_version": f"v{KUBE_VERSION}", "api_versions": list(api_versions)}
     raw = _native.call_string("helm_render", _chart()._raw(),
                               None if values is None else json.dumps(values), json.dumps(opts))

@@ -440,9 +440,13 @@ def test_gateway_config_file_is_mounted() -> None:
     assert gateway_yaml(rendered)["drain_timeout_s"] == 30
 
 
+PROMETHEUS_PEER = {"namespaceSelector": {"matchLabels": {
+    "kubernetes.io/metadata.name": "monitoring"}}}
+
+
 @pytest.mark.parametrize("present", [True, False])
 def test_monitoring_follows_the_prometheus_operator_api(present: bool) -> None:
-    values = {"vllm": {"enabled": True}}
+    values = {"vllm": {"enabled": True}, "networkPolicy": {"vllmFrom": [PROMETHEUS_PEER]}}
     rendered = render(values, api_versions=MONITORING_API if present else ())
     assert rendered.has("ServiceMonitor", "prod-gateway") is present
     assert rendered.has("ServiceMonitor", "prod-gateway-vllm") is present
@@ -461,3 +465,43 @@ def test_monitoring_follows_the_prometheus_operator_api(present: bool) -> None:
             "GatewayPolicyReloadFailing", "GatewayHighOverhead"}
     else:
         assert "No Prometheus Operator API" in rendered.notes
+
+
+def test_vllm_is_scraped_only_where_prometheus_may_reach_it() -> None:
+    """A NetworkPolicy that admits only the gateway would leave a vLLM target down for good;
+    opening vLLM's port to Prometheus by default would open its API as well."""
+    vllm = {"vllm": {"enabled": True}}
+    closed = render(vllm, api_versions=MONITORING_API)
+    assert not closed.has("ServiceMonitor", "prod-gateway-vllm")
+    assert closed.has("ServiceMonitor", "prod-gateway")
+    assert "networkPolicy.vllmFrom" in closed.notes
+    opened = render({**vllm, "networkPolicy": {"vllmFrom": [PROMETHEUS_PEER]}},
+                    api_versions=MONITORING_API)
+    assert opened.has("ServiceMonitor", "prod-gateway-vllm")
+    assert PROMETHEUS_PEER in opened.get("NetworkPolicy", "prod-gateway-vllm")["spec"][
+        "ingress"][0]["from"]
+    assert "networkPolicy.vllmFrom" not in opened.notes
+    unpoliced = render({**vllm, "networkPolicy": {"enabled": False}}, api_versions=MONITORING_API)
+    assert unpoliced.has("ServiceMonitor", "prod-gateway-vllm")
+
+
+def test_redis_pulls_and_schedules_like_the_gateway() -> None:
+    placement = {
+        "nodeSelector": {"pool": "system"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+        "priorityClassName": "gateway-critical",
+    }
+    values = {"imagePullSecrets": [{"name": "regcred"}],
+              "redis": {"statefulset": {"enabled": True, **placement,
+                                        "image": {"repository": "registry.internal/redis"}}}}
+    rendered = render(values)
+    validate(rendered)
+    pod = pod_spec(rendered.get("StatefulSet", "prod-gateway-redis"))
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert {key: pod[key] for key in placement} == placement
+    bare = pod_spec(render({"redis": {"statefulset": {"enabled": True}}}).get(
+        "StatefulSet", "prod-gateway-redis"))
+    assert not set(placement) & set(bare) and "imagePullSecrets" not in bare

@@ -17,10 +17,29 @@
 {{- end -}}
 {{- end -}}
 
-{{/* "<fullname>-<suffix>", kept within 63 characters. Call with (list $ "suffix"). */}}
+{{/*
+"<fullname>-<suffix>" within 63 characters, or within the third argument: the full name is
+shortened, never the suffix, so names stay distinct. Call with (list $ "suffix") or
+(list $ "suffix" 52).
+*/}}
 {{- define "gateway.component" -}}
 {{- $root := index . 0 -}}
-{{- printf "%s-%s" (include "gateway.fullname" $root | trunc (int (sub 62 (len (index . 1))))) (index . 1) | trimSuffix "-" -}}
+{{- $suffix := index . 1 -}}
+{{- $max := 63 -}}
+{{- if gt (len .) 2 -}}
+{{- $max = int (index . 2) -}}
+{{- end -}}
+{{- $prefix := include "gateway.fullname" $root | trunc (int (sub (sub $max 1) (len $suffix))) | trimAll "-" -}}
+{{- printf "%s-%s" $prefix $suffix -}}
+{{- end -}}
+
+{{/*
+The chart's Redis (StatefulSet, Service, Secret). A StatefulSet stamps its pods with
+controller-revision-hash: "<name>-<10-character hash>", a label value of at most 63
+characters, so its name may have at most 52.
+*/}}
+{{- define "gateway.redisName" -}}
+{{- include "gateway.component" (list . "redis" 52) -}}
 {{- end -}}
 
 {{- define "gateway.chart" -}}
@@ -90,6 +109,15 @@ app.kubernetes.io/part-of: gateway
 {{- default (include "gateway.component" (list . "keys")) .Values.auth.keys.existingSecret -}}
 {{- end -}}
 
+{{/*
+"true" when Prometheus may reach vLLM's /metrics: no NetworkPolicy, or peers listed in
+networkPolicy.vllmFrom. Opening vLLM's port to Prometheus by default would open its API
+(/v1, /tokenize) to it as well, around the gateway.
+*/}}
+{{- define "gateway.vllmScrapable" -}}
+{{- if or (not .Values.networkPolicy.enabled) .Values.networkPolicy.vllmFrom -}}true{{- end -}}
+{{- end -}}
+
 {{- define "gateway.vllmUrl" -}}
 {{- printf "http://%s:8000" (include "gateway.component" (list . "vllm")) -}}
 {{- end -}}
@@ -144,6 +172,40 @@ of every limit: divide by the most pods there can be, so the sum never exceeds t
 {{- toYaml $cfg -}}
 {{- end -}}
 
+{{/*
+What the gateway pods read from the chart's own Secrets (as env vars, once, at start), for
+the checksum/secrets annotation: a changed secrets.values entry or redis.external.url rolls
+the pods. Generated values are left out on purpose: they are kept across upgrades (read back
+with lookup), so they never change by themselves, and `helm template` (no cluster to read)
+draws new ones on every render, which would roll the pods on every GitOps sync.
+*/}}
+{{- define "gateway.secretInputs" -}}
+{{- $in := dict -}}
+{{- if not .Values.secrets.existingSecret -}}
+{{- range .Values.secrets.names -}}
+{{- $_ := set $in (printf "secrets.%s" .) (get $.Values.secrets.values .) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.redis.external.url (not .Values.redis.external.existingSecret) -}}
+{{- $_ := set $in "redis.url" .Values.redis.external.url -}}
+{{- end -}}
+{{- toJson $in -}}
+{{- end -}}
+
+{{/*
+The GATEWAY_HOME volume source: homeVolume without null entries (`emptyDir: null`, once
+needed to drop the default), or an emptyDir when that leaves nothing.
+*/}}
+{{- define "gateway.homeSource" -}}
+{{- $source := dict -}}
+{{- range $kind, $spec := .Values.homeVolume -}}
+{{- if not (kindIs "invalid" $spec) -}}
+{{- $_ := set $source $kind $spec -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (default (dict "emptyDir" (dict "sizeLimit" "1Gi")) $source) -}}
+{{- end -}}
+
 {{/* preStop delay + drain + margin, unless set explicitly. */}}
 {{- define "gateway.terminationGracePeriodSeconds" -}}
 {{- $floor := add (int .Values.preStopSleepSeconds) (int (ceil .Values.config.drain_timeout_s)) -}}
@@ -181,6 +243,13 @@ rules across several values.
 {{- if not (include "gateway.sharedKeys" .) -}}
 {{- fail "replicaCount > 1 (or autoscaling.enabled) needs verification keys every pod shares: set auth.jwksUrl, auth.keys.existingSecret, auth.keys.jwks or auth.keys.pem (per-pod development keys only work with one replica)" -}}
 {{- end -}}
+{{- end -}}
+{{- $home := include "gateway.homeSource" . | fromYaml -}}
+{{- if gt (len $home) 1 -}}
+{{- fail (printf "homeVolume: one volume source, e.g. {persistentVolumeClaim: {claimName: gw-home}}; got %s" (keys $home | sortAlpha | join ", ")) -}}
+{{- end -}}
+{{- if and .Values.homeVolume.persistentVolumeClaim (include "gateway.multiReplica" .) -}}
+{{- fail "homeVolume.persistentVolumeClaim: one GATEWAY_HOME claim cannot serve several pods (SQLite audit log and ledger: one writer, one host). With replicaCount > 1 or autoscaling.enabled keep homeVolume an emptyDir and move the audit log and ledger to PostgreSQL (GATEWAY_AUDIT_URL, GATEWAY_LEDGER_URL)" -}}
 {{- end -}}
 {{- if and .Values.redis.statefulset.enabled (or .Values.redis.external.url .Values.redis.external.existingSecret) -}}
 {{- fail "redis: choose one of redis.statefulset.enabled and redis.external" -}}

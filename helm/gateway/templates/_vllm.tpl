@@ -9,6 +9,7 @@ Call with (dict "root" $ "component" "vllm" "v" .Values.vllm).
 {{- $component := .component -}}
 {{- $v := .v -}}
 {{- $name := include "gateway.component" (list $root $component) -}}
+{{- $claim := include "gateway.component" (list $root (printf "%s-models" $component)) -}}
 {{- $watermark := and (eq $component "vllm") $v.watermark.enabled -}}
 {{- $processor := and (eq $component "vllm") $v.logitsProcessor.enabled -}}
 {{- $wmSecret := default (include "gateway.component" (list $root "vllm-watermark")) (and $watermark $v.watermark.existingSecret) -}}
@@ -32,7 +33,7 @@ data:
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata:
-  name: {{ $name }}-models
+  name: {{ $claim }}
   labels:
     {{- include "gateway.labels" (list $root $component) | nindent 4 }}
   annotations:
@@ -84,6 +85,12 @@ spec:
     metadata:
       labels:
         {{- include "gateway.selectorLabels" (list $root $component) | nindent 8 }}
+      {{- if and $processor (not $root.Values.secrets.existingSecret) }}
+      annotations:
+        # The processor's master key is read at start-up and must match the gateway's
+        # detector: a new secrets.values.vllm_watermark rolls vLLM too.
+        checksum/secrets: {{ get $root.Values.secrets.values "vllm_watermark" | sha256sum }}
+      {{- end }}
     spec:
       automountServiceAccountToken: false
       {{- with $root.Values.imagePullSecrets }}
@@ -179,7 +186,7 @@ spec:
         - name: models
           {{- if eq $v.modelCache.type "pvc" }}
           persistentVolumeClaim:
-            claimName: {{ default (printf "%s-models" $name) $v.modelCache.existingClaim }}
+            claimName: {{ default $claim $v.modelCache.existingClaim }}
           {{- else if eq $v.modelCache.type "hostPath" }}
           hostPath:
             path: {{ $v.modelCache.hostPath }}
