@@ -101,6 +101,16 @@ class Metrics:
             "gateway_upstream_healthy", "1 when the backend takes requests (panic routing "
             "included).",
             ["upstream"], registry=registry)
+        self.upstream_ejected = Gauge(
+            "gateway_upstream_ejected", "1 while the backend is ejected after failed "
+            "attempts (health.failures_to_eject); panic routing may still use it.",
+            ["upstream"], registry=registry)
+        self.upstream_failures = Counter(
+            "gateway_upstream_failures", "Failed attempts per backend, by kind: those "
+            "that count toward its ejection.", ["upstream", "kind"], registry=registry)
+        self.upstream_outstanding = Gauge(
+            "gateway_upstream_outstanding", "Requests in flight to the backend (its share "
+            "of least-outstanding-requests routing).", ["upstream"], registry=registry)
         self.upstream_panic = Counter(
             "gateway_upstream_panic_routed",
             "Upstream calls sent to an ejected backend because every backend serving the "

@@ -22,6 +22,7 @@ from gateway.audit.postgres import is_postgres_url
 from gateway.extras import installed
 from gateway.pipeline.auth.settings import AuthSettings
 from gateway.urls import redact as redact_url
+from gateway.urls import upstream_base
 from gateway.yamlfile import Located, YamlError, load_file
 
 # The shipped policies: a link to the checkout's policies/ that a wheel carries as files,
@@ -241,11 +242,15 @@ def _build(cls: type[Any], data: Mapping[str, Any], prefix: str = "") -> Any:
 
 
 def _check(settings: Settings) -> None:
+    bases: dict[str, int] = {}
     for i, url in enumerate(settings.upstreams):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SettingsError(f"upstreams.{i}: expected an http(s) URL, got "
                                 f"{redact_url(url)!r}")
+        first = bases.setdefault(upstream_base(url), i)
+        if first != i:  # one backend twice would get twice its share of the traffic
+            raise SettingsError(f"upstreams.{i}: the same upstream as upstreams.{first}")
     if not 0 <= settings.port <= 65535:
         raise SettingsError("port: must be between 1 and 65535 (0: any free port)")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -264,6 +269,8 @@ def _check(settings: Settings) -> None:
         raise SettingsError("timeouts: ttfb_s and idle_s must be positive")
     if settings.timeouts.client_header_s <= 0 or settings.timeouts.client_idle_s <= 0:
         raise SettingsError("timeouts: client_header_s and client_idle_s must be positive")
+    if settings.health.interval_s <= 0 or settings.health.probe_timeout_s <= 0:
+        raise SettingsError("health: interval_s and probe_timeout_s must be positive")
     if settings.health.failures_to_eject < 1:
         raise SettingsError("health.failures_to_eject: must be at least 1")
     if settings.health.failed_probes_to_down < 1:

@@ -1,4 +1,5 @@
-"""URLs as logs, errors and metric labels may show them: without their passwords."""
+"""URLs as logs, errors and metric labels may show them (without their passwords), and an
+upstream's base URL."""
 
 from __future__ import annotations
 
@@ -17,3 +18,10 @@ def redact(url: str) -> str:
         userinfo = userinfo.split(":", 1)[0] + ":***"
     query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
     return urlunsplit(parts._replace(netloc=userinfo + at + hosts, query=query))
+
+
+def upstream_base(url: str) -> str:
+    """An upstream as the pool addresses it: no trailing slash and no `/v1` (the gateway
+    appends `/v1/...`, `/health`, `/tokenize` itself), as the guard's URL is taken."""
+    base = url.rstrip("/")
+    return base.removesuffix("/v1") if base.endswith("/v1") else base

@@ -48,6 +48,13 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("health:\n  failures_to_eject: 0\n", "health.failures_to_eject: must be at least 1"),
         ("health:\n  failed_probes_to_down: 0\n",
          "health.failed_probes_to_down: must be at least 1"),
+        # 0 probed without a pause: ~1,500 /health requests a second per backend.
+        ("health:\n  interval_s: 0\n", "health: interval_s and probe_timeout_s must be"),
+        ("health:\n  probe_timeout_s: 0\n", "health: interval_s and probe_timeout_s must"),
+        ("upstreams: [http://a:1, 'http://a:1/']\n",
+         "upstreams.1: the same upstream as upstreams.0"),
+        ("upstreams: [http://a:1/v1, http://b:1, http://a:1]\n",
+         "upstreams.2: the same upstream as upstreams.0"),
         ("timeouts: 5\n", "g.yaml:1: timeouts: expected a mapping"),
         ("port: [1\n", "g.yaml:2: invalid YAML"),
         ("- 1\n", "expected a mapping of settings"),

@@ -2,10 +2,12 @@
 
 Each backend's models come from its own /v1/models, refreshed with the active health
 probe; a backend that was up counts as down after `failed_probes_to_down` consecutive
-failed probes. Passive ejection takes a backend out of rotation after consecutive failed
-attempts; it returns once the ejection period has passed and a probe succeeds. With
-`panic_routing`, a model whose every backend is ejected is still routed among those the
-probe finds healthy: failures a client can provoke must not turn into an outage.
+failed probes. A listing that fails or makes no sense fails the probe and keeps the last
+good list: one bad answer must not make a backend's models vanish. Passive ejection takes
+a backend out of rotation after consecutive failed attempts; it returns once the ejection
+period has passed and a probe succeeds. With `panic_routing`, a model whose every backend
+is ejected is still routed among those the probe finds healthy: failures a client can
+provoke must not turn into an outage.
 """
 
 from __future__ import annotations
@@ -25,9 +27,26 @@ import orjson
 from gateway.errors import ModelNotFound, Unavailable, shown
 from gateway.metrics import Metrics
 from gateway.settings import HealthSettings
-from gateway.urls import redact
+from gateway.urls import redact, upstream_base
 
 log = logging.getLogger("gateway.upstream")
+
+# The next health probe may bring a backend back: clients (the SDKs honour it) wait that
+# long rather than retrying at once.
+_RETRY = {"Retry-After": "1"}
+
+
+def _listing(body: bytes) -> dict[str, dict[str, Any]] | None:
+    """A /v1/models answer's models by id; None when it is no model list at all (some
+    servers answer `"data": null` while nothing is loaded)."""
+    try:
+        listing = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    data = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(data, list):
+        return None
+    return {m["id"]: m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)}
 
 
 @dataclass(eq=False, slots=True)
@@ -49,12 +68,16 @@ class Backend:
 class Pool:
     def __init__(self, urls: tuple[str, ...], session: aiohttp.ClientSession,
                  health: HealthSettings, metrics: Metrics) -> None:
-        self.backends = tuple(Backend(url.rstrip("/"), redact(url.rstrip("/")))
+        self.backends = tuple(Backend(upstream_base(url), redact(upstream_base(url)))
                               for url in urls)
         self._session = session
         self._health = health
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
+        for backend in self.backends:  # read at scrape time: nothing on the request path
+            metrics.upstream_outstanding.labels(backend.name).set_function(
+                lambda backend=backend: backend.outstanding)
+            metrics.upstream_ejected.labels(backend.name).set(0)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -69,7 +92,12 @@ class Pool:
                 await self._task
 
     async def refresh(self) -> None:
-        await asyncio.gather(*(self._probe(b) for b in self.backends))
+        outcomes = await asyncio.gather(*(self._probe(b) for b in self.backends),
+                                        return_exceptions=True)
+        for backend, outcome in zip(self.backends, outcomes, strict=True):
+            if isinstance(outcome, Exception):  # a bug: the probing must go on regardless
+                log.error("probing upstream %s failed: %s: %s", backend.name,
+                          type(outcome).__name__, outcome)
 
     async def _probe_forever(self) -> None:
         while True:
@@ -86,11 +114,13 @@ class Pool:
             if passed:
                 async with self._session.get(f"{backend.url}/v1/models",
                                              timeout=timeout) as resp:
-                    listing = orjson.loads(await resp.read()) if resp.status == 200 else {}
-                backend.models = {m["id"]: m for m in listing.get("data", [])
-                                  if isinstance(m, dict) and isinstance(m.get("id"), str)}
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError,
-                AttributeError) as exc:
+                    status, body = resp.status, await resp.read()
+                models = _listing(body) if status == 200 else None
+                if models is None:  # the last good list stays
+                    passed, why = False, f"/v1/models answered {status} without a model list"
+                else:
+                    backend.models = models
+        except (aiohttp.ClientError, TimeoutError) as exc:
             passed, why = False, exc.__class__.__name__
         backend.failed_probes = 0 if passed else backend.failed_probes + 1
         healthy = passed or (backend.healthy and
@@ -114,8 +144,11 @@ class Pool:
     def _show(self, backend: Backend) -> None:
         """gateway_upstream_healthy: 1 while the backend takes requests, which an ejected
         one still does when panic routing sends its models there."""
+        now = time.monotonic()
         self._metrics.upstream_healthy.labels(backend.name).set(
-            1 if self._in_rotation(backend, time.monotonic()) else 0)
+            1 if self._in_rotation(backend, now) else 0)
+        self._metrics.upstream_ejected.labels(backend.name).set(
+            1 if now < backend.ejected_until else 0)
 
     def _in_rotation(self, backend: Backend, now: float) -> bool:
         if backend.available(now):
@@ -153,14 +186,15 @@ class Pool:
         if not serving:
             if any(b.models for b in self.backends):
                 raise ModelNotFound(f"The model '{shown(model)}' does not exist", param="model")
-            raise Unavailable("No healthy upstream is available")
+            raise Unavailable("No healthy upstream is available", headers=_RETRY)
         candidates = [b for b in serving if b.available(now) and b not in exclude]
         if not candidates and self._health.panic_routing:
             candidates = [b for b in serving if b.healthy and b not in exclude]
             if candidates:
                 self._metrics.upstream_panic.inc()
         if not candidates:
-            raise Unavailable(f"No healthy upstream is serving '{shown(model)}'")
+            raise Unavailable(f"No healthy upstream is serving '{shown(model)}'",
+                              headers=_RETRY)
         fewest = min(b.outstanding for b in candidates)
         return random.choice([b for b in candidates if b.outstanding == fewest])
 
@@ -177,6 +211,7 @@ class Pool:
 
     def failed(self, backend: Backend, kind: str) -> None:
         self._metrics.upstream_errors.labels(kind).inc()
+        self._metrics.upstream_failures.labels(backend.name, kind).inc()
         backend.failures += 1
         if backend.failures >= self._health.failures_to_eject and backend.healthy:
             now = time.monotonic()

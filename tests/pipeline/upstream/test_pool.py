@@ -253,3 +253,96 @@ async def test_user_info_in_an_upstream_url_is_used_but_never_shown(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert f"admin:***@127.0.0.1:{port}" in logged
     assert "S3cr3tPW" not in text and "S3cr3tPW" not in logged
+
+
+async def _backend_with_switchable_listing(servers: list[web.AppRunner],
+                                           listing: list[web.Response]) -> str:
+    """/v1/models answers a copy of listing[0], which the test changes; /health is 200."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/models":
+            answer = listing[0]
+            return web.Response(body=answer.body, status=answer.status,
+                                content_type="application/json")
+        return web.Response()
+
+    return await fake_backend(handler, servers)
+
+
+def _models(*ids: str) -> web.Response:
+    return web.json_response({"object": "list",
+                              "data": [{"id": i, "object": "model"} for i in ids]})
+
+
+@pytest.mark.parametrize("bad", [
+    web.json_response({"object": "list", "data": None}),
+    web.json_response({"object": "list", "data": 5}),
+    web.Response(status=500, text="oops"),
+    web.Response(text="<html>")])
+async def test_a_bad_model_listing_keeps_the_models_and_the_probing(
+        start_gateway: StartGateway, servers: list[web.AppRunner], bad: web.Response) -> None:
+    """`"data": null` (a server with nothing loaded) stopped the health checker for good,
+    for every backend: a dead backend stayed "healthy" and new models were never seen. One
+    500 from /v1/models made the backend's models vanish (503 for them) while it still
+    counted as healthy. Now either fails the probe and the last good list stays."""
+    listing = [_models(MODEL)]
+    url = await _backend_with_switchable_listing(servers, listing)
+    gateway = await start_gateway(url, health={
+        "interval_s": 0.05, "probe_timeout_s": 0.5, "failed_probes_to_down": 3})
+    pool, backend = gateway.app[POOL], gateway.app[POOL].backends[0]
+    await wait_until(lambda: pool.knows(MODEL) and backend.healthy)
+    listing[0] = bad
+    await wait_until(lambda: backend.failed_probes >= 1)
+    assert pool.knows(MODEL) and backend.healthy  # one bad answer: nothing lost
+    await wait_until(lambda: not backend.healthy)  # it keeps failing: down, and it shows
+    assert pool.knows(MODEL)
+    listing[0] = _models(MODEL, "brand-new-model")
+    await wait_until(lambda: backend.healthy and pool.knows("brand-new-model"))
+
+
+async def test_ejection_failures_and_load_show_per_backend(
+        start_sim: StartSim, start_gateway: StartGateway, http: aiohttp.ClientSession) -> None:
+    """While a backend was ejected nothing said so (gateway_upstream_healthy stays 1 under
+    panic routing), failures had no backend label, and in-flight load per backend was
+    invisible."""
+    sim = await start_sim()
+    gateway = await start_gateway(sim.url, retries=0, health={
+        "interval_s": 0.05, "failures_to_eject": 2, "eject_s": 0.5, "panic_routing": True})
+
+    async def samples(name: str) -> dict[tuple[str, ...], float]:
+        async with http.get(gateway.url + "/metrics") as resp:
+            text = await resp.text()
+        return {tuple(sorted(s.labels.items())): s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == name}
+
+    at = (("upstream", sim.url),)
+
+    assert await samples("gateway_upstream_ejected") == {at: 0}
+    for _ in range(2):
+        assert await _ask(http, gateway, chat("[[sim:status=503]] hi")) == 503
+    assert await samples("gateway_upstream_ejected") == {at: 1}
+    assert await samples("gateway_upstream_failures_total") == {
+        (("kind", "status_503"), *at): 2}
+    slow = asyncio.create_task(_ask(http, gateway, chat("[[sim:ttft=0.5]] hi")))
+    await asyncio.sleep(0.2)
+    assert await samples("gateway_upstream_outstanding") == {at: 1}
+    assert await slow == 200
+    assert await samples("gateway_upstream_outstanding") == {at: 0}
+    await asyncio.sleep(0.6)  # the ejection ends at the next passing probe
+    assert await samples("gateway_upstream_ejected") == {at: 0}
+
+
+async def test_no_healthy_upstream_says_when_to_retry(
+        start_gateway: StartGateway, http: aiohttp.ClientSession) -> None:
+    gateway = await start_gateway(f"http://127.0.0.1:{free_port()}")
+    async with http.post(gateway.url + "/v1/chat/completions", json=chat()) as resp:
+        assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+
+
+async def test_an_upstream_given_with_v1_is_the_same_backend(
+        start_sim: StartSim, start_gateway: StartGateway, http: aiohttp.ClientSession) -> None:
+    """`http://vllm:8000/v1` was taken as is: /v1/health answered 404, never ready."""
+    sim = await start_sim()
+    gateway = await start_gateway(sim.url + "/v1/")
+    assert gateway.app[POOL].backends[0].url == sim.url
+    assert await _ask(http, gateway, chat(max_tokens=2)) == 200
