@@ -123,14 +123,28 @@ def frozen_heap() -> Iterator[None]:
 
 async def _longest_stall(done: Callable[[], bool], within: float = 30.0) -> float:
     """The longest the event loop kept this task waiting, until `done()` holds."""
+    return (await _stall_and_wait(done, within))[0]
+
+
+async def _stall_and_wait(done: Callable[[], bool],
+                          within: float = 30.0) -> tuple[float, float]:
+    """The longest the event loop kept this task waiting until `done()` holds, and how
+    long that took in all."""
     worst, last = 0.0, time.monotonic()
-    deadline = last + within
+    started, deadline = last, last + within
     while not done():
         await asyncio.sleep(0.005)
         now = time.monotonic()
         worst, last = max(worst, now - last), now
         assert now < deadline, "condition not met in time"
-    return worst
+    return worst, last - started
+
+
+def _short(stall: float, total: float) -> bool:
+    """A build on the loop stalls it for all of the reload (1.2 s and more here); off the
+    loop only the swap and the GIL's hand-overs remain. A loaded machine slows both: a
+    quarter of the whole reload still tells them apart."""
+    return stall < max(0.25, total / 4)
 
 
 async def test_reload_parses_off_the_event_loop(start_gateway: StartGateway, sim: Server,
@@ -142,9 +156,9 @@ async def test_reload_parses_off_the_event_loop(start_gateway: StartGateway, sim
     subjects = "".join(f"    user-{i}: {{limits: {{requests_per_minute: 5}}}}\n"
                        for i in range(3000))
     (policies / "subjects.yaml").write_text("overrides:\n  subjects:\n" + subjects)
-    stall = await _longest_stall(lambda: reloader.status.version != old)
+    stall, total = await _stall_and_wait(lambda: reloader.status.version != old)
     assert gateway.app[PIPELINE].current.version == reloader.status.version
-    assert stall < 0.25
+    assert _short(stall, total), (stall, total)
 
 
 def _many_rules(policies: Path, n: int) -> None:
@@ -163,10 +177,10 @@ async def test_reload_builds_off_the_event_loop(start_gateway: StartGateway, sim
     reloader = gateway.app[RELOADER]
     old = gateway.app[PIPELINE].current
     _many_rules(policies, 3000)
-    stall = await _longest_stall(lambda: gateway.app[PIPELINE].current is not old)
+    stall, total = await _stall_and_wait(lambda: gateway.app[PIPELINE].current is not old)
     assert reloader.status.last_error is None
     assert gateway.app[PIPELINE].current.version == reloader.status.version != old.version
-    assert stall < 0.25
+    assert _short(stall, total), (stall, total)
 
 
 async def test_alias_bomb_edit_is_refused_without_stalling(
