@@ -28,13 +28,17 @@ POLICY = load_policy(ROOT / "policies")
 class CountingCounter(PromptCounter):
     """Answers a fixed count and remembers how often it was asked (no backend)."""
 
-    def __init__(self, answer: int) -> None:
+    def __init__(self, answer: int, context: int | None = None) -> None:
         self.answer = answer
+        self.context = context
         self.calls = 0
 
     async def _count(self, ctx: RequestContext) -> int:
         self.calls += 1
         return self.answer
+
+    def context_length(self, model: str) -> int | None:
+        return self.context
 
 
 async def _ctx(tier: str, body: dict[str, Any]) -> RequestContext:
@@ -130,3 +134,39 @@ async def test_the_tokenizer_call_carries_the_request_id(
             http.post(gateway.url + "/v1/chat/completions", json=chat()) as resp:
         assert resp.status == 200
     assert seen["/tokenize"] == seen["/v1/chat/completions"] == "join-me-1"
+
+
+async def test_a_default_max_tokens_leaves_room_for_the_prompt() -> None:
+    """vLLM fills the rest of the context when max_tokens is absent; the tier's default
+    (2048 on trusted) made a 7,006-token prompt on an 8,192-token model a 400 that the
+    same request straight to vLLM did not get (found by a black-box check)."""
+    long = "word " * 9000  # the high-side estimate says it may not fit: counted
+    counter = CountingCounter(7006, context=8192)
+    ctx = await _ctx("trusted", chat(long))
+    assert (await TierStage(POLICY, b"s" * 32, counter).check(ctx)).allowed
+    assert ctx.body["max_tokens"] == 8192 - 7006 and counter.calls == 1
+
+    counter = CountingCounter(7006, context=8192)  # the client's own max_tokens stands
+    ctx = await _ctx("trusted", chat(long, max_tokens=2000))
+    assert (await TierStage(POLICY, b"s" * 32, counter).check(ctx)).allowed
+    assert ctx.body["max_tokens"] == 2000 and counter.calls == 0
+
+    counter = CountingCounter(12, context=8192)  # surely fits: nothing counted
+    ctx = await _ctx("trusted", chat("How tall is Mont Blanc?"))
+    assert (await TierStage(POLICY, b"s" * 32, counter).check(ctx)).allowed
+    assert ctx.body["max_tokens"] == 2048 and counter.calls == 0
+
+
+async def test_a_long_prompt_without_max_tokens_is_served_as_vllm_would(
+        start_gateway: StartGateway, sim: Any, mint: MintToken,
+        http: aiohttp.ClientSession) -> None:
+    gateway = await start_gateway(sim.url)
+    body = chat("hello world " * 2300)  # about 7,000 of the simulator's 8,192 tokens
+    async with http.post(sim.url + "/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200  # straight to the backend
+    async with http.post(gateway.url + "/v1/chat/completions", json=body,
+                         headers={"Authorization": f"Bearer {mint(tier='trusted')}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        usage = (await resp.json())["usage"]
+    assert usage["prompt_tokens"] + usage["completion_tokens"] <= 8192
+    assert usage["prompt_tokens"] + 2048 > 8192  # the default alone would not have fit

@@ -18,7 +18,7 @@ from gateway.pipeline import ALLOW, Decision, deny
 from gateway.pipeline.output import asks_logprobs
 from gateway.pipeline.shape import generations
 from gateway.pipeline.tier.media import check_media
-from gateway.pipeline.upstream.tokens import PromptCounter, count_prompt
+from gateway.pipeline.upstream.tokens import PromptCounter, count_prompt, estimate
 from gateway.policy.spec import PolicySpec, RequestCaps, SystemPromptSpec, TierSpec
 
 
@@ -65,22 +65,29 @@ def _check_caps(caps: RequestCaps, body: dict[str, Any], tier: str) -> Decision:
     return ALLOW
 
 
-def _apply_max_tokens(caps: RequestCaps, body: dict[str, Any], tier: str) -> Decision:
+def _default_max_tokens(caps: RequestCaps, body: dict[str, Any]) -> str | None:
+    """The tier's default where the client asked for no max_tokens: the key it was set
+    under, None when the client asked (or the tier has no default)."""
+    if any(body.get(k) is not None for k in ("max_completion_tokens", "max_tokens")):
+        return None
+    default = caps.default_max_tokens or caps.max_tokens
+    if default is None:
+        return None
+    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    body[key] = default
+    return key
+
+
+def _cap_max_tokens(caps: RequestCaps, body: dict[str, Any], tier: str) -> Decision:
     # Both spellings are capped: vLLM reads max_completion_tokens first, but a client
     # may send both, and what is forwarded should never exceed the tier's cap.
-    asked = [k for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None]
-    if not asked:
-        default = caps.default_max_tokens or caps.max_tokens
-        if default is not None:
-            key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-            body[key] = default
-        return ALLOW
-    for key in asked:
-        if caps.max_tokens is not None and body[key] > caps.max_tokens:
-            if caps.max_tokens_mode == "reject":
-                return _refuse(f"tier '{tier}' allows at most {key}={caps.max_tokens}",
-                               "max_tokens_not_allowed", key)
-            body[key] = caps.max_tokens
+    for key in ("max_completion_tokens", "max_tokens"):
+        if body.get(key) is None or caps.max_tokens is None or body[key] <= caps.max_tokens:
+            continue
+        if caps.max_tokens_mode == "reject":
+            return _refuse(f"tier '{tier}' allows at most {key}={caps.max_tokens}",
+                           "max_tokens_not_allowed", key)
+        body[key] = caps.max_tokens
     return ALLOW
 
 
@@ -156,18 +163,34 @@ class TierStage:
         if ctx.route == "embeddings":
             return ALLOW
         body = ctx.body
-        for step in (_check_caps, _apply_max_tokens):
-            decision = step(tier.request, body, tier.name)
-            if not decision.allowed:
-                return decision
+        decision = _check_caps(tier.request, body, tier.name)
+        if not decision.allowed:
+            return decision
+        defaulted = _default_max_tokens(tier.request, body)
+        decision = _cap_max_tokens(tier.request, body, tier.name)
+        if not decision.allowed:
+            return decision
         decision = self._apply_prompt(tier, body)
         if not decision.allowed:
             return decision
         decision = await self._check_prompt_tokens(ctx, tier)
         if not decision.allowed:
             return decision
+        if defaulted is not None:
+            await self._fit_to_context(ctx, defaulted)
         self._apply_scheduling(ctx, tier, body)
         return ALLOW
+
+    async def _fit_to_context(self, ctx: RequestContext, key: str) -> None:
+        """A default max_tokens (the client asked for none) leaves room for the prompt:
+        vLLM fills the rest of the context when max_tokens is absent, and would refuse the
+        tier's default where prompt + default exceeds the context."""
+        context = self._counter.context_length(ctx.model) if self._counter else None
+        if context is None or estimate(ctx.body) + ctx.body[key] <= context:
+            return  # the estimate errs high: this surely fits, nothing to count
+        prompt = await count_prompt(ctx, self._counter)
+        if context - prompt >= 1:  # else the prompt alone is too long: vLLM says so
+            ctx.body[key] = min(ctx.body[key], context - prompt)
 
     async def _check_prompt_tokens(self, ctx: RequestContext, tier: TierSpec) -> Decision:
         """The tier's prompt cap, on the prompt as forwarded (system prompt included).

@@ -171,6 +171,14 @@ class Pool:
         """Cheap membership test for metric labels (no dict is built)."""
         return any(model in b.models for b in self.backends)
 
+    def context_length(self, model: str) -> int | None:
+        """The smallest `max_model_len` the backends serving `model` report (vLLM lists it
+        in /v1/models), None when none does."""
+        lengths = [entry["max_model_len"] for b in self.backends
+                   if (entry := b.models.get(model)) is not None
+                   and type(entry.get("max_model_len")) is int and entry["max_model_len"] > 0]
+        return min(lengths) if lengths else None
+
     def models(self) -> dict[str, dict[str, Any]]:
         """Every model any backend has reported, first report wins."""
         merged: dict[str, dict[str, Any]] = {}

@@ -70,6 +70,10 @@ class PromptCounter:
         self._cache_size = cache_size
         self._no_tokenize: set[str] = set()  # backends that answered 404 once
 
+    def context_length(self, model: str) -> int | None:
+        """The model's context window as its backends report it, if they do."""
+        return self._pool.context_length(model)
+
     async def count(self, ctx: RequestContext) -> int:
         if ctx.prompt_tokens is None:
             ctx.prompt_tokens = await self._count(ctx)
