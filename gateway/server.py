@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.context import LIFECYCLE, POOL, RELOADER
 from gateway.devkeys import DevKeyError, ensure_dev_keys
-from gateway.lifecycle import StartupError
+from gateway.lifecycle import Lifecycle, StartupError
 from gateway.pipeline.auth.build import AuthConfigError
 from gateway.pipeline.auth.jwks import KeySetUnavailable
 from gateway.policy.loader import PolicyError, load_policy
@@ -107,6 +107,19 @@ def _banner(settings: Settings, host: str, port: int, models: Sequence[str] = ()
 """
 
 
+async def _drain(lifecycle: Lifecycle, timeout_s: float, again: asyncio.Event) -> bool:
+    """Wait for open requests up to the drain time, or until `again` is set (an operator's
+    second Ctrl-C or SIGTERM): True when none is left."""
+    waits = (asyncio.ensure_future(lifecycle.drain(timeout_s)),
+             asyncio.ensure_future(again.wait()))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    return lifecycle.in_flight == 0
+
+
 async def serve(settings: Settings) -> int:
     try:
         _preflight(settings)
@@ -150,11 +163,13 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app[RELOADER].reload_soon, "SIGHUP")
     await stop.wait()
+    stop.clear()  # from here on, a second signal cuts the drain short
 
-    log.info("shutting down: draining up to %.0fs", settings.drain_timeout_s)
-    drained = await app[LIFECYCLE].drain(settings.drain_timeout_s)
+    log.info("shutting down: draining up to %.0fs (a second signal ends it now)",
+             settings.drain_timeout_s)
+    drained = await _drain(app[LIFECYCLE], settings.drain_timeout_s, stop)
     if not drained:
-        log.warning("drain timeout: ending %d open requests", app[LIFECYCLE].in_flight)
+        log.warning("drain ended: ending %d open requests", app[LIFECYCLE].in_flight)
         # Open requests end as a 503 (streams: an error event) and are audited; what is
         # still left after the grace is cut off.
         left = await app[LIFECYCLE].cut(grace_s=2.0)

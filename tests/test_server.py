@@ -123,6 +123,33 @@ async def test_drain_timeout_ends_open_requests_with_a_503_and_exits(
     assert [r["status"] for r in request_lines] == [503, 503]
 
 
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+async def test_a_second_signal_ends_the_drain_at_once(
+        gateway_process: Callable[..., Process], tmp_path: Path, token: str,
+        second: signal.Signals) -> None:
+    """An operator's second Ctrl-C (or SIGTERM) was ignored: only SIGKILL stopped a drain
+    of up to drain_timeout_s, and that skips the audit of what was open. Now it ends the
+    drain as its time-out does: open requests end with a 503 and are recorded."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text("drain_timeout_s: 60\nsim:\n  tokens_per_second: 5\n")
+    gw = gateway_process("--config", str(config))
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        resp = await http.post(gw.url + "/v1/chat/completions",
+                               json=chat(stream=True, max_tokens=500))
+        await resp.content.readline()
+        gw.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert gw.proc.poll() is None  # draining: the stream goes on
+        started = time.monotonic()
+        gw.proc.send_signal(second)
+        raw = await resp.read()
+        assert await asyncio.to_thread(gw.proc.wait, 10) == 0
+        assert time.monotonic() - started < 5
+        resp.close()
+    last = orjson.loads(raw.strip().split(b"\n\n")[-1].removeprefix(b"data: "))
+    assert last["error"]["code"] == "service_unavailable"
+
+
 def test_the_banner_offers_a_dev_token_only_while_dev_keys_are_trusted(tmp_path: Path) -> None:
     """With the identity provider's keys configured, a dev token would only get 401."""
     from gateway.server import _banner
