@@ -2,7 +2,9 @@
 
 A request is retried on another backend only while nothing has been sent to the client:
 on a refused or reset connection, a 502/503/504 answer, or a stream that ends before its
-first event. A time-out is not retried (it would double the client's wait).
+first answer. A time-out is not retried (it would double the client's wait). A 4xx, as
+an HTTP status or as a stream's first event, is the client's answer: the backend refused
+the request, so it is neither retried nor held against the backend.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from gateway.errors import (
     GatewayError,
     GatewayTimeout,
     Unavailable,
+    UpstreamStatus,
     normalise_upstream_error,
 )
 from gateway.pipeline.upstream.echo import withhold_echo
@@ -51,6 +54,17 @@ def failure_kind(exc: aiohttp.ClientError) -> str:
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
         return "reset"
     return "protocol"
+
+
+def refusal(status: int, raw: bytes, body: dict[str, Any],
+            retry_after: str = "") -> UpstreamStatus:
+    """An upstream 4xx as the client gets it: OpenAI's error shape, no quotation of the
+    request in its message, and on a 429 a Retry-After (every 429 says when to come back;
+    vLLM's may not)."""
+    headers = None
+    if status == 429:
+        headers = {"Retry-After": retry_after if retry_after.isdigit() else "1"}
+    return withhold_echo(normalise_upstream_error(status, raw, headers), body)
 
 
 class UpstreamClient:
@@ -140,8 +154,4 @@ class UpstreamClient:
         if resp.status >= 500:
             self.pool.failed(backend, "status_5xx")
             raise BadGateway("The upstream server failed to process the request")
-        headers = None
-        if resp.status == 429:  # every 429 says when to come back; vLLM's may not
-            after = resp.headers.get("Retry-After", "")
-            headers = {"Retry-After": after if after.isdigit() else "1"}
-        raise withhold_echo(normalise_upstream_error(resp.status, raw, headers), body)
+        raise refusal(resp.status, raw, body, resp.headers.get("Retry-After", ""))

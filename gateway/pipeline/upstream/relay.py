@@ -3,7 +3,11 @@
 Streams are parsed event by event as bytes arrive (never buffered whole); each text
 delta goes through the response's filter chain, and the client's response is prepared
 only when the first event is ready, so a backend that fails before that can still be
-retried elsewhere.
+retried elsewhere, and a request it refuses in its first event (vLLM reports some 4xx
+that way) gets that status. A stream must answer: one that ends without a choice chunk
+failed. The idle timeout bounds the wait between data events; comment lines (keep-alive
+pings) are neither progress nor passed on (a ping would send the headers, and with them
+the chance to retry or to answer the right status).
 
 The model's other text, reasoning (`reasoning_content`) and tool-call arguments, goes
 through a side chain per field (moderation and redaction, no watermark: a mark inside
@@ -38,7 +42,7 @@ from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.pipeline.classify.moderation import OutputBlocked
 from gateway.pipeline.output import LOGPROBS_HEADER, FilterChain, asks_logprobs
-from gateway.pipeline.upstream.client import RetryUpstream
+from gateway.pipeline.upstream.client import RetryUpstream, refusal
 from gateway.pipeline.upstream.sse import DONE, DONE_EVENT, SSEParser, frame, frame_json
 from gateway.pipeline.upstream.tokens import CHARS_PER_TOKEN
 
@@ -242,6 +246,12 @@ class StreamRelay:
         self._blocked_index = 0
         self._relayed = 0  # text chunks sent: the token count if usage never arrives
         self._done = False
+        self._answered = False  # a chunk with choices came
+        self._begun = False  # an event for the client exists: failures end the stream now
+        # A choice's last chunk, held until the next event: vLLM names its build
+        # (system_fingerprint) on the stream's last event, which is the usage chunk the
+        # gateway asks for and drops when the client did not; the held chunk takes it.
+        self._held: tuple[dict[str, Any], bytes] | None = None
         self._last_sent: float | None = None
         self._ttft = metrics.ttft.labels(ctx.route, ctx.tier)
         self._itl = metrics.itl.labels(ctx.route, ctx.tier)
@@ -260,6 +270,8 @@ class StreamRelay:
                 log.warning("upstream stream broke (%s) for request %s", exc.kind,
                             self._ctx.request_id)
                 self._metrics.upstream_errors.labels(exc.kind).inc()
+            if held := self._release():
+                await self._send(held)
             await self._end(exc.error.http_status)
             if exc.kind == "output_blocked" and self._ctx.client_wants_usage:
                 await self._send(self._usage_frame())
@@ -285,11 +297,13 @@ class StreamRelay:
                 self._timer = timer
                 deadline = None
                 async for chunk in upstream.content.iter_any():
+                    payloads = parser.feed(chunk)
                     now = loop.time()
-                    if not self._cut and (deadline is None or deadline - now < idle):
+                    if (payloads or parser.pending_data) and not self._cut and (
+                            deadline is None or deadline - now < idle):
                         deadline = now + idle + slack
                         timer.reschedule(deadline)
-                    out = await self._translate_all(parser.feed(chunk))
+                    out = await self._translate_all(payloads)
                     if out:
                         await self._send(b"".join(out))
                         self._observe_latency()
@@ -298,11 +312,11 @@ class StreamRelay:
         except TimeoutError:
             if self._cut:
                 error = Unavailable("The gateway is shutting down; retry the request")
-                if self.response is None:
+                if not self._begun:
                     raise error from None  # nothing sent: a plain 503, not a retry
                 raise _UpstreamBroke(error, "shutdown") from None
             self._raise(GatewayTimeout(
-                "The upstream server stopped sending tokens" if self.response is not None
+                "The upstream server stopped sending tokens" if self._begun
                 else "The upstream server did not start answering in time"), "timeout")
         except aiohttp.ClientError:
             self._raise(BadGateway("The upstream server closed the stream early"), "reset")
@@ -345,14 +359,15 @@ class StreamRelay:
                 framed = self._translate(payload)
                 if framed is not None:
                     out.append(framed)
-        except RetryUpstream as exc:
-            if not out:
-                raise
+                    self._begun = True
+        except _UpstreamBroke:
             # Good events came before the bad one in the same read: they go out first, and
             # the failure then ends a stream that has begun.
-            await self._send(b"".join(out))
-            raise _UpstreamBroke(exc.error, exc.kind) from None
+            if out:
+                await self._send(b"".join(out))
+            raise
         except OutputBlocked as blocked:
+            out.append(self._release())
             out.append(self._content_filter_chunk(payload))
             await self._send(b"".join(out))
             message = f"The response was stopped by output moderation: " \
@@ -387,13 +402,14 @@ class StreamRelay:
         self._last_sent = now
 
     def _raise(self, error: GatewayError, kind: str) -> NoReturn:
-        if self.response is None:
+        if not self._begun:
             if isinstance(error, GatewayTimeout):
                 raise error
             raise RetryUpstream(error, kind)
         raise _UpstreamBroke(error, kind)
 
     async def _send(self, data: bytes) -> None:
+        self._begun = True
         if self.response is None:
             await self._ctx.hold()  # a verdict still being reached (overlap)
             self.response = web.StreamResponse(headers={**SSE_HEADERS,
@@ -402,10 +418,15 @@ class StreamRelay:
         await self.response.write(data)
 
     def _translate(self, payload: bytes) -> bytes | None:
-        """The framed event to send for one upstream event, or None to drop it."""
+        """The framed events to send for one upstream event (after the chunk held back
+        before it, if any), or None to send nothing now."""
         if payload == DONE:
+            if not self._answered:  # the client would get an empty answer, and no error
+                self._raise(BadGateway("The upstream server ended the stream without an "
+                                       "answer"), "truncated")
             self._done = True
-            return self._flush_unfinished()
+            tail = self._flush_unfinished() or b""
+            return self._release() + tail or None
         try:
             event = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -413,20 +434,58 @@ class StreamRelay:
         if not isinstance(event, dict):
             self._raise(BadGateway("The upstream server sent a malformed event"), "malformed")
         if "error" in event:
-            error = normalise_upstream_error(502, payload)
-            self._raise(BadGateway(error.message), "midstream_error")
+            self._upstream_error(event["error"], payload)
         if event.get("usage") is not None:
             _record_usage(self._ctx, event["usage"])
         choices = event.get("choices")
         if not choices:
-            return frame(payload) if self._ctx.client_wants_usage else None
+            if self._ctx.client_wants_usage:
+                return self._release() + frame(payload)
+            self._carry_fingerprint(event)
+            return self._release() or None
+        self._answered = True
         if not self._meta:
             self._meta = {k: event[k] for k in ("id", "object", "created", "model") if k in event}
         strip_usage = not self._ctx.client_wants_usage and event.get("usage") is not None
         changed = self._filter(choices)
         if strip_usage:
             del event["usage"]
-        return frame_json(event) if changed or strip_usage else frame(payload)
+        framed = frame_json(event) if changed or strip_usage else frame(payload)
+        held = self._release()
+        if not self._ctx.client_wants_usage and any(
+                isinstance(c, dict) and c.get("finish_reason") is not None for c in choices):
+            self._held, self._begun = (event, framed), True
+            return held or None
+        return held + framed
+
+    def _upstream_error(self, error: Any, payload: bytes) -> NoReturn:
+        """An error event. As the stream's first, a 4xx one (a request the backend
+        refuses, such as a schema it cannot compile) is the answer, with that status:
+        retrying cannot help, and the backend did nothing wrong. A 5xx one (the engine
+        failed) is retried elsewhere and counted against the backend, as a stream that
+        ends before its first event; once the stream has begun it ends it."""
+        code = error.get("code") if isinstance(error, dict) else None
+        if not self._begun and type(code) is int and 400 <= code < 500:
+            raise refusal(code, payload, self._ctx.body)
+        self._raise(BadGateway(normalise_upstream_error(502, payload).message),
+                    "midstream_error")
+
+    def _release(self) -> bytes:
+        """The held chunk's frame, now to be sent (empty when none is held)."""
+        if self._held is None:
+            return b""
+        framed = self._held[1]
+        self._held = None
+        return framed
+
+    def _carry_fingerprint(self, event: dict[str, Any]) -> None:
+        """A dropped usage chunk's system_fingerprint goes onto the chunk held before it,
+        the last with choices: where vLLM puts it when the client asked for no usage."""
+        fingerprint = event.get("system_fingerprint")
+        if self._held is not None and fingerprint is not None:
+            held = self._held[0]
+            held["system_fingerprint"] = fingerprint
+            self._held = (held, frame_json(held))
 
     def _filter(self, choices: list[Any]) -> bool:
         """Run each choice's delta through its chain; True when any text changed."""

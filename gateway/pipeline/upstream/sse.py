@@ -38,6 +38,19 @@ class SSEParser:
         """True when bytes of an unfinished event are buffered."""
         return bool(self._buffer.strip())
 
+    @property
+    def pending_data(self) -> bool:
+        """True when the unfinished event buffered has begun a data line: the bytes of a
+        large event still arriving are progress, a keep-alive `: ping` is not."""
+        buffer, start = self._buffer, 0
+        if buffer.startswith(b"data"):  # the common case, without a scan of a long line
+            return True
+        while (end := buffer.find(b"\n", start)) >= 0:
+            if buffer[start:min(end, start + 5)] in (b"data:", b"data"):
+                return True
+            start = end + 1
+        return start < len(buffer) and b"data:".startswith(buffer[start:start + 5])
+
 
 def _event_data(event: bytes) -> bytes | None:
     if event.startswith(b"data: ") and b"\n" not in event:

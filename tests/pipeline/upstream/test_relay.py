@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import openai
 import orjson
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MODEL, Server, StartGateway, StartSim, chat, wait_until
+from gateway.context import POOL
+from gateway.pipeline.upstream.sse import DONE_EVENT, frame_json
+from tests.conftest import (
+    MODEL,
+    Server,
+    StartGateway,
+    StartSim,
+    chat,
+    fake_backend,
+    wait_until,
+)
 
 
 def _events(raw: bytes) -> list[bytes]:
@@ -205,3 +220,244 @@ async def test_refused_with_no_alternative_is_502(start_sim: StartSim,
     status, raw, _ = await _post(http, gateway, chat())
     assert status == 502
     assert orjson.loads(raw)["error"]["type"] == "upstream_error"
+
+
+# -- a backend of the test's own: what vLLM (or a proxy before it) may stream ---------------
+
+Events = Callable[[web.StreamResponse], Awaitable[None]]
+ROLE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                     "logprobs": None, "finish_reason": None}]}
+
+
+def _chunk(content: str, finish: str | None = None) -> dict[str, Any]:
+    return {**ROLE, "choices": [{"index": 0, "delta": {"content": content},
+                                 "logprobs": None, "finish_reason": finish}]}
+
+
+def _vllm_error(code: int) -> dict[str, Any]:
+    """vLLM's error event (create_streaming_error_response): its code is the status."""
+    return {"error": {"object": "error", "message": "xgrammar failed to compile schema",
+                      "type": "BadRequestError" if code < 500 else "InternalServerError",
+                      "param": None, "code": code}}
+
+
+async def _streaming_backend(servers: list[web.AppRunner], events: Events,
+                             calls: list[dict[str, Any]]) -> str:
+    """Serves MODEL; each completion call is noted in `calls` and streams what `events`
+    writes."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list",
+                                      "data": [{"id": MODEL, "object": "model"}]})
+        if request.path == "/health":
+            return web.Response()
+        if request.path != "/v1/chat/completions":
+            raise web.HTTPNotFound()
+        calls.append(await request.json())
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionResetError):  # the gateway may hang up first
+            await events(resp)
+        return resp
+
+    return await fake_backend(handler, servers)
+
+
+def _writes(*parts: dict[str, Any] | bytes) -> Events:
+    async def events(resp: web.StreamResponse) -> None:
+        for part in parts:
+            await resp.write(part if isinstance(part, bytes) else frame_json(part))
+    return events
+
+
+async def _errors_by_kind(http: aiohttp.ClientSession, gateway: Server) -> dict[str, float]:
+    async with http.get(gateway.url + "/metrics") as resp:
+        text = await resp.text()
+    return {s.labels["kind"]: s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "gateway_upstream_errors_total"}
+
+
+@pytest.mark.parametrize(("code", "status", "type_", "attempts"), [
+    (400, 400, "invalid_request_error", 1),
+    (429, 429, "rate_limit_error", 1),
+    (500, 502, "upstream_error", 2),  # the engine failed: another backend may serve it
+])
+async def test_an_error_as_the_first_event_is_answered_with_its_status(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession, code: int, status: int, type_: str,
+        attempts: int) -> None:
+    """vLLM reports some refusals inside the stream (a schema it cannot compile). That was
+    a 502, run again (and again by the SDKs, which retry a 502), and counted against the
+    backend until a client's bad requests ejected it."""
+    calls: list[dict[str, Any]] = []
+    url = await _streaming_backend(servers, _writes(_vllm_error(code), DONE_EVENT), calls)
+    gateway = await start_gateway(url, health={"interval_s": 60, "failures_to_eject": 1,
+                                               "eject_s": 60})
+    got, raw, headers = await _post(http, gateway, chat(stream=True))
+    assert got == status
+    assert headers["Content-Type"].startswith("application/json")
+    error = orjson.loads(raw)["error"]
+    assert error["type"] == type_
+    assert error["message"] == "xgrammar failed to compile schema"  # its own words, kept
+    assert len(calls) == attempts
+    if code == 429:
+        assert headers["Retry-After"] == "1"
+    counted = await _errors_by_kind(http, gateway)
+    backend = gateway.app[POOL].backends[0]
+    if code < 500:  # the backend did nothing wrong
+        assert "midstream_error" not in counted
+        assert backend.available(time.monotonic())
+    else:
+        assert counted["midstream_error"] == 2
+        assert not backend.available(time.monotonic())
+
+
+async def test_the_sdk_gets_a_first_event_refusal_once(
+        start_gateway: StartGateway, servers: list[web.AppRunner], token: str) -> None:
+    calls: list[dict[str, Any]] = []
+    url = await _streaming_backend(servers, _writes(_vllm_error(400), DONE_EVENT), calls)
+    gateway = await start_gateway(url)
+    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=token,
+                                  max_retries=2) as client:
+        with pytest.raises(openai.BadRequestError, match="xgrammar"):
+            await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True)
+    assert len(calls) == 1
+
+
+async def test_an_error_event_after_the_first_still_ends_the_stream(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession) -> None:
+    calls: list[dict[str, Any]] = []
+    url = await _streaming_backend(
+        servers, _writes(ROLE, _chunk("Hello"), _vllm_error(400), DONE_EVENT), calls)
+    gateway = await start_gateway(url)
+    status, raw, _ = await _post(http, gateway, chat(stream=True))
+    assert status == 200
+    events = _events(raw)
+    assert [orjson.loads(e) for e in events[:2]] == [ROLE, _chunk("Hello")]
+    assert orjson.loads(events[-1])["error"]["type"] == "upstream_error"
+    assert b"[DONE]" not in events and len(calls) == 1
+
+
+@pytest.mark.parametrize("before_done", [(), ({**ROLE, "choices": [], "usage": {
+    "prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3}},)],
+                         ids=["done-only", "usage-then-done"])
+async def test_a_stream_without_a_chunk_is_a_failed_answer(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession, before_done: tuple[dict[str, Any], ...]) -> None:
+    """`data: [DONE]` alone was passed on as a 200: the SDK yielded no chunk and raised
+    nothing. It is now what a stream that closes with no event is: retried, then 502."""
+    calls: list[dict[str, Any]] = []
+    url = await _streaming_backend(servers, _writes(*before_done, DONE_EVENT), calls)
+    gateway = await start_gateway(url)
+    status, raw, headers = await _post(http, gateway, chat(stream=True))
+    assert status == 502
+    assert headers["Content-Type"].startswith("application/json")
+    assert orjson.loads(raw)["error"]["type"] == "upstream_error"
+    assert len(calls) == 2  # retried, as a stream that ends before its first event
+    assert (await _errors_by_kind(http, gateway))["truncated"] == 2
+
+
+def _pings(seconds: float) -> Events:
+    async def events(resp: web.StreamResponse) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await resp.write(b": ping\n\n")
+            await asyncio.sleep(0.05)
+    return events
+
+
+def _then(*steps: Events) -> Events:
+    async def events(resp: web.StreamResponse) -> None:
+        for step in steps:
+            await step(resp)
+    return events
+
+
+async def test_keep_alive_comments_do_not_hold_an_idle_stream_open(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession) -> None:
+    """One chunk, then only `: ping` comments: each reset the idle timeout, so the stream
+    stayed open, silent, for as long as the backend pinged."""
+    calls: list[dict[str, Any]] = []
+    url = await _streaming_backend(servers, _then(
+        _writes(ROLE, _chunk("Hello")), _pings(3), _writes(_chunk("", "stop"), DONE_EVENT)),
+        calls)
+    gateway = await start_gateway(url, timeouts={"idle_s": 0.3})
+    started = time.monotonic()
+    status, raw, _ = await _post(http, gateway, chat(stream=True))
+    assert time.monotonic() - started < 2
+    assert status == 200
+    events = _events(raw)  # every event is a data line: the pings are not passed on
+    assert orjson.loads(events[-1])["error"]["type"] == "upstream_timeout"
+    assert [orjson.loads(e) for e in events[:2]] == [ROLE, _chunk("Hello")]
+
+
+async def test_keep_alive_comments_are_not_a_first_event(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession) -> None:
+    calls: list[dict[str, Any]] = []
+    url = await _streaming_backend(servers, _then(_pings(3), _writes(ROLE, DONE_EVENT)),
+                                   calls)
+    gateway = await start_gateway(url, timeouts={"ttfb_s": 0.3, "idle_s": 0.3})
+    started = time.monotonic()
+    status, raw, _ = await _post(http, gateway, chat(stream=True))
+    assert time.monotonic() - started < 2
+    assert status == 504
+    assert orjson.loads(raw)["error"]["code"] == "upstream_timeout"
+
+
+async def test_a_large_event_arriving_slowly_is_progress(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession) -> None:
+    """Only comments do not count: the bytes of one long event still arriving do."""
+    big = frame_json(_chunk("word " * 2000, "stop"))
+
+    async def events(resp: web.StreamResponse) -> None:
+        await resp.write(frame_json(ROLE))
+        for i in range(0, len(big), len(big) // 10):  # 0.1 s gaps, about 1 s in all
+            await asyncio.sleep(0.1)
+            await resp.write(big[i:i + len(big) // 10])
+        await resp.write(DONE_EVENT)
+
+    url = await _streaming_backend(servers, events, [])
+    gateway = await start_gateway(url, timeouts={"idle_s": 0.3})
+    status, raw, _ = await _post(http, gateway, chat(stream=True))
+    assert status == 200
+    events_ = _events(raw)
+    assert events_[-1] == b"[DONE]"
+    assert orjson.loads(events_[1])["choices"][0]["delta"]["content"] == "word " * 2000
+
+
+@pytest.mark.parametrize("include_usage", [None, False, True])
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", chat("Hello there", n=2)),
+    ("/v1/completions", {"model": MODEL, "prompt": "Once upon", "n": 2}),
+], ids=["chat", "completions"])
+async def test_system_fingerprint_is_where_vllm_puts_it(
+        gateway: Server, sim: Server, http: aiohttp.ClientSession, include_usage: bool | None,
+        path: str, body: dict[str, Any]) -> None:
+    """vLLM names its build on a stream's last event: the usage chunk when one was asked
+    for, else the last choice chunk. The gateway always asks for usage, so without the
+    client asking, the name left with the dropped usage chunk."""
+    body = {**body, "stream": True, "max_tokens": 5, "seed": 4}
+    if include_usage is not None:
+        body["stream_options"] = {"include_usage": include_usage}
+    answers = []
+    for server in (sim, gateway):
+        _, raw, _ = await _post(http, server, body, path)
+        events = _events(raw)
+        assert events[-1] == b"[DONE]"
+        answers.append([orjson.loads(e) for e in events[:-1]])
+    direct, via = answers
+    assert len(via) == len(direct)
+    for chunks in (direct, via):
+        assert [i for i, c in enumerate(chunks) if "system_fingerprint" in c] \
+            == [len(chunks) - 1]
+    assert via[-1]["system_fingerprint"] == direct[-1]["system_fingerprint"]
+    def ends(chunks: list[dict[str, Any]]) -> list[list[tuple[int, str | None]]]:
+        return [[(c["index"], c["finish_reason"]) for c in chunk["choices"]] for chunk in chunks]
+
+    assert ends(via) == ends(direct)

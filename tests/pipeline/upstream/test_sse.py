@@ -36,3 +36,22 @@ def test_unfinished_event_is_pending() -> None:
 
 def test_frame() -> None:
     assert frame(b"[DONE]") == b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize(("fed", "pending_data"), [
+    (b"", False),
+    (b": ping\n\n", False),
+    (b": pi", False),
+    (b": ping\n", False),
+    (b"event: ping\n", False),
+    (b"da", True),
+    (b'data: {"a": ', True),
+    (b': ping\n\ndata: {"a"', True),
+    (b': note\ndata: {"a"', True),
+    (b'data: {"a": 1}\n\n', False),  # a whole event is no longer pending
+])
+def test_pending_data_tells_an_event_arriving_from_a_comment(fed: bytes,
+                                                             pending_data: bool) -> None:
+    parser = SSEParser()
+    parser.feed(fed)
+    assert parser.pending_data is pending_data
