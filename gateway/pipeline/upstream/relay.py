@@ -43,6 +43,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline.classify.moderation import OutputBlocked
 from gateway.pipeline.output import LOGPROBS_HEADER, FilterChain, asks_logprobs
 from gateway.pipeline.upstream.client import RetryUpstream, refusal
+from gateway.pipeline.upstream.echo import withhold_echo
 from gateway.pipeline.upstream.sse import DONE, DONE_EVENT, SSEParser, frame, frame_json
 from gateway.pipeline.upstream.tokens import CHARS_PER_TOKEN
 
@@ -467,8 +468,9 @@ class StreamRelay:
         code = error.get("code") if isinstance(error, dict) else None
         if not self._begun and type(code) is int and 400 <= code < 500:
             raise refusal(code, payload, self._ctx.body)
-        self._raise(BadGateway(normalise_upstream_error(502, payload).message),
-                    "midstream_error")
+        # Its message may quote the request, as a refusal's may: the same check applies.
+        error = withhold_echo(normalise_upstream_error(502, payload), self._ctx.body)
+        self._raise(BadGateway(error.message), "midstream_error")
 
     def _release(self) -> bytes:
         """The held chunk's frame, now to be sent (empty when none is held)."""

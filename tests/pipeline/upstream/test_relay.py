@@ -341,6 +341,23 @@ async def test_an_error_event_after_the_first_still_ends_the_stream(
     assert b"[DONE]" not in events and len(calls) == 1
 
 
+async def test_an_error_event_does_not_quote_the_prompt(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession) -> None:
+    """A mid-stream error's message went to the client unchecked, while an upstream
+    refusal's is stripped of the caller's words (so a tier's system prompt never leaks)."""
+    secret = "the quick brown fox jumps over the lazy dog near the river bank"
+    quoting = {"error": {"message": f"engine failed on '{secret}'", "type": "x", "code": 500}}
+    url = await _streaming_backend(
+        servers, _writes(ROLE, _chunk("Hello"), quoting, DONE_EVENT), [])
+    gateway = await start_gateway(url)
+    status, raw, _ = await _post(http, gateway, chat(secret, stream=True))
+    assert status == 200
+    last = orjson.loads(_events(raw)[-1])
+    assert last["error"]["type"] == "upstream_error"
+    assert "lazy dog" not in raw.decode()
+
+
 @pytest.mark.parametrize("before_done", [(), ({**ROLE, "choices": [], "usage": {
     "prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3}},)],
                          ids=["done-only", "usage-then-done"])
