@@ -163,18 +163,20 @@ class Scanner:
         self._prev = run[-1]
         self._blank = False
 
-    def skippable(self, run: str, since: int) -> int:
-        """How much of `run` (a _SIMPLE match) holds no anchor that can be due for a
-        mark: all of it below MIN_GAP, else up to its first sentence-ending character
-        (an anchor only becomes due after one) and short of MAX_GAP."""
-        if since + len(run) < MIN_GAP:
-            return len(run)
+    def skippable(self, text: str, start: int, end: int, since: int) -> int:
+        """How much of the run text[start:end] (a whole _SIMPLE match) holds no anchor
+        that can be due for a mark: as much as stays below MIN_GAP, else up to its first
+        sentence-ending character (an anchor only becomes due after one) and short of
+        MAX_GAP. Reads no further than it returns, plus one character."""
+        if since < MIN_GAP - 1:
+            return min(end - start, MIN_GAP - 1 - since)
         if since >= MAX_GAP - 1 or (self._pending and since >= MIN_GAP):
             return 0
         if _SENTENCE_PUNCT.search(self._prev2 + self._prev) is not None:
             return 0
-        m = _SENTENCE_PUNCT.search(run)
-        return min(m.start() if m is not None else len(run), MAX_GAP - 1 - since)
+        end = min(end, start + MAX_GAP - 1 - since)
+        m = _SENTENCE_PUNCT.search(text, start, end)
+        return (m.start() if m is not None else end) - start
 
     def simple_run(self, run: str) -> None:
         """Consume a run of _SIMPLE characters when no anchor in it can take a mark."""
@@ -388,13 +390,19 @@ class Scanner:
         self._prev2, self._prev = self._prev, "\n"
 
 
+_CODE_SPAN_STOP = re.compile("[`\n]")
+
+
 def _next_stop(text: str, start: int, stops: str) -> int:
-    end = len(text)
-    for c in stops:
-        j = text.find(c, start, end)
-        if j >= 0:
-            end = j
-    return end
+    """Where the first of `stops` (span_stop's newline, or backtick and newline) is, else
+    the end, in one pass over what is skipped: finding each character in turn would scan
+    past a newline to the next backtick, line after line in a span a stray one opened."""
+    if stops == "\n":
+        j = text.find("\n", start)
+    else:
+        m = _CODE_SPAN_STOP.search(text, start)
+        j = m.start() if m is not None else -1
+    return j if j >= 0 else len(text)
 
 
 class PayloadFilter:
@@ -425,6 +433,9 @@ class PayloadFilter:
         scan = self._scan
         out: list[str] = []
         i, n = 0, len(delta)
+        # End of the _SIMPLE run that reaches i: every later start inside it shares that
+        # end, so each character is matched once, not once per stop within a long line.
+        simple_end = -1
         while i < n:
             stop = scan.span_stop()
             if stop:
@@ -435,8 +446,11 @@ class PayloadFilter:
                     i = j
                     continue
             if self.marks and scan.simple():
-                m = _SIMPLE.match(delta, i)
-                if m is not None and (k := scan.skippable(m.group(), self._since)):
+                if simple_end < i:
+                    m = _SIMPLE.match(delta, i)
+                    simple_end = m.end() if m is not None else i
+                if simple_end > i and (k := scan.skippable(delta, i, simple_end,
+                                                           self._since)):
                     run = delta[i:i + k]
                     scan.simple_run(run)
                     self._since += k
