@@ -53,6 +53,9 @@ class TimeoutSettings:
     client_idle_s: float = 75.0
 
 
+MIN_PROBE_INTERVAL_S = 0.05
+
+
 @dataclass(frozen=True, slots=True)
 class HealthSettings:
     interval_s: float = 5.0  # active /health probe and /v1/models refresh
@@ -248,7 +251,9 @@ def _check(settings: Settings) -> None:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SettingsError(f"upstreams.{i}: expected an http(s) URL, got "
                                 f"{redact_url(url)!r}")
-        first = bases.setdefault(upstream_base(url), i)
+        base = urlsplit(upstream_base(url))  # scheme and host are not case-sensitive
+        first = bases.setdefault(f"{base.scheme.lower()}://{(base.hostname or '').lower()}:"
+                                 f"{base.port}{base.path}", i)
         if first != i:  # one backend twice would get twice its share of the traffic
             raise SettingsError(f"upstreams.{i}: the same upstream as upstreams.{first}")
     if not 0 <= settings.port <= 65535:
@@ -269,8 +274,10 @@ def _check(settings: Settings) -> None:
         raise SettingsError("timeouts: ttfb_s and idle_s must be positive")
     if settings.timeouts.client_header_s <= 0 or settings.timeouts.client_idle_s <= 0:
         raise SettingsError("timeouts: client_header_s and client_idle_s must be positive")
-    if settings.health.interval_s <= 0 or settings.health.probe_timeout_s <= 0:
-        raise SettingsError("health: interval_s and probe_timeout_s must be positive")
+    if settings.health.interval_s < MIN_PROBE_INTERVAL_S:  # each probe is 2 requests
+        raise SettingsError(f"health.interval_s: must be at least {MIN_PROBE_INTERVAL_S}")
+    if settings.health.probe_timeout_s <= 0:
+        raise SettingsError("health.probe_timeout_s: must be positive")
     if settings.health.failures_to_eject < 1:
         raise SettingsError("health.failures_to_eject: must be at least 1")
     if settings.health.failed_probes_to_down < 1:

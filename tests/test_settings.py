@@ -49,8 +49,11 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("health:\n  failed_probes_to_down: 0\n",
          "health.failed_probes_to_down: must be at least 1"),
         # 0 probed without a pause: ~1,500 /health requests a second per backend.
-        ("health:\n  interval_s: 0\n", "health: interval_s and probe_timeout_s must be"),
-        ("health:\n  probe_timeout_s: 0\n", "health: interval_s and probe_timeout_s must"),
+        ("health:\n  interval_s: 0\n", "health.interval_s: must be at least 0.05"),
+        ("health:\n  interval_s: 0.001\n", "health.interval_s: must be at least 0.05"),
+        ("health:\n  probe_timeout_s: 0\n", "health.probe_timeout_s: must be positive"),
+        ("upstreams: ['HTTP://A:1', http://a:1]\n",
+         "upstreams.1: the same upstream as upstreams.0"),
         ("upstreams: [http://a:1, 'http://a:1/']\n",
          "upstreams.1: the same upstream as upstreams.0"),
         ("upstreams: [http://a:1/v1, http://b:1, http://a:1]\n",

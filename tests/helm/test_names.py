@@ -91,3 +91,17 @@ def test_references_follow_the_shortened_names(case: str) -> None:
                 ref = item.get("valueFrom", {}).get("secretKeyRef")
                 if ref and ref["name"] != "hf":  # the one Secret the values name
                     assert ("Secret", ref["name"]) in names, item
+
+
+def test_long_releases_that_differ_at_the_end_share_no_name() -> None:
+    """Names were cut with nothing to tell them apart: `...-canary-01` and `...-canary-02`
+    rendered the same Redis Secret, Service and StatefulSet, and the second install in a
+    namespace failed on objects the first owned."""
+    first, override = LONG["release-51"]
+    names = []
+    for release in (first, first[:-1] + "2"):
+        rendered = render({**EVERYTHING, **override}, api_versions=MONITORING_API,
+                          release=release)
+        names.append({(m["kind"], m["metadata"]["name"]) for m in rendered.all()})
+    shared = names[0] & names[1]
+    assert not shared, shared

@@ -202,10 +202,18 @@ def file_loader(path: Path) -> Loader:
 
 def pem_loader(paths: Sequence[Path]) -> Loader:
     """PEM public key files as one JWKS document (kids: RFC 7638 thumbprints). A file
+    that is gone is a withdrawn key (the kubelet removes a key that left its Secret); one
     that cannot be used fails the whole read, so the last good set keeps serving."""
     def read() -> bytes:
-        return orjson.dumps({"keys": [pem_jwk(path.read_bytes(), str(path))
-                                      for path in paths]})
+        keys = []
+        for path in paths:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                log.warning("PEM key file %s is gone: its key is withdrawn", path)
+                continue
+            keys.append(pem_jwk(data, str(path)))
+        return orjson.dumps({"keys": keys})
 
     async def load() -> bytes:
         return await asyncio.to_thread(read)

@@ -189,8 +189,11 @@ class TierStage:
         if context is None or estimate(ctx.body) + ctx.body[key] <= context:
             return  # the estimate errs high: this surely fits, nothing to count
         prompt = await count_prompt(ctx, self._counter)
-        if context - prompt >= 1:  # else the prompt alone is too long: vLLM says so
+        if context - prompt >= 1:
             ctx.body[key] = min(ctx.body[key], context - prompt)
+        # Else the prompt alone is too long, and vLLM refuses it. The default stays: without
+        # it vLLM would fill the context, past the tier's cap where the count was only the
+        # estimate (a backend without /tokenize).
 
     async def _check_prompt_tokens(self, ctx: RequestContext, tier: TierSpec) -> Decision:
         """The tier's prompt cap, on the prompt as forwarded (system prompt included).

@@ -19,8 +19,9 @@
 
 {{/*
 "<fullname>-<suffix>" within 63 characters, or within the third argument: the full name is
-shortened, never the suffix, so names stay distinct. Call with (list $ "suffix") or
-(list $ "suffix" 52).
+shortened, never the suffix, so names stay distinct; a shortened one ends with a hash of
+the whole, so two long releases that differ only at the end do not share names. Call with
+(list $ "suffix") or (list $ "suffix" 52).
 */}}
 {{- define "gateway.component" -}}
 {{- $root := index . 0 -}}
@@ -29,8 +30,13 @@ shortened, never the suffix, so names stay distinct. Call with (list $ "suffix")
 {{- if gt (len .) 2 -}}
 {{- $max = int (index . 2) -}}
 {{- end -}}
-{{- $prefix := include "gateway.fullname" $root | trunc (int (sub (sub $max 1) (len $suffix))) | trimAll "-" -}}
-{{- printf "%s-%s" $prefix $suffix -}}
+{{- $full := include "gateway.fullname" $root -}}
+{{- $room := int (sub (sub $max 1) (len $suffix)) -}}
+{{- $prefix := $full -}}
+{{- if gt (len $full) $room -}}
+{{- $prefix = printf "%s-%s" ($full | trunc (int (sub $room 6)) | trimAll "-") ($full | sha256sum | trunc 5) -}}
+{{- end -}}
+{{- printf "%s-%s" ($prefix | trimAll "-") $suffix -}}
 {{- end -}}
 
 {{/*

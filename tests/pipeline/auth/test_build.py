@@ -195,3 +195,26 @@ async def test_key_files_are_read_again_when_their_secret_changes(
             await asyncio.sleep(0.6)
             with pytest.raises(AuthFailure):
                 await verifier.verify(sign(private, alg, claims(), {"kid": kid}))
+
+
+async def test_a_pem_file_that_is_gone_is_a_withdrawn_key(
+        tmp_path: Path, session: aiohttp.ClientSession, started: list[Verifier]) -> None:
+    """A key that leaves a mounted Secret leaves as its file: the kubelet removes it. The
+    whole read failed then, and the last set, withdrawn key included, kept serving."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    _kubelet_update(keys, "a.pem", _pem(RSA_KEY))
+    (keys / "..data" / "b.pem").write_bytes(_pem(ED_KEY))
+    (keys / "b.pem").symlink_to("..data/b.pem")
+    verifier = await build(started, session, tmp_path,
+                           pem_files=(keys / "a.pem", keys / "b.pem"))
+    ed_kid = thumbprint(public_jwk(ED_KEY))
+    await verifier.verify(sign(ED_KEY, "EdDSA", claims(), {"kid": ed_kid}))
+    _kubelet_update(keys, "a.pem", _pem(RSA_KEY))  # a new version without b.pem
+    (keys / "b.pem").unlink()
+    await asyncio.sleep(1.1)
+    rsa_kid = thumbprint(public_jwk(RSA_KEY))
+    await verifier.verify(sign(RSA_KEY, "RS256", claims(), {"kid": rsa_kid}))
+    await asyncio.sleep(0.1)
+    with pytest.raises(AuthFailure):
+        await verifier.verify(sign(ED_KEY, "EdDSA", claims(), {"kid": ed_kid}))
