@@ -86,19 +86,31 @@ async def test_sigterm_drains_open_streams_then_exits_zero(
     assert await asyncio.to_thread(gw.proc.wait, 10) == 0
 
 
+def _slow_gateway(gateway_process: Callable[..., Process], tmp_path: Path,
+                  drain_s: float) -> Process:
+    """`gateway serve` whose simulator writes 5 tokens a second: streams stay open."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"drain_timeout_s: {drain_s}\nsim:\n  tokens_per_second: 5\n")
+    return gateway_process("--config", str(config))
+
+
+async def _slow_stream(http: aiohttp.ClientSession, gw: Process) -> aiohttp.ClientResponse:
+    """A stream of 500 tokens, open once its first event is in."""
+    resp = await http.post(gw.url + "/v1/chat/completions",
+                           json=chat(stream=True, max_tokens=500))
+    await resp.content.readline()
+    return resp
+
+
 async def test_drain_timeout_ends_open_requests_with_a_503_and_exits(
         gateway_process: Callable[..., Process], tmp_path: Path, token: str) -> None:
     """Requests still open when the drain time runs out end as any failed request does:
     a stream with an error event the client can read, a waiting JSON request with a 503
     (both were cut off, the stream mid-chunk), audited and logged as the gateway's 503
     (the stream was recorded as 499, the client's doing)."""
-    config = tmp_path / "gateway.yaml"
-    config.write_text("drain_timeout_s: 0.5\nsim:\n  tokens_per_second: 5\n")
-    gw = gateway_process("--config", str(config))
+    gw = _slow_gateway(gateway_process, tmp_path, drain_s=0.5)
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
-        resp = await http.post(gw.url + "/v1/chat/completions",
-                               json=chat(stream=True, max_tokens=500))
-        await resp.content.readline()
+        resp = await _slow_stream(http, gw)
 
         async def waiting() -> tuple[int, bytes]:
             async with http.post(gw.url + "/v1/chat/completions",
@@ -130,13 +142,9 @@ async def test_a_second_signal_ends_the_drain_at_once(
     """An operator's second Ctrl-C (or SIGTERM) was ignored: only SIGKILL stopped a drain
     of up to drain_timeout_s, and that skips the audit of what was open. Now it ends the
     drain as its time-out does: open requests end with a 503 and are recorded."""
-    config = tmp_path / "gateway.yaml"
-    config.write_text("drain_timeout_s: 60\nsim:\n  tokens_per_second: 5\n")
-    gw = gateway_process("--config", str(config))
+    gw = _slow_gateway(gateway_process, tmp_path, drain_s=60)
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
-        resp = await http.post(gw.url + "/v1/chat/completions",
-                               json=chat(stream=True, max_tokens=500))
-        await resp.content.readline()
+        resp = await _slow_stream(http, gw)
         gw.proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.5)
         assert gw.proc.poll() is None  # draining: the stream goes on
