@@ -34,6 +34,9 @@ _DEFAULT_SPEC = WatermarkSpec()
 _STRUCTURED_FIELDS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice",
                       "guided_grammar")
 _MAX_WORDS = fp.MAX_CHUNKS * fp.CHUNK + fp.SHINGLE
+# A large delta (a whole non-streaming answer) is tokenised a piece at a time, and no
+# further than the words a record keeps: the rest of an 8 MB answer is not read at all.
+_PIECE = 64 * 1024
 
 FilterFactory = Callable[[RequestContext], OutputFilter | None]
 
@@ -137,8 +140,10 @@ class LedgerFilter:
 
     def feed(self, delta: str) -> str:
         state = self._state
-        if delta and len(state.hashes) < _MAX_WORDS:
-            state.hashes.extend(state.tokenizer.feed(delta))
+        for start in range(0, len(delta), _PIECE):  # the tokenizer is blind to the cuts
+            if len(state.hashes) >= _MAX_WORDS:
+                break
+            state.hashes.extend(state.tokenizer.feed(delta[start:start + _PIECE]))
         if state.text is not None and state.text_len < MAX_STORED_TEXT:
             state.text.append(delta)
             state.text_len += len(delta)

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from gateway.context import Principal, RequestContext, Route
 from gateway.metrics import Metrics
 from gateway.pipeline.output import FilterChain, OutputFilter
+from gateway.pipeline.watermark import fingerprint as fp
 from gateway.pipeline.watermark.filters import (
     LedgerFilter,
     ledger_filter,
@@ -137,3 +138,31 @@ def test_header_and_vllm_arguments_name_the_same_key() -> None:
     odd = ctx()
     odd.request_id = "bad;id"
     assert provenance_header(odd, runtime()) is None
+
+
+async def test_a_large_answer_is_fingerprinted_no_further_than_a_record_keeps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole non-streaming answer is one delta: it was normalised and hashed to its end
+    (8 MB: over a second on the event loop) though a record keeps ~25,000 words. The
+    record is the same as from small deltas."""
+    read: list[int] = []
+    feed = fp.Tokenizer.feed
+
+    def counted(self: fp.Tokenizer, delta: str) -> list[int]:
+        read.append(len(delta))
+        return feed(self, delta)
+
+    monkeypatch.setattr(fp.Tokenizer, "feed", counted)
+    big = PROSE * (4_000_000 // len(PROSE))
+    led = Ledger.sqlite(tmp_path / "l.sqlite3")
+    await led.start()
+    whole, pieces = (ledger_filter(ctx(), runtime(led), "v1") for _ in range(2))
+    assert whole is not None and pieces is not None
+    whole.feed(big)
+    assert sum(read) < 1_000_000  # not the 4 MB
+    for part in split_at(big[:400_000], range(997, 400_000, 997)):
+        pieces.feed(part)
+    kept = fp.MAX_CHUNKS * fp.CHUNK + fp.SHINGLE  # the words a record keeps
+    assert min(len(whole._state.hashes), len(pieces._state.hashes)) >= kept
+    assert whole._state.hashes[:kept] == pieces._state.hashes[:kept]
+    await led.close()
