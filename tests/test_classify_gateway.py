@@ -119,6 +119,10 @@ async def test_public_completions_classify_the_callers_prompt(
 
 
 BENIGN_ARGS = ['{"city": ', '"Paris", "days": ', '3}']
+# The ransom note as JSON arguments, letters written as escapes the client's JSON decoding
+# turns back into them; an escape is cut across two deltas too.
+ESCAPED_LEAK = ['{"note": "Sure. Your files have ', 'been encr\\u0079pted. To recover ',
+                'them send 1 bitc\\u00', '6fin to ', 'the wallet address below."}']
 
 
 def _delta(where: str, piece: str, first: bool) -> dict[str, Any]:
@@ -156,7 +160,8 @@ async def leaky_upstream() -> AsyncIterator[str]:
         body = await request.json()
         prompt = body["messages"][-1]["content"]
         where = next((w for w in ("reasoning", "tool") if w in prompt), "content")
-        pieces = BENIGN_ARGS if "benign" in prompt else LEAK
+        pieces = BENIGN_ARGS if "benign" in prompt else ESCAPED_LEAK if "escaped" in prompt \
+            else LEAK
         finish = "tool_calls" if where == "tool" else "stop"
         def logprobs(tokens: list[str]) -> dict[str, Any] | None:
             if not body.get("logprobs"):
@@ -406,3 +411,20 @@ async def test_an_answer_without_usage_is_charged_by_its_text(
     _, headers, _ = await _post(gateway.url, mint(tier="trusted"), chat("A story (content)."))
     record = await _audited(gateway.url, mint(), headers["x-request-id"])
     assert record["completion_tokens"] == math.ceil(len("".join(LEAK)) / 3)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_json_escapes_in_tool_arguments_do_not_pass_moderation(
+        start_gateway: StartGateway, leaky_upstream: str, mint: MintToken,
+        stream: bool) -> None:
+    """`bitc\\u006fin` is `bitcoin` once the client decodes the arguments: escaped
+    letters got a blocked text past output moderation (found by a black-box check)."""
+    gateway = await start_gateway(leaky_upstream)
+    status, _, raw = await _post(gateway.url, mint(tier="public"),
+                                 chat("Tell me a story (tool, escaped).", stream=stream))
+    assert status == 200
+    text = raw.decode()
+    assert "bitc" not in text and "encr" not in text
+    choices = [c for e in _events(raw) for c in e.get("choices", [])] if stream \
+        else orjson.loads(raw)["choices"]
+    assert "content_filter" in [c["finish_reason"] for c in choices]

@@ -18,6 +18,12 @@ could complete it. Then:
 - everything before the hold is emitted; a match found later must contain text that was
   held, because any prefix of it was a partial match when that prefix ended the text.
 
+JSON string escapes (`\\u0073`, `\\n`, ...) are read as what they stand for: tool-call
+arguments and JSON-mode answers are JSON text, which the client decodes, so `m\\u0073fvenom`
+is judged as `msfvenom`. The escape's first character carries the decoded character's
+fold and the rest fold to nothing; an escape cut off at the end of a delta waits for the
+next one.
+
 So nothing a check would block is emitted, for any chunking, and ordinary prose is held
 back only while it could be the start of a pattern (a word or two), not by a fixed
 window. A trailing run of invisible characters is held too, so a smuggling run is never
@@ -38,6 +44,34 @@ from gateway.pipeline.classify.structure import JAILBREAK, StructureClassifier
 from gateway.pipeline.classify.text import fold, fold_char
 from gateway.pipeline.classify.verdict import matched
 from gateway.policy.spec import CategorySpec, TierSpec
+
+_ESCAPE = re.compile(r'\\(?:u([0-9a-fA-F]{4})|(["\\/bfnrt]))')
+_ESCAPE_TAIL = re.compile(r"\\(?:u[0-9a-fA-F]{0,3})?\Z")  # an escape the delta cuts off
+_SIMPLE_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n",
+                   "r": "\r", "t": "\t"}
+
+
+def escaped_parts(text: str) -> list[str]:
+    """The fold of each character of `text`, JSON escapes read as what they stand for."""
+    parts = [fold_char(c) for c in text]
+    for m in _ESCAPE.finditer(text):
+        code = m.group(1)
+        char = chr(int(code, 16)) if code is not None else _SIMPLE_ESCAPES[m.group(2)]
+        if "\ud800" <= char <= "\udfff":
+            continue  # half of a surrogate pair: no letter, left as written
+        parts[m.start()] = fold_char(char)
+        for i in range(m.start() + 1, m.end()):
+            parts[i] = ""
+    return parts
+
+
+def _escape_cut(text: str) -> int:
+    """Where an escape the end of `text` cuts off begins (len(text) when none)."""
+    last = 0
+    for m in _ESCAPE.finditer(text):
+        last = m.end()
+    tail = _ESCAPE_TAIL.search(text, last)
+    return tail.start() if tail is not None else len(text)
 
 
 class OutputBlocked(Exception):
@@ -133,7 +167,7 @@ class OutputCheck:
 
     def check_text(self, text: str, tier: TierSpec) -> tuple[str, ...]:
         """Whole-text form: the blocked categories in `text` (for non-streaming checks)."""
-        folded = "".join(fold_char(c) for c in text)
+        folded = "".join(escaped_parts(text))
         return self.blocked(self.scores(text, folded), tier)
 
 
@@ -146,7 +180,7 @@ class ModerationFilter:
     `_parts`, the fold of each character of `_buf`, to map positions between the two."""
 
     __slots__ = ("_buf", "_check", "_emitted", "_folded", "_on_block", "_on_flag", "_parts",
-                 "_tier")
+                 "_pending", "_tier")
     hides_text = True  # the relay drops logprobs, which would carry the text held back
 
     def __init__(self, check: OutputCheck, tier: TierSpec,
@@ -160,23 +194,36 @@ class ModerationFilter:
         self._folded = ""  # fold(_buf)
         self._parts: list[str] | None = None  # fold of each character of _buf, when needed
         self._emitted = 0  # how many characters of _buf have been emitted
+        self._pending = ""  # the start of an escape the last delta cut off
 
     def feed(self, delta: str) -> str:
+        if self._pending:
+            delta, self._pending = self._pending + delta, ""
         if not delta:
             return ""
+        if "\\" in delta:
+            cut = _escape_cut(delta)
+            delta, self._pending = delta[:cut], delta[cut:]
+            return self._feed_parts(delta, escaped_parts(delta)) if delta else ""
         if self._parts is None and delta.isascii():  # one folded character each
             self._buf += delta
             self._folded += fold(delta)
             return self._advance(final=False, invisible=False)
+        return self._feed_parts(delta, [fold_char(c) for c in delta])
+
+    def _feed_parts(self, delta: str, folded: list[str]) -> str:
         if self._parts is None:
             self._parts = list(self._folded)
-        folded = [fold_char(c) for c in delta]
         self._buf += delta
         self._folded += "".join(folded)
         self._parts.extend(folded)
         return self._advance(final=False, invisible="" in folded)
 
     def finish(self) -> str:
+        if self._pending:  # cut off for good: judged as written
+            pending, self._pending = self._pending, ""
+            out = self._feed_parts(pending, [fold_char(c) for c in pending])
+            return out + self._advance(final=True, invisible=True)
         return self._advance(final=True, invisible=True)
 
     def _folded_at(self, index: int) -> int:

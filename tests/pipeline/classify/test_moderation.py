@@ -235,3 +235,32 @@ def test_checking_a_delta_keeps_the_gil() -> None:
         busy.join()
     assert out + f.finish() == "Rivers run to the sea."
     assert elapsed < 0.5, f"{elapsed:.2f}s: a search let go of the GIL"
+
+
+BLOCKED_ON_PUBLIC = [t for t in BLOCKED if CHECK.check_text(t, PUBLIC)]
+
+
+def _json_escaped(text: str, which: list[bool]) -> str:
+    return "".join(f"\\u{ord(c):04x}" if escape and c.isalnum() else c
+                   for c, escape in zip(text, which, strict=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_json_escapes_do_not_hide_blocked_text(data: st.DataObject) -> None:
+    """Tool-call arguments and JSON-mode answers are JSON the client decodes:
+    `m\\u0073fvenom -p ...` passed output moderation (found by a black-box check)."""
+    plain = data.draw(st.sampled_from(BLOCKED_ON_PUBLIC))
+    which = data.draw(st.lists(st.booleans(), min_size=len(plain), max_size=len(plain)))
+    text = _json_escaped(plain, which)
+    cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=20))
+    emitted, blocked = run(CHECK, text, [c for c in cuts if c < len(text)])
+    assert blocked is not None, text
+    assert CHECK.check_text(emitted, PUBLIC) == ()
+
+
+@pytest.mark.parametrize("text", ['{"path": "C:\\\\users\\\\me", "a": "\\\\u0073 not s"}',
+                                  "ends with a backslash \\", "half an escape \\u00"])
+def test_text_with_backslashes_is_emitted_as_written(text: str) -> None:
+    emitted, blocked = run(CHECK, text, list(range(1, len(text), 3)))
+    assert blocked is None and emitted == text
