@@ -22,7 +22,7 @@ from gateway.audit.postgres import is_postgres_url
 from gateway.extras import installed
 from gateway.pipeline.auth.settings import AuthSettings
 from gateway.urls import redact as redact_url
-from gateway.urls import upstream_base
+from gateway.urls import same_upstream_key
 from gateway.yamlfile import Located, YamlError, load_file
 
 # The shipped policies: a link to the checkout's policies/ that a wheel carries as files,
@@ -251,9 +251,7 @@ def _check(settings: Settings) -> None:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SettingsError(f"upstreams.{i}: expected an http(s) URL, got "
                                 f"{redact_url(url)!r}")
-        base = urlsplit(upstream_base(url))  # scheme and host are not case-sensitive
-        first = bases.setdefault(f"{base.scheme.lower()}://{(base.hostname or '').lower()}:"
-                                 f"{base.port}{base.path}", i)
+        first = bases.setdefault(same_upstream_key(url), i)
         if first != i:  # one backend twice would get twice its share of the traffic
             raise SettingsError(f"upstreams.{i}: the same upstream as upstreams.{first}")
     if not 0 <= settings.port <= 65535:

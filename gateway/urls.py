@@ -25,3 +25,10 @@ def upstream_base(url: str) -> str:
     appends `/v1/...`, `/health`, `/tokenize` itself), as the guard's URL is taken."""
     base = url.rstrip("/")
     return base.removesuffix("/v1") if base.endswith("/v1") else base
+
+
+def same_upstream_key(url: str) -> str:
+    """Equal for two spellings of one upstream (scheme and host in any case, with or
+    without a trailing slash or `/v1`)."""
+    parts = urlsplit(upstream_base(url))
+    return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{parts.port}{parts.path}"

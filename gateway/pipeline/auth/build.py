@@ -47,6 +47,7 @@ def build_verifier(settings: AuthSettings, home: Path, session: aiohttp.ClientSe
     is called for each failed call to it; `env` defaults to os.environ and is where the
     HS256 secret is read.
     """
+    _check_pem_files(settings, home)
     static = _static_keys(settings, home, os.environ if env is None else env)
     caches: list[KeyCache] = []
 
@@ -77,9 +78,9 @@ def build_verifier(settings: AuthSettings, home: Path, session: aiohttp.ClientSe
     return Verifier(settings, Keyring(static, caches), revocation)
 
 
-def _static_keys(settings: AuthSettings, home: Path, env: Mapping[str, str],
-                 ) -> dict[str, VerifyKey]:
-    for i, pem in enumerate(settings.pem_files):  # read by their KeyCache; checked here
+def _check_pem_files(settings: AuthSettings, home: Path) -> None:
+    """Each PEM file usable at start, or an error naming it (their KeyCache reads them)."""
+    for i, pem in enumerate(settings.pem_files):
         path = settings.resolve(home, pem)
         try:
             pem_key(path)
@@ -87,6 +88,10 @@ def _static_keys(settings: AuthSettings, home: Path, env: Mapping[str, str],
             raise AuthConfigError(f"pem_files.{i}: {exc}") from None
         except (OSError, ValueError) as exc:
             raise AuthConfigError(f"pem_files.{i}: {path}: {type(exc).__name__}") from None
+
+
+def _static_keys(settings: AuthSettings, home: Path, env: Mapping[str, str],
+                 ) -> dict[str, VerifyKey]:
     keys: dict[str, VerifyKey] = {}
     name = settings.hs256_secret_env
     if name:
