@@ -3,7 +3,8 @@
 Three signals, each a score in [0, 1]; the classifier reports their max:
 
 - **many-shot**: fake dialogue turns embedded in one message ("User: ... Assistant: ...",
-  "Q: ... A: ...", "Human:/AI:" at the start of a line). Score rises linearly from 0 at
+  "Q: ... A: ...", "Human:/AI:" at the start of a line, or a chat template's own turn
+  tokens: `<|start_header_id|>`, `<|im_start|>`, `[INST]`, ...). Score rises linearly from 0 at
   `turns.low` markers to 1 at `turns.high` (a pasted FAQ or a short transcript stays low).
 - **override phrases**: admin-written regexes ("ignore all previous instructions", "you are
   now DAN", "developer mode enabled", ...), matched on folded text like rules.
@@ -32,6 +33,11 @@ JAILBREAK = "jailbreak"
 _TURN = re.compile(
     r"^[ \t>*_#-]*(?:user|human|assistant|ai|bot|chatbot|model|system|q|a|question|answer"
     r"|prompt|response|input|output)[ \t]*\**[ \t]*[:\uff1a]", re.IGNORECASE | re.MULTILINE)
+# Turns opened by chat-template control tokens (Llama 3, ChatML, gpt-oss, Phi, Gemma,
+# DeepSeek, Mistral), raw or as the shape stage neutralised them in chat text (control.py).
+_TEMPLATE_TURN = re.compile(
+    r"[<\u2039](?:\|(?:start_header_id|im_start|start|user|assistant|system)\|"
+    r"|\uff5c(?:user|assistant)\uff5c|start_of_turn)>|[\[\uff3b]/?INST\]", re.IGNORECASE)
 _TAG = re.compile("[\U000e0000-\U000e007f]")
 _FLAG_TAGS = re.compile("\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f")
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u180e\u2062\u2063\u2064]")
@@ -104,7 +110,7 @@ class StructureClassifier:
         self.output_phrases = compile_patterns(spec.phrases, ("output", "both"))
 
     def turns(self, text: str) -> int:
-        return len(_TURN.findall(text))
+        return len(_TURN.findall(text)) + len(_TEMPLATE_TURN.findall(text))
 
     def smuggling(self, text: str, encoded: bool = True) -> float:
         spec = self.spec

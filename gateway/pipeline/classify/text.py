@@ -3,21 +3,25 @@
 `prompt_text(ctx)` is every word the caller sent that reaches the model: for chat, the
 text of the messages whose role is configured (`classifiers.roles`, by default every
 role: a client's system, developer, assistant or tool message is rendered into the prompt
-as much as a user message is), the arguments of earlier tool calls, and the tool
-definitions (names, descriptions, parameter schemas: chat templates render them too),
-joined with blank lines, with the last user message also kept on its own. The tier's own
+as much as a user message is) with their names, reasoning and tool call ids (templates may
+render those too), the arguments of earlier tool calls, the tool definitions (names,
+descriptions, parameter schemas), and the words of any output constraint (JSON schema,
+regex, grammar, choices: guided decoding forces the model to write them, so "Sure, here is
+the ransomware:" as a required prefix is as much the caller's words as a message), joined
+with blank lines, with the last user message also kept on its own. The tier's own
 system prompt, which the tier stage put first, is not the caller's words and is left out.
-For completions it is the prompt, less the tier's system prompt that the tier stage put in
-front of it. Token-id prompts cannot be read and are marked `opaque` (the stage scores
-them as the unverified category).
+For completions it is the prompt (and any output constraint), less the tier's system
+prompt that the tier stage put in front of it. Token-id prompts cannot be read and are
+marked `opaque` (the stage scores them as the unverified category).
 
 `fold(text)` is the normalisation rules and phrases see, per character: invisible
 characters (zero-width, bidi controls, tag characters, soft hyphens, variation selectors)
 and combining marks are dropped, Cyrillic and Greek letters that look Latin become the
-Latin letter, and the rest is NFKD-decomposed (accents dropped), NFKC-composed and
-casefolded. So `r\u200bansom\u00adware`, `spyw\u0301are`, `k\u0435ylogger` (a Cyrillic e)
-and fullwidth letters match like plain text. It is applied per character, so
-fold(a + b) == fold(a) + fold(b), which the output moderation window relies on.
+Latin letter, so do small capitals (U+1D00 and kin), and the rest is NFKD-decomposed
+(accents dropped), NFKC-composed and casefolded. So `r\u200bansom\u00adware`,
+`spyw\u0301are`, `k\u0435ylogger` (a Cyrillic e) and fullwidth letters match like plain
+text. It is applied per character, so fold(a + b) == fold(a) + fold(b), which the output
+moderation window relies on.
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ HOMOGLYPHS = {chr(code): latin for latin, codes in (
     ("o", (0x043E, 0x041E, 0x03BF, 0x039F)),  # Cyrillic o, O; Greek omicron, Omicron
     ("p", (0x0440, 0x0420, 0x03C1, 0x03A1)),  # Cyrillic er, Er; Greek rho, Rho
     ("q", (0x051B,)),  # Cyrillic qa
+    ("r", (0x0433,)),  # Cyrillic ghe (a lower-case r in most fonts' italics and handwriting)
     ("s", (0x0455, 0x0405)),  # Cyrillic dze, Dze
     ("t", (0x0442, 0x0422, 0x03A4)),  # Cyrillic te, Te; Greek Tau
     ("v", (0x03BD,)),  # Greek nu
@@ -103,7 +108,14 @@ HOMOGLYPHS = {chr(code): latin for latin, codes in (
     ("x", (0x0445, 0x0425, 0x03C7, 0x03A7)),  # Cyrillic ha, Ha; Greek chi, Chi
     ("y", (0x0443, 0x0423, 0x03C5, 0x03A5)),  # Cyrillic u, U; Greek upsilon, Upsilon
     ("z", (0x0396,)),  # Greek Zeta
-) for code in codes}
+) for code in codes} | {chr(code): latin for latin, code in (
+    # Small capitals (NFKC keeps them): the letters of "ꜱᴍᴀʟʟ ᴄᴀᴘꜱ" text generators.
+    ("a", 0x1D00), ("b", 0x0299), ("c", 0x1D04), ("d", 0x1D05), ("e", 0x1D07),
+    ("f", 0xA730), ("g", 0x0262), ("h", 0x029C), ("i", 0x026A), ("j", 0x1D0A),
+    ("k", 0x1D0B), ("l", 0x029F), ("m", 0x1D0D), ("n", 0x0274), ("o", 0x1D0F),
+    ("p", 0x1D18), ("q", 0xA7AF), ("r", 0x0280), ("s", 0xA731), ("t", 0x1D1B),
+    ("u", 0x1D1C), ("v", 0x1D20), ("w", 0x1D21), ("y", 0x028F), ("z", 0x1D22),
+)}
 
 
 class _Fold(dict[int, str]):
@@ -170,12 +182,58 @@ def _strings(value: Any) -> list[str]:
 
 
 def _tool_call_text(message: dict[str, Any]) -> list[str]:
-    """The names and arguments of the tool calls in an (assistant) message."""
+    """The ids, names and arguments of the tool calls in an (assistant) message."""
     calls = message.get("tool_calls")
     if not isinstance(calls, list):
         return []
     return [s for call in calls if isinstance(call, dict)
-            for s in _strings(call.get("function")) if s]
+            for s in (call.get("id"), *_strings(call.get("function"))) if isinstance(s, str)]
+
+
+# A message's own strings a template may render besides its content.
+_MESSAGE_TEXT_KEYS = ("name", "tool_call_id", "reasoning_content", "reasoning")
+
+
+def _message_extras(message: dict[str, Any]) -> list[str]:
+    return [value for key in _MESSAGE_TEXT_KEYS
+            if isinstance(value := message.get(key), str)]
+
+
+# Request fields that constrain the output (guided decoding): their words are forced into
+# the answer, a prefix the model then continues.
+CONSTRAINT_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex",
+                     "guided_choice", "guided_grammar")
+# JSON Schema's own vocabulary: keys (and `type` values) that say nothing of the caller's.
+_SCHEMA_WORDS = frozenset({
+    "type", "properties", "required", "items", "enum", "const", "description", "title",
+    "pattern", "additionalProperties", "minLength", "maxLength", "minimum", "maximum",
+    "minItems", "maxItems", "$defs", "definitions", "$ref", "$schema", "anyOf", "oneOf",
+    "allOf", "format", "default", "name", "strict", "schema", "json_schema", "json",
+    "regex", "choice", "grammar", "structural_tag", "whitespace_pattern", "examples",
+    "prefixItems", "uniqueItems", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+    "nullable", "not", "if", "then", "else", "dependentRequired",
+})
+
+
+def _constraint_text(body: dict[str, Any]) -> list[str]:
+    """The caller's words in the output constraints: strings, and object keys that are
+    not JSON Schema's own (a property name is a phrase the answer must contain)."""
+    found: list[str] = []
+    stack = [body.get(field) for field in reversed(CONSTRAINT_FIELDS)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            for key, value in reversed(item.items()):
+                if key in ("type", "format", "$ref", "$schema"):
+                    continue  # a schema type name, a format or a reference: no words
+                stack.append(value)
+                if key not in _SCHEMA_WORDS:
+                    stack.append(key)
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return [text for text in found if text]
 
 
 def _tool_definitions(tools: Any) -> list[str]:
@@ -210,15 +268,17 @@ def prompt_text(ctx: RequestContext, roles: tuple[str, ...] = CALLER_ROLES) -> P
             if role == "user":
                 last_user = text
             if role in roles:
-                parts.extend(t for t in (text, *_tool_call_text(message)) if t)
+                parts.extend(t for t in (*_message_extras(message), text,
+                                         *_tool_call_text(message)) if t)
         parts.extend(_tool_definitions(body.get("tools")))
+        parts.extend(_constraint_text(body))
         return PromptText(full="\n\n".join(parts), last_user=last_user, opaque=opaque)
     texts, opaque = _prompt_parts(body.get("prompt"))
     prefix = tier.system_prompt.prompt_prefix if tier is not None else ""
     if prefix:
         texts = [t.removeprefix(prefix) for t in texts]
-    return PromptText(full="\n\n".join(texts), last_user=texts[-1] if texts else "",
-                      opaque=opaque)
+    return PromptText(full="\n\n".join([*texts, *_constraint_text(body)]),
+                      last_user=texts[-1] if texts else "", opaque=opaque)
 
 
 def prompt_hash(secret: bytes, text: str) -> str:

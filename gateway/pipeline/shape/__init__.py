@@ -4,7 +4,9 @@ Each endpoint has an allow-list of fields; anything else is dropped, including t
 extras that would let a client reach around the gateway (chat templates, logits
 processors, scheduling priority, KV transfer, request ids, raw vllm_xargs, watermarking
 switches). Later stages may set some of those from policy. Type checks here turn a
-client's mistake into a 400 naming the field, never a 500 further down.
+client's mistake into a 400 naming the field, never a 500 further down. In chat text,
+chat-template control tokens are neutralised and unknown message keys dropped
+(control.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from gateway.context import RequestContext, Route
 from gateway.errors import BadRequest
 from gateway.pipeline import ALLOW, Decision, deny
+from gateway.pipeline.shape.control import neutralise_chat
 from gateway.pipeline.watermark.strip import strip_marks_from_messages
 
 _SAMPLING = frozenset({
@@ -267,5 +270,7 @@ class ShapeStage:
         # Conversations echo earlier replies back: the gateway's own invisible marks are
         # removed so they never reach the model, cost tokens or skew classification.
         strip_marks_from_messages(shaped)
+        if ctx.route == "chat":  # template control tokens: see control.py
+            neutralise_chat(shaped, TEXT_PART_KEYS)
         ctx.body = shaped
         return ALLOW
