@@ -10,8 +10,8 @@ regex, grammar, choices: guided decoding forces the model to write them, so "Sur
 the ransomware:" as a required prefix is as much the caller's words as a message), joined
 with blank lines, with the last user message also kept on its own. The tier's own
 system prompt, which the tier stage put first, is not the caller's words and is left out.
-For completions it is the prompt (and any output constraint), less the tier's system
-prompt that the tier stage put in front of it. Token-id prompts cannot be read and are
+For completions it is the prompt (with its `suffix` and any output constraint), less the
+tier's system prompt that the tier stage put in front of it. Token-id prompts cannot be read and are
 marked `opaque` (the stage scores them as the unverified category).
 
 `fold(text)` is the normalisation rules and phrases see, per character: invisible
@@ -277,7 +277,9 @@ def prompt_text(ctx: RequestContext, roles: tuple[str, ...] = CALLER_ROLES) -> P
     prefix = tier.system_prompt.prompt_prefix if tier is not None else ""
     if prefix:
         texts = [t.removeprefix(prefix) for t in texts]
-    return PromptText(full="\n\n".join([*texts, *_constraint_text(body)]),
+    suffix = body.get("suffix")  # vLLM refuses it; a backend that takes it renders it
+    extra = [suffix] if isinstance(suffix, str) and suffix else []
+    return PromptText(full="\n\n".join([*texts, *extra, *_constraint_text(body)]),
                       last_user=texts[-1] if texts else "", opaque=opaque)
 
 

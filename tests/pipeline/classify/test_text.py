@@ -106,8 +106,9 @@ def test_output_constraints_are_classified() -> None:
     assert not {"object", "string", "properties", "required", "json_schema"} & set(
         full.replace("\n", " ").split(" "))
     completions = RequestContext(request_id="r", route="completions", model="m",
-                                 body={"prompt": "p", "guided_choice": ["choice words"]})
-    assert prompt_text(completions).full == "p\n\nchoice words"
+                                 body={"prompt": "p", "suffix": "suffix words",
+                                       "guided_choice": ["choice words"]})
+    assert prompt_text(completions).full == "p\n\nsuffix words\n\nchoice words"
 
 
 def test_the_tiers_own_system_prompt_is_not_classified_in_chat() -> None:
