@@ -1,7 +1,8 @@
-"""`gateway watermark detect [FILE|-]` and `gateway watermark verify`.
+"""`gateway watermark detect [FILE|-]`, `gateway watermark verify` and `... key-id SUB...`.
 
-Both read the watermark secret the server uses (GATEWAY_SECRET_WATERMARK, else
-<home>/secrets/watermark) and never create one; detect also opens the ledger
+All read the watermark secret the server uses (GATEWAY_SECRET_WATERMARK, else
+<home>/secrets/watermark; key-id the audit secret too) and never create one; detect also
+opens the ledger
 (<home>/ledger.sqlite3) when it exists. Output is JSON on stdout; errors are one line
 on stderr. Exit statuses are in each command's --help (VERIFY_EXIT, DETECT_EXIT).
 """
@@ -69,6 +70,18 @@ def add_watermark_parsers(sub: Any) -> None:
                         metavar="FILE", help="like --text, read from FILE (- for stdin) "
                         "byte for byte: a text ending in a newline survives")
     _common(verify)
+    key_ids = cmds.add_parser(
+        "key-id", help="the key ids of subjects, to name the key detect reports",
+        description="Key ids are keyed hashes of the JWT subject: nothing turns one back "
+        "into a subject, but this gives each subject's, one JSON line per subject "
+        "({\"sub\", \"key_id\" (watermark and ledger), \"audit_key_id\"}), so a list "
+        "of subjects (from the identity provider) can be searched for the one detect named. "
+        "Run it with the gateway's GATEWAY_HOME or GATEWAY_SECRET_* environment: another "
+        "secret gives other ids.", epilog="exit status: 0 printed; 1 no watermark or "
+        "audit secret; 2 stdin cannot be read")
+    key_ids.add_argument("subjects", nargs="+", metavar="SUB",
+                         help="a JWT subject, or - to read one per line from stdin")
+    _common(key_ids)
     p.set_defaults(handler=run_watermark)
 
 
@@ -107,14 +120,15 @@ def _home(explicit: Path | None) -> Path:
     return load_settings(overrides={}).home
 
 
-def _secret(home: Path) -> bytes:
+def _secret(home: Path, name: str = SECRET_NAME) -> bytes:
+    """The gateway's secret `name`; never created here (a new one would match nothing)."""
     from gateway.secret_store import load_secret
 
-    if not os.environ.get(f"GATEWAY_SECRET_{SECRET_NAME.upper()}") and not (
-            home / "secrets" / SECRET_NAME).exists():
-        raise SystemExit(f"gateway watermark: no watermark secret under {home} "
-                         f"(set GATEWAY_HOME or GATEWAY_SECRET_{SECRET_NAME.upper()})")
-    return load_secret(home, SECRET_NAME)
+    if not os.environ.get(f"GATEWAY_SECRET_{name.upper()}") and not (
+            home / "secrets" / name).exists():
+        raise SystemExit(f"gateway watermark: no {name} secret under {home} "
+                         f"(set GATEWAY_HOME or GATEWAY_SECRET_{name.upper()})")
+    return load_secret(home, name)
 
 
 def _read(source: str) -> str:
@@ -139,7 +153,32 @@ def _print(data: dict[str, Any]) -> None:
 def run_watermark(args: argparse.Namespace) -> int:
     if args.watermark_command == "detect":
         return _run_detect(args)
+    if args.watermark_command == "key-id":
+        return _run_key_ids(args)
     return _run_verify(args)
+
+
+def _run_key_ids(args: argparse.Namespace) -> int:
+    from gateway.audit.record import AuditKeys
+    from gateway.pipeline.watermark.payload import key_id
+
+    home = _home(args.home)
+    secret = _secret(home)
+    audit = AuditKeys(_secret(home, "audit"))
+    subjects: list[str] = []
+    for sub in args.subjects:
+        if sub != "-":
+            subjects.append(sub)
+            continue
+        try:
+            subjects.extend(line.strip() for line in _read("-").splitlines() if line.strip())
+        except _UsageError as exc:
+            print(f"gateway watermark key-id: {exc}", file=sys.stderr)
+            return USAGE
+    for sub in subjects:
+        print(orjson.dumps({"sub": sub, "key_id": key_id(secret, sub),
+                            "audit_key_id": audit.key_id(sub)}).decode())
+    return 0
 
 
 def _run_detect(args: argparse.Namespace) -> int:
@@ -156,6 +195,10 @@ def _run_detect(args: argparse.Namespace) -> int:
     where = args.ledger or os.environ.get("GATEWAY_LEDGER_URL") or home / LEDGER_FILE
     if isinstance(where, str) and not is_postgres_url(where):
         where = Path(where)
+    if args.ledger and not args.no_ledger and isinstance(where, Path) and not where.exists():
+        # Only the default ledger may be absent (payloads only then): a named one is a typo.
+        print(f"gateway watermark detect: no ledger at {where}", file=sys.stderr)
+        return USAGE
     ledger = None
     if not args.no_ledger and (isinstance(where, str) or where.exists()):
         ledger = Ledger.at(where)

@@ -4,8 +4,10 @@
 
     result       "payload" (a genuine mark, backed by the ledger or no ledger to ask),
                  "payload_unconfirmed" (genuine marks, none backed by the ledger: see
-                 below), "ledger" (a fingerprint match), "forged" (marks whose signature
-                 fails, and no match), or "none"
+                 below), "ledger" (a fingerprint match), "ambiguous" (fingerprint
+                 matches to several keys that explain the text equally well: the same
+                 text, or the same boilerplate, was produced for each; no key is named),
+                 "forged" (marks whose signature fails, and no match), or "none"
     reason       one sentence for a human: why this result
     attribution  {"key_id", "request_id", "source", ...} of the best evidence, or null;
                  from a payload it also says "corroborated" (true: the ledger holds the
@@ -16,7 +18,17 @@
                  "coverage"}, status "match", "mismatch", "too_short", "not_found" or
                  "no_ledger"
     ledger       ranked matches (similarity = estimated Jaccard between a 24-shingle
-                 window of the text and a stored chunk) with a decision each
+                 window of the text and a stored chunk; coverage = the share of the
+                 text's windows that score MATCH against one of the record's chunks,
+                 among those sharing an LSH band with it) with a decision each, and for
+                 "ambiguous" the candidates (one per key)
+
+A ledger match names a key only when it explains the text better than any other key's
+records: ranked by coverage, then similarity. A passage shared by several answers (a
+closing line, a filler sentence) matches each of them; what the text has beyond it
+decides, and when nothing does (identical answers to the same prompt) the result is
+"ambiguous": the ledger cannot tell which of those keys leaked it, and never picks one by
+age or order.
 
 A payload is not bound to the text around it: its run of invisible characters can be cut
 from one answer and pasted into any text. So a payload only attributes the text when the
@@ -52,6 +64,10 @@ from gateway.pipeline.watermark.ledger import MATCH, POSSIBLE, Ledger, Match, St
 from gateway.pipeline.watermark.payload import Payload, count_marks, extract_payloads, verify
 
 _COPIED = "the payload could have been copied from other text"
+CANDIDATES = 50  # ledger matches weighed before naming a key (at least `limit`)
+# Two keys whose best records are this close in coverage and similarity explain the text
+# equally well: a MinHash estimate of 64 values has a standard error of up to 0.06.
+TIE = 0.06
 
 
 def decision(similarity: float) -> str:
@@ -60,9 +76,31 @@ def decision(similarity: float) -> str:
     return "possible" if similarity >= POSSIBLE else "none"
 
 
-def _match_json(m: Match) -> dict[str, Any]:
+def _match_json(m: Match, coverage: float) -> dict[str, Any]:
     return {**m.record.as_json(), "similarity": round(m.similarity, 4),
-            "chunks_matched": m.chunks, "decision": decision(m.similarity)}
+            "coverage": round(coverage, 4), "chunks_matched": m.chunks,
+            "decision": decision(m.similarity)}
+
+
+def _ranked(ledger: Ledger, windows: Sequence[tuple[int, ...]], limit: int
+            ) -> list[tuple[Match, float]]:
+    """Ledger matches with their coverage, the best explanation of the text first."""
+    found = [(m, m.coverage) for m in ledger.match_signatures(windows, max(limit, CANDIDATES))
+             if m.similarity >= POSSIBLE]
+    return sorted(found, key=lambda mc: (mc[1], mc[0].similarity), reverse=True)
+
+
+def _rivals(ranked: list[tuple[Match, float]]) -> list[tuple[Match, float]]:
+    """The best match of each key that explains the text as well as the top one."""
+    if not ranked or ranked[0][0].similarity < MATCH:
+        return []
+    top, top_cov = ranked[0]
+    best: dict[str, tuple[Match, float]] = {}
+    for m, cov in ranked:
+        if (m.similarity >= MATCH and cov >= top_cov - TIE
+                and m.similarity >= top.similarity - TIE):
+            best.setdefault(m.record.key_id, (m, cov))
+    return list(best.values())
 
 
 def _check(ledger: Ledger | None, windows: Sequence[tuple[int, ...]], shingles: int,
@@ -140,26 +178,31 @@ def detect(text: str, secret: bytes, ledger: Ledger | None, limit: int = 5) -> d
         payloads.append(entry)
     report: dict[str, Any] = {"payloads": payloads, "marks": count_marks(text),
                               "words": len(hashes), "ledger": None}
-    matches: list[Match] = []
+    ranked: list[tuple[Match, float]] = []
+    rivals: list[tuple[Match, float]] = []
     if ledger is not None:
-        matches = [m for m in ledger.match_signatures(windows, limit)
-                   if m.similarity >= POSSIBLE]
-        report["ledger"] = {"matches": [_match_json(m) for m in matches],
+        ranked = _ranked(ledger, windows, limit)
+        rivals = _rivals(ranked)
+        report["ledger"] = {"matches": [_match_json(m, cov) for m, cov in ranked[:limit]],
                             "thresholds": {"match": MATCH, "possible": POSSIBLE}}
-        if attribution is None and matches and matches[0].similarity >= MATCH:
-            top = matches[0].record
-            attribution = {"source": "ledger", "key_id": top.key_id,
-                           "request_id": top.request_id,
-                           "similarity": round(matches[0].similarity, 4)}
-    others = len({m.record.key_id for m in matches if m.similarity >= MATCH}
+        if len(rivals) > 1:
+            report["ledger"]["candidates"] = [_match_json(m, cov) for m, cov in rivals]
+        if attribution is None and len(rivals) == 1:
+            top, cov = rivals[0]
+            attribution = {"source": "ledger", "key_id": top.record.key_id,
+                           "request_id": top.record.request_id,
+                           "similarity": round(top.similarity, 4),
+                           "coverage": round(cov, 4)}
+    others = len({m.record.key_id for m, _ in ranked if m.similarity >= MATCH}
                  - {attribution["key_id"] if attribution is not None else ""})
-    report["result"], report["reason"] = _result(attribution, forged, unconfirmed, others)
+    report["result"], report["reason"] = _result(attribution, forged, unconfirmed, others,
+                                                 len(rivals))
     report["attribution"] = attribution
     return report
 
 
 def _result(attribution: dict[str, Any] | None, forged: bool, unconfirmed: list[str],
-            others: int) -> tuple[str, str]:
+            others: int, tied: int) -> tuple[str, str]:
     source = attribution["source"] if attribution is not None else None
     if source == "payload" and attribution is not None:
         if not attribution["corroborated"]:
@@ -173,16 +216,25 @@ def _result(attribution: dict[str, Any] | None, forged: bool, unconfirmed: list[
         if unconfirmed:
             reason += "; another payload is not backed by the ledger: " + unconfirmed[0]
         return "payload", reason
+    ambiguous = (f"the ledger matches the text equally well to the output of {tied} keys "
+                 "(the same text was produced for each; see ledger.candidates): it cannot "
+                 "say which one this copy came from")
     if unconfirmed:
         reason = unconfirmed[0]
         if attribution is not None:
             reason += (f"; the ledger matches the text to request "
                        f"{attribution['request_id']} of key {attribution['key_id']} "
                        f"(similarity {attribution['similarity']})")
+        elif tied > 1:
+            reason += "; " + ambiguous
         return "payload_unconfirmed", reason
     if source == "ledger" and attribution is not None:
         return "ledger", (f"no genuine payload; the ledger matches the text to request "
-                          f"{attribution['request_id']} of key {attribution['key_id']}")
+                          f"{attribution['request_id']} of key {attribution['key_id']} "
+                          f"(similarity {attribution['similarity']}, "
+                          f"{attribution['coverage']:.0%} of the text)")
+    if tied > 1:
+        return "ambiguous", "no genuine payload; " + ambiguous
     if forged:
         return "forged", "marks whose signature fails (not made with this secret), no match"
     return "none", "no genuine payload and no ledger match"

@@ -55,7 +55,6 @@ DAY_S = 86400
 CHUNK_SPACE = fp.MAX_CHUNKS  # chunk id = record id * CHUNK_SPACE + chunk number
 MAX_CANDIDATES = 300  # chunks scored per query: those sharing the most bands
 HOT_KEY_ROWS = 200  # a band value shared by more chunks than this is boilerplate: skipped
-WINDOWS_PER_CANDIDATE = 4  # query windows scored against each: those sharing most bands
 MAX_STORED_TEXT = 1 << 20
 # Decision thresholds on the estimated Jaccard similarity (calibration: see detect.py).
 MATCH = 0.3
@@ -106,6 +105,7 @@ class Match:
     record: Stored
     similarity: float  # best estimated Jaccard between a query window and a chunk
     chunks: int  # how many of the record's chunks reached the POSSIBLE threshold
+    coverage: float = 0.0  # the share of the query's windows matching a chunk (>= MATCH)
 
 
 @dataclass(slots=True)
@@ -609,18 +609,25 @@ class Ledger:
         short: dict[int, array[int]] = {}
         best: dict[int, float] = {}
         good: dict[int, int] = defaultdict(int)
+        covered: dict[int, set[int]] = defaultdict(set)
         for chunk, blob in sigs.items():
             stored = fp.unpack(blob)
             score = 0.0
-            for w, _ in Counter(shared[chunk]).most_common(WINDOWS_PER_CANDIDATE):
+            rid = chunk // CHUNK_SPACE
+            # Every window sharing a band is scored once (a window sharing none is, by
+            # the LSH's design, far below MATCH): which of them match gives the coverage.
+            for w in dict.fromkeys(shared[chunk]):
                 if w not in short:
                     short[w] = fp.truncate(windows[w])
-                score = max(score, fp.similarity(short[w], stored))
-            rid = chunk // CHUNK_SPACE
+                similar = fp.similarity(short[w], stored)
+                score = max(score, similar)
+                if similar >= MATCH:
+                    covered[rid].add(w)
             best[rid] = max(best.get(rid, 0.0), score)
             if score >= POSSIBLE:
                 good[rid] += 1
         top = sorted(best, key=lambda r: (best[r], good[r]), reverse=True)[:limit]
         records = self.store.records(top)
-        return [Match(records[r], best[r], good[r]) for r in top if r in records]
+        return [Match(records[r], best[r], good[r], len(covered[r]) / len(windows))
+                for r in top if r in records]
 

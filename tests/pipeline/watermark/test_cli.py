@@ -10,10 +10,12 @@ import aiohttp
 import orjson
 import pytest
 
+from gateway.audit.record import AuditKeys
 from gateway.cli import main
 from gateway.pipeline.watermark import fingerprint as fp
 from gateway.pipeline.watermark.cli import NOT_CHECKED, add_watermark_parsers
 from gateway.pipeline.watermark.ledger import Ledger, Record
+from gateway.pipeline.watermark.payload import key_id
 from gateway.pipeline.watermark.provenance import sign_provenance
 from tests.conftest import MODEL, Server
 from tests.pipeline.watermark.helpers import KID, MARK, PROSE, REQUEST_ID, SECRET, run_filter
@@ -55,6 +57,39 @@ def test_detect_reads_stdin(home: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(PROSE[50:600].encode())))
     assert run(["watermark", "detect", "-", "--home", str(home)]) == 0
     assert orjson.loads(capsys.readouterr().out)["result"] == "ledger"
+
+
+def test_detect_refuses_a_named_ledger_that_is_not_there(
+        home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped --ledger ran without any ledger and exited 0 (found by a black-box
+    check): the investigator read "no match" where the ledger was never asked."""
+    (home / "leak.txt").write_text(PROSE, encoding="utf-8")
+    missing = home / "ledgr.sqlite3"
+    assert run(["watermark", "detect", str(home / "leak.txt"), "--home", str(home),
+                "--ledger", str(missing)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"no ledger at {missing}" in captured.err
+    assert not missing.exists()  # not created empty either
+
+
+def test_key_id_names_the_subjects_detect_reports(
+        home: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """detect names a key id, which nothing turned back into a subject (found by a
+    black-box check): the investigator can now hash the identity provider's subjects."""
+    monkeypatch.delenv("GATEWAY_SECRET_AUDIT", raising=False)
+    (home / "secrets" / "audit").write_bytes(b"a" * 32)
+    monkeypatch.setattr("sys.stdin", io.StringIO("bob\n\n  carol \n"))
+    assert run(["watermark", "key-id", "alice", "-", "--home", str(home)]) == 0
+    lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["sub"] for line in lines] == ["alice", "bob", "carol"]
+    assert lines[0]["key_id"] == key_id(SECRET, "alice")
+    assert lines[0]["audit_key_id"] == AuditKeys(b"a" * 32).key_id("alice")
+    assert len({line["key_id"] for line in lines}) == 3
+    (home / "secrets" / "audit").unlink()  # never created here: it would match nothing
+    with pytest.raises(SystemExit, match="no audit secret"):
+        run(["watermark", "key-id", "alice", "--home", str(home)])
+    assert not (home / "secrets" / "audit").exists()
 
 
 def test_verify_checks_the_header(home: Path, capsys: pytest.CaptureFixture[str],
