@@ -134,8 +134,9 @@ def _describe(p: Payload, check: dict[str, Any]) -> str:
     who = f"request {check.get('request_id') or p.request_ref} of key {p.key_id}"
     status = check["status"]
     if status == "not_found":
-        return (f"the ledger holds no request {p.request_ref} of key {p.key_id} (purged, "
-                f"kept out of the ledger, or {_COPIED})")
+        return (f"the ledger holds no request {p.request_ref} of key {p.key_id} (not "
+                f"written yet if it ended under a second ago, purged, kept out of the "
+                f"ledger, or {_COPIED})")
     if status == "too_short":
         return (f"the text is too short to check against {who} (similarity "
                 f"{check['similarity']}): {_COPIED}")
