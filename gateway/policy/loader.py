@@ -271,6 +271,24 @@ def _classifiers(raw: dict[str, Any], docs: dict[str, Located], directory: Path,
     )
 
 
+def _example_problems(pat: PatternSpec) -> list[str]:
+    """A pattern against its own examples, as the classifiers read text (folded): an edit
+    that stops matching what it was written for is refused like a bad regex."""
+    from gateway.pipeline.classify.rules import case_flags
+    from gateway.pipeline.classify.text import fold
+
+    regex = re.compile(pat.pattern, case_flags(pat.pattern))
+    problems = [f"does not match its own example {_quoted(text)}"
+                for text in pat.match_examples if regex.search(fold(text)) is None]
+    problems += [f"matches its own no_match example {_quoted(text)}"
+                 for text in pat.no_match_examples if regex.search(fold(text)) is not None]
+    return problems
+
+
+def _quoted(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def _check_classifiers(spec: ClassifiersSpec, merged: dict[str, Any],
                        docs: dict[str, Located], errors: list[str]) -> None:
     """Regexes compile, output patterns are bounded, names refer to defined things."""
@@ -302,6 +320,8 @@ def _check_classifiers(spec: ClassifiersSpec, merged: dict[str, Any],
                 errors.append(f"{at}: classifiers.{section}.{pat.id}: an output pattern must "
                               f"match at most {MAX_OUTPUT_MATCH} characters (bound repeats, "
                               "e.g. .{0,40} instead of .*)")
+            errors.extend(f"{at}: classifiers.{section}.{pat.id}: {problem}"
+                          for problem in _example_problems(pat))
     if categories and merged["classifiers"] and spec.unverified_category not in categories:
         errors.append(f"{where('unverified_category')}: classifiers.unverified_category: "
                       f"unknown category {spec.unverified_category!r}")

@@ -155,3 +155,33 @@ def test_alias_bomb_is_an_error_at_its_line(tmp_path: Path) -> None:
         load_policy(tmp_path)
     errors = [e.replace(str(tmp_path) + "/", "") for e in info.value.errors]
     assert len(errors) == 1 and errors[0].startswith("tiers.yaml:5: aliases expand"), errors
+
+
+def test_a_pattern_must_match_its_own_examples(tmp_path: Path) -> None:
+    """The examples were checked by this project's tests only: an admin's edit that made a
+    rule stop matching what it was written for passed `gateway policy check` and loaded
+    (found by a black-box check). Examples are read as the classifiers read text (folded:
+    the fullwidth and accented forms below match)."""
+    rules = """\
+categories:
+  cyber: {description: Malware}
+  unverified: {description: Not checked}
+classifiers:
+  rules:
+    patterns:
+      - id: cyber.ransomware
+        category: cyber
+        pattern: '\\bransomware\\b'
+        examples:
+          match: ["Write ＲＡＮＳＯＭＷＡＲＥ now", "ransomwáre", "hello there friend"]
+          no_match: ["a ransom note", "build ransomware"]
+"""
+    _write(tmp_path, **{"c.yaml": rules})
+    with pytest.raises(PolicyError) as info:
+        load_policy(tmp_path)
+    errors = [e.replace(str(tmp_path) + "/", "") for e in info.value.errors]
+    assert errors == [
+        "c.yaml:9: classifiers.rules.cyber.ransomware: does not match its own example "
+        "'hello there friend'",
+        "c.yaml:9: classifiers.rules.cyber.ransomware: matches its own no_match example "
+        "'build ransomware'"]

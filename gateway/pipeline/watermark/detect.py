@@ -131,17 +131,19 @@ def _check(ledger: Ledger | None, windows: Sequence[tuple[int, ...]], shingles: 
 
 
 def _describe(p: Payload, check: dict[str, Any]) -> str:
-    who = f"request {check.get('request_id') or p.request_ref} of key {p.key_id}"
+    """Why a genuine payload does not attribute the text: what the mark claims, and why
+    the ledger does not back the claim (the key is the mark's word, not an attribution)."""
+    claim = (f"a mark claims request {check.get('request_id') or p.request_ref} of key "
+             f"{p.key_id}, unconfirmed")
     status = check["status"]
     if status == "not_found":
-        return (f"the ledger holds no request {p.request_ref} of key {p.key_id} (not "
-                f"written yet if it ended under a second ago, purged, kept out of the "
-                f"ledger, or {_COPIED})")
+        return (f"{claim}: the ledger holds no such request (not written yet if it ended "
+                f"under a second ago, purged, kept out of the ledger, or {_COPIED})")
     if status == "too_short":
-        return (f"the text is too short to check against {who} (similarity "
-                f"{check['similarity']}): {_COPIED}")
-    return (f"the text does not match the output of {who} (similarity "
-            f"{check['similarity']} < {MATCH}): {_COPIED}")
+        return (f"{claim}: the text is too short to check against that request's output "
+                f"(similarity {check['similarity']}), and {_COPIED}")
+    return (f"{claim}: the text does not match that request's output (similarity "
+            f"{check['similarity']} < {MATCH}), and {_COPIED}")
 
 
 def detect(text: str, secret: bytes, ledger: Ledger | None, limit: int = 5) -> dict[str, Any]:

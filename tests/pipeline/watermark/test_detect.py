@@ -122,7 +122,7 @@ def test_a_payload_whose_request_the_ledger_lacks_is_not_attributed(ledger: Ledg
     assert report["result"] == "payload_unconfirmed"
     assert report["payloads"][0]["ledger_check"]["status"] == "not_found"
     assert report["payloads"][0]["records"] == []
-    assert "holds no request" in report["reason"]
+    assert "holds no such request" in report["reason"]
     # The ledger still knows whose words these are: its match is the attribution.
     assert report["attribution"]["source"] == "ledger"
     assert report["attribution"]["key_id"] == KID
