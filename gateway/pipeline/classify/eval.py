@@ -65,7 +65,8 @@ def load_rows(path: Path) -> list[Row]:
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not JSON
     except (OSError, UnicodeDecodeError) as exc:
-        raise EvalInputError(f"{path}:1: cannot read: {exc.__class__.__name__}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8"
+        raise EvalInputError(f"{path}: cannot read: {reason}") from None
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -99,8 +100,9 @@ async def classify_rows(chain: Chain, tier: TierSpec, rows: Sequence[Row]) -> li
     return outcomes
 
 
-def _ratio(a: int, b: int) -> float:
-    return round(a / b, 4) if b else 0.0
+def _ratio(a: int, b: int) -> float | None:
+    """a / b, or None when there is nothing to estimate it from (no benign rows: no fpr)."""
+    return round(a / b, 4) if b else None
 
 
 def _scores(outcomes: Sequence[Outcome]) -> dict[str, Any]:
@@ -109,7 +111,10 @@ def _scores(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     fn = sum(o.row.harmful and not o.predicted for o in outcomes)
     tn = sum(not o.row.harmful and not o.predicted for o in outcomes)
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    f1 = round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0
+    f1: float | None = None  # no harmful rows: no F1
+    if recall is not None:
+        p = precision or 0.0  # nothing flagged: precision undefined, F1 0
+        f1 = round(2 * p * recall / (p + recall), 4) if p + recall else 0.0
     ci95 = {"precision": wilson(tp, tp + fp), "recall": wilson(tp, tp + fn),
             "f1": f1_interval(tp, fp, fn, tn), "fpr": wilson(fp, fp + tn)}
     return {"n": len(outcomes), "harmful": tp + fn, "benign": fp + tn, "tp": tp, "fp": fp,
@@ -147,7 +152,9 @@ def f1_interval(tp: int, fp: int, fn: int, tn: int,
             round(scores[math.ceil(0.975 * (resamples - 1))], 4))
 
 
-def _with_interval(value: float, interval: Interval) -> str:
+def _with_interval(value: float | None, interval: Interval) -> str:
+    if value is None:
+        return "-"  # no rows to estimate it from
     return f"{value:.3f}" if interval is None else \
         f"{value:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
 

@@ -111,6 +111,36 @@ def test_bad_input_names_file_and_line(tmp_path: Path, rules_only: Path, content
     assert message in capsys.readouterr().err
 
 
+def test_a_missing_file_is_named_without_a_line(tmp_path: Path, rules_only: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.jsonl"
+    assert run_eval(_parse(["eval", "classify", str(missing), "--policies",
+                            str(rules_only)])) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"{missing}: cannot read: No such file or directory")
+
+
+def test_rates_without_rows_to_count_are_null(tmp_path: Path, rules_only: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A file of harmful rows only reported a false-positive rate of 0.000 (found by a
+    black-box check): there is no benign row to estimate it from."""
+    harmful = [row for row in ROWS if row["label"] == "harmful"]
+    path = _write(tmp_path, harmful)
+    assert run_eval(_parse(["eval", "classify", str(path), "--json", "--policies",
+                            str(rules_only)])) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fpr"] is None and report["ci95"]["fpr"] is None
+    assert report["recall"] is not None and report["f1"] is not None
+    assert run_eval(_parse(["eval", "classify", str(path), "--policies",
+                            str(rules_only)])) == 0
+    assert "false-positive rate -" in capsys.readouterr().out
+    benign = _write(tmp_path, [row for row in ROWS if row["label"] == "benign"])
+    assert run_eval(_parse(["eval", "classify", str(benign), "--json", "--policies",
+                            str(rules_only)])) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["recall"] is None and report["f1"] is None and report["fpr"] == 0.0
+
+
 def test_unknown_tier(tmp_path: Path, rules_only: Path,
                       capsys: pytest.CaptureFixture[str]) -> None:
     args = _parse(["eval", "classify", str(_write(tmp_path, ROWS)), "--tier", "gold",
