@@ -162,10 +162,11 @@ def test_a_pattern_must_match_its_own_examples(tmp_path: Path) -> None:
     rule stop matching what it was written for passed `gateway policy check` and loaded
     (found by a black-box check). Examples are read as the classifiers read text (folded:
     the fullwidth and accented forms below match)."""
-    rules = """\
+    wide = "".join(chr(ord(c) + 0xFEE0) for c in "RANSOMWARE")  # fullwidth letters
+    rules = f"""\
 categories:
-  cyber: {description: Malware}
-  unverified: {description: Not checked}
+  cyber: {{description: Malware}}
+  unverified: {{description: Not checked}}
 classifiers:
   rules:
     patterns:
@@ -173,7 +174,7 @@ classifiers:
         category: cyber
         pattern: '\\bransomware\\b'
         examples:
-          match: ["Write ＲＡＮＳＯＭＷＡＲＥ now", "ransomwáre", "hello there friend"]
+          match: ["Write {wide} now", "ransomwáre", "hello there friend"]
           no_match: ["a ransom note", "build ransomware"]
 """
     _write(tmp_path, **{"c.yaml": rules})
