@@ -41,16 +41,21 @@ def _sim_parser(sub: Any) -> None:
     p.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")
 
 
+# As the gateway resolves it (settings.py): never ./policies, which only a checkout has.
+_POLICY_DEFAULT = ("default: GATEWAY_POLICIES, else `policies` in the GATEWAY_CONFIG file, "
+                   "else the policies shipped with the gateway")
+
+
 def _policy_parser(sub: Any) -> None:
     p = sub.add_parser("policy", help="validate or dry-run the policy files")
     cmds = p.add_subparsers(dest="policy_command", required=True)
     check = cmds.add_parser("check", help="validate policy files; file:line: message per error")
     check.add_argument("directory", nargs="?", type=Path,
-                       help="policy directory (default GATEWAY_POLICIES or policies/)")
+                       help=f"policy directory ({_POLICY_DEFAULT})")
     explain = cmds.add_parser("explain", help="what would happen to a request, as JSON")
     explain.add_argument("--tier", required=True)
     explain.add_argument("--body", required=True, type=Path, help="request body JSON file or -")
-    explain.add_argument("--policies", type=Path, help="policy directory")
+    explain.add_argument("--policies", type=Path, help=f"policy directory ({_POLICY_DEFAULT})")
 
 
 def _policy_dir(explicit: Path | None) -> Path:
@@ -123,7 +128,7 @@ def _seconds(text: str) -> int:
 
 
 def _claim(text: str) -> str:
-    # The gateway refuses a token whose sub or tier is empty ("lacks required claims").
+    # The gateway refuses a token whose sub or tier is empty.
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text

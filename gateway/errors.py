@@ -5,6 +5,7 @@
     │   ├── InvalidJSON               400 invalid_request_error / invalid_json
     │   └── UnsupportedMediaType      415 invalid_request_error
     ├── Unauthorized                  401 authentication_error
+    │   └── TokenRefused              401 authentication_error (with its reason label)
     ├── Forbidden                     403 permission_error
     ├── NotFound                      404 invalid_request_error
     │   └── ModelNotFound             404 invalid_request_error / model_not_found
@@ -90,6 +91,16 @@ class Unauthorized(GatewayError):
     status = 401
     type = "authentication_error"
     default_code = "invalid_api_key"
+
+
+class TokenRefused(Unauthorized):
+    """A refused token. `reason` is its gateway_auth_failures_total label, which the
+    request's log line repeats (the token itself is never logged)."""
+
+    def __init__(self, message: str, reason: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, headers=headers)
+        self.reason = reason
 
 
 class Forbidden(GatewayError):

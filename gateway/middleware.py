@@ -21,6 +21,7 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    TokenRefused,
     Unavailable,
 )
 from gateway.tracing import TRACEPARENT, TRACING
@@ -29,6 +30,8 @@ log = logging.getLogger("gateway.http")
 request_log = logging.getLogger("gateway.request")  # the one line per request
 
 STARTED: web.RequestKey[float] = web.RequestKey("started")
+# Why the token was refused (gateway_auth_failures_total's reason), for the log line.
+AUTH_FAILURE: web.RequestKey[str] = web.RequestKey("auth_failure")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Still answered while draining: liveness and scrapes must keep working.
 _ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -61,6 +64,7 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         return await handler(request)
     except GatewayError as exc:
+        _note_refusal(request, exc)
         return error_response(exc)
     except web.HTTPException as exc:
         return error_response(_from_http_exception(exc))
@@ -74,8 +78,7 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, drain refusal, in-flight accounting and request metrics."""
-    incoming = request.headers.get("x-request-id", "")
-    request[REQUEST_ID] = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
+    _set_request_id(request)
     app = request.app
     lifecycle, metrics = app[LIFECYCLE], app[METRICS]
     if lifecycle.draining and request.path not in _ALWAYS_OPEN:
@@ -126,6 +129,16 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             tracing.finish(span, request, route, status)
 
 
+def _set_request_id(request: web.Request) -> None:
+    incoming = request.headers.get("x-request-id", "")
+    request[REQUEST_ID] = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
+
+
+def _note_refusal(request: web.Request, error: GatewayError) -> None:
+    if isinstance(error, TokenRefused):
+        request[AUTH_FAILURE] = error.reason
+
+
 def _route(request: web.Request) -> str:
     """The route's pattern (bounded), "unmatched" for unknown paths."""
     resource = request.match_info.route.resource
@@ -138,7 +151,7 @@ def _log_unaudited(request: web.Request, route: str, status: int, elapsed: float
     if not request_log.isEnabledFor(logging.INFO):
         return
     principal, keys = request.get(PRINCIPAL), request.app.get(AUDIT_KEYS)
-    request_log.info("request", extra={
+    fields = {
         "request_id": request.get(REQUEST_ID, "-"),
         "key_id": keys.key_id(principal.sub) if principal and keys else "-",
         "tier": request.get(TIER) or (principal.tier if principal else "-"),
@@ -146,12 +159,22 @@ def _log_unaudited(request: web.Request, route: str, status: int, elapsed: float
         "route": route,
         "status": status,
         "duration_ms": round(elapsed * 1000, 3),
-    })
+    }
+    if AUTH_FAILURE in request:  # the label only: the token itself is never logged
+        fields["auth_failure"] = request[AUTH_FAILURE]
+    request_log.info("request", extra=fields)
 
 
-def count_early_answer(request: web.Request, status: int) -> None:
-    """Count an answer given before the middleware ran (to an Expect header)."""
-    _count(request, _route(request), status, 0.0)
+def count_early_answer(request: web.Request, error: GatewayError) -> None:
+    """Count and log an answer given before the middleware ran: the refusal of an
+    `Expect: 100-continue` (a bad token, a declared size over the limit), which otherwise
+    left a count and no log line."""
+    _set_request_id(request)  # the response's x-request-id (add_headers) and the line's
+    _note_refusal(request, error)
+    status = error.http_status
+    route = _route(request)
+    _count(request, route, status, 0.0)
+    _log_unaudited(request, route, status, 0.0)
 
 
 def _count(request: web.Request, route: str, status: int, elapsed: float) -> None:

@@ -286,7 +286,7 @@ async def _expect(request: web.Request) -> web.StreamResponse | None:
         except GatewayError as error:
             response = error_response(error)
             response.force_close()  # the body it declared never comes
-            count_early_answer(request, response.status)
+            count_early_answer(request, error)
             return response
     return await expect_handler(request)
 

@@ -8,6 +8,7 @@ import gc
 import logging
 import shlex
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,10 +16,10 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.context import LIFECYCLE, POOL, RELOADER
+from gateway.context import CLASSIFY, LIFECYCLE, POOL, RELOADER
 from gateway.devkeys import DevKeyError, ensure_dev_keys
 from gateway.lifecycle import Lifecycle, StartupError
-from gateway.pipeline.auth.build import AuthConfigError
+from gateway.pipeline.auth.build import AuthConfigError, check_keys
 from gateway.pipeline.auth.jwks import KeySetUnavailable
 from gateway.policy.loader import PolicyError, load_policy
 from gateway.protocol import GatewayRunner
@@ -49,16 +50,29 @@ async def start_embedded_sim(settings: Settings) -> tuple[web.AppRunner, str]:
 
 def _preflight(settings: Settings) -> None:
     """What would otherwise fail only once the app starts, less clearly: the policy only
-    after the embedding model has loaded (seconds), the key files as "no usable key"."""
+    after the embedding model has loaded (seconds), the key files as "no usable key", an
+    unset HS256 secret or a host that does not resolve after the simulator has started."""
     auth = settings.auth
     if auth.uses_dev_keys:
         ensure_dev_keys(settings.home)
     jwks_file = auth.resolve(settings.home, auth.jwks_file) if auth.jwks_file else None
     if jwks_file is not None and not jwks_file.is_file():
         raise SettingsError(f"auth.jwks_file: {jwks_file}: no such file")
+    check_keys(auth, settings.home)
     if not settings.policies.is_dir():
         raise SettingsError(f"policies: {settings.policies}: not a directory")
     load_policy(settings.policies)
+    _resolve_host(settings.host, settings.port)
+
+
+def _resolve_host(host: str, port: int) -> None:
+    """The address to listen on, resolved as the listener will; OSError naming the setting
+    (a bare "[Errno -2] Name or service not known" said neither what nor where)."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on host {host!r} (setting host, GATEWAY_HOST or "
+                      f"--host): {exc.strerror}") from None
 
 
 def _refuse(exc: Exception) -> int:
@@ -84,17 +98,37 @@ def _gateway_command() -> str:
     return f"{shlex.quote(sys.executable)} -m gateway"
 
 
-def _banner(settings: Settings, host: str, port: int, models: Sequence[str] = ()) -> str:
+def _not_ready(app: web.Application, settings: Settings) -> list[str]:
+    """Why /readyz answers 503 now (its checks, in routes.readyz), for the banner."""
+    reasons = []
+    if settings.readiness_requires_upstream and not app[POOL].ready:
+        upstreams = ", ".join(map(redact, settings.upstreams))
+        reasons.append(f"no healthy upstream ({upstreams})")
+    if not app[CLASSIFY].ready:
+        reasons.append("the classifiers are still starting")
+    return reasons
+
+
+def _banner(settings: Settings, host: str, port: int, models: Sequence[str] = (),
+            not_ready: Sequence[str] = ()) -> str:
     base = f"http://{host}:{port}"
     model = models[0] if models else "<model>"
+    # Claim readiness only where /readyz does: a balancer would not send traffic yet.
+    status = f"gateway ready on {base}\n" if not not_ready else (
+        f"gateway listening on {base}, not ready yet: {'; '.join(not_ready)}\n"
+        f"  GET {base}/readyz answers 503 until it is ready\n")
     home = shlex.quote(str(settings.home.absolute()))
     # `token mint` signs with the dev key: useful only while the gateway trusts it.
     token = f"""  get a development token (signed by the dev key under {home}/keys):
     export TOKEN=$(GATEWAY_HOME={home} {_gateway_command()} token mint --tier public --sub you)
 """ if settings.auth.uses_dev_keys else """  with a token from your identity provider in $TOKEN
 """
-    return f"""gateway ready on {base}
-{token}  try it:
+    # No model reported yet (no upstream has answered): say where the ids come from.
+    find_model = "" if models else f"""\
+  find a model id for <model> (listed once an upstream answers):
+    curl -s {base}/v1/models -H "Authorization: Bearer $TOKEN"
+"""
+    return f"""{status}{token}{find_model}  try it:
     curl -s {base}/v1/chat/completions -H "Authorization: Bearer $TOKEN" \\
       -H 'Content-Type: application/json' \\
       -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
@@ -151,7 +185,7 @@ async def serve(settings: Settings) -> int:
     models = list(app[POOL].models())
     if not models and sim_runner is not None:
         models = [settings.sim.models[0]]
-    print(_banner(settings, host, port, models), flush=True)
+    print(_banner(settings, host, port, models, _not_ready(app, settings)), flush=True)
     # Everything allocated so far (policy, model, libraries) lives as long as the process:
     # out of the collector's sight, a full collection no longer walks it (150+ ms with
     # the embedding model loaded, on the request path of whichever request triggers it).

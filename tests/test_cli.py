@@ -225,3 +225,22 @@ def test_sim_serves_a_guard_model_beside_its_models(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_policy_check_without_a_directory_checks_the_shipped_policies_and_says_so(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Its help promised ./policies; a broken ./policies is not what the gateway reads."""
+    monkeypatch.delenv("GATEWAY_POLICIES", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "tiers.yaml").write_text("not: [valid\n")
+    assert main(["policy", "check"]) == 0
+    shipped = ROOT / "gateway" / "default_policies"
+    assert capsys.readouterr().out.startswith(f"{shipped}: ok, version ")
+    with pytest.raises(SystemExit):
+        main(["policy", "check", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "policies/" not in usage
+    assert ("(default: GATEWAY_POLICIES, else `policies` in the GATEWAY_CONFIG file, else "
+            "the policies shipped with the gateway)") in usage

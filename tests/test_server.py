@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from gateway.devkeys import PRIVATE
-from tests.conftest import Process, chat, requests_total
+from tests.conftest import Process, chat, free_port, requests_total
 
 
 async def test_embedded_default_says_so_and_answers(
@@ -283,3 +283,45 @@ async def test_the_banner_hint_works_from_any_directory(
                                                                 "content": "Hello!"}]}) as resp:
         assert resp.status == 200, await resp.text()
     assert not list(elsewhere.iterdir())  # the token came from the gateway's own home
+
+
+async def test_the_banner_claims_no_readiness_that_readyz_denies(
+        gateway_process: Callable[..., Process]) -> None:
+    """With no healthy upstream it said "gateway ready on …" beside a 503 from /readyz, and
+    offered "<model>" with no word on where a model id comes from."""
+    gw = gateway_process("--upstream", f"http://127.0.0.1:{free_port()}", ready=False)
+    assert gw.proc.stdout is not None
+    lines: list[str] = []
+    while not lines or "from openai import OpenAI" not in lines[-1]:
+        line = await asyncio.to_thread(gw.proc.stdout.readline)
+        assert line, "the banner was printed"
+        lines.append(line)
+    banner = "".join(line for line in lines if not line.startswith("{"))
+    assert "gateway ready" not in banner
+    assert banner.startswith(f"gateway listening on {gw.url}, not ready yet: no healthy "
+                             "upstream (http://127.0.0.1:"), banner
+    assert f"GET {gw.url}/readyz answers 503 until it is ready" in banner
+    assert f'curl -s {gw.url}/v1/models -H "Authorization: Bearer $TOKEN"' in banner
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/readyz") as resp:
+        assert resp.status == 503
+        assert (await resp.json())["checks"]["upstream"] is False
+
+
+def test_an_unusable_auth_setting_stops_start_up_before_the_simulator(tmp_path: Path) -> None:
+    """With no upstream, the simulator started (and said so) before the refusal."""
+    result = _serve(tmp_path, "auth: {hs256_secret_env: QA_UNSET_SECRET}\n", {})
+    assert result.returncode == 2
+    assert result.stderr == (
+        "gateway: invalid configuration: auth.hs256_secret_env: environment variable "
+        "QA_UNSET_SECRET must hold at least 32 bytes\n")
+
+
+def test_a_host_that_does_not_resolve_is_named_with_its_setting(tmp_path: Path) -> None:
+    """It said "cannot start: [Errno -2] Name or service not known": neither what nor where."""
+    result = _serve(tmp_path, None, {"GATEWAY_HOST": "999.1.1.1"},
+                    "--upstream", "http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "gateway: cannot start: cannot listen on host '999.1.1.1' (setting host, GATEWAY_HOST "
+        "or --host): "), result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr

@@ -1,7 +1,8 @@
 """`gateway audit verify [--db PATH|URL] [--anchor SEQ:HASH]`: check the hash chain end to end.
 
 Exit 0 when intact (printing the head to keep as a future anchor), 1 when broken (naming
-the first broken record and why), 2 when there is no database to check.
+the first broken record and why, or the anchor the chain no longer holds), 2 when there is
+no database to check.
 """
 
 from __future__ import annotations
@@ -64,7 +65,11 @@ def run_audit(args: argparse.Namespace) -> int:
         print(f"{path}: ok, {result.checked} records, chain intact; head {result.head}")
         return 0
     who = f" (request {result.broken_request_id})" if result.broken_request_id else ""
-    print(f"{path}: BROKEN at record {result.broken_seq}{who}: {result.reason}; "
-          f"{result.checked} records before it verified, last good {result.head}",
+    if result.anchor_failed:  # the chain is whole; it is just not the one anchored
+        verified = (f"the chain as it stands verifies ({result.checked} records, head "
+                    f"{result.head}) but is not the one the anchor was taken from")
+    else:
+        verified = f"{result.checked} records before it verified, last good {result.head}"
+    print(f"{path}: BROKEN at record {result.broken_seq}{who}: {result.reason}; {verified}",
           file=sys.stderr)
     return 1

@@ -31,6 +31,9 @@ class VerifyResult:
     broken_seq: int | None = None
     broken_request_id: str | None = None
     reason: str | None = None
+    # The chain verified to its head, but the anchor given is not in it: `checked` and
+    # `head` then describe the whole chain, not the records before a break.
+    anchor_failed: bool = False
 
     @property
     def head(self) -> str:
@@ -68,10 +71,10 @@ def verify_rows(rows: Iterable[StoredRow], anchor: tuple[int, str] | None = None
         seq, digest = anchor
         if anchor_seen is None:
             why = f"anchor record {seq} is missing: the log was cut after record {prev_seq}"
-            return VerifyResult(False, prev_seq, prev_seq, prev_hash, seq, None, why)
+            return VerifyResult(False, prev_seq, prev_seq, prev_hash, seq, None, why, True)
         if anchor_seen != digest:
             why = f"record {seq} differs from the anchor: history up to it was rewritten"
-            return VerifyResult(False, prev_seq, prev_seq, prev_hash, seq, None, why)
+            return VerifyResult(False, prev_seq, prev_seq, prev_hash, seq, None, why, True)
     return VerifyResult(True, prev_seq, prev_seq, prev_hash)
 
 

@@ -78,6 +78,14 @@ def build_verifier(settings: AuthSettings, home: Path, session: aiohttp.ClientSe
     return Verifier(settings, Keyring(static, caches), revocation)
 
 
+def check_keys(settings: AuthSettings, home: Path,
+               env: Mapping[str, str] | None = None) -> None:
+    """The key settings build_verifier would refuse (PEM files, the HS256 secret), checked
+    without building anything: start-up runs this before it starts anything else."""
+    _check_pem_files(settings, home)
+    _static_keys(settings, home, os.environ if env is None else env)
+
+
 def _check_pem_files(settings: AuthSettings, home: Path) -> None:
     """Each PEM file usable at start, or an error naming it (their KeyCache reads them)."""
     for i, pem in enumerate(settings.pem_files):

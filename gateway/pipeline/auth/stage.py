@@ -3,7 +3,9 @@
 `authenticate` runs before the body is read (strangers cost no parsing); `check` is the
 stage seam in the pipeline and only confirms a Principal is in place and unexpired.
 Refusals are OpenAI-shaped 401s with an RFC 6750 challenge; their messages are fixed
-strings, so no part of a token can ever be echoed back or logged.
+strings or name a claim (never its value), so no part of a token can ever be echoed back
+or logged. Each carries its reason, the bounded label of gateway_auth_failures_total,
+which the request's log line repeats.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from gateway.context import Principal, RequestContext
-from gateway.errors import Unauthorized
+from gateway.errors import TokenRefused
 from gateway.pipeline import ALLOW, Decision, deny
 from gateway.pipeline.auth.verify import AuthFailure, Reason, Verifier
 
@@ -31,7 +33,7 @@ _MESSAGES: dict[Reason, str] = {
     "unknown_kid": "The token is not valid",
     "bad_alg": "The token is not valid",
     "crit": "Tokens with critical header parameters are not accepted",
-    "bad_claims": "The token lacks required claims or was issued for another service",
+    "bad_claims": "The token's claims are not valid",
     "revoked": "The token has been revoked",
     "too_large": "The token is too large",
     "multiple_headers": "Send exactly one Authorization header",
@@ -40,9 +42,10 @@ _MESSAGES: dict[Reason, str] = {
 }
 
 
-def refusal(reason: Reason) -> Unauthorized:
+def refusal(reason: Reason, detail: str | None = None) -> TokenRefused:
     challenge = MISSING_CHALLENGE if reason == "missing" else INVALID_CHALLENGE
-    return Unauthorized(_MESSAGES[reason], headers={"WWW-Authenticate": challenge})
+    return TokenRefused(detail or _MESSAGES[reason], reason,
+                        headers={"WWW-Authenticate": challenge})
 
 
 class AuthStage:
@@ -68,7 +71,7 @@ class AuthStage:
             return await self.verifier.verify(token)
         except AuthFailure as failure:
             self.on_failure(failure.reason)
-            raise refusal(failure.reason) from None
+            raise refusal(failure.reason, failure.detail) from None
 
     async def check(self, ctx: RequestContext) -> Decision:
         principal = ctx.principal

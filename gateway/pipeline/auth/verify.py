@@ -37,11 +37,26 @@ _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 class AuthFailure(Exception):
-    """A refused token. `reason` is a metric label; nothing here carries token content."""
+    """A refused token. `reason` is a metric label; `detail`, where given, is the client's
+    message, built from fixed text and claim names only: never any token content."""
 
-    def __init__(self, reason: Reason) -> None:
+    def __init__(self, reason: Reason, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason: Reason = reason
+        self.detail = detail
+
+
+UNDECODABLE = "The token cannot be decoded: a JWT's header and payload are base64url JSON"
+NUMERIC_DATE = "a number (a NumericDate)"
+
+
+# A claim's name is no secret (the gateway chose it); its value is never echoed.
+def missing_claim(claim: str) -> AuthFailure:
+    return AuthFailure("bad_claims", f"The token lacks the required claim '{claim}'")
+
+
+def mistyped_claim(claim: str, expected: str) -> AuthFailure:
+    return AuthFailure("bad_claims", f"The token's '{claim}' claim must be {expected}")
 
 
 def _header(token: str) -> dict[str, Any]:
@@ -55,9 +70,9 @@ def _segment(token: str, index: int) -> dict[str, Any]:
                                validate=True)
         header = orjson.loads(raw)
     except (binascii.Error, ValueError):
-        raise AuthFailure("malformed") from None
+        raise AuthFailure("malformed", UNDECODABLE) from None
     if not isinstance(header, dict):
-        raise AuthFailure("malformed")
+        raise AuthFailure("malformed", UNDECODABLE)
     return header
 
 
@@ -114,12 +129,12 @@ class Verifier:
             raise AuthFailure("crit")
         alg = header.get("alg")
         if not isinstance(alg, str):
-            raise AuthFailure("malformed")
+            raise AuthFailure("malformed", "The token's header must name its algorithm ('alg')")
         if alg not in ALGORITHMS:
             raise AuthFailure("bad_alg")
         kid = header.get("kid")
         if "kid" in header and not isinstance(kid, str):  # null included: absent is absent
-            raise AuthFailure("malformed")
+            raise AuthFailure("malformed", "The token's header 'kid' must be a string")
         if kid is not None and len(kid) > MAX_KID:
             raise AuthFailure("unknown_kid")
         key = await self.keyring.find(kid)
@@ -137,51 +152,76 @@ class Verifier:
                 token, key.jwk, algorithms=[key.alg], leeway=s.leeway_s, issuer=s.issuer,
                 audience=list(s.audience) or None,
                 options={"require": ["exp", "iat", "sub"], "verify_aud": bool(s.audience)})
-        except jwt.ExpiredSignatureError:
-            raise AuthFailure("expired") from None
-        except jwt.ImmatureSignatureError:
-            raise AuthFailure("not_yet_valid") from None
-        except jwt.InvalidSignatureError:
-            raise AuthFailure("bad_signature") from None
-        except (jwt.MissingRequiredClaimError, jwt.InvalidIssuerError, jwt.InvalidAudienceError,
-                jwt.InvalidIssuedAtError, InvalidSubjectError, InvalidJTIError):
-            raise AuthFailure("bad_claims") from None
-        except jwt.DecodeError:
-            # pyjwt says DecodeError for an `exp` or `nbf` that is not a number too (after
-            # checking the signature): that is a token with bad claims, not a broken one.
-            raise AuthFailure("bad_claims" if _mistyped_times(token) else "malformed") from None
-        except jwt.PyJWTError:
-            raise AuthFailure("malformed") from None
+        except jwt.PyJWTError as exc:
+            raise _failure(exc, token) from None
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
-        if _mistyped_times(claims):  # RFC 7519: NumericDate is a JSON number, not "1700000000"
-            raise AuthFailure("bad_claims")
+        mistyped = _mistyped_time(claims)
+        if mistyped is not None:  # RFC 7519: NumericDate is a JSON number, not "1700000000"
+            raise mistyped_claim(mistyped, NUMERIC_DATE)
         s = self.settings
         if s.max_lifetime_s is not None and claims["exp"] - claims["iat"] > s.max_lifetime_s:
             raise AuthFailure("too_long_lived")
-        sub, tier = claims.get("sub"), claims.get(s.tier_claim)
+        sub, tier = _required_string(claims, "sub"), _required_string(claims, s.tier_claim)
         org, jti = claims.get(s.org_claim), claims.get("jti")
-        if not (isinstance(sub, str) and sub and isinstance(tier, str) and tier):
-            raise AuthFailure("bad_claims")
-        if not (org is None or isinstance(org, str)) or not (jti is None or isinstance(jti, str)):
-            raise AuthFailure("bad_claims")
+        for name, value in ((s.org_claim, org), ("jti", jti)):
+            if not (value is None or isinstance(value, str)):
+                raise mistyped_claim(name, "a string")
         return Principal(sub=sub, tier=tier, org=org or None, scopes=_scopes(claims.get("scope")),
                          jti=jti or None, expires_at=float(claims["exp"]))
+
+
+def _required_string(claims: dict[str, Any], name: str) -> str:
+    value = claims.get(name)
+    if value is None:
+        raise missing_claim(name)
+    if not (isinstance(value, str) and value):
+        raise mistyped_claim(name, "a non-empty string")
+    return value
+
+
+def _failure(exc: jwt.PyJWTError, token: str) -> AuthFailure:
+    """What pyjwt's refusal of a token means for its client."""
+    # pyjwt reads time claims with int(): "60" passes for a NumericDate and reads as long
+    # expired, "abc" as a DecodeError. Either way the claim's type is what is wrong.
+    mistyped = _mistyped_time(token) if isinstance(
+        exc, jwt.ExpiredSignatureError | jwt.ImmatureSignatureError | jwt.DecodeError) else None
+    if mistyped is not None:
+        return mistyped_claim(mistyped, NUMERIC_DATE)
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return AuthFailure("expired")
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return AuthFailure("not_yet_valid")
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return AuthFailure("bad_signature")
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return missing_claim(exc.claim)
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return AuthFailure("bad_claims", "The token was issued by another issuer "
+                           "(its 'iss' claim does not match)")
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return AuthFailure("bad_claims", "The token was issued for another service "
+                           "(its 'aud' claim does not match)")
+    if isinstance(exc, jwt.InvalidIssuedAtError):
+        return mistyped_claim("iat", NUMERIC_DATE)
+    if isinstance(exc, InvalidSubjectError | InvalidJTIError):
+        return mistyped_claim("sub" if isinstance(exc, InvalidSubjectError) else "jti",
+                              "a string")
+    return AuthFailure("malformed", UNDECODABLE)
 
 
 _TIME_CLAIMS = ("exp", "nbf", "iat")
 
 
-def _mistyped_times(token_or_claims: str | dict[str, Any]) -> bool:
-    """Whether a time claim is present but not a JSON number."""
+def _mistyped_time(token_or_claims: str | dict[str, Any]) -> str | None:
+    """The first time claim that is present but not a JSON number, or None."""
     try:
         claims = _segment(token_or_claims, 1) if isinstance(token_or_claims, str) \
             else token_or_claims
     except AuthFailure:
-        return False
-    return any(k in claims and (isinstance(claims[k], bool)
-                                or not isinstance(claims[k], int | float))
-               for k in _TIME_CLAIMS)
+        return None
+    return next((k for k in _TIME_CLAIMS if k in claims and (
+        isinstance(claims[k], bool) or not isinstance(claims[k], int | float))), None)
 
 
 def _scopes(scope: object) -> frozenset[str]:
@@ -192,4 +232,4 @@ def _scopes(scope: object) -> frozenset[str]:
         return frozenset(scope.split())
     if isinstance(scope, list) and all(isinstance(s, str) for s in scope):
         return frozenset(scope)
-    raise AuthFailure("bad_claims")
+    raise mistyped_claim("scope", "a space-separated string or a list of strings")

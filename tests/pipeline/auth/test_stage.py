@@ -142,3 +142,29 @@ async def test_over_http(server: str) -> None:
             raw = await resp.read()
             assert resp.status == 401 and good.encode() not in raw
             assert orjson.loads(raw)["error"]["message"].startswith("Tokens in the URL")
+
+
+@pytest.mark.parametrize("bearer, reason, message", [
+    (token("ed", exp="60"), "bad_claims",
+     "The token's 'exp' claim must be a number (a NumericDate)"),
+    (token("ed", nbf=str(int(time.time()) + 3600)), "bad_claims",
+     "The token's 'nbf' claim must be a number (a NumericDate)"),
+    (token("ed", exp=None), "bad_claims", "The token lacks the required claim 'exp'"),
+    (token("ed", sub=None), "bad_claims", "The token lacks the required claim 'sub'"),
+    (token("ed", tier=None), "bad_claims", "The token lacks the required claim 'tier'"),
+    (token("ed", tier=""), "bad_claims", "The token's 'tier' claim must be a non-empty string"),
+    ("abc.def.ghi", "malformed", "The token cannot be decoded"),
+    ("not-a-jwt", "malformed", "The Authorization header must be 'Bearer <token>'"),
+])
+async def test_a_refusal_says_which_claim_or_that_the_token_cannot_be_decoded(
+        server: str, bearer: str, reason: str, message: str) -> None:
+    """A string `exp` read as long expired; a missing claim went unnamed; an undecodable
+    token was told its header was malformed."""
+    async with aiohttp.ClientSession() as http, http.get(
+            server, headers={"Authorization": f"Bearer {bearer}"}) as resp:
+        assert resp.status == 401
+        said = (await resp.json())["error"]["message"]
+    assert said.startswith(message), said
+    counted: list[str] = []
+    assert (await refusal(stage(counted), [f"Bearer {bearer}"])).message == said
+    assert counted == [reason]

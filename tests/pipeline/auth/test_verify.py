@@ -161,6 +161,8 @@ async def test_a_token_valid_for_longer_than_allowed_is_refused() -> None:
     {"sub": 42}, {"tier": ["admin"]}, {"org": 7}, {"jti": 5}, {"scope": 3},
     {"scope": ["ok", 1]}, {"iat": "yesterday"}, {"exp": "abc"}, {"nbf": "x"},
     {"exp": str(int(time.time()) + 3600)},  # a number in a string: not a NumericDate
+    {"exp": "60"}, {"nbf": str(int(time.time()) + 3600)},  # not "expired", "not yet valid"
+    {"iat": str(int(time.time()) + 3600)},
 ])
 async def test_missing_or_mistyped_claims(over: dict[str, Any]) -> None:
     assert await refused(static_verifier(), token("ed", **over)) == "bad_claims"
