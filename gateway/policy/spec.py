@@ -146,7 +146,13 @@ class EmbeddingSpec:
     enabled: bool = False
     optional: bool = True  # missing `ml` extra: skip with a warning instead of failing
     head: str | None = None  # head weights JSON; None: the one shipped with the package
-    max_tokens: int = 128
+    max_tokens: int = 128  # longer text keeps its first and last tokens (and see below)
+    # Longer text is also read in overlapping windows of `window_tokens`: the static head
+    # screens them all, the model reads those it is unsure of, most suspicious first, at
+    # most `max_windows` of them. 0: no windows (the shipped head misreads fragments of
+    # long benign text; see policies/classifiers.yaml).
+    window_tokens: int = 64
+    max_windows: int = 0
     inputs: tuple[EmbeddingInput, ...] = ("last_user", "full")
     timeout_s: float = 1.0
     on_error: OnError = "open"

@@ -18,6 +18,19 @@ Three layers:
   says why and `start()` leaves it unavailable instead of failing.
 - `EmbeddingClassifier` (per policy): the shared Embedder plus a head (`head.py`).
 
+Long text can also be read in windows (`max_windows` > 0; 0, the default, is off): an
+input longer than `window_tokens` is cut into overlapping windows
+(`static.StaticEncoder.windows`: at most half a window apart, starting at a paragraph or
+a sentence where one is near) besides being read whole, and its score is the maximum per
+category over them, as over inputs, so a request buried anywhere in a long prompt is read
+on its own instead of averaged into the filler around it. A window's jailbreak score is
+left out: the head gives it to any long stretch of text. The static head screens every
+window; the model reads the windows it is unsure of, the most suspicious `max_windows`
+(the static head's answer stands for the rest), in one batch with the inputs. Windows
+fall on the same paragraphs turn after turn, so a growing conversation finds its earlier
+windows in the cache. It is off by default because the shipped head, trained on short
+prompts, also scores fragments of long benign text (READMEs, long chats) as harmful.
+
 torch, transformers and tokenizers are imported by name at start-up only, so importing
 this module (and type-checking the gateway) never needs the `ml` extra.
 """
@@ -39,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.extras import absent
+from gateway.pipeline.classify.structure import JAILBREAK
 from gateway.pipeline.classify.text import PromptText
 
 if TYPE_CHECKING:
@@ -312,7 +326,8 @@ class EmbeddingClassifier:
     """Seam: `async def score(text) -> {category: score}`; the model runs off the loop.
 
     A cascade: the static head (`static.py`, tens of microseconds, on the loop) answers
-    alone when it is sure about every input; otherwise the contextual model decides.
+    alone when it is sure about every window; otherwise the contextual model reads the
+    windows it is unsure of (see the module docstring).
     """
 
     name = "embedding"
@@ -325,7 +340,7 @@ class EmbeddingClassifier:
         self.spec = spec
         self.metrics = metrics
         # quick()'s unsure static answers, taken by the score() that follows (Chain.rest)
-        self._unsure: dict[tuple[str, ...], dict[str, float]] = {}
+        self._unsure: dict[tuple[str, ...], _Screened] = {}
 
     def _inputs(self, text: PromptText) -> list[str]:
         texts: list[str] = []
@@ -340,52 +355,127 @@ class EmbeddingClassifier:
         texts = self._inputs(text)
         if not texts:
             return {}
-        static, sure = self._static_scores(texts)
-        if static is not None and sure:
-            return self._count("static", static)
-        if static is not None:  # score() follows for the same texts: keep what it needs
+        screened = self._screen(texts)
+        if screened.static is not None and not screened.unsure:
+            return self._count("static", _max_per_category(screened.static))
+        if screened.static is not None:  # score() follows for the same texts: keep it
             if len(self._unsure) >= _UNSURE_KEPT:  # left by requests that never got there
                 self._unsure.clear()
-            self._unsure[tuple(texts)] = static
+            self._unsure[tuple(texts)] = screened
         return None
 
     async def score(self, text: PromptText) -> dict[str, float]:
         texts = self._inputs(text)
         if not texts:
             return {}
-        static: dict[str, float] | None = self._unsure.pop(tuple(texts), None)
-        sure = False
+        screened = self._unsure.pop(tuple(texts), None) or self._screen(texts)
+        static = screened.static
+        if static is not None and not screened.unsure:
+            return self._count("static", _max_per_category(static))
+        read = self._chosen(screened)
+        embedding = self.embedder.embed([screened.texts[i] for i in read],
+                                        self.spec.max_tokens, self.head.layers)
         if static is None:
-            static, sure = self._static_scores(texts)
-        if static is not None and sure:
-            return self._count("static", static)
-        embedding = self.embedder.embed(texts, self.spec.max_tokens, self.head.layers)
-        if static is None:
-            return self._count("contextual", self._predict(await embedding))
-        try:
-            vectors = await asyncio.wait_for(embedding, self.spec.contextual_timeout_s)
-        except TimeoutError:  # a busy model: the static head's answer stands
-            return self._count("static_after_timeout", static)
-        return self._count("contextual", self._predict(vectors))
+            vectors = await embedding
+        else:
+            # The budget of a prompt read whole, and as much again per window of a long one.
+            windows = len(read) - screened.inputs
+            try:
+                vectors = await asyncio.wait_for(
+                    embedding, self.spec.contextual_timeout_s * (1 + windows))
+            except TimeoutError:  # a busy model: the static head's answer stands
+                return self._count("static_after_timeout", _max_per_category(static))
+        rows = dict(zip(read, self.head.predict(vectors), strict=True))
+        for i in screened.partial:  # as in _screen
+            if i in rows:
+                rows[i].pop(JAILBREAK, None)
+        # What the model did not read keeps the static head's answer.
+        merged = (list(rows.values()) if static is None
+                  else [rows.get(i, row) for i, row in enumerate(static)])
+        return self._count("contextual", _max_per_category(merged))
 
-    def _predict(self, vectors: Floats) -> dict[str, float]:
-        return _max_per_category(self.head.predict(vectors))
+    def _chosen(self, screened: _Screened) -> list[int]:
+        """What the model reads: every input (read whole as before, head and tail of a
+        long one), then the windows the static head is unsure of, most suspicious first,
+        at most `max_windows` of them; without a static head, windows spread evenly."""
+        inputs = list(range(screened.inputs))
+        windows = range(screened.inputs, len(screened.texts))
+        limit = self.spec.max_windows
+        if screened.static is None:
+            return inputs + list(windows[::max(1, math.ceil(len(windows) / limit))])[:limit]
+        static = screened.static
+        unsure = sorted((i for i in screened.unsure if i >= screened.inputs),
+                        key=lambda i: -max(static[i].values(), default=0.0))
+        return inputs + unsure[:limit]
 
     def _count(self, path: str, scores: dict[str, float]) -> dict[str, float]:
         if self.metrics is not None:
             self.metrics.classifier_embedding_paths.labels(path).inc()
         return scores
 
-    def _static_scores(self, texts: list[str]) -> tuple[dict[str, float] | None, bool]:
-        """The static head's scores (None without it) and whether it is sure of them."""
-        static, fast = self.embedder.static, self.head.fast
-        if static is None or fast is None:
-            return None, False
-        rows = fast.predict(static.encode(texts, self.spec.max_tokens))
+    def _screen(self, texts: list[str]) -> _Screened:
+        """The inputs, then the windows of those too long to read whole, with the static
+        head's scores (None without it) and the indexes of those in the band."""
+        encoder = self.embedder.static
+        if encoder is None:  # not loaded: embed() says why
+            return _Screened(texts, len(texts), None, [])
+        counts: list[int] = []
+        vectors = encoder.encode(texts, self.spec.max_tokens, counts)
+        windows: list[str] = []
+        size = min(self.spec.window_tokens, self.spec.max_tokens - 2)  # [CLS], [SEP]
+        if self.spec.max_windows and max(counts) > size:
+            vectors, windows = self._cut(encoder, texts, counts, size, vectors)
+        # The head reads any long stretch of text as a jailbreak (it learned that from long
+        # role-play preambles; 32 of 41 benign READMEs scored >= 0.5): its jailbreak score
+        # counts only for text it reads whole. A window or the head and tail of a long
+        # input say only that the text is long; the structure classifier, which reads
+        # all of it, judges a long jailbreak.
+        whole = self.spec.max_tokens - 2
+        partial = frozenset([*(i for i, count in enumerate(counts) if count > whole),
+                             *range(len(texts), len(texts) + len(windows))])
+        fast = self.head.fast
+        if fast is None:
+            return _Screened(texts + windows, len(texts), None, [], partial)
+        static = fast.predict(vectors)
+        for i in partial:
+            static[i].pop(JAILBREAK, None)
         low, high = self.spec.contextual_band
         # A row's top score is the head's P(harm) (head.py).
-        unsure = any(low <= max(row.values(), default=0.0) <= high for row in rows)
-        return _max_per_category(rows), not unsure
+        unsure = [i for i, row in enumerate(static)
+                  if low <= max(row.values(), default=0.0) <= high]
+        return _Screened(texts + windows, len(texts), static, unsure, partial)
+
+    def _cut(self, encoder: StaticEncoder, texts: list[str], counts: list[int], size: int,
+             vectors: Floats) -> tuple[Floats, list[str]]:
+        """The inputs' static vectors (read whole, head and tail) followed by those of the
+        windows of each input longer than a window, and the windows."""
+        seen = set(texts)
+        windows: list[str] = []
+        rows = [vectors]
+        for text, count in zip(texts, counts, strict=True):
+            if count <= size:
+                continue
+            cut = encoder.windows(text, size)
+            for window, row in zip(cut.texts, cut.rows, strict=True):
+                if window not in seen:
+                    seen.add(window)
+                    windows.append(window)
+                    rows.append(row[None, :])
+        numpy: Any = importlib.import_module("numpy")
+        stacked: Floats = numpy.concatenate(rows)
+        return stacked, windows
+
+
+@dataclass(frozen=True, slots=True)
+class _Screened:
+    """The inputs (`texts[:inputs]`) and the windows of the long ones, with the static
+    head's scores (None without a static head) and the indexes of those in the band."""
+
+    texts: list[str]
+    inputs: int
+    static: list[dict[str, float]] | None
+    unsure: list[int]
+    partial: frozenset[int] = frozenset()  # rows read in part: their jailbreak is dropped
 
 
 def _max_per_category(rows: list[dict[str, float]]) -> dict[str, float]:
