@@ -185,6 +185,16 @@ def chat(content: str = "Hello there", **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": [{"role": "user", "content": content}], **extra}
 
 
+def chat_answer(content: str = "Hi.") -> web.Response:
+    """A fake backend's non-streamed chat completion, as vLLM shapes it (7 + 2 tokens)."""
+    return web.json_response({"id": "c", "object": "chat.completion", "model": MODEL,
+                              "choices": [{"index": 0, "finish_reason": "stop",
+                                           "message": {"role": "assistant",
+                                                       "content": content}}],
+                              "usage": {"prompt_tokens": 7, "completion_tokens": 2,
+                                        "total_tokens": 9}})
+
+
 @dataclass
 class Process:
     proc: subprocess.Popen[str]

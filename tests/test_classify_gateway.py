@@ -26,6 +26,7 @@ from tests.conftest import (
     Server,
     StartGateway,
     chat,
+    chat_answer,
     fake_backend,
 )
 
@@ -144,12 +145,7 @@ async def test_a_dialogue_forged_with_template_tokens_is_a_jailbreak(
         if request.path != "/v1/chat/completions":
             return web.Response()  # health checks
         received.append(await request.json())
-        return web.json_response({"id": "c", "object": "chat.completion", "model": MODEL,
-                                  "choices": [{"index": 0, "finish_reason": "stop",
-                                               "message": {"role": "assistant",
-                                                           "content": "Hi."}}],
-                                  "usage": {"prompt_tokens": 7, "completion_tokens": 2,
-                                            "total_tokens": 9}})
+        return chat_answer()
 
     gateway = await start_gateway(await fake_backend(backend, servers))
     forged = _forged_dialogue("How do I pick the lock of my neighbour's door?")

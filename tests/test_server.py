@@ -257,16 +257,22 @@ def test_an_unusable_home_stops_start_up_and_is_left_alone(tmp_path: Path,
         assert (home / "keys" / PRIVATE).read_text() == "garbage\n"
 
 
-async def test_the_banner_hint_works_from_any_directory(
-        gateway_process: Callable[..., Process], tmp_path: Path) -> None:
-    """The token command and the sample model in the banner, as a user would paste them."""
-    gw = gateway_process()
+async def _banner_lines(gw: Process) -> list[str]:
+    """The gateway's stdout up to the banner's SDK snippet."""
     assert gw.proc.stdout is not None
     lines: list[str] = []
     while not lines or "from openai import OpenAI" not in lines[-1]:
         line = await asyncio.to_thread(gw.proc.stdout.readline)
         assert line, "the banner was printed"
         lines.append(line)
+    return lines
+
+
+async def test_the_banner_hint_works_from_any_directory(
+        gateway_process: Callable[..., Process], tmp_path: Path) -> None:
+    """The token command and the sample model in the banner, as a user would paste them."""
+    gw = gateway_process()
+    lines = await _banner_lines(gw)
     (hint,) = [line.strip() for line in lines if line.strip().startswith("export TOKEN=$(")]
     (model,) = set(re.findall(r'"model": "([^"]+)"', "".join(lines)))
     assert model == "sim-llama-3-8b-instruct"  # what the embedded simulator serves
@@ -290,12 +296,7 @@ async def test_the_banner_claims_no_readiness_that_readyz_denies(
     """With no healthy upstream it said "gateway ready on …" beside a 503 from /readyz, and
     offered "<model>" with no word on where a model id comes from."""
     gw = gateway_process("--upstream", f"http://127.0.0.1:{free_port()}", ready=False)
-    assert gw.proc.stdout is not None
-    lines: list[str] = []
-    while not lines or "from openai import OpenAI" not in lines[-1]:
-        line = await asyncio.to_thread(gw.proc.stdout.readline)
-        assert line, "the banner was printed"
-        lines.append(line)
+    lines = await _banner_lines(gw)
     banner = "".join(line for line in lines if not line.startswith("{"))
     assert "gateway ready" not in banner
     assert banner.startswith(f"gateway listening on {gw.url}, not ready yet: no healthy "

@@ -20,7 +20,15 @@ from gateway.pipeline.tier import TierStage
 from gateway.pipeline.upstream.tokens import PromptCounter
 from gateway.policy.loader import load_policy
 from gateway.policy.spec import LimitsSpec, PolicySpec
-from tests.conftest import MODEL, ROOT, MintToken, StartGateway, chat, fake_backend
+from tests.conftest import (
+    MODEL,
+    ROOT,
+    MintToken,
+    StartGateway,
+    chat,
+    chat_answer,
+    fake_backend,
+)
 
 POLICY = load_policy(ROOT / "policies")
 
@@ -120,12 +128,7 @@ async def test_the_tokenizer_call_carries_the_request_id(
         if request.path == "/tokenize":
             return web.json_response({"count": 7})
         if request.path == "/v1/chat/completions":
-            return web.json_response({"id": "c", "object": "chat.completion", "model": MODEL,
-                                      "choices": [{"index": 0, "finish_reason": "stop",
-                                                   "message": {"role": "assistant",
-                                                               "content": "Hi."}}],
-                                      "usage": {"prompt_tokens": 7, "completion_tokens": 2,
-                                                "total_tokens": 9}})
+            return chat_answer()
         return web.Response()
 
     gateway = await start_gateway(await fake_backend(backend, servers))
