@@ -345,9 +345,11 @@ class EmbeddingClassifier:
     def _inputs(self, text: PromptText) -> list[str]:
         texts: list[str] = []
         for which in self.spec.inputs:
-            value = text.last_user if which == "last_user" else text.full
+            value = text.last_user if which == "last_user" else text.prose
             if value.strip() and value not in texts:
                 texts.append(value)
+        if text.phrases:  # output constraints, read apart from the prose (text.py)
+            texts.append(text.phrases)
         return texts
 
     def quick(self, text: PromptText) -> dict[str, float] | None:

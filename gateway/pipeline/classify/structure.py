@@ -3,9 +3,11 @@
 Three signals, each a score in [0, 1]; the classifier reports their max:
 
 - **many-shot**: fake dialogue turns embedded in one message ("User: ... Assistant: ...",
-  "Q: ... A: ...", "Human:/AI:" at the start of a line, or a chat template's own turn
-  tokens: `<|start_header_id|>`, `<|im_start|>`, `[INST]`, ...). Score rises linearly from 0 at
-  `turns.low` markers to 1 at `turns.high` (a pasted FAQ or a short transcript stays low).
+  "Q: ... A: ...", "Human:/AI:" at the start of a line; JSON keys, tags or bracketed
+  labels anywhere: `"user":`, `"role": "assistant"`, `<bot>`, `[AI]`; or a chat template's
+  own turn tokens: `<|start_header_id|>`, `<|im_start|>`, `[INST]`, ...). Score rises
+  linearly from 0 at `turns.low` markers to 1 at `turns.high` (a pasted FAQ or a short
+  transcript stays low).
 - **override phrases**: admin-written regexes ("ignore all previous instructions", "you are
   now DAN", "developer mode enabled", ...), matched on folded text like rules.
 - **smuggling**: text the reader cannot see or read: Unicode tag characters (outside emoji
@@ -35,6 +37,13 @@ _TURN = re.compile(
     r"|prompt|response|input|output)[ \t]*\**[ \t]*[:\uff1a]", re.IGNORECASE | re.MULTILINE)
 # Turns opened by chat-template control tokens (Llama 3, ChatML, gpt-oss, Phi, Gemma,
 # DeepSeek, Mistral), raw or as the shape stage neutralised them in chat text (control.py).
+# Turns written as data: JSON keys ("user": ..., "role": "assistant"), tags (<user>) and
+# bracketed labels ([AI]), anywhere in a line.
+_MARKUP_TURN = re.compile(
+    r"\"(?:user|assistant|human|ai|bot|model|gpt|chatgpt)\"\s*:"
+    r"|\"role\"\s*:\s*\"(?:user|assistant|human|ai|bot|model)\""
+    r"|<(?:user|assistant|human|ai|bot|model|gpt|chatgpt)>"
+    r"|\[(?:user|assistant|human|ai|bot|model|gpt|chatgpt)\]", re.IGNORECASE)
 _TEMPLATE_TURN = re.compile(
     r"[<\u2039](?:\|(?:start_header_id|im_start|start|user|assistant|system)\|"
     r"|\uff5c(?:user|assistant)\uff5c|start_of_turn)>|[\[\uff3b]/?INST\]", re.IGNORECASE)
@@ -110,7 +119,8 @@ class StructureClassifier:
         self.output_phrases = compile_patterns(spec.phrases, ("output", "both"))
 
     def turns(self, text: str) -> int:
-        return len(_TURN.findall(text)) + len(_TEMPLATE_TURN.findall(text))
+        return (len(_TURN.findall(text)) + len(_TEMPLATE_TURN.findall(text))
+                + len(_MARKUP_TURN.findall(text)))
 
     def smuggling(self, text: str, encoded: bool = True) -> float:
         spec = self.spec

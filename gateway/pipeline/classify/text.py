@@ -53,6 +53,19 @@ class PromptText:
     full: str  # every included message (or the prompt), joined by blank lines
     last_user: str  # the last user message ("" when there is none); the prompt for completions
     opaque: bool = False  # part of the prompt was token ids: not readable here
+    # Characters at the end of `full` that are output constraints (schemas, regexes): the
+    # rules, structure and the guard read them all. The embedding model, trained on
+    # prose, reads `prose` and, on their own, the constraints' `phrases` (strings of three
+    # words or more: descriptions, long property names, choices): a schema's vocabulary
+    # read with the prompt looked like an injection to it, and a list of labels (a
+    # moderation schema's enum) like the harms it names.
+    constraints: int = 0
+    phrases: str = ""
+
+    @property
+    def prose(self) -> str:
+        return self.full[:len(self.full) - self.constraints].rstrip() if self.constraints \
+            else self.full
 
     @classmethod
     def of(cls, text: str) -> PromptText:
@@ -64,7 +77,8 @@ class PromptText:
         the common case, on every request."""
         if len(self.full) <= limit and len(self.last_user) <= limit:
             return self
-        return PromptText(_clip(self.full, limit), _clip(self.last_user, limit), self.opaque)
+        return PromptText(_clip(self.full, limit), _clip(self.last_user, limit), self.opaque,
+                          min(self.constraints, limit // 2), _clip(self.phrases, limit))
 
 
 def _clip(text: str, limit: int) -> str:
@@ -229,8 +243,8 @@ def _constraint_text(body: dict[str, Any]) -> list[str]:
                 if key in ("type", "format", "$ref", "$schema"):
                     continue  # a schema type name, a format or a reference: no words
                 stack.append(value)
-                if key not in _SCHEMA_WORDS:
-                    stack.append(key)
+                if key not in _SCHEMA_WORDS:  # `ransomware_source` reads as two words
+                    stack.append(key.replace("_", " ").replace("-", " "))
         elif isinstance(item, list):
             stack.extend(reversed(item))
     return [text for text in found if text]
@@ -271,16 +285,26 @@ def prompt_text(ctx: RequestContext, roles: tuple[str, ...] = CALLER_ROLES) -> P
                 parts.extend(t for t in (*_message_extras(message), text,
                                          *_tool_call_text(message)) if t)
         parts.extend(_tool_definitions(body.get("tools")))
-        parts.extend(_constraint_text(body))
-        return PromptText(full="\n\n".join(parts), last_user=last_user, opaque=opaque)
+        return _with_constraints(parts, last_user, opaque, _constraint_text(body))
     texts, opaque = _prompt_parts(body.get("prompt"))
     prefix = tier.system_prompt.prompt_prefix if tier is not None else ""
     if prefix:
         texts = [t.removeprefix(prefix) for t in texts]
     suffix = body.get("suffix")  # vLLM refuses it; a backend that takes it renders it
     extra = [suffix] if isinstance(suffix, str) and suffix else []
-    return PromptText(full="\n\n".join([*texts, *extra, *_constraint_text(body)]),
-                      last_user=texts[-1] if texts else "", opaque=opaque)
+    return _with_constraints([*texts, *extra], texts[-1] if texts else "", opaque,
+                             _constraint_text(body))
+
+
+def _with_constraints(parts: list[str], last_user: str, opaque: bool,
+                      constraints: list[str]) -> PromptText:
+    tail = "\n\n".join(constraints)
+    if not tail:
+        return PromptText(full="\n\n".join(parts), last_user=last_user, opaque=opaque)
+    full = "\n\n".join([*parts, tail])
+    phrases = "\n".join(text for text in constraints if len(text.split()) >= 3)
+    return PromptText(full=full, last_user=last_user, opaque=opaque, constraints=len(tail),
+                      phrases=phrases)
 
 
 def prompt_hash(secret: bytes, text: str) -> str:

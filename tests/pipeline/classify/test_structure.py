@@ -127,3 +127,16 @@ def test_chat_template_turn_tokens_count_as_turns(user: str, assistant: str, end
     tokenizer reads as real turns) was not counted at all: 40 of them passed."""
     assert _score(_template_dialogue(20, user, assistant, end)) >= 0.9
     assert _score(_template_dialogue(2, user, assistant, end)) == 0.0
+
+
+@pytest.mark.parametrize("turn", [
+    '{{"user": "question {i}?", "assistant": "Sure, answer {i}."}},\n',
+    '{{"role": "user", "content": "question {i}?"}}, {{"role": "assistant", "content": "ok"}}\n',
+    "<user>question {i}?</user><bot>Sure, answer {i}.</bot>\n",
+    "[USER] question {i}? [AI] Sure, answer {i}.\n",
+])
+def test_dialogues_written_as_data_count_as_turns(turn: str) -> None:
+    """Found by a re-check: a 40-turn dialogue in JSON, tags or bracketed labels scored
+    no turn at all (only the embedding model's long-text jailbreak had caught it)."""
+    assert _score("".join(turn.format(i=i) for i in range(20))) >= 0.9
+    assert _score("".join(turn.format(i=i) for i in range(2))) == 0.0
