@@ -76,30 +76,29 @@ def decision(similarity: float) -> str:
     return "possible" if similarity >= POSSIBLE else "none"
 
 
-def _match_json(m: Match, coverage: float) -> dict[str, Any]:
+def _match_json(m: Match) -> dict[str, Any]:
     return {**m.record.as_json(), "similarity": round(m.similarity, 4),
-            "coverage": round(coverage, 4), "chunks_matched": m.chunks,
+            "coverage": round(m.coverage, 4), "chunks_matched": m.chunks,
             "decision": decision(m.similarity)}
 
 
-def _ranked(ledger: Ledger, windows: Sequence[tuple[int, ...]], limit: int
-            ) -> list[tuple[Match, float]]:
-    """Ledger matches with their coverage, the best explanation of the text first."""
-    found = [(m, m.coverage) for m in ledger.match_signatures(windows, max(limit, CANDIDATES))
+def _ranked(ledger: Ledger, windows: Sequence[tuple[int, ...]], limit: int) -> list[Match]:
+    """Ledger matches, the best explanation of the text (coverage, then similarity) first."""
+    found = [m for m in ledger.match_signatures(windows, max(limit, CANDIDATES))
              if m.similarity >= POSSIBLE]
-    return sorted(found, key=lambda mc: (mc[1], mc[0].similarity), reverse=True)
+    return sorted(found, key=lambda m: (m.coverage, m.similarity), reverse=True)
 
 
-def _rivals(ranked: list[tuple[Match, float]]) -> list[tuple[Match, float]]:
+def _rivals(ranked: list[Match]) -> list[Match]:
     """The best match of each key that explains the text as well as the top one."""
-    if not ranked or ranked[0][0].similarity < MATCH:
+    if not ranked or ranked[0].similarity < MATCH:
         return []
-    top, top_cov = ranked[0]
-    best: dict[str, tuple[Match, float]] = {}
-    for m, cov in ranked:
-        if (m.similarity >= MATCH and cov >= top_cov - TIE
+    top = ranked[0]
+    best: dict[str, Match] = {}
+    for m in ranked:
+        if (m.similarity >= MATCH and m.coverage >= top.coverage - TIE
                 and m.similarity >= top.similarity - TIE):
-            best.setdefault(m.record.key_id, (m, cov))
+            best.setdefault(m.record.key_id, m)
     return list(best.values())
 
 
@@ -181,22 +180,22 @@ def detect(text: str, secret: bytes, ledger: Ledger | None, limit: int = 5) -> d
         payloads.append(entry)
     report: dict[str, Any] = {"payloads": payloads, "marks": count_marks(text),
                               "words": len(hashes), "ledger": None}
-    ranked: list[tuple[Match, float]] = []
-    rivals: list[tuple[Match, float]] = []
+    ranked: list[Match] = []
+    rivals: list[Match] = []
     if ledger is not None:
         ranked = _ranked(ledger, windows, limit)
         rivals = _rivals(ranked)
-        report["ledger"] = {"matches": [_match_json(m, cov) for m, cov in ranked[:limit]],
+        report["ledger"] = {"matches": [_match_json(m) for m in ranked[:limit]],
                             "thresholds": {"match": MATCH, "possible": POSSIBLE}}
         if len(rivals) > 1:
-            report["ledger"]["candidates"] = [_match_json(m, cov) for m, cov in rivals]
+            report["ledger"]["candidates"] = [_match_json(m) for m in rivals]
         if attribution is None and len(rivals) == 1:
-            top, cov = rivals[0]
+            (top,) = rivals
             attribution = {"source": "ledger", "key_id": top.record.key_id,
                            "request_id": top.record.request_id,
                            "similarity": round(top.similarity, 4),
-                           "coverage": round(cov, 4)}
-    others = len({m.record.key_id for m, _ in ranked if m.similarity >= MATCH}
+                           "coverage": round(top.coverage, 4)}
+    others = len({m.record.key_id for m in ranked if m.similarity >= MATCH}
                  - {attribution["key_id"] if attribution is not None else ""})
     report["result"], report["reason"] = _result(attribution, forged, unconfirmed, others,
                                                  len(rivals))
