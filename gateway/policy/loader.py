@@ -232,6 +232,7 @@ def _classifiers(raw: dict[str, Any], docs: dict[str, Located], directory: Path,
     structure = raw.get("structure") or {}
     turns = structure.get("turns") or {}
     smuggling = structure.get("smuggling") or {}
+    cues = structure.get("cues") or {}
     embedding = dict(raw.get("embedding") or {})
     if embedding.get("head"):
         embedding["head"] = str((directory / embedding["head"]).resolve())
@@ -258,6 +259,10 @@ def _classifiers(raw: dict[str, Any], docs: dict[str, Located], directory: Path,
             turns_high=turns.get("high", defaults.turns_high),
             phrases=_patterns(structure.get("phrases") or [], docs.get("structure"),
                               ("classifiers", "structure", "phrases"), "jailbreak"),
+            cues=_patterns(cues.get("patterns") or [], docs.get("structure"),
+                           ("classifiers", "structure", "cues", "patterns"), "jailbreak"),
+            cues_low=cues.get("low", defaults.cues_low),
+            cues_high=cues.get("high", defaults.cues_high),
             tag_chars=smuggling.get("tag_chars", defaults.tag_chars),
             zero_width=smuggling.get("zero_width", defaults.zero_width),
             bidi_overrides=smuggling.get("bidi_overrides", defaults.bidi_overrides),
@@ -300,7 +305,8 @@ def _check_classifiers(spec: ClassifiersSpec, merged: dict[str, Any],
         return found or (doc.path + ":1" if doc is not None else "classifiers")
 
     for section, items in (("rules", spec.rules.patterns),
-                           ("structure", spec.structure.phrases)):
+                           ("structure", spec.structure.phrases),
+                           ("structure.cues", spec.structure.cues)):
         for pat in items:
             at = pat.where or where(section)
             try:
@@ -327,6 +333,9 @@ def _check_classifiers(spec: ClassifiersSpec, merged: dict[str, Any],
                       f"unknown category {spec.unverified_category!r}")
     if spec.structure.turns_low >= spec.structure.turns_high:
         errors.append(f"{where('structure', 'turns')}: classifiers.structure.turns: "
+                      "low must be below high")
+    if spec.structure.cues_low >= spec.structure.cues_high:
+        errors.append(f"{where('structure', 'cues')}: classifiers.structure.cues: "
                       "low must be below high")
     for tier in spec.moderation.tiers or ():
         if tier not in merged["tiers"]:

@@ -133,6 +133,12 @@ class StructureSpec:
     turns_low: int = 8  # fake dialogue turn markers: score 0 at or below this count
     turns_high: int = 40  # ... rising linearly to 1.0 at this count
     phrases: tuple[PatternSpec, ...] = ()
+    # Weak cues of a persona jailbreak, each common alone in ordinary text: the score
+    # counts the distinct cues a prompt matches, 0 at or below `cues_low`, rising
+    # linearly to 1.0 at `cues_high`.
+    cues: tuple[PatternSpec, ...] = ()
+    cues_low: int = 1
+    cues_high: int = 3
     tag_chars: int = 4  # Unicode tag characters outside emoji flag sequences
     zero_width: int = 8  # zero-width characters outside emoji sequences
     bidi_overrides: int = 1  # U+202D / U+202E

@@ -67,6 +67,11 @@ def test_overrides_merge_over_tier_limits(tmp_path: Path) -> None:
          "t.yaml:3: classifiers.embedding.contextual_band: low must not exceed high"),
         ("classifiers:\n  embedding:\n    contextual_band: [0.2]\n",
          "t.yaml:3: classifiers.embedding.contextual_band: [0.2] is too short"),
+        ("classifiers:\n  structure:\n    cues: {low: 3, high: 3}\n",
+         "t.yaml:3: classifiers.structure.cues: low must be below high"),
+        ("classifiers:\n  structure:\n    cues:\n      patterns:\n        - {id: x, pattern: a, "
+         "score: 1}\n",
+         "t.yaml:5: classifiers.structure.cues.patterns.0: unknown key score"),
         ("classifiers:\n  max_chars: 100\n",
          "t.yaml:2: classifiers.max_chars: 100 is less than the minimum of 1024"),
         ("tiers:\n  basic:\n    models: [x]\n    request: {temperature: [2, 1]}\n",

@@ -10,6 +10,10 @@ Three signals, each a score in [0, 1]; the classifier reports their max:
   transcript stays low).
 - **override phrases**: admin-written regexes ("ignore all previous instructions", "you are
   now DAN", "developer mode enabled", ...), matched on folded text like rules.
+- **persona cues**: weaker admin-written regexes, each common alone in ordinary text
+  ("amoral", "never refuses", "stay in character", "without warnings", "not bound by");
+  a persona jailbreak piles several up. Score rises linearly from 0 at `cues.low`
+  distinct cues to 1 at `cues.high`.
 - **smuggling**: text the reader cannot see or read: Unicode tag characters (outside emoji
   flag sequences), zero-width characters in bulk (outside emoji ZWJ sequences), bidi
   override controls, and long base64 runs that decode to readable text (an encoded
@@ -117,6 +121,8 @@ class StructureClassifier:
         self.phrases = compile_patterns(spec.phrases, ("prompt", "both"))
         self.any_phrase = any_of(self.phrases)  # one search rules out every phrase
         self.output_phrases = compile_patterns(spec.phrases, ("output", "both"))
+        self.cues = compile_patterns(spec.cues, ("prompt",))
+        self.any_cue = any_of(self.cues)
 
     def turns(self, text: str) -> int:
         return (len(_TURN.findall(text)) + len(_TEMPLATE_TURN.findall(text))
@@ -138,11 +144,19 @@ class StructureClassifier:
             return spec.encoded_text_score
         return 0.0
 
+    def cue_count(self, folded: str) -> int:
+        """Distinct persona cues in the folded text."""
+        if not self.cues or (self.any_cue is not None and self.any_cue.search(folded) is None):
+            return 0
+        return sum(1 for cue in self.cues if cue.regex.search(folded))
+
     def scores(self, text: PromptText) -> dict[str, float]:
         raw = text.full
-        phrase = match_scores(self.phrases, fold(raw), self.any_phrase).get(JAILBREAK, 0.0)
+        folded = fold(raw)
+        phrase = match_scores(self.phrases, folded, self.any_phrase).get(JAILBREAK, 0.0)
         many_shot = _ramp(self.turns(raw), self.spec.turns_low, self.spec.turns_high)
-        score = max(phrase, many_shot, self.smuggling(raw))
+        persona = _ramp(self.cue_count(folded), self.spec.cues_low, self.spec.cues_high)
+        score = max(phrase, many_shot, persona, self.smuggling(raw))
         return {JAILBREAK: score} if score > 0 else {}
 
     def scores_output(self, raw: str, folded: str) -> dict[str, float]:

@@ -19,7 +19,8 @@ from gateway.policy.loader import PolicyError, load_policy
 from gateway.policy.spec import PatternSpec
 from tests.pipeline.classify.conftest import POLICY
 
-ALL = (*POLICY.classifiers.rules.patterns, *POLICY.classifiers.structure.phrases)
+ALL = (*POLICY.classifiers.rules.patterns, *POLICY.classifiers.structure.phrases,
+       *POLICY.classifiers.structure.cues)
 EXAMPLES = Path(__file__).resolve().parents[3] / "gateway/pipeline/classify/data/examples.txt"
 
 
@@ -137,8 +138,9 @@ def test_shipped_patterns_match_alike_with_and_without_ignorecase() -> None:
 
 
 @pytest.mark.parametrize("specs", [POLICY.classifiers.rules.patterns,
-                                   POLICY.classifiers.structure.phrases],
-                         ids=["rules", "structure-phrases"])
+                                   POLICY.classifiers.structure.phrases,
+                                   POLICY.classifiers.structure.cues],
+                         ids=["rules", "structure-phrases", "structure-cues"])
 def test_the_joined_pattern_finds_what_any_pattern_finds(
         specs: tuple[PatternSpec, ...]) -> None:
     patterns = compile_patterns(specs, ("prompt", "both"))
