@@ -137,8 +137,8 @@ class StructureSpec:
     # counts the distinct cues a prompt matches, 0 at or below `cues_low`, rising
     # linearly to 1.0 at `cues_high`.
     cues: tuple[PatternSpec, ...] = ()
-    cues_low: int = 1
-    cues_high: int = 3
+    cues_low: int = 2
+    cues_high: int = 4
     tag_chars: int = 4  # Unicode tag characters outside emoji flag sequences
     zero_width: int = 8  # zero-width characters outside emoji sequences
     bidi_overrides: int = 1  # U+202D / U+202E

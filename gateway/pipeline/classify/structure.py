@@ -1,6 +1,6 @@
 """Structure classifier: jailbreaks recognisable by their shape, scored on `jailbreak`.
 
-Three signals, each a score in [0, 1]; the classifier reports their max:
+Four signals, each a score in [0, 1]; the classifier reports their max:
 
 - **many-shot**: fake dialogue turns embedded in one message ("User: ... Assistant: ...",
   "Q: ... A: ...", "Human:/AI:" at the start of a line; JSON keys, tags or bracketed
