@@ -212,6 +212,12 @@ class _Job:
     queued: float = field(default_factory=time.perf_counter)
 
 
+@dataclass(frozen=True)
+class _Prepare:
+    """Trace a layer set before the first request asks for it (0.3 s of a worker's time)."""
+    layers: tuple[int, ...]
+
+
 def _resolve(job: _Job, value: Floats | None, error: BaseException | None) -> None:
     if job.future.done():  # the caller timed out or was cancelled
         return
@@ -238,7 +244,8 @@ class Embedder:
         self.unavailable: str | None = None
         self.static: StaticEncoder | None = None  # set with the model; used on the loop
         self.batches = 0  # forward passes run, for tests and benchmarks
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.prepared: set[tuple[int, ...]] = set()  # layer sets traced by prepare()
+        self._queue: queue.SimpleQueue[_Job | _Prepare | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # Thread-safe, so the model can be started in one event loop and used from another.
         self._loaded: concurrent.futures.Future[None] | None = None
@@ -293,6 +300,12 @@ class Embedder:
         result: Floats = numpy.stack([hit if hit is not None else next(it) for hit in hits])
         return result
 
+    def prepare(self, layers: Sequence[int]) -> None:
+        """Have the worker trace the forward pass for these layers now, not when the first
+        request asks for them; returns at once."""
+        if self._thread is not None:
+            self._queue.put(_Prepare(tuple(layers)))
+
     def _remember(self, key: tuple[str, int, tuple[int, ...]], vector: Floats) -> None:
         if self._cache_size <= 0:
             return
@@ -306,8 +319,7 @@ class Embedder:
     def _run(self, loaded: concurrent.futures.Future[None]) -> None:
         try:
             started = time.perf_counter()
-            encoder = Encoder(self.threads)
-            encoder.encode(["warm up"], layers=range(1, encoder.depth + 1))
+            encoder = Encoder(self.threads)  # its first pass warms the model up
             self.static = encoder.static()
         except Exception as exc:
             self.unavailable = f"the embedding model failed to load: {exc!r}"
@@ -323,12 +335,12 @@ class Embedder:
                 return
             self._encode(encoder, batch)
 
-    def _collect(self) -> list[_Job] | None:
+    def _collect(self) -> list[_Job | _Prepare] | None:
         first = self._queue.get()
         if first is None:
             return None
-        batch = [first]
-        size = len(first.texts)
+        batch: list[_Job | _Prepare] = [first]
+        size = len(first.texts) if isinstance(first, _Job) else 0
         deadline = time.perf_counter() + self.batch_window_s
         while size < self.max_batch:
             remaining = deadline - time.perf_counter()
@@ -341,12 +353,19 @@ class Embedder:
                 self._queue.put(None)  # stop after this batch
                 break
             batch.append(job)
-            size += len(job.texts)
+            size += len(job.texts) if isinstance(job, _Job) else 0
         return batch
 
-    def _encode(self, encoder: Encoder, batch: list[_Job]) -> None:
+    def _encode(self, encoder: Encoder, batch: list[_Job | _Prepare]) -> None:
         by_shape: dict[tuple[int, tuple[int, ...]], list[_Job]] = {}
         for job in batch:
+            if isinstance(job, _Prepare):
+                try:
+                    encoder.encode(["warm up"], layers=job.layers)
+                    self.prepared.add(job.layers)
+                except Exception:  # the request that asks for them will say why
+                    log.exception("embedding layers %s failed to prepare", job.layers)
+                continue
             if job.future.done():  # the caller gave up (time-out, disconnect): save the CPU
                 continue
             by_shape.setdefault((job.max_tokens, job.layers), []).append(job)

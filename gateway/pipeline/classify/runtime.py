@@ -128,6 +128,7 @@ class ClassifyRuntime:
         if unknown:
             raise ClassifyConfigError(f"classifiers.embedding.head: predicts categories not "
                                       f"defined in the policy: {', '.join(unknown)}")
+        self.embedder.prepare(head.layers)
         return EmbeddingClassifier(self.embedder, head, spec, self.metrics)
 
     def stage(self, policy: PolicySpec) -> ClassifyStage:

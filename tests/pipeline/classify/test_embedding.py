@@ -270,6 +270,24 @@ def test_vectors_match_sentence_transformers_whatever_the_batch_or_order() -> No
     assert np.allclose(alone, mixed, atol=1e-5)
 
 
+async def test_a_policy_has_its_heads_layers_prepared_before_the_first_request() -> None:
+    """Tracing a layer set takes a worker 0.3 s: building a policy's chain asks for it, so
+    the first classified request does not wait for it (or time out on it)."""
+    runtime = ClassifyRuntime(Metrics(CollectorRegistry()))
+    await runtime.start()
+    try:
+        embedder = runtime.embedder
+        assert embedder.prepared == set()
+        chain = runtime.build_chain(POLICY)
+        assert chain.expensive  # the embedding classifier is in the chain
+        # The worker's queue is first come, first served: by the time a request's vectors
+        # come back, what the build asked for has been done.
+        await embedder.embed(["first request"], layers=(2, 3, 4))
+        assert embedder.prepared == {(2, 3, 4)}  # the shipped head's layers
+    finally:
+        await runtime.close()
+
+
 async def test_vectors_are_cached_per_layer_set(embedder: Embedder) -> None:
     text = ["which layers does this vector come from"]
     last = await embedder.embed(text)
