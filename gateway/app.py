@@ -229,6 +229,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
 
         reloader = PolicyReloader(settings.policies, build, metrics)
         reloader.load_initial()
+        await classify.prepared()  # the model's pass for the policy's head, before /readyz
         app[PIPELINE], app[RELOADER] = ref, reloader
         await pool.start()
         watcher = asyncio.create_task(reloader.watch(settings.policy_poll_s), name="policy-watch")

@@ -216,6 +216,7 @@ class _Job:
 class _Prepare:
     """Trace a layer set before the first request asks for it (0.3 s of a worker's time)."""
     layers: tuple[int, ...]
+    done: concurrent.futures.Future[None]
 
 
 def _resolve(job: _Job, value: Floats | None, error: BaseException | None) -> None:
@@ -300,11 +301,15 @@ class Embedder:
         result: Floats = numpy.stack([hit if hit is not None else next(it) for hit in hits])
         return result
 
-    def prepare(self, layers: Sequence[int]) -> None:
+    def prepare(self, layers: Sequence[int]) -> concurrent.futures.Future[None]:
         """Have the worker trace the forward pass for these layers now, not when the first
-        request asks for them; returns at once."""
-        if self._thread is not None:
-            self._queue.put(_Prepare(tuple(layers)))
+        request asks for them; returns at once, with a future done when it is."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if self._thread is None:
+            done.set_result(None)
+        else:
+            self._queue.put(_Prepare(tuple(layers), done))
+        return done
 
     def _remember(self, key: tuple[str, int, tuple[int, ...]], vector: Floats) -> None:
         if self._cache_size <= 0:
@@ -365,6 +370,7 @@ class Embedder:
                     self.prepared.add(job.layers)
                 except Exception:  # the request that asks for them will say why
                     log.exception("embedding layers %s failed to prepare", job.layers)
+                job.done.set_result(None)
                 continue
             if job.future.done():  # the caller gave up (time-out, disconnect): save the CPU
                 continue

@@ -11,6 +11,8 @@ guard without a session), so a reload keeps the old pipeline.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +68,7 @@ class ClassifyRuntime:
         self.session = session
         self.embedder = embedder if embedder is not None else Embedder()
         self.ready = False
+        self._preparing: list[concurrent.futures.Future[None]] = []
 
     async def start(self, load_model: bool = True) -> None:
         """Load the embedding model (when the `ml` extra is installed); idempotent."""
@@ -76,6 +79,12 @@ class ClassifyRuntime:
                                          "policy the gateway started with does not use it: "
                                          "restart the gateway to enable it")
         self.ready = True
+
+    async def prepared(self) -> None:
+        """Wait until the model is ready for the heads of the chains built so far."""
+        pending, self._preparing = self._preparing, []
+        for done in pending:
+            await asyncio.wrap_future(done)
 
     async def close(self) -> None:
         await self.embedder.close()
@@ -128,7 +137,7 @@ class ClassifyRuntime:
         if unknown:
             raise ClassifyConfigError(f"classifiers.embedding.head: predicts categories not "
                                       f"defined in the policy: {', '.join(unknown)}")
-        self.embedder.prepare(head.layers)
+        self._preparing.append(self.embedder.prepare(head.layers))
         return EmbeddingClassifier(self.embedder, head, spec, self.metrics)
 
     def stage(self, policy: PolicySpec) -> ClassifyStage:

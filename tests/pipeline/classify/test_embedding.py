@@ -280,10 +280,9 @@ async def test_a_policy_has_its_heads_layers_prepared_before_the_first_request()
         assert embedder.prepared == set()
         chain = runtime.build_chain(POLICY)
         assert chain.expensive  # the embedding classifier is in the chain
-        # The worker's queue is first come, first served: by the time a request's vectors
-        # come back, what the build asked for has been done.
-        await embedder.embed(["first request"], layers=(2, 3, 4))
+        await runtime.prepared()
         assert embedder.prepared == {(2, 3, 4)}  # the shipped head's layers
+        assert embedder.batches == 0
     finally:
         await runtime.close()
 
