@@ -78,6 +78,7 @@ class RequestContext:
     # Overlap (see routes): the classify stage's late Decision, and the gate the relay
     # waits at before the client sees anything; held_s is how long it waited there.
     pending: asyncio.Task[Decision] | None = None
+    answer_ready: asyncio.Event | None = None  # set at the gate: the model's budget starts
     gate: asyncio.Future[None] | None = None
     held_s: float = 0.0
     limit: str = "none"  # admitted | refused:<kind> | none, set by the ratelimit stage
@@ -114,6 +115,8 @@ class RequestContext:
     async def hold(self) -> None:
         """Called by the relay before the client's response begins: waits for a verdict
         still being reached, if any."""
+        if self.answer_ready is not None:
+            self.answer_ready.set()
         gate = self.gate
         if gate is not None and not gate.done():
             started = time.perf_counter()

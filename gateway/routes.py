@@ -124,6 +124,8 @@ async def _overlapped(request: web.Request, ctx: RequestContext, pipeline: Pipel
     forward = asyncio.ensure_future(_forward(request, ctx, pipeline))
     try:
         await asyncio.wait((forward, pending), return_when=asyncio.FIRST_COMPLETED)
+        if ctx.answer_ready is not None:  # an upstream that failed first waits no longer
+            ctx.answer_ready.set()
         decision = await pending
     except BaseException:
         forward.cancel()

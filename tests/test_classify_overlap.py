@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (
     MintToken,
@@ -241,3 +242,34 @@ async def test_what_output_moderation_found_before_the_verdict_is_what_is_audite
     record = await _audited(gateway.url, mint(), answer.headers["X-Request-ID"])
     assert record["decision"] == decision
     assert "cyber" in record["categories"]
+
+
+async def _embedding_paths(url: str) -> dict[str, float]:
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    return {s.labels["path"]: s.value for f in text_string_to_metric_families(text)
+            if f.name == "gateway_classifier_embedding_paths" for s in f.samples
+            if s.name.endswith("_total")}
+
+
+@pytest.mark.parametrize(("overlap", "path"), [(True, "contextual"),
+                                               (False, "static_after_timeout")])
+async def test_with_overlap_the_models_budget_starts_when_the_answer_is_ready(
+        start_sim: StartSim, start_gateway: StartGateway, mint: MintToken, tmp_path: Path,
+        overlap: bool, path: str) -> None:
+    """The model may add 0.1 ms (no forward pass is that fast) and reads every prompt; the
+    upstream takes 0.3 s. With overlap that time is the model's too, so its answer counts;
+    without, the static head's answer stands."""
+    policies = edited_policies(
+        tmp_path,
+        ("    contextual_band: [0.2, 0.7]\n    contextual_timeout_s: 0.05\n",
+         "    contextual_band: [0.0, 1.0]\n    contextual_timeout_s: 0.0001\n"),
+        ("  overlap: true\n", f"  overlap: {str(overlap).lower()}\n"))
+    upstream = await start_sim(ttft_s=0.3)
+    gateway = await start_gateway(upstream.url, policies=policies)
+    async with aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {mint(tier='public')}"}) as http, \
+            http.post(gateway.url + "/v1/chat/completions",
+                      json=chat("Which rivers flow into the Black Sea?")) as resp:
+        assert resp.status == 200
+    assert await _embedding_paths(gateway.url) == {path: 1.0}

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.extras import absent
+from gateway.pipeline.classify.budget import within
 from gateway.pipeline.classify.structure import JAILBREAK
 from gateway.pipeline.classify.text import PromptText
 
@@ -453,8 +454,8 @@ class EmbeddingClassifier:
             # The budget of a prompt read whole, and as much again per window of a long one.
             windows = len(read) - screened.inputs
             try:
-                vectors = await asyncio.wait_for(
-                    embedding, self.spec.contextual_timeout_s * (1 + windows))
+                vectors = await within(embedding,
+                                       self.spec.contextual_timeout_s * (1 + windows))
             except TimeoutError:  # a busy model: the static head's answer stands
                 return self._count("static_after_timeout", _max_per_category(static))
         rows = dict(zip(read, self.head.predict(vectors), strict=True))

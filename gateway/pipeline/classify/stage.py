@@ -27,6 +27,7 @@ from gateway.context import RequestContext
 from gateway.errors import BadRequest
 from gateway.metrics import Metrics
 from gateway.pipeline import ALLOW, Decision, deny
+from gateway.pipeline.classify.budget import ANSWER_READY
 from gateway.pipeline.classify.chain import Chain, Partial, Scored
 from gateway.pipeline.classify.text import PromptText, prompt_text
 from gateway.pipeline.classify.verdict import BENIGN
@@ -54,7 +55,14 @@ class ClassifyStage:
         if not self.overlap:
             return self._decide(ctx, await self.chain.rest(first, text, ctx.tier_spec))
         ctx.verdict = first.scored.verdict  # until the late one replaces it
-        ctx.pending = asyncio.ensure_future(self._late(ctx, first, text))
+        # The model's budget starts when the answer is ready (budget.py): the late task
+        # sees this event, the relay sets it.
+        ctx.answer_ready = asyncio.Event()
+        token = ANSWER_READY.set(ctx.answer_ready)
+        try:
+            ctx.pending = asyncio.ensure_future(self._late(ctx, first, text))
+        finally:
+            ANSWER_READY.reset(token)
         return ALLOW
 
     async def _late(self, ctx: RequestContext, first: Partial, text: PromptText) -> Decision:
