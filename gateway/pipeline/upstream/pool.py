@@ -228,5 +228,5 @@ class Pool:
             backend.ejected_until = now + self._health.eject_s
             for each in self.backends:  # another may now be routed to in panic
                 self._show(each)
-            log.warning("upstream %s ejected for %.0fs after %d failures", backend.name,
+            log.warning("upstream %s ejected for %gs after %d failures", backend.name,
                         self._health.eject_s, backend.failures)

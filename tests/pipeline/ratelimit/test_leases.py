@@ -13,6 +13,7 @@ from tests.pipeline.ratelimit.helpers import Clients
 
 LIMITS = Limits(concurrent_requests=1, tokens_per_minute=1000)
 LEASE_S = 0.3
+SLACK_S = 2.0  # Redis time-out: these tests are about leases, not a slow server
 
 
 async def _outlives_its_lease(inner: Limiter) -> None:
@@ -35,13 +36,15 @@ async def test_an_open_request_keeps_its_slot_past_the_lease_in_memory() -> None
 
 async def test_an_open_request_keeps_its_slot_past_the_lease_in_redis(
         clients: Clients) -> None:
-    await _outlives_its_lease(RedisLimiter(clients(), lease_s=LEASE_S))
+    await _outlives_its_lease(RedisLimiter(clients(), timeout_s=SLACK_S, lease_s=LEASE_S))
 
 
 async def test_a_dead_gateways_slots_come_back_within_a_lease(clients: Clients) -> None:
     """Its leases are no longer renewed; the live gateway's are."""
-    dead = Leasing(RedisLimiter(clients(), lease_s=LEASE_S), interval_s=LEASE_S / 3)
-    live = Leasing(RedisLimiter(clients(), lease_s=LEASE_S), interval_s=LEASE_S / 3)
+    dead = Leasing(RedisLimiter(clients(), timeout_s=SLACK_S, lease_s=LEASE_S),
+                   interval_s=LEASE_S / 3)
+    live = Leasing(RedisLimiter(clients(), timeout_s=SLACK_S, lease_s=LEASE_S),
+                   interval_s=LEASE_S / 3)
     limits = Limits(concurrent_requests=2)
     assert (await dead.admit("t", limits, 0)).allowed
     held = await live.admit("t", limits, 0)

@@ -13,6 +13,8 @@ from redis.crc import key_slot
 from gateway.pipeline.ratelimit import LimiterUnavailable, Limits, RedisLimiter
 from tests.pipeline.ratelimit.helpers import Clients, RedisServer, free_port
 
+SLACK_S = 2.0  # Redis time-out where a test is not about a slow server
+
 
 async def _admit_many(limiters: list[RedisLimiter], limits: Limits, tokens: int,
                       total: int) -> int:
@@ -39,7 +41,7 @@ async def test_two_gateways_share_one_exact_count(clients: Clients, limits: Limi
 
 async def test_keys_share_one_cluster_slot_and_all_expire(clients: Clients) -> None:
     client = clients()
-    limiter = RedisLimiter(client, prefix="gw:rl:")
+    limiter = RedisLimiter(client, timeout_s=SLACK_S, prefix="gw:rl:")
     limits = Limits(requests_per_minute=10, tokens_per_minute=100, concurrent_requests=2,
                     tokens_per_day=1000)
     assert (await limiter.admit("tenant:a", limits, 10)).allowed
@@ -53,7 +55,7 @@ async def test_keys_share_one_cluster_slot_and_all_expire(clients: Clients) -> N
 
 async def test_idle_keys_vanish_once_their_bucket_is_full(clients: Clients) -> None:
     client = clients()
-    limiter = RedisLimiter(client, lease_s=0.05)
+    limiter = RedisLimiter(client, timeout_s=SLACK_S, lease_s=0.05)
     limits = Limits(requests_per_minute=6000, tokens_per_minute=60_000, concurrent_requests=5)
     admission = await limiter.admit("t", limits, 10)  # 10 ms of each bucket
     assert admission.ticket is not None
@@ -65,7 +67,7 @@ async def test_idle_keys_vanish_once_their_bucket_is_full(clients: Clients) -> N
 
 
 async def test_a_lease_outlives_a_crashed_gateway_only_so_long(clients: Clients) -> None:
-    limiter = RedisLimiter(clients(), lease_s=0.1)
+    limiter = RedisLimiter(clients(), timeout_s=SLACK_S, lease_s=0.1)
     limits = Limits(concurrent_requests=1, tokens_per_minute=1000)
     lost = await limiter.admit("t", limits, 500)
     assert lost.ticket is not None
@@ -82,7 +84,7 @@ async def test_time_is_the_servers(clients: Clients, monkeypatch: pytest.MonkeyP
     # A gateway whose clock is an hour off must not see the buckets any differently.
     monkeypatch.setattr(time, "time", lambda: 0.0)
     monkeypatch.setattr(time, "monotonic", lambda: 0.0)
-    limiter = RedisLimiter(clients())
+    limiter = RedisLimiter(clients(), timeout_s=SLACK_S)
     limits = Limits(requests_per_minute=2)
     assert (await limiter.admit("t", limits, 0)).allowed
     assert (await limiter.admit("t", limits, 0)).allowed
@@ -91,7 +93,7 @@ async def test_time_is_the_servers(clients: Clients, monkeypatch: pytest.MonkeyP
 
 async def test_scripts_are_reloaded_after_a_flush(clients: Clients) -> None:
     client = clients()
-    limiter = RedisLimiter(client)
+    limiter = RedisLimiter(client, timeout_s=SLACK_S)
     assert (await limiter.admit("t", Limits(concurrent_requests=1), 0)).allowed
     await client.script_flush()
     assert (await limiter.admit("t", Limits(concurrent_requests=2), 0)).allowed
