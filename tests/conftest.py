@@ -152,19 +152,24 @@ def edited_policies(tmp_path: Path, *edits: tuple[str, str],
     return str(policies)
 
 
-async def requests_total(url: str, by: str, **where: str) -> dict[str, float]:
-    """gateway_requests_total from a live /metrics, summed by the label `by`, over the
-    samples whose labels equal `where`."""
+async def counter_totals(url: str, name: str, by: str, **where: str) -> dict[str, float]:
+    """A counter (`name`, without `_total`) from a live /metrics, summed by the label
+    `by`, over the samples whose labels equal `where`."""
     async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
         text = await resp.text()
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
-            if sample.name == "gateway_requests_total" and all(
+            if sample.name == f"{name}_total" and all(
                     labels.get(k) == v for k, v in where.items()):
                 counts[labels[by]] = counts.get(labels[by], 0.0) + sample.value
     return counts
+
+
+async def requests_total(url: str, by: str, **where: str) -> dict[str, float]:
+    """gateway_requests_total, summed by the label `by` (see counter_totals)."""
+    return await counter_totals(url, "gateway_requests", by, **where)
 
 
 def free_port() -> int:

@@ -15,7 +15,6 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (
     MintToken,
@@ -23,6 +22,7 @@ from tests.conftest import (
     StartGateway,
     StartSim,
     chat,
+    counter_totals,
     edited_policies,
     wait_until,
 )
@@ -244,14 +244,6 @@ async def test_what_output_moderation_found_before_the_verdict_is_what_is_audite
     assert "cyber" in record["categories"]
 
 
-async def _embedding_paths(url: str) -> dict[str, float]:
-    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
-        text = await resp.text()
-    return {s.labels["path"]: s.value for f in text_string_to_metric_families(text)
-            if f.name == "gateway_classifier_embedding_paths" for s in f.samples
-            if s.name.endswith("_total")}
-
-
 @pytest.mark.parametrize(("overlap", "path"), [(True, "contextual"),
                                                (False, "static_after_timeout")])
 async def test_with_overlap_the_models_budget_starts_when_the_answer_is_ready(
@@ -272,4 +264,5 @@ async def test_with_overlap_the_models_budget_starts_when_the_answer_is_ready(
             http.post(gateway.url + "/v1/chat/completions",
                       json=chat("Which rivers flow into the Black Sea?")) as resp:
         assert resp.status == 200
-    assert await _embedding_paths(gateway.url) == {path: 1.0}
+    paths = await counter_totals(gateway.url, "gateway_classifier_embedding_paths", "path")
+    assert paths == {path: 1.0}

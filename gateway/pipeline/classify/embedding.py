@@ -8,8 +8,10 @@ Three layers:
   for, concatenated (384 per layer). The shipped head reads layers 2-4, not the last: on
   held-out data they separate harmful from benign better than the sentence-similarity
   output of layer 6, and the forward pass stops at the deepest layer asked for (4 of 6
-  layers run). Text longer than `max_tokens` keeps its head and its tail (a jailbreak
-  preamble followed by the real ask keeps the ask).
+  layers run), as one TorchScript call traced once per layer set and process (eager
+  PyTorch would wait for the GIL between its operations while the loop is busy). Text
+  longer than `max_tokens` keeps its head and its tail (a jailbreak preamble followed by
+  the real ask keeps the ask).
 - `Embedder` (async, one per process, outlives policy reloads): one worker thread and a
   queue. The worker takes the first waiting request, waits up to `batch_window_s` (2 ms)
   for more, and encodes them as one batch, so the event loop never runs the model and

