@@ -227,7 +227,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
 
             return swap
 
-        reloader = PolicyReloader(settings.policies, build, metrics)
+        reloader = PolicyReloader(settings.policies, build, metrics, settle=classify.prepared)
         reloader.load_initial()
         await classify.prepared()  # the model's pass for the policy's head, before /readyz
         app[PIPELINE], app[RELOADER] = ref, reloader

@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.context import CLASSIFY, PIPELINE, RELOADER
+from gateway.pipeline.classify import embedding
 from gateway.pipeline.classify.stage import ClassifyStage
 from tests.conftest import (
     MODEL,
@@ -383,6 +384,31 @@ async def test_the_model_loads_only_for_a_policy_that_uses_it(
     assert gw.app[RELOADER].reload()
     stage = next(s for s in gw.app[PIPELINE].current.stages if isinstance(s, ClassifyStage))
     assert any("restart the gateway" in reason for reason in stage.chain.unavailable)
+
+
+async def test_a_reload_to_a_head_on_other_layers_swaps_in_once_they_are_traced(
+        start_gateway: StartGateway, sim: Server, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tracing a layer set takes the model's worker ~0.3 s. Swapped in before that, the new
+    chain would send its first requests to a cold model, and they would get the static
+    head's answer after the time-out."""
+    monkeypatch.setattr(embedding, "_TRACED", {})  # nothing traced by an earlier test
+    policies = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    gw = await start_gateway(sim.url, policies=str(policies))
+    embedder = gw.app[CLASSIFY].embedder
+    assert embedder.prepared == {(2, 3, 4)}
+    head = orjson.loads((ROOT / "gateway/pipeline/classify/data/head.json").read_bytes())
+    head["layers"] = [2, 3, 5]  # same width (3 x 384): a valid head on other layers
+    moved = tmp_path / "head.json"
+    moved.write_bytes(orjson.dumps(head))
+    path = policies / "classifiers.yaml"
+    path.write_text(path.read_text().replace("    max_tokens: 128\n",
+                                             f"    max_tokens: 128\n    head: {moved}\n", 1))
+    assert await gw.app[RELOADER].reload_async()
+    stage = next(s for s in gw.app[PIPELINE].current.stages if isinstance(s, ClassifyStage))
+    assert stage.chain.expensive[0].classifier.head.layers == (2, 3, 5)  # swapped in
+    assert (2, 3, 5) in embedder.prepared  # ... and ready for its first request
 
 
 async def _audited(url: str, admin: str, request_id: str) -> dict[str, Any]:

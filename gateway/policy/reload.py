@@ -9,7 +9,10 @@ edit reverted).
 In the running server the files are read, parsed and validated, and the new pipeline is
 built (rules compiled, the classifier head read), on a worker thread: that is hundreds of
 milliseconds for the shipped files and more for a large one, and requests keep flowing
-meanwhile. Only the swap runs on the event loop, one reload at a time.
+meanwhile. What the new pipeline needs warm before its first request (`settle`: the
+embedding model's traced pass for a head that reads other layers, ~0.3 s) is made ready
+before the swap, so no request meets it cold and falls back to the static head. Only the
+swap runs on the event loop, one reload at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +63,10 @@ Build = Callable[[PolicySpec], Callable[[], None]]
 class PolicyReloader:
     """Owns the current policy: each new one is built with `build`, then swapped in."""
 
-    def __init__(self, directory: Path, build: Build, metrics: Metrics) -> None:
+    def __init__(self, directory: Path, build: Build, metrics: Metrics,
+                 settle: Callable[[], Awaitable[None]] | None = None) -> None:
         self.directory = directory
+        self._settle = settle
         self.status = PolicyStatus()
         self._build = build
         self._metrics = metrics
@@ -97,6 +102,8 @@ class PolicyReloader:
                 if self._unchanged(policy, reason):
                     return True
                 swap = await asyncio.to_thread(self._build, policy)
+                if self._settle is not None:
+                    await self._settle()
             except Exception as exc:
                 self._load_failed(exc)
                 return False

@@ -137,7 +137,7 @@ class ClassifyRuntime:
         if unknown:
             raise ClassifyConfigError(f"classifiers.embedding.head: predicts categories not "
                                       f"defined in the policy: {', '.join(unknown)}")
-        # Only start-up waits for these (app.py); a reload's are dropped once done.
+        # Start-up (app.py) and every reload (its `settle`) wait for these before serving.
         self._preparing = [f for f in self._preparing if not f.done()]
         self._preparing.append(self.embedder.prepare(head.layers))
         return EmbeddingClassifier(self.embedder, head, spec, self.metrics)
