@@ -144,8 +144,10 @@ class Metrics:
             ["classifier"], buckets=OVERHEAD_BUCKETS, registry=registry)
         self.classifier_embedding_paths = Counter(
             "gateway_classifier_embedding_paths",
-            "Embedding classifications answered by the static head alone or by the "
-            "contextual model.", ["path"], registry=registry)
+            "Embedding classifications by who answered: static (the static head, sure "
+            "alone), contextual (the model), static_after_timeout (the model was late), "
+            "static_busy (the model, closed after a late answer, was not asked).",
+            ["path"], registry=registry)
         self.classifier_errors = Counter(
             "gateway_classifier_errors", "Classifier failures or time-outs, by outcome.",
             ["classifier", "outcome"], registry=registry)

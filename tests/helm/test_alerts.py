@@ -48,13 +48,15 @@ def _overhead(labels: str, fast: str, slow: str) -> list[dict[str, str]]:
             series(name, f'{labels},{API},le="+Inf"', f"0+{int(fast) + int(slow)}x30")]
 
 
-def _paths(labels: str, contextual: int, late: int) -> list[dict[str, str]]:
+def _paths(labels: str, contextual: int, late: int, busy: int = 0) -> list[dict[str, str]]:
     """Embedding classifications per minute: by the static head alone (always many), by
-    the model, and by the static head after the model's time ran out."""
+    the model, by the static head after the model's time ran out, and by the static head
+    while the model was closed after a late answer."""
     name = "gateway_classifier_embedding_paths_total"
     return [series(name, f'{labels},path="static"', "0+50x30"),
             series(name, f'{labels},path="contextual"', f"0+{contextual}x30"),
-            series(name, f'{labels},path="static_after_timeout"', f"0+{late}x30")]
+            series(name, f'{labels},path="static_after_timeout"', f"0+{late}x30"),
+            series(name, f'{labels},path="static_busy"', f"0+{busy}x30")]
 
 
 def _requests(labels: str, ok: int, failed: int, route: str = API) -> list[dict[str, str]]:
@@ -157,10 +159,14 @@ CASES: dict[str, list[dict[str, Any]]] = {
             series("gateway_policy_invalid", f'{THIS},pod="gw-0"', "1 1 0 0 0"),
             series("gateway_policy_invalid", f'{OTHER},pod="gw-0"', "1x5")]),
     ],
-    # Of 10 prompts a minute the model should read, 3 late (30%) vs 1 late (10%).
+    # Of 10 prompts a minute the model should read, 3 late (30%) vs 1 late (10%); and a
+    # model closed after late answers: 1 late, 4 turned away (50%).
     "GatewayClassifierFallingBack": [
         case("GatewayClassifierFallingBack", "20m", [
             *_paths(THIS, contextual=7, late=3), *_paths(OTHER, contextual=9, late=1)],
+            [{"severity": "warning", **FIRING}]),
+        case("GatewayClassifierFallingBack", "20m", [
+            *_paths(THIS, contextual=5, late=1, busy=4), *_paths(OTHER, contextual=9, late=1)],
             [{"severity": "warning", **FIRING}]),
         case("GatewayClassifierFallingBack", "20m", [
             *_paths(THIS, contextual=9, late=1), *_paths(OTHER, contextual=5, late=5)]),

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.extras import absent
+from gateway.pipeline.classify.admission import ModelAdmission
 from gateway.pipeline.classify.budget import within
 from gateway.pipeline.classify.structure import JAILBREAK
 from gateway.pipeline.classify.text import PromptText
@@ -259,6 +260,9 @@ class Embedder:
         self.static: StaticEncoder | None = None  # set with the model; used on the loop
         self.batches = 0  # forward passes run, for tests and benchmarks
         self.prepared: set[tuple[int, ...]] = set()  # layer sets traced by prepare()
+        # How many prompts may wait on the model (admission.py): the model's capacity, so
+        # it belongs to the one model and outlives a policy reload.
+        self.admission = ModelAdmission()
         self._queue: queue.SimpleQueue[_Job | _Prepare | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # Thread-safe, so the model can be started in one event loop and used from another.
@@ -458,19 +462,26 @@ class EmbeddingClassifier:
         if static is not None and not screened.unsure:
             return self._count("static", _max_per_category(static))
         read = self._chosen(screened)
-        embedding = self.embedder.embed([screened.texts[i] for i in read],
-                                        self.spec.max_tokens, self.head.layers)
+        texts = [screened.texts[i] for i in read]
         if static is None:
-            vectors = await embedding
+            vectors = await self.embedder.embed(texts, self.spec.max_tokens, self.head.layers)
         else:
+            admission = self.embedder.admission
+            if not admission.enter():  # a saturated model: no waiting for a late answer
+                return self._count("static_busy", _max_per_category(static))
             # The budget of a prompt read whole, and as much again per window of a long one.
-            windows = len(read) - screened.inputs
+            budget = self.spec.contextual_timeout_s * (1 + len(read) - screened.inputs)
             try:
-                vectors = await within(embedding,
-                                       self.spec.contextual_timeout_s * (1 + windows),
-                                       _BEFORE_TIMEOUT * self.spec.timeout_s)
+                vectors = await within(
+                    self.embedder.embed(texts, self.spec.max_tokens, self.head.layers),
+                    budget, _BEFORE_TIMEOUT * self.spec.timeout_s)
             except TimeoutError:  # a busy model: the static head's answer stands
+                admission.answered(False)
                 return self._count("static_after_timeout", _max_per_category(static))
+            except BaseException:
+                admission.left()
+                raise
+            admission.answered(True)
         rows = dict(zip(read, self.head.predict(vectors), strict=True))
         for i in screened.partial:  # as in _screen
             if i in rows:

@@ -233,6 +233,7 @@ def add_eval_parser(subparsers: Any) -> None:
 
 async def evaluate(policies: Path, tier_name: str, rows: Sequence[Row]) -> dict[str, Any]:
     """Build the policy's chain (loading the model), classify every row, summarise."""
+    from gateway.pipeline.classify.admission import ModelAdmission
     from gateway.pipeline.classify.runtime import ClassifyRuntime
     from gateway.policy.loader import load_policy
 
@@ -241,6 +242,7 @@ async def evaluate(policies: Path, tier_name: str, rows: Sequence[Row]) -> dict[
     if tier is None:
         raise EvalInputError(f"unknown tier {tier_name!r} (known: {', '.join(policy.tiers)})")
     runtime = ClassifyRuntime()
+    runtime.embedder.admission = ModelAdmission(adaptive=False)  # as unhurried(): repeatable
     await runtime.start(load_model=policy.classifiers.embedding.enabled)
     try:
         chain = runtime.build_chain(policy)

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.metrics import Metrics
 from gateway.pipeline.classify import embedding
+from gateway.pipeline.classify.admission import PROBE_S, ModelAdmission
 from gateway.pipeline.classify.embedding import Embedder, EmbedderUnavailable
 from gateway.pipeline.classify.runtime import ClassifyConfigError, ClassifyRuntime
 from gateway.pipeline.classify.text import PromptText
@@ -169,9 +170,14 @@ def test_static_vectors_are_unit_and_keep_head_and_tail(embedder: Embedder) -> N
     assert ids[0] == static.ids("alpha", 16)[0] and ids[-1] == static.ids("omega", 16)[-1]
 
 
-async def test_a_busy_model_leaves_the_static_answer_standing(embedder: Embedder) -> None:
+async def test_a_busy_model_leaves_the_static_answer_standing(
+        embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A late model keeps the static answer; after that the model is closed, and the next
+    prompts keep it at once, without waiting for the model's budget (admission.py)."""
     from gateway.pipeline.classify.head import load_head
 
+    clock = [0.0]
+    monkeypatch.setattr(embedder, "admission", ModelAdmission(lambda: clock[0]))
     metrics = Metrics(CollectorRegistry())
     spec = EmbeddingSpec(enabled=True, contextual_band=(0.0, 1.0), contextual_timeout_s=1e-4)
     classifier = embedding.EmbeddingClassifier(embedder, load_head(), spec, metrics)
@@ -179,6 +185,12 @@ async def test_a_busy_model_leaves_the_static_answer_standing(embedder: Embedder
     text = PromptText.of("Which rivers flow into the Black Sea? (timeout case)")
     assert await classifier.score(text) == await static_only.score(text)
     assert _paths(metrics, "static_after_timeout") == 1 and _paths(metrics, "contextual") == 0
+    other = PromptText.of("Which rivers flow into the Caspian Sea? (closed case)")
+    assert await classifier.score(other) == await static_only.score(other)
+    assert _paths(metrics, "static_busy") == 1
+    clock[0] += PROBE_S  # the probe: the model is asked again, and is late again
+    assert await classifier.score(other) == await static_only.score(other)
+    assert _paths(metrics, "static_after_timeout") == 2  # only a wait on the model ends so
 
 
 def test_static_tokens_match_the_tokenizer(embedder: Embedder) -> None:
