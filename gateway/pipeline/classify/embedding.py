@@ -476,12 +476,12 @@ class EmbeddingClassifier:
                     self.embedder.embed(texts, self.spec.max_tokens, self.head.layers),
                     budget, _BEFORE_TIMEOUT * self.spec.timeout_s)
             except TimeoutError:  # a busy model: the static head's answer stands
-                admission.answered(False)
+                admission.missed(budget)
                 return self._count("static_after_timeout", _max_per_category(static))
             except BaseException:
                 admission.left()
                 raise
-            admission.answered(True)
+            admission.kept_time()
         rows = dict(zip(read, self.head.predict(vectors), strict=True))
         for i in screened.partial:  # as in _screen
             if i in rows:

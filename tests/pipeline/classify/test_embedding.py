@@ -172,7 +172,7 @@ def test_static_vectors_are_unit_and_keep_head_and_tail(embedder: Embedder) -> N
 
 async def test_a_busy_model_leaves_the_static_answer_standing(
         embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A late model keeps the static answer; after that the model is closed, and the next
+    """A late model keeps the static answer; late again, the model is closed, and the next
     prompts keep it at once, without waiting for the model's budget (admission.py)."""
     from gateway.pipeline.classify.head import load_head
 
@@ -182,15 +182,17 @@ async def test_a_busy_model_leaves_the_static_answer_standing(
     spec = EmbeddingSpec(enabled=True, contextual_band=(0.0, 1.0), contextual_timeout_s=1e-4)
     classifier = embedding.EmbeddingClassifier(embedder, load_head(), spec, metrics)
     static_only, _ = _cascade(embedder, (0.5, 0.5))
-    text = PromptText.of("Which rivers flow into the Black Sea? (timeout case)")
-    assert await classifier.score(text) == await static_only.score(text)
-    assert _paths(metrics, "static_after_timeout") == 1 and _paths(metrics, "contextual") == 0
-    other = PromptText.of("Which rivers flow into the Caspian Sea? (closed case)")
-    assert await classifier.score(other) == await static_only.score(other)
+    texts = [PromptText.of(f"Which rivers flow into the {sea} Sea? (timeout case)")
+             for sea in ("Black", "Caspian", "Aral")]
+    for text in texts:
+        assert await classifier.score(text) == await static_only.score(text)
+        clock[0] += 0.01  # the next prompt is another batch
+    # A late answer, and another: the third prompt is not even put to the model.
+    assert _paths(metrics, "static_after_timeout") == 2 and _paths(metrics, "contextual") == 0
     assert _paths(metrics, "static_busy") == 1
     clock[0] += PROBE_S  # the probe: the model is asked again, and is late again
-    assert await classifier.score(other) == await static_only.score(other)
-    assert _paths(metrics, "static_after_timeout") == 2  # only a wait on the model ends so
+    assert await classifier.score(texts[2]) == await static_only.score(texts[2])
+    assert _paths(metrics, "static_after_timeout") == 3  # only a wait on the model ends so
 
 
 def test_static_tokens_match_the_tokenizer(embedder: Embedder) -> None:
