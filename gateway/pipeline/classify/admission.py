@@ -12,11 +12,11 @@ answer at once (path `static_busy`), where it would have kept it after waiting t
 whole budget.
 
 Measured with bench/classify.py on the 2-core development machine: with an unpaced
-simulator lateness strikes about one model-bound prompt in three, and halving alone
-still left 4% of all requests waiting the whole budget; with a paced one, without
+simulator, unlimited, two or three model-bound prompts in four were late, and halving
+alone still left 4% of all requests waiting the whole budget; with a paced one, without
 overlap, about one model answer in 18 is late, several of them from one slow batch, and
-closing on every late answer turned up to 30% of the prompts away from a model that
-mostly kept time.
+closing on every late answer turned up to 42% of the prompts the model should have
+read away from a model that mostly kept time.
 """
 
 from __future__ import annotations
