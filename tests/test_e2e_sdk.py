@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 
 import aiohttp
 import openai
@@ -129,6 +130,19 @@ async def test_a_long_unknown_model_name_is_not_echoed_whole(gateway: Server,
                                                  messages=MESSAGES)
     message = str(too_long.value.body["message"])  # type: ignore[index]
     assert message == "'model' must be at most 256 characters"
+
+
+async def test_an_unknown_model_name_is_quoted_without_its_invisible_characters(
+        gateway: Server, token: str) -> None:
+    """A right-to-left override, a zero-width space and a NUL in the name come back as
+    escapes: the message an SDK prints or a log keeps reads as what was sent."""
+    async with _async_client(gateway, token) as client:
+        with pytest.raises(openai.NotFoundError) as info:
+            await client.chat.completions.create(model="gpt\u202ex\u200b\x00y",
+                                                 messages=MESSAGES)
+    message = str(info.value.body["message"])  # type: ignore[index]
+    assert "'gpt\\u202ex\\u200b\\u0000y'" in message
+    assert not any(unicodedata.category(c) in ("Cc", "Cf") for c in message)
 
 
 async def test_n_choices_streamed(gateway: Server, token: str) -> None:

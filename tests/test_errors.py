@@ -1,7 +1,7 @@
 import orjson
 import pytest
 
-from gateway.errors import ModelNotFound, RateLimited, normalise_upstream_error
+from gateway.errors import ModelNotFound, RateLimited, normalise_upstream_error, shown
 
 
 def test_error_renders_openai_shape() -> None:
@@ -45,3 +45,12 @@ def test_normalise_upstream_error(status: int, raw: bytes,
     body = error.body()["error"]
     assert error.http_status == status
     assert (body["message"], body["type"], body["param"], body["code"]) == expected
+
+
+def test_shown_bounds_a_value_and_escapes_what_would_not_show() -> None:
+    assert shown("llama-3-8b") == "llama-3-8b"
+    assert shown("ünïcode 模型") == "ünïcode 模型"  # letters of any script stay
+    assert shown("a" * 70) == "a" * 64 + "..."
+    assert shown("a\x00b\x1b[31mc\u202ed\u2066e\ufeff") == (
+        "a\\u0000b\\u001b[31mc\\u202ed\\u2066e\\ufeff")
+    assert shown("tag\U000e0041") == "tag\\U000e0041"  # invisible tag characters
