@@ -26,11 +26,12 @@ Messages are written for clients: they never carry tokens, secrets or prompts.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import orjson
+
+from gateway.visible import visible
 
 
 class GatewayError(Exception):
@@ -214,18 +215,10 @@ _TYPE_BY_STATUS = {401: "authentication_error", 403: "permission_error",
 
 def shown(value: str, limit: int = 64) -> str:
     """A client's value as an error message may quote it: bounded, so a megabyte-long
-    model name does not come back in full (and fill logs), and with control and format
-    characters (NUL, bidi overrides, zero-width and tag characters) written as escapes,
-    so the message reads as what was sent wherever it is displayed."""
-    clipped = value if len(value) <= limit else value[:limit] + "..."
-    return "".join(_escaped(c) for c in clipped)
-
-
-def _escaped(char: str) -> str:
-    if unicodedata.category(char) not in ("Cc", "Cf"):
-        return char
-    code = ord(char)
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+    model name does not come back in full (and fill logs), and with what would not show
+    (NUL, terminal escapes, bidi overrides, zero-width and tag characters) escaped, so the
+    message reads as what was sent (visible.py)."""
+    return visible(value if len(value) <= limit else value[:limit] + "...")
 
 
 def normalise_upstream_error(status: int, raw: bytes,

@@ -21,6 +21,7 @@ from typing import IO, Any
 import orjson
 
 from gateway.context import RequestContext
+from gateway.visible import visible
 
 REDACTED = "[redacted]"
 _MIN_SECRET = 8  # shorter "secrets" would redact ordinary words
@@ -124,7 +125,11 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             line["exception"] = record.exc_text
-        return orjson.dumps(line, default=str).decode()
+        # orjson escapes control characters but not a bidi override or a zero-width space
+        return visible(orjson.dumps(line, default=str).decode())
+
+
+_QUOTED = re.compile(r'[ "=]')
 
 
 class TextFormatter(logging.Formatter):
@@ -145,7 +150,12 @@ class TextFormatter(logging.Formatter):
 
 
 def _text_value(value: object) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    """A plain string as is; anything else, and a string a reader could mistake for more
+    than one value (a space, a quote, an `=`, a newline that starts a forged line), as
+    JSON with what would not show escaped."""
+    if isinstance(value, str) and value and value.isprintable() and not _QUOTED.search(value):
+        return value
+    return visible(orjson.dumps(value, default=str).decode())
 
 
 def _rfc3339(created: float) -> str:

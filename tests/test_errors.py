@@ -53,4 +53,7 @@ def test_shown_bounds_a_value_and_escapes_what_would_not_show() -> None:
     assert shown("a" * 70) == "a" * 64 + "..."
     assert shown("a\x00b\x1b[31mc\u202ed\u2066e\ufeff") == (
         "a\\u0000b\\u001b[31mc\\u202ed\\u2066e\\ufeff")
-    assert shown("tag\U000e0041") == "tag\\U000e0041"  # invisible tag characters
+    # invisible tag characters: a JSON surrogate pair, so a JSON reader gets them back
+    assert shown("tag\U000e0041") == "tag\\udb40\\udc41"
+    tagged = shown("tag\U000e0041")
+    assert orjson.loads(f'"{tagged}"') == "tag\U000e0041"

@@ -124,3 +124,29 @@ def test_request_log_fields_use_otel_genai_names() -> None:
     record = logging.makeLogRecord({"msg": "request", **fields})
     line = orjson.loads(JsonFormatter().format(record))
     assert line["gen_ai.request.model"] == "m-8b" and line["status"] == 200
+
+
+FORGED = "x\n2026-11-28 12:00:00,000 INFO gateway.request: request status=200 \u202eabc"
+
+
+def test_a_client_string_cannot_forge_a_line_or_hide_characters_in_either_format() -> None:
+    """A model name is the client's: its newline would start a line of its own in text
+    logs, and a right-to-left override reorders what an operator reads in both."""
+    for as_json in (True, False):
+        out = io.StringIO()
+        handler = configure_logging("INFO", json=as_json, stream=out)
+        try:
+            logging.getLogger("gateway.request").info("request", extra={
+                "model": FORGED, "status": 404, "tier": "public", "note": "two words"})
+        finally:
+            logging.getLogger().removeHandler(handler)
+        text = out.getvalue()
+        assert text.endswith("\n") and text.count("\n") == 1  # one line, whatever the name
+        line = text.rstrip("\n")
+        assert line.isprintable(), line
+        if as_json:
+            assert orjson.loads(line)["model"] == FORGED  # escaped, not lost
+        else:
+            assert line.endswith(' status=404 tier=public note="two words"'), line
+            quoted = line.split("model=", 1)[1].split(" status=404")[0]
+            assert orjson.loads(quoted) == FORGED
