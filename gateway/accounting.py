@@ -10,6 +10,7 @@ that saw the end of its response has a committed audit record.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -51,14 +52,25 @@ async def record_request(app: web.Application, ctx: RequestContext, status: int)
         policy_version=pipeline.version,
         policy_hash=pipeline.policy.digest if pipeline.policy is not None else "",
         store_prompt=app[SETTINGS].audit.store_prompts and tier_opt_in)
-    committed = await app[AUDIT].submit(record)
+    try:
+        committed = await app[AUDIT].submit(record)
+    except asyncio.CancelledError:
+        # The client left while the record was committed: the record is still written
+        # (AuditLog.submit), and the request still gets its line (a second call returns
+        # at `audited`).
+        _log_line(ctx, status, record.key_id)
+        raise
     settings = app[SETTINGS].audit
     withheld = not committed and settings.on_error == "fail_closed"
     if withheld:
         ctx.status = status = AuditUnavailable.status
-    duration = time.perf_counter() - ctx.started
-    log.info("request", extra=request_log_fields(ctx, status, duration, key_id=record.key_id))
+    _log_line(ctx, status, record.key_id)
     return not withheld
+
+
+def _log_line(ctx: RequestContext, status: int, key_id: str) -> None:
+    duration = time.perf_counter() - ctx.started
+    log.info("request", extra=request_log_fields(ctx, status, duration, key_id=key_id))
 
 
 async def record_admin(app: web.Application, request: web.Request, route: str,

@@ -63,6 +63,38 @@ async def test_requests_with_no_audit_record_still_get_their_log_line(
     assert len(lines) == 2
 
 
+async def test_a_client_that_leaves_while_its_record_is_committed_still_gets_its_line(
+        gateway: Server, home: Path, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The answer waits for its record's commit; a client gone meanwhile cancels that
+    wait. The record is written all the same, and the request keeps its log line (it had
+    none: the middleware's second call found the record already made)."""
+    lock = sqlite3.connect(home / "audit.sqlite3", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # holds the commit, within the store's 5 s patience
+    try:
+        with caplog.at_level(logging.INFO, logger="gateway.request"):
+            task = asyncio.create_task(http.post(
+                gateway.url + "/v1/chat/completions", json=chat(max_tokens=2),
+                headers={"x-request-id": "left-while-audited"}))
+            await wait_until(lambda: gateway.app[AUDIT].pending == 1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await wait_until(lambda: [
+                r for r in caplog.records
+                if getattr(r, "request_id", None) == "left-while-audited"] != [])
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    await wait_until(lambda: gateway.app[AUDIT].pending == 0)
+    async with http.get(gateway.url + "/admin/v1/audit",
+                        params={"request_id": "left-while-audited"}) as resp:
+        records = (await resp.json())["records"]
+    assert [r["status"] for r in records] == [200]  # the answer was whole when it left
+    line, = [r for r in caplog.records if getattr(r, "request_id", None) == "left-while-audited"]
+    assert line.status == 200  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("on_error", ["fail_open", "fail_closed"])
 async def test_an_answer_whose_record_is_lost_is_withheld_when_fail_closed(
         start_gateway: StartGateway, sim: Server, home: Path, http: aiohttp.ClientSession,

@@ -220,8 +220,18 @@ class _UpstreamBroke(Exception):
         self.kind = kind
 
 
+class _ClientStalled(Exception):
+    """The client accepted none of the stream for the idle time: it is the one silent."""
+
+
 class StreamRelay:
-    """One streaming response: upstream SSE in, filtered SSE out."""
+    """One streaming response: upstream SSE in, filtered SSE out.
+
+    The idle timer runs while a write to the client waits for room, as the upstream is
+    not read meanwhile. When it runs out there, the client is the one that went silent
+    (it stopped reading, or reads slower than the model writes): its connection is
+    dropped and the request counts as the client's (499), not as an upstream time-out.
+    """
 
     def __init__(self, request: web.Request, ctx: RequestContext, chains: ChainFactory,
                  metrics: Metrics, ttfb_s: float, idle_s: float,
@@ -254,6 +264,7 @@ class StreamRelay:
         # gateway asks for and drops when the client did not; the held chunk takes it.
         self._held: tuple[dict[str, Any], bytes] | None = None
         self._last_sent: float | None = None
+        self._writing = False  # a write to the client is waiting for room
         self._ttft = metrics.ttft.labels(ctx.route, ctx.tier)
         self._itl = metrics.itl.labels(ctx.route, ctx.tier)
         self.response: web.StreamResponse | None = None
@@ -279,6 +290,8 @@ class StreamRelay:
             await self._send(frame_json(exc.error.body()))
         except ConnectionResetError:
             self._ctx.client_gone = True  # counted by the observe middleware
+        except _ClientStalled:
+            self._drop_client()
         finally:
             self._metrics.open_streams.dec()
             if not self._ctx.usage.reported:
@@ -316,6 +329,8 @@ class StreamRelay:
                 if not self._begun:
                     raise error from None  # nothing sent: a plain 503, not a retry
                 raise _UpstreamBroke(error, "shutdown") from None
+            if self._writing:
+                raise _ClientStalled from None
             self._raise(GatewayTimeout(
                 "The upstream server stopped sending tokens" if self._begun
                 else "The upstream server did not start answering in time"), "timeout")
@@ -329,6 +344,16 @@ class StreamRelay:
             await self._send(DONE_EVENT)
         else:  # its audit record could not be written (audit.on_error: fail_closed)
             await self._send(frame_json(AuditUnavailable().body()))
+
+    def _drop_client(self) -> None:
+        """A client that stopped reading gets no error event (it would not read that
+        either): its connection is closed, without waiting for what it still owes."""
+        log.warning("client accepted nothing for %gs, connection closed (request %s)",
+                    self._idle_s, self._ctx.request_id)
+        self._ctx.client_gone = True  # counted by the observe middleware
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()
 
     def _usage_frame(self) -> bytes:
         """The usage chunk the client asked for, on a stream the gateway ended itself: the
@@ -416,7 +441,11 @@ class StreamRelay:
             self.response = web.StreamResponse(headers={**SSE_HEADERS,
                                                         **self._ctx.response_headers})
             await self.response.prepare(self._request)
+        # Left set when the write fails: the idle timer's cancellation passes through here
+        # before the pump sees the time-out.
+        self._writing = True
         await self.response.write(data)
+        self._writing = False
 
     def _translate(self, payload: bytes) -> bytes | None:
         """The framed events to send for one upstream event (after the chunk held back

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -151,6 +153,48 @@ async def test_a_steady_stream_longer_than_the_idle_timeout_is_not_cut(
     assert status == 200
     assert _events(raw)[-1] == b"[DONE]"
     assert sim.stats.completed == 1
+
+
+async def test_a_client_that_stops_reading_is_dropped_as_its_own_doing(
+        start_gateway: StartGateway, sim: Server, token: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """While the client accepts nothing, the relay reads nothing upstream either: when the
+    idle time runs out there, the client is the silent one. Its connection is closed, the
+    upstream request with it, and the request counts as the client's (499), not as an
+    upstream time-out that would page whoever runs the backend. (The simulator may well
+    have finished: the gateway's receive buffer can hold its whole answer.)"""
+    gateway = await start_gateway(sim.url, timeouts={"idle_s": 0.5})
+    # Eight long choices: more than the kernel's socket buffers take (~4 MiB) while the
+    # client reads nothing, so the relay has to wait on it.
+    body = orjson.dumps(chat("a long story", stream=True, max_tokens=4000, n=8,
+                             ignore_eos=True))
+    host, port = gateway.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, set early
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    with caplog.at_level(logging.INFO):
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+                     b"Authorization: Bearer " + token.encode() + b"\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        await wait_until(lambda: any(r.name == "gateway.request" for r in caplog.records),
+                         within=10)
+        with contextlib.suppress(ConnectionError):  # closed: all it got, then the end
+            while await asyncio.wait_for(reader.read(1 << 20), 5):
+                pass
+        writer.close()
+    assert [r.status for r in caplog.records  # type: ignore[attr-defined]
+            if r.name == "gateway.request"] == [499]
+    assert any(r.name == "gateway.relay" and "accepted nothing" in r.getMessage()
+               for r in caplog.records)
+    async with aiohttp.ClientSession() as http, http.get(gateway.url + "/metrics") as resp:
+        text = await resp.text()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    assert [s.labels["status"] for s in samples if s.name == "gateway_requests_total"
+            and s.labels["route"] == "/v1/chat/completions"] == ["499"]
+    assert not [s for s in samples if s.name == "gateway_upstream_errors_total"]
 
 
 @pytest.mark.parametrize("stream", [False, True])
