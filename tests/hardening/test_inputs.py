@@ -273,6 +273,22 @@ async def test_requests_aiohttp_cannot_parse_get_the_gateway_s_error_shape(
     assert "Traceback" not in output and "s3cr3t" not in output
 
 
+@pytest.mark.parametrize("token", [b"\xc3\xa9\xff\xfe", "é.é.é".encode(), b"a.b\x80.c"])
+async def test_a_token_that_is_not_ascii_is_401_malformed(gateway: Server,
+                                                          token: bytes) -> None:
+    """Header bytes that are not UTF-8 reach the app as surrogates, and hashing them for
+    the verdict cache raised: a 500 for a client's mistake."""
+    body = b"{}"
+    answer = await _raw_http(gateway.url, (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + token + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\n\r\n" + body))
+    head, _, raw = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), head
+    error = _error(raw)
+    assert (error["type"], error["code"]) == ("authentication_error", "invalid_api_key")
+
+
 async def _raw_exchange(url: str, request: bytes, answers: int) -> list[bytes]:
     """Send `request` and read `answers` responses (interim 100 Continue included)."""
     host, port = url.removeprefix("http://").split(":")

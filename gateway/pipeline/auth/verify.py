@@ -104,6 +104,8 @@ class Verifier:
         """The token's Principal; raises AuthFailure."""
         if len(token) > self.settings.max_token_bytes:
             raise AuthFailure("too_large")
+        if not token.isascii():  # a compact JWT is base64url; bytes that were not UTF-8
+            raise AuthFailure("malformed")  # would fail the cache's hashing (a 500)
         generation = self.keyring.generation
         if generation != self._generation:
             # Keys changed (rotation, removal): earlier verdicts may rest on a gone key.
