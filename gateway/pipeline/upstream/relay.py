@@ -107,9 +107,45 @@ def _blank_side_texts(holder: dict[str, Any]) -> None:
 def _record_usage(ctx: RequestContext, usage: Any) -> None:
     if isinstance(usage, dict):
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        ctx.usage.prompt_tokens = prompt if type(prompt) is int else 0
-        ctx.usage.completion_tokens = completion if type(completion) is int else 0
+        ctx.usage.prompt_tokens = prompt if type(prompt) is int and prompt > 0 else 0
+        ctx.usage.completion_tokens = \
+            completion if type(completion) is int and completion > 0 else 0
         ctx.usage.reported = True
+
+
+# Far above the n any tier allows: an index past it is a broken answer, and it bounds the
+# per-choice state a stream keeps.
+_MAX_CHOICE_INDEX = 1024
+_BROKEN_ANSWER = "The upstream server sent a broken answer"
+_MALFORMED_EVENT = "The upstream server sent a malformed event"
+
+
+def _choice_shape_ok(choice: Any, holder_key: str | None, text_key: str) -> bool:
+    """A choice as OpenAI's schema has it, in the parts the relay reads: an object with a
+    small non-negative integer index, a string or null finish_reason, and its text (in
+    the object at `holder_key`, or in the choice itself) a string or null."""
+    if not isinstance(choice, dict):
+        return False
+    index = choice.get("index", 0)
+    finish = choice.get("finish_reason")
+    if type(index) is not int or not 0 <= index < _MAX_CHOICE_INDEX or not (
+            finish is None or isinstance(finish, str)):
+        return False
+    holder = choice.get(holder_key) if holder_key is not None else choice
+    if holder is None:
+        return True
+    text = holder.get(text_key) if isinstance(holder, dict) else None
+    return isinstance(holder, dict) and (text is None or isinstance(text, str))
+
+
+def _answer_shape_ok(ctx: RequestContext, data: dict[str, Any]) -> bool:
+    """A whole (non-streamed) answer's choices, each as `_choice_shape_ok` has it."""
+    choices = data.get("choices")
+    if ctx.route == "embeddings" or choices is None:
+        return True
+    holder_key = "message" if ctx.route == "chat" else None
+    return isinstance(choices, list) and all(
+        _choice_shape_ok(c, holder_key, _text_key(ctx)) for c in choices)
 
 
 def _record_answer(ctx: RequestContext, data: dict[str, Any]) -> None:
@@ -138,10 +174,9 @@ async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
     except TimeoutError:
         raise GatewayTimeout("The upstream server stopped sending its answer") from None
     except (aiohttp.ClientError, orjson.JSONDecodeError):
-        raise RetryUpstream(BadGateway("The upstream server sent a broken answer"),
-                            "malformed") from None
-    if not isinstance(data, dict):
-        raise RetryUpstream(BadGateway("The upstream server sent a broken answer"), "malformed")
+        raise RetryUpstream(BadGateway(_BROKEN_ANSWER), "malformed") from None
+    if not isinstance(data, dict) or not _answer_shape_ok(ctx, data):
+        raise RetryUpstream(BadGateway(_BROKEN_ANSWER), "malformed")
     _record_usage(ctx, data.get("usage"))
     if not ctx.usage.reported and ctx.route != "embeddings":
         # No usable usage block (real vLLM always sends one): charge the text it sent.
@@ -292,6 +327,16 @@ class StreamRelay:
             self._ctx.client_gone = True  # counted by the observe middleware
         except _ClientStalled:
             self._drop_client()
+        except Exception as exc:
+            if self.response is None:
+                raise  # nothing sent yet: a retry elsewhere, or the middleware's answer
+            # After the 200 went out the middleware cannot answer any more: the stream
+            # ends here, with the error event (never left open with no end).
+            if not isinstance(exc, GatewayError):
+                log.exception("stream relay failed for request %s", self._ctx.request_id)
+                exc = GatewayError("Internal error")
+            await self._end(exc.http_status)
+            await self._send(frame_json(exc.body()))
         finally:
             self._metrics.open_streams.dec()
             if not self._ctx.usage.reported:
@@ -460,14 +505,16 @@ class StreamRelay:
         try:
             event = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            self._raise(BadGateway("The upstream server sent a malformed event"), "malformed")
+            self._raise(BadGateway(_MALFORMED_EVENT), "malformed")
         if not isinstance(event, dict):
-            self._raise(BadGateway("The upstream server sent a malformed event"), "malformed")
+            self._raise(BadGateway(_MALFORMED_EVENT), "malformed")
         if "error" in event:
             self._upstream_error(event["error"], payload)
         if event.get("usage") is not None:
             _record_usage(self._ctx, event["usage"])
         choices = event.get("choices")
+        if choices is not None and not isinstance(choices, list):
+            self._raise(BadGateway(_MALFORMED_EVENT), "malformed")
         if not choices:
             if self._ctx.client_wants_usage:
                 return self._release() + frame(payload)
@@ -521,15 +568,16 @@ class StreamRelay:
     def _filter(self, choices: list[Any]) -> bool:
         """Run each choice's delta through its chain; True when any text changed."""
         changed = False
+        holder_key = "delta" if self._text_key == "content" else None
         for choice in choices:
-            if not isinstance(choice, dict):
-                continue
+            if not _choice_shape_ok(choice, holder_key, self._text_key):
+                self._raise(BadGateway(_MALFORMED_EVENT), "malformed")
             index = choice.get("index", 0)
             finish = choice.get("finish_reason")
             if finish is not None:
-                self._ctx.finish_reasons += (str(finish),)
-            holder = choice.get("delta") if self._text_key == "content" else choice
-            if not isinstance(holder, dict):
+                self._ctx.finish_reasons += (finish,)
+            holder = choice.get("delta") if holder_key is not None else choice
+            if holder is None:
                 continue
             text = holder.get(self._text_key)
             sides = _side_texts(holder)

@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.context import POOL
+from gateway.pipeline.upstream import relay as relay_module
 from gateway.pipeline.upstream.sse import DONE_EVENT, frame_json
 from tests.conftest import (
     MODEL,
@@ -400,6 +401,135 @@ async def test_an_error_event_does_not_quote_the_prompt(
     last = orjson.loads(_events(raw)[-1])
     assert last["error"]["type"] == "upstream_error"
     assert "lazy dog" not in raw.decode()
+
+
+def _choice(**fields: Any) -> dict[str, Any]:
+    return {**ROLE, "choices": [{"index": 0, "delta": {"content": "x"},
+                                 "logprobs": None, "finish_reason": None, **fields}]}
+
+
+# Answers a backend that is not vLLM (or a proxy before it) may send: each broke the relay
+# (a 500 and a traceback, and a stream that then never ended).
+BROKEN_CHUNKS = {
+    "choices not a list": {**ROLE, "choices": 3},
+    "a choice not an object": {**ROLE, "choices": ["x"]},
+    "index not an integer": _choice(index=[0]),
+    "index negative": _choice(index=-1),
+    "index huge": _choice(index=10**9),
+    "delta not an object": _choice(delta="text"),
+    "content not a string": _choice(delta={"content": 7}),
+    "finish_reason not a string": _choice(finish_reason={"why": "stop"}),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_CHUNKS.values()), ids=list(BROKEN_CHUNKS))
+async def test_a_chunk_of_the_wrong_shape_is_a_malformed_event(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession, broken: dict[str, Any]) -> None:
+    """First: retried, then 502. After the stream began: it ends with an error event."""
+    for begun in (False, True):
+        calls: list[dict[str, Any]] = []
+        parts = (ROLE, _chunk("Hello"), broken) if begun else (broken,)
+        gateway = await start_gateway(
+            await _streaming_backend(servers, _writes(*parts, DONE_EVENT), calls))
+        status, raw, _ = await asyncio.wait_for(_post(http, gateway, chat(stream=True)), 10)
+        if begun:
+            assert status == 200
+            events = _events(raw)
+            assert [orjson.loads(e) for e in events[:2]] == [ROLE, _chunk("Hello")]
+            error = orjson.loads(events[-1])["error"]
+        else:
+            assert status == 502, raw
+            error = orjson.loads(raw)["error"]
+        assert error["message"] == "The upstream server sent a malformed event"
+        # each attempt counted: a stream that had not begun is retried first
+        assert (await _errors_by_kind(http, gateway)).get("malformed") == len(calls)
+        assert len(calls) == (1 if begun else 2)
+
+
+BROKEN_ANSWERS = {
+    "choices not a list": {"choices": {"0": {}}},
+    "a choice not an object": {"choices": [None]},
+    "index not an integer": {"choices": [{"index": "0", "message": {"content": "x"}}]},
+    "message not an object": {"choices": [{"index": 0, "message": "x"}]},
+    "content not a string": {"choices": [{"index": 0, "message": {"content": ["x"]}}]},
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_ANSWERS.values()), ids=list(BROKEN_ANSWERS))
+async def test_an_answer_of_the_wrong_shape_is_502(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession, broken: dict[str, Any]) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list",
+                                      "data": [{"id": MODEL, "object": "model"}]})
+        return web.json_response({"id": "c", "object": "chat.completion", "model": MODEL,
+                                  **broken})
+
+    gateway = await start_gateway(await fake_backend(handler, servers))
+    status, raw, _ = await _post(http, gateway, chat())
+    assert status == 502, raw
+    assert orjson.loads(raw)["error"]["message"] == "The upstream server sent a broken answer"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_negative_token_counts_from_upstream_count_as_none(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession, stream: bool) -> None:
+    """They reached a Prometheus counter, which refuses to go down: a 500."""
+    usage = {"prompt_tokens": -5, "completion_tokens": -1, "total_tokens": -6}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list",
+                                      "data": [{"id": MODEL, "object": "model"}]})
+        if not stream:
+            return web.json_response({"id": "c", "object": "chat.completion", "model": MODEL,
+                                      "choices": [{"index": 0, "finish_reason": "stop",
+                                                   "message": {"content": "Hi."}}],
+                                      "usage": usage})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for part in (ROLE, _chunk("Hi.", "stop"), {**ROLE, "choices": [], "usage": usage}):
+            await resp.write(frame_json(part))
+        await resp.write(DONE_EVENT)
+        return resp
+
+    gateway = await start_gateway(await fake_backend(handler, servers))
+    status, raw, _ = await _post(http, gateway, chat(stream=stream))
+    assert status == 200, raw
+    assert raw.endswith(b"data: [DONE]\n\n") if stream else b"Hi." in raw
+
+
+async def test_a_fault_of_the_gateway_s_own_mid_stream_still_ends_the_stream(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Once the 200 is out the error middleware cannot answer: a bug in the relay left the
+    stream open with no end, and the client waiting for it."""
+    real = relay_module._side_texts
+
+    def fails_on_the_third_chunk(holder: dict[str, Any]) -> Any:
+        if holder.get("content") == " there":
+            raise RuntimeError("a bug")
+        return real(holder)
+
+    monkeypatch.setattr(relay_module, "_side_texts", fails_on_the_third_chunk)
+    async def events(resp: web.StreamResponse) -> None:
+        await _writes(ROLE, _chunk("Hello"))(resp)
+        await asyncio.sleep(0.3)  # read apart: the first two go out before the third
+        await _writes(_chunk(" there"), DONE_EVENT)(resp)
+
+    gateway = await start_gateway(await _streaming_backend(servers, events, []))
+    with caplog.at_level(logging.ERROR, logger="gateway.relay"):
+        status, raw, _ = await asyncio.wait_for(_post(http, gateway, chat(stream=True)), 10)
+    assert status == 200
+    events = _events(raw)
+    assert [orjson.loads(e) for e in events[:2]] == [ROLE, _chunk("Hello")]
+    assert orjson.loads(events[-1])["error"] == {
+        "message": "Internal error", "type": "internal_error", "param": None, "code": None}
+    assert any(r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records)
 
 
 @pytest.mark.parametrize("before_done", [(), ({**ROLE, "choices": [], "usage": {
