@@ -94,6 +94,10 @@ class RequestContext:
     response_model: str | None = None
     finish_reasons: tuple[str, ...] = ()
     status: int | None = None  # the status audited and logged (a broken stream's error)
+    # The most tokens the backend can have read and written for this request (each
+    # sequence fits the model's context), when the backend reports its context length: a
+    # usage count past it is not charged (relay.py).
+    usage_ceiling: int | None = None
 
     def upstream_headers(self) -> dict[str, str]:
         """Headers of every call made upstream for this request, so the backend's logs and

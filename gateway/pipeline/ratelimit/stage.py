@@ -67,7 +67,7 @@ class RateLimitStage:
         ctx.limit = "admitted"
         ctx.response_headers.update(admission.headers)
         if admission.ticket is not None and limits.settles:
-            ctx.settle = _Settlement(self._limiter, admission, ctx)
+            ctx.settle = _Settlement(self._limiter, admission, ctx, limits)
         return ALLOW
 
     async def _clamp(self, ctx: RequestContext, key: str, limits: Limits,
@@ -99,10 +99,16 @@ class RateLimitStage:
 class _Settlement:
     """Settles exactly once, in its own task, so a cancelled handler still refunds."""
 
-    def __init__(self, limiter: Limiter, admission: Admission, ctx: RequestContext) -> None:
+    def __init__(self, limiter: Limiter, admission: Admission, ctx: RequestContext,
+                 limits: Limits) -> None:
         self._limiter = limiter
         self._admission = admission
         self._ctx = ctx
+        # One request never costs more than a token bucket holds (admission refuses one
+        # that would need more): a backend's absurd usage count empties the budget at
+        # worst, instead of locking the caller out for as long as it takes to pay back.
+        self._most = min(n for n in (limits.tokens_per_minute, limits.tokens_per_day,
+                                     1 << 62) if n is not None)
         self.task: asyncio.Task[None] | None = None
 
     def __call__(self) -> None:
@@ -110,7 +116,7 @@ class _Settlement:
         if self.task is not None or ticket is None:
             return
         usage = self._ctx.usage
-        used = self._ctx.prompt_tokens_used + usage.completion_tokens
+        used = min(self._ctx.prompt_tokens_used + usage.completion_tokens, self._most)
         self.task = asyncio.ensure_future(self._limiter.settle(ticket, used))
         _PENDING.add(self.task)
         self.task.add_done_callback(_PENDING.discard)

@@ -26,6 +26,7 @@ from gateway.errors import (
     UpstreamStatus,
     normalise_upstream_error,
 )
+from gateway.pipeline.shape import generations
 from gateway.pipeline.upstream.echo import withhold_echo
 from gateway.pipeline.upstream.pool import Backend, Pool
 from gateway.settings import TimeoutSettings
@@ -80,6 +81,9 @@ class UpstreamClient:
     async def forward(self, ctx: RequestContext,
                       relay: Callable[[aiohttp.ClientResponse], Awaitable[T]]) -> T:
         """Send ctx.body to a backend and hand its 2xx response to `relay`."""
+        context = self.pool.context_length(ctx.model) if ctx.route != "embeddings" else None
+        if context is not None:
+            ctx.usage_ceiling = context * generations(ctx.body)
         body = orjson.dumps(ctx.body)
         tried: list[Backend] = []
         error: GatewayError | None = None

@@ -105,12 +105,19 @@ def _blank_side_texts(holder: dict[str, Any]) -> None:
 
 
 def _record_usage(ctx: RequestContext, usage: Any) -> None:
-    if isinstance(usage, dict):
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        ctx.usage.prompt_tokens = prompt if type(prompt) is int and prompt > 0 else 0
-        ctx.usage.completion_tokens = \
-            completion if type(completion) is int and completion > 0 else 0
-        ctx.usage.reported = True
+    """The backend's token counts: a count that is not a non-negative integer counts as 0,
+    and counts past what the model could have read and written (`usage_ceiling`) are no
+    report at all (the gateway's own count stands): the rate limiter would otherwise
+    charge them, and lock the caller out for as long as they take to pay back."""
+    if not isinstance(usage, dict):
+        return
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    prompt = prompt if type(prompt) is int and prompt > 0 else 0
+    completion = completion if type(completion) is int and completion > 0 else 0
+    if ctx.usage_ceiling is not None and prompt + completion > ctx.usage_ceiling:
+        return
+    ctx.usage.prompt_tokens, ctx.usage.completion_tokens = prompt, completion
+    ctx.usage.reported = True
 
 
 # Far above the n any tier allows: an index past it is a broken answer, and it bounds the

@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.context import POOL
+from gateway.pipeline.ratelimit import stage as ratelimit_stage
 from gateway.pipeline.upstream import relay as relay_module
 from gateway.pipeline.upstream.sse import DONE_EVENT, frame_json
 from tests.conftest import (
@@ -500,6 +501,40 @@ async def test_negative_token_counts_from_upstream_count_as_none(
     status, raw, _ = await _post(http, gateway, chat(stream=stream))
     assert status == 200, raw
     assert raw.endswith(b"data: [DONE]\n\n") if stream else b"Hi." in raw
+
+
+@pytest.mark.parametrize("context", [4096, None], ids=["context-known", "context-unknown"])
+async def test_an_absurd_usage_count_does_not_lock_the_caller_out(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession, context: int | None) -> None:
+    """A backend's count of 10^12 tokens was charged in full: the caller's budget was in
+    debt for thousands of years. Past what the model could have read and written (its
+    context length, where the backend reports it) the count is not taken, and the
+    gateway's own stands; else one request costs at most a whole bucket."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/models":
+            entry = {"id": MODEL, "object": "model"}
+            if context is not None:
+                entry["max_model_len"] = context
+            return web.json_response({"object": "list", "data": [entry]})
+        return web.json_response({"id": "c", "object": "chat.completion", "model": MODEL,
+                                  "choices": [{"index": 0, "finish_reason": "stop",
+                                               "message": {"content": "Hi there."}}],
+                                  "usage": {"prompt_tokens": 3, "completion_tokens": 10**12,
+                                            "total_tokens": 10**12 + 3}})
+
+    gateway = await start_gateway(await fake_backend(handler, servers))
+    first, _, _ = await _post(http, gateway, chat(max_tokens=5))
+    await wait_until(lambda: not ratelimit_stage._PENDING)  # the first is settled
+    second, raw, _ = await _post(http, gateway, chat(max_tokens=5))
+    assert first == 200
+    async with http.get(gateway.url + "/metrics") as resp:
+        text = await resp.text()
+    completion = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                     if s.name == "gateway_tokens_total" and s.labels["direction"] == "completion")
+    assert second == 200, raw  # the bucket refills as usual: no debt to pay back
+    if context is not None:
+        assert completion < 100  # the relay's estimate of "Hi there.", twice
 
 
 async def test_a_fault_of_the_gateway_s_own_mid_stream_still_ends_the_stream(
