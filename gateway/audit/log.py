@@ -271,7 +271,8 @@ def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         tag, seq = raw.split(":", 1)
-        if tag != "a1" or not seq.isdigit():
+        # A row's seq is a SQLite integer (63 bits): a larger one is no cursor we made.
+        if tag != "a1" or not seq.isdigit() or len(seq) > 19 or int(seq) >= 1 << 63:
             raise ValueError
         return int(seq)
     except (ValueError, binascii.Error, UnicodeDecodeError):

@@ -14,6 +14,7 @@ from multidict import MultiDict
 
 from gateway.audit import AUDIT, AuditLog, AuditSettings
 from gateway.audit.http import add_audit_routes, parse_query
+from gateway.audit.log import encode_cursor
 from gateway.context import PIPELINE, Principal
 from gateway.errors import BadRequest, Unauthorized
 from gateway.middleware import render_errors
@@ -98,6 +99,7 @@ async def test_pages_through_filtered_records(http: aiohttp.ClientSession, url: 
 @pytest.mark.parametrize(("params", "param"), [
     ({"limit": "0"}, "limit"), ({"limit": "abc"}, "limit"), ({"since": "yesterday"}, "since"),
     ({"cursor": "bogus"}, "cursor"), ({"tiers": "public"}, "tiers"),
+    ({"cursor": encode_cursor(10**25)}, "cursor"),  # past SQLite's integers: was a 500
     ({"since": "1h", "until": "2h"}, "since"),  # an empty period, as `gateway report` says
     ([("limit", "5"), ("limit", "500")], "limit"),  # which one counts would be a guess
 ])

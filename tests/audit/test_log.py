@@ -206,6 +206,8 @@ async def test_query_pages_with_an_opaque_cursor(tmp_path: Path) -> None:
 
 def test_cursor_round_trip() -> None:
     assert decode_cursor(encode_cursor(1234)) == 1234
-    for bad in ("", "YTE6", "eDox", "YTE6LTE", "%%%"):
+    assert decode_cursor(encode_cursor((1 << 63) - 1)) == (1 << 63) - 1
+    for bad in ("", "YTE6", "eDox", "YTE6LTE", "%%%", encode_cursor(1 << 63),
+                encode_cursor(10**40)):
         with pytest.raises(ValueError):
             decode_cursor(bad)
