@@ -33,12 +33,34 @@ def _serve_parser(sub: Any) -> None:
 def _sim_parser(sub: Any) -> None:
     p = sub.add_parser("sim", help="run the vLLM-compatible simulator alone")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="0: any free port")
     p.add_argument("--model", action="append", default=[], metavar="NAME")
     p.add_argument("--guard-model", action="append", default=[], metavar="NAME",
                    help="also serve NAME as a Llama Guard 3 model; repeatable (docs/guard.md)")
-    p.add_argument("--tokens-per-second", type=float, default=0.0)
-    p.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")
+    p.add_argument("--tokens-per-second", type=_not_negative, default=0.0,
+                   help="0: as fast as it can")
+    p.add_argument("--ttft", type=_not_negative, default=0.0,
+                   help="seconds before the first token")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, not {value}")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):  # nan fails too
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
+    return value
 
 
 # As the gateway resolves it (settings.py): never ./policies, which only a checkout has.
@@ -251,7 +273,12 @@ def _run_sim(args: argparse.Namespace) -> int:
                            guard_models=tuple(args.guard_model))
     logging.getLogger("gateway.sim").info("simulating vLLM on http://%s:%d serving %s",
                                           args.host, args.port, ", ".join(settings.served))
-    asyncio.run(run_sim(settings, args.host, args.port))
+    try:
+        asyncio.run(run_sim(settings, args.host, args.port))
+    except OSError as exc:  # the port is taken, the host is not ours: one line, no trace
+        print(f"gateway sim: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

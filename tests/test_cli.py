@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -195,6 +196,30 @@ def test_serve_checks_the_file_even_where_a_flag_overrides_it(
                      "--upstream", "http://127.0.0.1:18101"], capsys) == (
         f"gateway: invalid configuration: {config}:1: port: expected a whole number, "
         "got 'abc'")
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--port", "-1"], "argument --port: must be between 0 and 65535, not -1"),
+    (["--port", "http"], "argument --port: 'http' is not a port number"),
+    (["--ttft", "-1"], "argument --ttft: must be a number >= 0, not -1"),
+    (["--tokens-per-second", "nan"], "argument --tokens-per-second: must be a number >= 0"),
+])
+def test_sim_refuses_impossible_settings_by_name(argv: list[str], said: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A negative port was a traceback from bind(); a negative delay or rate ran."""
+    assert said in _usage_error(["sim", *argv], capsys)
+
+
+def test_sim_on_a_port_in_use_says_so_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "gateway", "sim", "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"gateway sim: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "address already in use" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_sim_serves_a_guard_model_beside_its_models(tmp_path: Path) -> None:
