@@ -118,6 +118,9 @@ class Metrics:
         self.client_disconnects = Counter(
             "gateway_client_disconnects", "Clients gone before the response ended.",
             ["route"], registry=registry)
+        self.client_send_timeouts = Counter(
+            "gateway_client_send_timeouts", "Connections closed because the client "
+            "accepted nothing of a response for timeouts.client_send_s.", registry=registry)
         self.tokens = Counter(
             "gateway_tokens", "Tokens processed, by tier and direction (prompt/completion).",
             ["tier", "direction"], registry=registry)

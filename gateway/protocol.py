@@ -18,6 +18,13 @@ sent a whole request head `header_timeout_s` after it opened (or after the first
 its next request) is closed, and idle kept-alive connections close after
 `keepalive_timeout`. While descriptors run out anyway, asyncio's accept() error is
 logged once every ten seconds with a count, not once per attempt with a traceback.
+
+Slow readers: aiohttp bounds no write either, so a client that keeps its connection open
+and reads nothing held a response's handler, its buffers and (for a stream) the upstream
+generation for as long as it liked. Once the connection's send buffer is full, a client
+that accepts nothing for `send_timeout_s` has its connection closed; one still reading,
+however slowly, keeps it. The timer is armed only while the buffer is full, so a client
+that keeps up costs nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sys
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -34,6 +43,7 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from gateway.context import REQUEST_ID
 from gateway.errors import ExpectationFailed, GatewayError, UpstreamStatus
 from gateway.middleware import error_response
 
@@ -63,10 +73,21 @@ async def expect_handler(request: web.Request) -> web.Response | None:
 
 log = logging.getLogger("gateway.http")
 
+try:  # the kernel's unsent bytes of a socket (Linux: SIOCOUTQ)
+    import fcntl
+    import termios
+    _OUTQ: int | None = termios.TIOCOUTQ
+except (ImportError, AttributeError):
+    _OUTQ = None
+
 
 class _Handler(RequestHandler):
     header_timeout_s = 10.0  # set per server by GatewayRunner
+    send_timeout_s = 60.0
+    on_send_timeout: Callable[[], None] | None = None
     _header_timer: asyncio.TimerHandle | None = None
+    _send_timer: asyncio.TimerHandle | None = None
+    _send_backlog = 0  # bytes waiting to be sent when the send timer was last armed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -83,7 +104,42 @@ class _Handler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_waiting()
+        self._stop_send_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._arm_send_timer()
+
+    def resume_writing(self) -> None:
+        self._stop_send_timer()
+        super().resume_writing()
+
+    def _arm_send_timer(self) -> None:
+        transport = self.transport
+        self._send_backlog = _unsent(transport) if transport is not None else 0
+        self._send_timer = self._loop.call_later(self.send_timeout_s, self._send_late)
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_late(self) -> None:
+        self._send_timer = None
+        transport = self.transport
+        if transport is None:
+            return
+        if _unsent(transport) < self._send_backlog:
+            self._arm_send_timer()  # it took some: slow, not silent
+            return
+        request = self._current_request
+        log.warning("client %s accepted nothing for %gs, connection closed (request %s)",
+                    _peer(transport), self.send_timeout_s,
+                    request.get(REQUEST_ID, "-") if request is not None else "-")
+        if self.on_send_timeout is not None:
+            self.on_send_timeout()
+        transport.abort()  # its handler is cancelled, and a stream's upstream closed
 
     def _await_head(self) -> None:
         self._header_timer = self._loop.call_later(self.header_timeout_s, self._head_late)
@@ -122,6 +178,28 @@ class _Handler(RequestHandler):
         return response
 
 
+def _unsent(transport: asyncio.BaseTransport) -> int:
+    """Bytes the client has yet to accept: the transport's buffer plus, on Linux, the
+    kernel's send queue. The kernel's share matters: the transport may write again only
+    once a third of a send buffer of megabytes has drained, so a client reading slowly
+    can be taking bytes for seconds while the transport's buffer stays the same."""
+    unsent = transport.get_write_buffer_size() \
+        if isinstance(transport, asyncio.WriteTransport) else 0
+    sock = transport.get_extra_info("socket")
+    if _OUTQ is not None and sock is not None:
+        try:
+            queued = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
+            unsent += int.from_bytes(queued, sys.byteorder, signed=True)
+        except OSError:
+            pass
+    return unsent
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
+
+
 def _is_target(line: object) -> bool:
     """Whether the line aiohttp found too long is the request target (a URL: 414), not a
     header (431): a target starts with `/` or a scheme, a header value hardly ever."""
@@ -131,22 +209,30 @@ def _is_target(line: object) -> bool:
 
 class _Server(web.Server):
     header_timeout_s = 10.0
+    send_timeout_s = 60.0
+    on_send_timeout: Callable[[], None] | None = None
 
     def __call__(self) -> RequestHandler:
         kwargs: dict[str, Any] = self._kwargs
         handler = _Handler(self, loop=self._loop, **kwargs)
         handler.header_timeout_s = self.header_timeout_s
+        handler.send_timeout_s = self.send_timeout_s
+        handler.on_send_timeout = self.on_send_timeout
         return handler
 
 
 class GatewayRunner(web.AppRunner):
     """web.AppRunner whose connections answer protocol errors like the gateway does and
-    close when a client is too slow to send a request head or stays idle too long."""
+    close when a client is too slow to send a request head, stays idle too long, or
+    accepts nothing of a response for `send_timeout_s` (`on_send_timeout` counts those)."""
 
     def __init__(self, app: web.Application, *, header_timeout_s: float = 10.0,
-                 keepalive_timeout: float = 75.0, **kwargs: Any) -> None:
+                 keepalive_timeout: float = 75.0, send_timeout_s: float = 60.0,
+                 on_send_timeout: Callable[[], None] | None = None, **kwargs: Any) -> None:
         super().__init__(app, keepalive_timeout=keepalive_timeout, **kwargs)
         self._header_timeout_s = header_timeout_s
+        self._send_timeout_s = send_timeout_s
+        self._on_send_timeout = on_send_timeout
 
     async def setup(self) -> None:
         await super().setup()
@@ -157,6 +243,8 @@ class GatewayRunner(web.AppRunner):
         server.__class__ = _Server  # the same server; only how it builds handlers changes
         assert isinstance(server, _Server)
         server.header_timeout_s = self._header_timeout_s
+        server.send_timeout_s = self._send_timeout_s
+        server.on_send_timeout = self._on_send_timeout
         return server
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.context import CLASSIFY, LIFECYCLE, POOL, RELOADER
+from gateway.context import CLASSIFY, LIFECYCLE, METRICS, POOL, RELOADER
 from gateway.devkeys import DevKeyError, ensure_dev_keys
 from gateway.lifecycle import Lifecycle, StartupError
 from gateway.pipeline.auth.build import AuthConfigError, check_keys
@@ -169,7 +169,9 @@ async def serve(settings: Settings) -> int:
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=1.0,
                            header_timeout_s=settings.timeouts.client_header_s,
-                           keepalive_timeout=settings.timeouts.client_idle_s)
+                           keepalive_timeout=settings.timeouts.client_idle_s,
+                           send_timeout_s=settings.timeouts.client_send_s,
+                           on_send_timeout=app[METRICS].client_send_timeouts.inc)
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, backlog=2048)

@@ -51,6 +51,9 @@ class TimeoutSettings:
     # from opening), and how long a kept-alive connection may sit idle (protocol.py).
     client_header_s: float = 10.0
     client_idle_s: float = 75.0
+    # Longest a client may accept nothing of a response once its send buffer is full: one
+    # that stops reading holds a handler, buffers and a generation otherwise (protocol.py).
+    client_send_s: float = 60.0
 
 
 MIN_PROBE_INTERVAL_S = 0.05
@@ -270,8 +273,10 @@ def _check(settings: Settings) -> None:
         raise SettingsError("max_body_bytes: must be at least 1024")
     if settings.timeouts.idle_s <= 0 or settings.timeouts.ttfb_s <= 0:
         raise SettingsError("timeouts: ttfb_s and idle_s must be positive")
-    if settings.timeouts.client_header_s <= 0 or settings.timeouts.client_idle_s <= 0:
-        raise SettingsError("timeouts: client_header_s and client_idle_s must be positive")
+    if settings.timeouts.client_header_s <= 0 or settings.timeouts.client_idle_s <= 0 \
+            or settings.timeouts.client_send_s <= 0:
+        raise SettingsError("timeouts: client_header_s, client_idle_s and client_send_s "
+                            "must be positive")
     if settings.health.interval_s < MIN_PROBE_INTERVAL_S:  # each probe is 2 requests
         raise SettingsError(f"health.interval_s: must be at least {MIN_PROBE_INTERVAL_S}")
     if settings.health.probe_timeout_s <= 0:

@@ -187,7 +187,8 @@ def test_every_setting_the_schema_allows_is_accepted_by_the_gateway(tmp_path: Pa
     values = {
         "config": {
             "log_format": "text", "readiness_requires_upstream": True,
-            "timeouts": {"client_header_s": 5, "client_body_s": 20, "client_idle_s": 30},
+            "timeouts": {"client_header_s": 5, "client_body_s": 20, "client_idle_s": 30,
+                         "client_send_s": 45},
             "audit": {"overflow": "drop", "queue_size": 100, "on_error": "fail_closed"},
             "sim": {"models": ["sim-a"], "ttft_s": 0.1},
             "output": {"redact": ["internal-hostname"]},
