@@ -67,7 +67,10 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     raw = await read_body(request)
     try:
         body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit"):  # orjson reads at most 1,024 levels
+            raise InvalidJSON(f"The request body nests deeper than {MAX_DEPTH} levels") \
+                from None
         raise InvalidJSON("The request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object", code="invalid_json")

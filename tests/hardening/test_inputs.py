@@ -93,13 +93,18 @@ async def _deep_case(gateway: Server, http: aiohttp.ClientSession, field: str) -
             FORWARDED[field](_nested(200))), headers={"Content-Type": "application/json"}
                          ) as resp:  # deep, but still within what can be forwarded
         assert resp.status != 500, (field, await resp.text())
-    too_deep = b'{"a":' * 300 + b"1" + b"}" * 300  # orjson could not even write this
-    raw = orjson.dumps(FORWARDED[field]("PLACEHOLDER")).replace(b'"PLACEHOLDER"', too_deep)
-    async with http.post(gateway.url + path, data=raw,
-                         headers={"Content-Type": "application/json"}) as resp:
-        status, body = resp.status, await resp.read()
-    assert status == 400, (field, body)
-    assert _error(body)["code"] == "invalid_json", field
+    # 300: orjson could not even write it; 1,100: nor read it (its limit is 1,024).
+    for depth in (300, 1100):
+        too_deep = b'{"a":' * depth + b"1" + b"}" * depth
+        raw = orjson.dumps(FORWARDED[field]("PLACEHOLDER")).replace(b'"PLACEHOLDER"',
+                                                                    too_deep)
+        async with http.post(gateway.url + path, data=raw,
+                             headers={"Content-Type": "application/json"}) as resp:
+            status, body = resp.status, await resp.read()
+        assert status == 400, (field, body)
+        error = _error(body)
+        assert error["code"] == "invalid_json", field
+        assert "nests deeper than 254 levels" in error["message"], (field, depth)
 
 
 WRONG_MESSAGES = [
