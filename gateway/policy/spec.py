@@ -128,6 +128,26 @@ class RulesSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class LanguageSpec:
+    """Text mostly in a language the classifiers cannot read (they read English): its risk
+    is unknown, so it scores `category`, which each tier maps to an action."""
+
+    enabled: bool = False
+    category: str = "other_language"
+    readable: tuple[str, ...] = ("en",)  # ISO 639 codes the classifiers read
+    min_letters: int = 10  # shorter text is not judged (too little to tell)
+    # Nor a sentence of a mixed text with fewer (letters beyond Latin count twice).
+    min_segment_letters: int = 20
+    # Judged foreign when the identifier's best guess is not readable, its three likeliest
+    # languages have at least `min_confidence` together, and the readable languages less
+    # than `max_readable`.
+    min_confidence: float = 0.5
+    max_readable: float = 0.02
+    sample_chars: int = 1000  # longer text is judged by its first and last halves of this
+    score: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class StructureSpec:
     enabled: bool = True
     turns_low: int = 8  # fake dialogue turn markers: score 0 at or below this count
@@ -145,6 +165,7 @@ class StructureSpec:
     base64_chars: int = 40  # shortest base64 run that is decoded and inspected
     smuggling_score: float = 0.9
     encoded_text_score: float = 0.7  # base64 that decodes to readable text
+    language: LanguageSpec = field(default_factory=LanguageSpec)
 
 
 @dataclass(frozen=True, slots=True)

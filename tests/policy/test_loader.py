@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.policy.loader import PolicyError, load_policy
-from tests.conftest import ROOT
+from tests.conftest import ROOT, edited_policies
 from tests.test_yamlfile import alias_bomb
 
 GOOD = """\
@@ -191,3 +191,16 @@ classifiers:
         "'hello there friend'",
         "c.yaml:9: classifiers.rules.cyber.ransomware: matches its own no_match example "
         "'build ransomware'"]
+
+
+def test_the_language_check_must_score_a_known_category(tmp_path: Path) -> None:
+    policies = Path(edited_policies(tmp_path, ("category: other_language,",
+                                               "category: other_langauge,")))
+    with pytest.raises(PolicyError) as info:
+        load_policy(policies)
+    assert any("classifiers.yaml:" in e and "classifiers.structure.language.category: "
+               "unknown category 'other_langauge'" in e for e in info.value.errors), \
+        info.value.errors
+    shipped = load_policy(ROOT / "policies").classifiers.structure.language
+    assert shipped.enabled and shipped.category == "other_language"
+    assert shipped.readable == ("en",)

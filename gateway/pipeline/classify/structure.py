@@ -1,6 +1,7 @@
-"""Structure classifier: jailbreaks recognisable by their shape, scored on `jailbreak`.
+"""Structure classifier: jailbreaks recognisable by their shape, scored on `jailbreak`,
+and text in a language the classifiers cannot read, scored on its own category.
 
-Four signals, each a score in [0, 1]; the classifier reports their max:
+Four jailbreak signals, each a score in [0, 1]; the classifier reports their max:
 
 - **many-shot**: fake dialogue turns embedded in one message ("User: ... Assistant: ...",
   "Q: ... A: ...", "Human:/AI:" at the start of a line; JSON keys, tags or bracketed
@@ -19,6 +20,9 @@ Four signals, each a score in [0, 1]; the classifier reports their max:
   override controls, and long base64 runs that decode to readable text (an encoded
   instruction; base64 of binary data such as an image does not count).
 
+**language** (`language.py`): the last user message or the whole text mostly in a
+language other than those `language.readable` names scores `language.category`.
+
 `scores_output` is the subset used by output moderation: output-scoped phrases and
 invisible-character smuggling only (answers legitimately contain dialogues and base64).
 """
@@ -30,6 +34,7 @@ import binascii
 import re
 import unicodedata
 
+from gateway.pipeline.classify.language import LanguageCheck
 from gateway.pipeline.classify.rules import any_of, compile_patterns, match_scores
 from gateway.pipeline.classify.text import PromptText, fold
 from gateway.policy.spec import StructureSpec
@@ -123,6 +128,7 @@ class StructureClassifier:
         self.output_phrases = compile_patterns(spec.phrases, ("output", "both"))
         self.cues = compile_patterns(spec.cues, ("prompt",))
         self.any_cue = any_of(self.cues)
+        self.language = LanguageCheck(spec.language) if spec.language.enabled else None
 
     def turns(self, text: str) -> int:
         return (len(_TURN.findall(text)) + len(_TEMPLATE_TURN.findall(text))
@@ -157,7 +163,19 @@ class StructureClassifier:
         many_shot = _ramp(self.turns(raw), self.spec.turns_low, self.spec.turns_high)
         persona = _ramp(self.cue_count(folded), self.spec.cues_low, self.spec.cues_high)
         score = max(phrase, many_shot, persona, self.smuggling(raw))
-        return {JAILBREAK: score} if score > 0 else {}
+        scores = {JAILBREAK: score} if score > 0 else {}
+        if self.language is not None and self.foreign(text) is not None:
+            scores[self.language.spec.category] = self.language.spec.score
+        return scores
+
+    def foreign(self, text: PromptText) -> str | None:
+        """The unreadable language of the last user message, or of the whole text (a
+        request in English around a long passage in another language)."""
+        assert self.language is not None
+        found = self.language.foreign(text.last_user) if text.last_user else None
+        if found is None and text.full != text.last_user:
+            found = self.language.foreign(text.full)
+        return found
 
     def scores_output(self, raw: str, folded: str) -> dict[str, float]:
         score = max(match_scores(self.output_phrases, folded).get(JAILBREAK, 0.0),

@@ -73,7 +73,7 @@ _MIN_UNDONE_WORDS = 3  # frequent words reversing or rotating a segment must mak
 
 # Frequent English words: what ordinary text is mostly made of, and what a reversed,
 # rotated or leet-spelled request is made of once undone.
-_COMMON_WORDS = frozenset((
+COMMON_WORDS = frozenset((
     "a", "about", "after", "again", "against", "all", "also", "an", "and", "any", "are",
     "as", "at", "back", "be", "because", "been", "before", "being", "but", "by", "can",
     "could", "create", "day", "did", "do", "does", "doing", "down", "each", "even",
@@ -197,7 +197,7 @@ def _leet_views(folded: str) -> list[str]:
         while start and folded[start - 1] in _LEET_WORD_CHARS:
             start -= 1
         word = _LEET_WORD.match(folded, start)
-        if word is not None and any(len(reading) > 2 and reading in _COMMON_WORDS
+        if word is not None and any(len(reading) > 2 and reading in COMMON_WORDS
                                     for reading in _readings(word.group())):
             known.add(word.group())
             if len(known) >= _MIN_LEET_WORDS:
@@ -221,9 +221,9 @@ def _unleet(word: str, default: str) -> str:
     if word.isalpha() or (word.isdigit() and len(word) > 1):
         return word
     as_i, as_l = _readings(word)
-    if as_l in _COMMON_WORDS and as_i not in _COMMON_WORDS:
+    if as_l in COMMON_WORDS and as_i not in COMMON_WORDS:
         return as_l
-    if as_i in _COMMON_WORDS:
+    if as_i in COMMON_WORDS:
         return as_i
     return as_i if default == "i" else as_l
 
@@ -254,4 +254,4 @@ def _undo_segments(folded: str, hint: re.Pattern[str], undo: Callable[[str], str
 
 
 def _common_words(text: str) -> int:
-    return sum(word in _COMMON_WORDS for word in _WORDS.findall(text))
+    return sum(word in COMMON_WORDS for word in _WORDS.findall(text))
