@@ -9,11 +9,14 @@ flag it).
 
 The language comes from py3langid (langid.py's model, 97 languages, shipped in its
 wheel): about 0.1 ms for a short prompt, about 1 us a character; long text is judged by
-its first and last `sample_chars`. Text counts as foreign only when the identifier is
-fairly sure of a language the classifiers do not read AND gives the readable ones almost
-nothing (`max_readable`): on short English it is often unsure, and guesses Pidgin or
-Latin. Too short a text (`min_letters`) is not judged. A request to translate a quoted
-foreign passage reads as that passage's language when the passage is most of the text.
+its first and last `sample_chars`. The text is judged whole, then sentence by sentence
+(those of `min_segment_letters` or more that are not plainly English prose, at most 12),
+since an English wrapper ("Answer in English: ...") can carry a request in another
+language. A verdict is foreign only when the identifier is fairly sure of languages the
+classifiers do not read AND gives the readable ones almost nothing (`max_readable`): on
+short English it is often unsure, and guesses Pidgin or Latin. Too short a text
+(`min_letters`) is not judged. So a request to translate or correct a quoted foreign
+sentence is named too; a foreign word or phrase in English text is not.
 """
 
 from __future__ import annotations
@@ -43,12 +46,13 @@ def identifier() -> Any:
 # Sentence and clause ends, line breaks and quotes: where a request in one language is
 # wrapped in another ("Answer in English: ...").
 _SEGMENT = re.compile(r"[.!?;:\n\"\u201c\u201d\u00ab\u00bb\u300c\u300d\u3002\uff01\uff1f\uff1a]+")
-
-
 # Sentences identified one by one at most, per text: bounds the time on the event loop
 # (about 0.1 ms each) for a sample of many short sentences.
 _MAX_SEGMENTS = 12
-_WORDS = re.compile(r"[^\W\d_]+")
+_WORDS = re.compile(r"[^\W\d_]+")  # runs of letters, any script
+# What the identifier calls text with no language in it (base64, hashes, keys): not a
+# language the classifiers miss (the structure classifier decodes base64 itself).
+_NO_LANGUAGE = "zxx"
 
 
 def _letters(text: str) -> int:
@@ -100,11 +104,6 @@ class LanguageCheck:
                 or sum(p for _, p in ranked[:3]) < self.spec.min_confidence:
             return None
         return str(best) if self._readable(ranked) < self.spec.max_readable else None
-
-
-# What the identifier calls text with no language in it (base64, hashes, keys): not a
-# language the classifiers miss (the structure classifier decodes base64 itself).
-_NO_LANGUAGE = "zxx"
 
 
 def _plainly_english(segment: str) -> bool:
