@@ -73,6 +73,7 @@ async def test_a_request_in_another_language_gets_the_tiers_answer_for_unknown_r
             error = orjson.loads(raw)["error"]
             assert error["code"] == "content_policy_violation"
             assert "other_language" in error["message"]
+            assert error["message"].endswith("Its classifiers read requests written in: en.")
             assert "ransomware" not in error["message"]
 
 

@@ -145,8 +145,13 @@ class ClassifyRuntime:
     def stage(self, policy: PolicySpec) -> ClassifyStage:
         if self.metrics is None:
             raise ClassifyConfigError("ClassifyRuntime.stage needs metrics")
+        language = policy.classifiers.structure.language
+        hints = {}
+        if policy.classifiers.structure.enabled and language.enabled:
+            hints[language.category] = ("Its classifiers read requests written in: "
+                                        f"{', '.join(language.readable)}.")
         return ClassifyStage(self.build_chain(policy), self.metrics,
-                             overlap=policy.classifiers.overlap)
+                             overlap=policy.classifiers.overlap, hints=hints)
 
     def output_check(self, policy: PolicySpec) -> OutputCheck | None:
         """The output moderation check for this policy, or None when it checks nothing."""

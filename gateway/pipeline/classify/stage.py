@@ -22,6 +22,7 @@ none matched).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 from gateway.context import RequestContext
 from gateway.errors import BadRequest
@@ -38,10 +39,14 @@ FLAG = Decision(True, None, "flag")
 class ClassifyStage:
     name = "classify"
 
-    def __init__(self, chain: Chain, metrics: Metrics, *, overlap: bool = False) -> None:
+    def __init__(self, chain: Chain, metrics: Metrics, *, overlap: bool = False,
+                 hints: Mapping[str, str] | None = None) -> None:
         self.chain = chain
         self.metrics = metrics
         self.overlap = overlap
+        # A sentence added to a refusal for a blocking category the caller can act on
+        # (other_language: which languages the classifiers read).
+        self.hints = dict(hints or {})
 
     async def check(self, ctx: RequestContext) -> Decision:
         if ctx.route == "embeddings":
@@ -83,6 +88,7 @@ class ClassifyStage:
                         if tier is None or tier.action(c) == "block"]
             message = ("This request was refused by the content policy "
                        f"(categories: {', '.join(blocking)}).")
+            message += "".join(f" {self.hints[c]}" for c in blocking if c in self.hints)
             return deny(BadRequest(message, code="content_policy_violation"), "block")
         if verdict.action == "flag":
             return FLAG
