@@ -69,6 +69,8 @@ class LanguageCheck:
     def __init__(self, spec: LanguageSpec) -> None:
         self.spec = spec
         self.readable = frozenset(spec.readable)
+        # English prose needs no identification only where English is readable.
+        self._skip_english = "en" in self.readable
         self._identifier = identifier()  # at policy build (off the event loop), not per call
 
     def foreign(self, text: str) -> str | None:
@@ -84,8 +86,12 @@ class LanguageCheck:
         if found is not None:
             return found
         judged = 0
+        # A sentence that is nearly all of the text was judged with it.
+        most = 0.9 * _weight(sample)
         for segment in _SEGMENT.split(sample):
-            if _weight(segment) >= spec.min_segment_letters and not _plainly_english(segment):
+            weight = _weight(segment)
+            if spec.min_segment_letters <= weight < most and not (
+                    self._skip_english and _plainly_english(segment)):
                 found = self._verdict(self._identifier.rank(segment))
                 judged += 1
                 if found is not None or judged == _MAX_SEGMENTS:

@@ -88,6 +88,32 @@ def test_readable_languages_and_length_are_settings() -> None:
         spanish) is None
     assert LanguageCheck(LanguageSpec(enabled=True, min_letters=100)).foreign(spanish) is None
     assert LanguageCheck(SPEC).foreign("¿Qué?") is None  # too short to tell
+    # Where English is not read, an English sentence in Spanish text is what is foreign.
+    mixed = f"{spanish} Answer the question above in full detail, please, and be quick."
+    assert LanguageCheck(SPEC).foreign(mixed) == "es"
+    assert LanguageCheck(LanguageSpec(enabled=True, readable=("es",))).foreign(mixed) == "en"
+
+
+class _Counting:
+    def __init__(self, inner: object) -> None:
+        self.inner, self.calls = inner, 0
+
+    def rank(self, text: str) -> list[tuple[str, float]]:
+        self.calls += 1
+        return self.inner.rank(text)  # type: ignore[attr-defined, no-any-return]
+
+
+@pytest.mark.parametrize(("text", "identifications"), [
+    ("Explain quantum entanglement simply", 1),  # one sentence: judged once, whole
+    ("Explain quantum entanglement simply. Summarize photosynthesis briefly.", 3),
+    ("The cat sat on the mat and then it went to sleep in the sun.", 1),  # plain prose
+])
+def test_what_is_identified_one_by_one(text: str, identifications: int) -> None:
+    check = LanguageCheck(SPEC)
+    counting = _Counting(check._identifier)
+    check._identifier = counting
+    assert check.foreign(text) is None
+    assert counting.calls == identifications
 
 
 def test_long_text_is_judged_by_its_ends(check: LanguageCheck) -> None:
