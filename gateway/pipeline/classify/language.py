@@ -59,10 +59,13 @@ def _letters(text: str) -> int:
     return sum(c.isalpha() for c in text)
 
 
+_LAST_LATIN = "\u024f"  # the end of Latin Extended-B
+
+
 def _weight(text: str) -> int:
     """Letters, those beyond Latin counted twice: a Chinese or Japanese character is
     about a word, and a Cyrillic or Arabic sentence needs fewer letters to be clear."""
-    return sum(2 if c > "\u024f" else 1 for c in text if c.isalpha())
+    return sum(2 if c > _LAST_LATIN else 1 for c in text if c.isalpha())
 
 
 class LanguageCheck:
@@ -82,9 +85,12 @@ class LanguageCheck:
         sample = text if len(text) <= spec.sample_chars else text[:half] + "\n" + text[-half:]
         if _letters(sample) < spec.min_letters:
             return None
-        found = self._verdict(self._identifier.rank(sample))
-        if found is not None:
-            return found
+        # Plain English prose as a whole needs no identification; its sentences that are
+        # not (a request in another language behind an English wrapper) still get one.
+        if not (self._skip_english and _plainly_english(sample)):
+            found = self._verdict(self._identifier.rank(sample))
+            if found is not None:
+                return found
         judged = 0
         # A sentence that is nearly all of the text was judged with it.
         most = 0.9 * _weight(sample)
@@ -112,9 +118,11 @@ class LanguageCheck:
         return str(best) if self._readable(ranked) < self.spec.max_readable else None
 
 
-def _plainly_english(segment: str) -> bool:
-    """A third or more of its words among the most frequent English words: English prose,
-    not worth an identification (about 0.1 ms each) per sentence. Other languages share
-    few of them ("a", "no", "me")."""
-    words = _WORDS.findall(segment.lower())
-    return bool(words) and 3 * sum(w in COMMON_WORDS for w in words) >= len(words)
+def _plainly_english(text: str) -> bool:
+    """Latin letters only, and a third or more of its words among the most frequent
+    English words: English prose, not worth an identification (about 0.1 ms, more on a
+    busy event loop). Other languages in Latin letters share few of them ("a", "no",
+    "me"); a run of Chinese is one "word", so any other script is identified."""
+    words = _WORDS.findall(text.lower())
+    return bool(words) and all(max(w) <= _LAST_LATIN for w in words) \
+        and 3 * sum(w in COMMON_WORDS for w in words) >= len(words)
