@@ -1,9 +1,9 @@
 """Classifier cost: the gateway with request classification on and off, in one run.
 
-Part 1 (what issue 5 asks): starts `gateway sim` and four gateways in front of it: request
+Part 1 (what issue 5 asks): starts `gateway sim` and five gateways in front of it: request
 classification off; the shipped chain (rules + structure + embedding cascade, with
-`overlap`); the same without `overlap`; and the chain with the static head only
-(`contextual_band: [0.5, 0.5]`), all on the public
+`overlap`); the same without `overlap`; the chain with the static head only
+(`contextual_band: [0.5, 0.5]`); and that without the language check, all on the public
 tier with its rate limits lifted and output moderation off (part 3 measures that). It
 drives unique benign prompts (served by all, so the work is the same apart from
 classification; the few false positives are counted as `refused`) at `--concurrency`
@@ -114,6 +114,13 @@ def _static_only(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
     classifiers["classifiers"]["embedding"]["contextual_band"] = [0.5, 0.5]
 
 
+def _static_without_language(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
+    """static_only less the language check (structure.language): what identifying each
+    prompt's language costs, in the same run."""
+    _static_only(tiers, classifiers)
+    classifiers["classifiers"]["structure"]["language"]["enabled"] = False
+
+
 def _serial(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
     """The shipped cascade without `overlap`: the model's time is not overlapped with the
     upstream's."""
@@ -128,7 +135,8 @@ def _unclassified(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
 
 
 VARIANTS = {"off": _unclassified, "default_cascade": _unmoderated,
-            "cascade_without_overlap": _serial, "static_only": _static_only}
+            "cascade_without_overlap": _serial, "static_only": _static_only,
+            "static_without_language": _static_without_language}
 
 
 async def _through(url: str, token: str, texts: list[str], concurrency: int,
@@ -217,7 +225,7 @@ async def gateway_on_off(args: argparse.Namespace) -> dict[str, Any]:
         if counts:
             results[name]["embedding_paths"] = counts
     off = results["off"]
-    for name in ("default_cascade", "cascade_without_overlap", "static_only"):
+    for name in VARIANTS.keys() - {"off"}:
         results[name]["added_p50_ms"] = round(results[name]["p50_ms"] - off["p50_ms"], 2)
         results[name]["added_p99_ms"] = round(results[name]["p99_ms"] - off["p99_ms"], 2)
     return {"rounds": rounds, "per_round": per_round, "figures": "median over rounds",
