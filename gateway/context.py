@@ -98,6 +98,9 @@ class RequestContext:
     # sequence fits the model's context), when the backend reports its context length: a
     # usage count past it is not charged (relay.py).
     usage_ceiling: int | None = None
+    # The most completion tokens it can have generated (max_tokens per sequence), when the
+    # request names a max_tokens: holds where the backend reports no context length.
+    completion_ceiling: int | None = None
 
     def upstream_headers(self) -> dict[str, str]:
         """Headers of every call made upstream for this request, so the backend's logs and

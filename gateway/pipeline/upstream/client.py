@@ -68,6 +68,16 @@ def refusal(status: int, raw: bytes, body: dict[str, Any],
     return withhold_echo(normalise_upstream_error(status, raw, headers), body)
 
 
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    """The most tokens one sequence may generate (vLLM reads max_completion_tokens
+    first), when the request names it; the tier stage sets its default otherwise."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if type(value) is int and value > 0:
+            return value
+    return None
+
+
 class UpstreamClient:
     def __init__(self, pool: Pool, session: aiohttp.ClientSession,
                  timeouts: TimeoutSettings, retries: int) -> None:
@@ -81,9 +91,13 @@ class UpstreamClient:
     async def forward(self, ctx: RequestContext,
                       relay: Callable[[aiohttp.ClientResponse], Awaitable[T]]) -> T:
         """Send ctx.body to a backend and hand its 2xx response to `relay`."""
-        context = self.pool.context_length(ctx.model) if ctx.route != "embeddings" else None
-        if context is not None:
-            ctx.usage_ceiling = context * generations(ctx.body)
+        if ctx.route != "embeddings":
+            context = self.pool.context_length(ctx.model)
+            if context is not None:
+                ctx.usage_ceiling = context * generations(ctx.body)
+            most = _max_tokens(ctx.body)
+            if most is not None:
+                ctx.completion_ceiling = most * generations(ctx.body)
         body = orjson.dumps(ctx.body)
         tried: list[Backend] = []
         error: GatewayError | None = None

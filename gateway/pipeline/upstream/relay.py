@@ -106,15 +106,18 @@ def _blank_side_texts(holder: dict[str, Any]) -> None:
 
 def _record_usage(ctx: RequestContext, usage: Any) -> None:
     """The backend's token counts: a count that is not a non-negative integer counts as 0,
-    and counts past what the model could have read and written (`usage_ceiling`) are no
-    report at all (the gateway's own count stands): the rate limiter would otherwise
-    charge them, and lock the caller out for as long as they take to pay back."""
+    and counts past what the model could have read and written (`usage_ceiling`), or a
+    completion longer than max_tokens allows (`completion_ceiling`), are no report at all
+    (the gateway's own count stands): the rate limiter would otherwise charge them, and
+    lock the caller out for as long as they take to pay back."""
     if not isinstance(usage, dict):
         return
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     prompt = prompt if type(prompt) is int and prompt > 0 else 0
     completion = completion if type(completion) is int and completion > 0 else 0
     if ctx.usage_ceiling is not None and prompt + completion > ctx.usage_ceiling:
+        return
+    if ctx.completion_ceiling is not None and completion > ctx.completion_ceiling:
         return
     ctx.usage.prompt_tokens, ctx.usage.completion_tokens = prompt, completion
     ctx.usage.reported = True
