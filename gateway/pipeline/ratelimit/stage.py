@@ -17,7 +17,7 @@ from gateway.errors import RateLimited, Unavailable
 from gateway.metrics import Metrics
 from gateway.pipeline import ALLOW, Decision, deny
 from gateway.pipeline.ratelimit.limits import Admission, Limiter, Limits
-from gateway.pipeline.shape import generations
+from gateway.pipeline.shape import completion_bound, generations
 from gateway.pipeline.upstream.tokens import PromptCounter, count_prompt
 from gateway.policy.spec import PolicySpec
 
@@ -28,9 +28,7 @@ def limit_key(sub: str) -> str:
 
 
 def reservation(ctx: RequestContext) -> int:
-    body = ctx.body
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-    return (ctx.prompt_tokens or 0) + int(max_tokens) * generations(body)
+    return (ctx.prompt_tokens or 0) + (completion_bound(ctx.body) or 0)
 
 
 class RateLimitStage:

@@ -220,6 +220,14 @@ def generations(body: dict[str, Any]) -> int:
     return prompts * max(int(body.get("n") or 1), int(body.get("best_of") or 1))
 
 
+def completion_bound(body: dict[str, Any]) -> int | None:
+    """The most completion tokens one shaped request can make the backend generate: its
+    max tokens (vLLM reads max_completion_tokens first) for each of its generations; None
+    when it names no max (the tier stage sets its default where it has one)."""
+    most = body.get("max_completion_tokens") or body.get("max_tokens")
+    return int(most) * generations(body) if most else None
+
+
 def _check_prompt(prompt: Any) -> Decision:
     """OpenAI's four forms: a string, strings, token ids, or lists of token ids."""
     if isinstance(prompt, str):

@@ -26,7 +26,7 @@ from gateway.errors import (
     UpstreamStatus,
     normalise_upstream_error,
 )
-from gateway.pipeline.shape import generations
+from gateway.pipeline.shape import completion_bound, generations
 from gateway.pipeline.upstream.echo import withhold_echo
 from gateway.pipeline.upstream.pool import Backend, Pool
 from gateway.settings import TimeoutSettings
@@ -68,16 +68,6 @@ def refusal(status: int, raw: bytes, body: dict[str, Any],
     return withhold_echo(normalise_upstream_error(status, raw, headers), body)
 
 
-def _max_tokens(body: dict[str, Any]) -> int | None:
-    """The most tokens one sequence may generate (vLLM reads max_completion_tokens
-    first), when the request names it; the tier stage sets its default otherwise."""
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = body.get(key)
-        if type(value) is int and value > 0:
-            return value
-    return None
-
-
 class UpstreamClient:
     def __init__(self, pool: Pool, session: aiohttp.ClientSession,
                  timeouts: TimeoutSettings, retries: int) -> None:
@@ -95,9 +85,7 @@ class UpstreamClient:
             context = self.pool.context_length(ctx.model)
             if context is not None:
                 ctx.usage_ceiling = context * generations(ctx.body)
-            most = _max_tokens(ctx.body)
-            if most is not None:
-                ctx.completion_ceiling = most * generations(ctx.body)
+            ctx.completion_ceiling = completion_bound(ctx.body)
         body = orjson.dumps(ctx.body)
         tried: list[Backend] = []
         error: GatewayError | None = None
