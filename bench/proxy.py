@@ -6,6 +6,8 @@ Starts `gateway sim` and, in front of it, as separate processes:
   what this machine charges for aiohttp's server and client alone);
 - `bare`: the gateway with only its spine on (trusted tier: auth, shape, tier, upstream
   pool, audit log, metrics; no limits, classification, moderation or watermark);
+- `queued` (only when asked for with `--only`): `bare` with `audit.acknowledge: queued`,
+  so answers do not wait for their audit record's commit;
 - `full`: the gateway with every stage on (public tier with its rate limits lifted: auth,
   shape and system prompt, classification incl. the embedding cascade, output moderation,
   watermark payload and ledger, audit).
@@ -22,7 +24,7 @@ The last scenario holds `--held` slow streams open (50 tokens/s each, opened one
 the simulator and the load generator share the cores with the relay: watch the `direct`
 row, which is what the machine allows before any relay is added.
 
-    python bench/proxy.py [--requests N] [--quick] [--only minimal,bare,full] [--held N]
+    python bench/proxy.py [--requests N] [--quick] [--only minimal,bare,queued,full] [--held N]
 """
 
 from __future__ import annotations
@@ -237,10 +239,14 @@ async def main(args: argparse.Namespace) -> None:
                                      url + "/health", home)
                 relays.append(Relay(name, url, proc.pid))
             else:
-                tier, edit = ("trusted", EDITS["bare"]) if name == "bare" else ("public", _full)
+                tier, edit = ("public", _full) if name == "full" else ("trusted", EDITS["bare"])
                 policies = policy_copy(Path(home) / f"policies-{name}", edit)
+                config = Path(home) / f"gateway-{name}.yaml"
+                config.write_text(orjson.dumps(  # JSON is YAML
+                    {"audit": {"acknowledge": "queued"}} if name == "queued" else {}).decode())
                 proc = start(["serve", "--port", port, "--upstream", sim_url],
-                             url + "/readyz", home, timeout_s=120, GATEWAY_POLICIES=policies)
+                             url + "/readyz", home, timeout_s=120, GATEWAY_POLICIES=policies,
+                             GATEWAY_CONFIG=str(config))
                 relays.append(Relay(name, url, proc.pid,
                                     mint_token(Path(home), tier=tier, sub=f"bench-{name}")))
             procs.append(proc)
@@ -277,7 +283,7 @@ if __name__ == "__main__":
     parser.add_argument("--held", type=int, default=256,
                         help="streams held open while new streams are timed")
     parser.add_argument("--only", default="minimal,bare,full",
-                        help="comma-separated relays among minimal, bare, full")
+                        help="comma-separated relays among minimal, bare, queued, full")
     ns = parser.parse_args()
     ns.only = [name for name in ns.only.split(",") if name]
     if ns.quick:

@@ -5,7 +5,8 @@ refused: who read the audit log, reloaded the policy or traced a text.
 
 Called before the last byte of a response goes out (the observe middleware for JSON
 responses and refusals, the stream relay before `[DONE]` or the error event), so a client
-that saw the end of its response has a committed audit record.
+that saw the end of its response has a committed audit record (with `audit.acknowledge:
+queued`, a queued one: the answer does not wait for the commit).
 """
 
 from __future__ import annotations
@@ -52,15 +53,15 @@ async def record_request(app: web.Application, ctx: RequestContext, status: int)
         policy_version=pipeline.version,
         policy_hash=pipeline.policy.digest if pipeline.policy is not None else "",
         store_prompt=app[SETTINGS].audit.store_prompts and tier_opt_in)
+    settings = app[SETTINGS].audit
     try:
-        committed = await app[AUDIT].submit(record)
+        committed = await app[AUDIT].submit(record, wait=settings.acknowledge == "committed")
     except asyncio.CancelledError:
         # The client left while the record was committed: the record is still written
         # (AuditLog.submit), and the request still gets its line (a second call returns
         # at `audited`).
         _log_line(ctx, status, record.key_id)
         raise
-    settings = app[SETTINGS].audit
     withheld = not committed and settings.on_error == "fail_closed"
     if withheld:
         ctx.status = status = AuditUnavailable.status

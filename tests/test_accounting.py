@@ -95,6 +95,41 @@ async def test_a_client_that_leaves_while_its_record_is_committed_still_gets_its
     assert line.status == 200  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("acknowledge", ["committed", "queued"])
+async def test_queued_acknowledge_answers_before_the_commit(
+        start_gateway: StartGateway, sim: Server, home: Path, http: aiohttp.ClientSession,
+        acknowledge: str) -> None:
+    """A writer lock holds every commit back. `committed` (the default) holds the answer
+    until its record is in the store; `queued` answers at once, JSON and stream alike, and
+    the records are committed once the lock goes."""
+    gateway = await start_gateway(sim.url, audit={"acknowledge": acknowledge})
+    lock = sqlite3.connect(home / "audit.sqlite3", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # released within the store's 5 s patience
+
+    async def answer(body: dict[str, object]) -> tuple[int, bytes, str]:
+        async with http.post(gateway.url + "/v1/chat/completions", json=body) as resp:
+            return resp.status, await resp.read(), resp.headers["x-request-id"]
+
+    try:
+        tasks = [asyncio.create_task(answer(chat(max_tokens=2))),
+                 asyncio.create_task(answer(chat(max_tokens=2, stream=True)))]
+        await wait_until(lambda: gateway.app[AUDIT].pending == 2)
+        done, _ = await asyncio.wait(tasks, timeout=0.5)
+        assert len(done) == (2 if acknowledge == "queued" else 0)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    answers = [await task for task in tasks]
+    assert [status for status, _, _ in answers] == [200, 200]
+    assert orjson.loads(answers[0][1])["choices"]
+    assert answers[1][1].rstrip().endswith(b"data: [DONE]")
+    await wait_until(lambda: gateway.app[AUDIT].pending == 0)
+    async with http.get(gateway.url + "/admin/v1/audit", params={"limit": "10"}) as resp:
+        stored = {r["request_id"]: r["status"] for r in (await resp.json())["records"]}
+    assert [stored.get(rid) for _, _, rid in answers] == [200, 200]
+    assert verify_chain(home / "audit.sqlite3").ok
+
+
 @pytest.mark.parametrize("on_error", ["fail_open", "fail_closed"])
 async def test_an_answer_whose_record_is_lost_is_withheld_when_fail_closed(
         start_gateway: StartGateway, sim: Server, home: Path, http: aiohttp.ClientSession,

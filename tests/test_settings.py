@@ -157,6 +157,19 @@ def test_audit_url_from_the_environment_and_validated() -> None:
         load_settings(env={"GATEWAY_AUDIT_URL": "mysql://db/audit"})
 
 
+@pytest.mark.parametrize(("audit", "expected"), [
+    ({"acknowledge": "never"}, r"audit\.acknowledge: one of committed, queued"),
+    ({"acknowledge": "queued", "on_error": "fail_closed"},
+     r"audit\.acknowledge: queued sends answers before their records are committed"),
+])
+def test_audit_acknowledge_is_validated(audit: dict[str, str], expected: str) -> None:
+    with pytest.raises(SettingsError, match=expected):
+        load_settings(env={}, overrides={"audit": audit})
+    assert load_settings(env={}).audit.acknowledge == "committed"
+    assert load_settings(env={}, overrides={"audit": {"acknowledge": "queued"}}
+                         ).audit.acknowledge == "queued"
+
+
 def test_ledger_url_from_the_environment_and_validated() -> None:
     url = "postgresql://gw@db:5432/ledger"
     assert load_settings(env={"GATEWAY_LEDGER_URL": url}).watermark.ledger_url == url

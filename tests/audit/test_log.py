@@ -148,6 +148,48 @@ async def test_failed_write_resolves_false_and_counts(tmp_path: Path) -> None:
     assert counts.failed == 1 and counts.written == 0
 
 
+class CountingStore(SqliteStore):
+    def __init__(self, path: Path, batches: list[int]) -> None:
+        super().__init__(path)
+        self.batches = batches
+
+    def append(self, records: Sequence[AuditRecord]) -> list[ChainedRecord]:
+        self.batches.append(len(records))
+        return super().append(records)
+
+
+async def test_queued_records_are_committed_in_batches_nobody_waits_for(
+        tmp_path: Path) -> None:
+    """With acknowledge: queued nobody waits for a commit, so the writer gathers what
+    arrives over a few milliseconds into one transaction (committed commits a record as
+    soon as it comes: someone may be waiting for it)."""
+    batches: list[int] = []
+    counts = Counts()
+    audit = counts.log(AuditSettings(acknowledge="queued"), tmp_path,
+                       lambda readonly: CountingStore(tmp_path / "audit.sqlite3", batches))
+    await audit.start()
+    for i in range(1, 41):  # one record a millisecond, as from requests ending
+        assert await audit.submit(make_record(i), wait=False) is True
+        await asyncio.sleep(0.001)
+    await audit.close()
+    assert sum(batches) == 40 and counts.written == 40
+    assert len(batches) <= 15, batches
+    assert verify_chain(tmp_path / "audit.sqlite3").checked == 40
+
+
+async def test_a_queued_record_that_fails_later_is_counted(tmp_path: Path) -> None:
+    """wait=False returns once the record is queued, even while the store is stuck; a
+    write that fails later is counted, not told."""
+    gate, counts = threading.Event(), Counts()
+    audit = counts.log(AuditSettings(acknowledge="queued"), tmp_path,
+                       gated(tmp_path, gate, fail=True))
+    await audit.start()
+    assert await audit.submit(make_record(1), wait=False) is True  # the store is stuck
+    gate.set()
+    await audit.close()
+    assert counts.failed == 1 and counts.written == 0 and audit.pending == 0
+
+
 async def test_cancelled_caller_does_not_withdraw_its_record(tmp_path: Path) -> None:
     gate = threading.Event()
     audit = AuditLog(AuditSettings(queue_size=1), tmp_path, opener=gated(tmp_path, gate))
