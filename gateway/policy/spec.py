@@ -104,7 +104,7 @@ class CategorySpec:
 
 Scope = Literal["prompt", "output", "both"]
 OnError = Literal["open", "closed"]
-EmbeddingInput = Literal["last_user", "full"]
+EmbeddingInput = Literal["last_user", "full", "restated"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,13 +58,14 @@ from gateway.extras import absent
 from gateway.pipeline.classify.admission import ModelAdmission
 from gateway.pipeline.classify.budget import within
 from gateway.pipeline.classify.structure import JAILBREAK
+from gateway.pipeline.classify.tense import restate
 from gateway.pipeline.classify.text import PromptText
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
     from gateway.pipeline.classify.head import Floats, Head
     from gateway.pipeline.classify.static import StaticEncoder
-    from gateway.policy.spec import EmbeddingSpec
+    from gateway.policy.spec import EmbeddingInput, EmbeddingSpec
 
 log = logging.getLogger("gateway.classify")
 
@@ -432,12 +433,22 @@ class EmbeddingClassifier:
     def _inputs(self, text: PromptText) -> list[str]:
         texts: list[str] = []
         for which in self.spec.inputs:
-            value = text.last_user if which == "last_user" else text.prose
-            if value.strip() and value not in texts:
+            value = self._input(text, which)
+            if value is not None and value.strip() and value not in texts:
                 texts.append(value)
         if text.phrases:  # output constraints, read apart from the prose (text.py)
             texts.append(text.phrases)
         return texts
+
+    def _input(self, text: PromptText, which: EmbeddingInput) -> str | None:
+        if which == "last_user":
+            return text.last_user
+        if which == "full":
+            return text.prose
+        # restated: a past- or future-tense request as a direct one (tense.py), with the
+        # vocabulary of the static encoder (not loaded yet: the model cannot run either).
+        encoder = self.embedder.static
+        return restate(text.last_user, encoder.is_word) if encoder is not None else None
 
     def quick(self, text: PromptText) -> dict[str, float] | None:
         """The static head's scores when it is sure of them; None: the model must decide."""

@@ -72,6 +72,10 @@ class StaticEncoder:
         self._pieces: dict[str, list[int]] = {}  # word -> its word-piece ids
         self.dim = int(self._table.shape[1])
 
+    def is_word(self, word: str) -> bool:
+        """Whether `word` (lower case) is one token of the model's vocabulary."""
+        return self._tokenizer.token_to_id(word) is not None
+
     def ids(self, text: str, max_tokens: int) -> list[int]:
         """Word-piece ids without [CLS]/[SEP]; long text keeps its head and its tail."""
         return self._clip(self._all_ids(text), max_tokens)
