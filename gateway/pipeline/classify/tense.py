@@ -56,7 +56,6 @@ _WHEN = re.compile(rf",?\s*\b(?:{_VAGUELY_WHEN}|in\s+(?:the\s+)?(?:19|20)\d0s|in
                    r"\b,?", re.IGNORECASE)
 _QUESTION = re.compile(r"how\s+(was|were|did|will|would|could|might)\s+(.+)",
                        re.IGNORECASE | re.DOTALL)
-_WORD = re.compile(r"\S+")
 # Who does it, when the question names nobody in particular.
 _GENERIC_ACTOR = re.compile(
     r"(?:(?:some|many|certain|the|a|an|one|ordinary|malicious|bad|anonymous|these|those|"
@@ -85,7 +84,7 @@ _IRREGULAR = {
     "forged": "forge", "bitten": "bite", "blown": "blow", "thrown": "throw", "worn": "wear",
     "torn": "tear", "sworn": "swear", "struck": "strike", "sunk": "sink", "fled": "flee",
 }
-_PARTICIPLE_WITHIN = 10  # words after "was/were" the participle may come
+_PARTICIPLE_WITHIN = 10  # words after "was/were" (or "will") the participle may come
 
 
 def restate(text: str, is_word: Callable[[str], bool]) -> str | None:
@@ -99,13 +98,10 @@ def restate(text: str, is_word: Callable[[str], bool]) -> str | None:
     aux, rest = found.group(1).lower(), found.group(2)
     if aux in ("was", "were"):
         return _passive(rest.split(), is_word)
-    if aux != "did":  # will, would, could, might: "... NP be <participle> ..."?
-        words = rest.split()
-        if "be" in words[1:_PARTICIPLE_WITHIN]:
-            at = words.index("be", 1)
-            verb = _verb(_bare(words[at + 1]), is_word) if at + 1 < len(words) else None
-            if verb is not None:
-                return " ".join([_ASK, verb, *words[:at], *words[at + 2:]])
+    if aux != "did":  # will, would, could, might
+        restated = _future_passive(rest.split(), is_word)
+        if restated is not None:
+            return restated
     actor = _GENERIC_ACTOR.match(rest)
     if actor is None:
         return None
@@ -120,6 +116,15 @@ def _passive(words: list[str], is_word: Callable[[str], bool]) -> str | None:
         if verb is not None:
             return " ".join([_ASK, verb, *words[:i], *words[i + 1:]])
     return None
+
+
+def _future_passive(words: list[str], is_word: Callable[[str], bool]) -> str | None:
+    """"... NP be <participle> ..." after will/would/could/might."""
+    if "be" not in words[1:_PARTICIPLE_WITHIN]:
+        return None
+    at = words.index("be", 1)
+    verb = _verb(_bare(words[at + 1]), is_word) if at + 1 < len(words) else None
+    return None if verb is None else " ".join([_ASK, verb, *words[:at], *words[at + 2:]])
 
 
 def _bare(word: str) -> str:
