@@ -3,7 +3,9 @@
 Patterns run on `fold(text)` (accents, invisible characters and look-alike letters
 undone, casefolded), so they are written in lower case and need not care about
 obfuscation by zero-width characters or fullwidth letters; and on the prompt's hidden
-views (views.py: spaced letters joined, short base64 decoded, rot13 undone when named).
+views (views.py: spaced letters joined, short base64 decoded, rot13 undone when named),
+and on the last user message restated when it asks how a harm was or will be done "in
+the past" or "in the future" (tense.py: the past-tense attack).
 A pattern with an upper-case letter is compiled with IGNORECASE; the others need not be
 (folded text has no upper case), which halves their cost. A category's
 score is the highest `score` of its patterns that match; one combined pattern finds first
@@ -18,6 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from gateway.pipeline.classify.tense import restate
 from gateway.pipeline.classify.text import PromptText, fold
 from gateway.pipeline.classify.views import hidden_views
 from gateway.policy.spec import PatternSpec, Scope
@@ -86,6 +89,12 @@ def matching_ids(patterns: tuple[CompiledPattern, ...], text: str) -> list[str]:
     return [p.spec.id for p in patterns if p.regex.search(folded)]
 
 
+def _stems(word: str) -> bool:
+    """No vocabulary for `restate`: a regular participle's verb is then its bare stem
+    ("created" -> "creat"), which is what the patterns match (`creat\\w*`)."""
+    return False
+
+
 class RulesClassifier:
     """Seam: `async def score(text) -> {category: score}` (computed inline: microseconds)."""
 
@@ -99,7 +108,11 @@ class RulesClassifier:
     def scores(self, text: PromptText) -> dict[str, float]:
         folded = fold(text.full)
         scores = match_scores(self.patterns, folded, self.any)
-        for view in hidden_views(text.full, folded):  # spaced letters, base64, rot13
+        views = hidden_views(text.full, folded)  # spaced letters, base64, rot13
+        restated = restate(text.last_user, _stems)  # the past-tense attack (tense.py)
+        if restated is not None:
+            views.append(fold(restated))
+        for view in views:
             for category, score in match_scores(self.patterns, view, self.any).items():
                 scores[category] = max(score, scores.get(category, 0.0))
         return scores
