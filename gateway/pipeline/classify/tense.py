@@ -9,7 +9,7 @@ half the time.
 
 `restate` rewrites the two forms that attack takes into a direct request, which the
 embedding classifier reads besides the prompt (input `restated`; the score is the
-highest over the inputs):
+highest over the inputs) and the rules read as one more view of it:
 
 - passive: "How was/were NP <participle> ..." and "How will/would/could/might NP be
   <participle> ..." become "How can I <verb> NP ...";
