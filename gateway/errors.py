@@ -213,6 +213,9 @@ _TYPE_BY_STATUS = {401: "authentication_error", 403: "permission_error",
                    429: "rate_limit_error"}
 
 
+UPSTREAM_MESSAGE_CHARS = 2000  # vLLM's longest own messages are a few hundred characters
+
+
 def shown(value: str, limit: int = 64) -> str:
     """A client's value as an error message may quote it: bounded, so a megabyte-long
     model name does not come back in full (and fill logs), and with what would not show
@@ -238,7 +241,9 @@ def normalise_upstream_error(status: int, raw: bytes,
         nested = data.get("error")
         inner: dict[str, Any] = nested if isinstance(nested, dict) else data
         if isinstance(inner.get("message"), str):
-            message = inner["message"]
+            # Passed on to the client and its logs: bounded, and what would not show
+            # (terminal escapes, bidi overrides) escaped, as for a client's own values.
+            message = shown(inner["message"], UPSTREAM_MESSAGE_CHARS)
         if isinstance(inner.get("type"), str):
             type_ = inner["type"]
         if isinstance(inner.get("param"), str):

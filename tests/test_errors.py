@@ -1,7 +1,13 @@
 import orjson
 import pytest
 
-from gateway.errors import ModelNotFound, RateLimited, normalise_upstream_error, shown
+from gateway.errors import (
+    UPSTREAM_MESSAGE_CHARS,
+    ModelNotFound,
+    RateLimited,
+    normalise_upstream_error,
+    shown,
+)
 
 
 def test_error_renders_openai_shape() -> None:
@@ -45,6 +51,17 @@ def test_normalise_upstream_error(status: int, raw: bytes,
     body = error.body()["error"]
     assert error.http_status == status
     assert (body["message"], body["type"], body["param"], body["code"]) == expected
+
+
+def test_an_upstream_message_is_bounded_and_shows_what_it_holds() -> None:
+    """A backend's message reaches the client and its logs: no terminal escapes or bidi
+    overrides pass as they are, and a megabyte of it does not either."""
+    raw = orjson.dumps({"error": {"message": "bad\x1b[2J\u202eevil" + "x" * 100_000,
+                                  "type": "BadRequestError", "code": 400}})
+    message = normalise_upstream_error(400, raw).body()["error"]["message"]
+    assert message.startswith("bad\\u001b[2J\\u202eevil")
+    assert len(message) == UPSTREAM_MESSAGE_CHARS + 3 + 5 * 2  # the two escapes, "..."
+    assert message.endswith("x...")
 
 
 def test_shown_bounds_a_value_and_escapes_what_would_not_show() -> None:
