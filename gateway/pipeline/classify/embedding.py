@@ -407,7 +407,10 @@ class Embedder:
                 part = (vectors[offset:offset + len(job.texts)]
                         if vectors is not None else None)
                 offset += len(job.texts)
-                job.loop.call_soon_threadsafe(_resolve, job, part, error)
+                try:
+                    job.loop.call_soon_threadsafe(_resolve, job, part, error)
+                except RuntimeError:  # the caller's event loop has closed: nobody waits
+                    pass
 
 
 class EmbeddingClassifier:

@@ -66,6 +66,22 @@ async def test_terse_requests_are_read_for_what_they_ask(embedder: Embedder) -> 
         assert max(scores.values()) >= 0.5, (text, scores)
 
 
+def test_a_caller_whose_loop_closed_does_not_stop_the_worker(embedder: Embedder) -> None:
+    """The answer for a loop that has gone (a test's, a stopped server's) is dropped; the
+    worker goes on answering everyone else."""
+    gone = asyncio.new_event_loop()
+    task = gone.create_task(embedder.embed([f"orphaned question {time.time_ns()}"]))
+    gone.run_until_complete(asyncio.sleep(0.01))  # queued, waiting for its answer
+    assert not task.done()
+    task.cancel()
+    gone.close()
+
+    async def ask() -> Any:
+        return await asyncio.wait_for(embedder.embed([f"next question {time.time_ns()}"]), 30)
+
+    assert asyncio.run(ask()).shape[0] == 1
+
+
 async def test_concurrent_requests_share_batches(embedder: Embedder) -> None:
     before = embedder.batches
     texts = [f"question number {i} about gardening tomatoes" for i in range(12)]
