@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import importlib
 import logging
 import math
@@ -407,10 +408,8 @@ class Embedder:
                 part = (vectors[offset:offset + len(job.texts)]
                         if vectors is not None else None)
                 offset += len(job.texts)
-                try:
+                with contextlib.suppress(RuntimeError):  # the caller's loop closed: nobody waits
                     job.loop.call_soon_threadsafe(_resolve, job, part, error)
-                except RuntimeError:  # the caller's event loop has closed: nobody waits
-                    pass
 
 
 class EmbeddingClassifier:
