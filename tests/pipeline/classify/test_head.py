@@ -18,6 +18,9 @@ def test_shipped_head_matches_the_taxonomy() -> None:
     assert head.layers == (2, 3, 4) and head.dim == 384 * len(head.layers)
     assert head.hidden_w is not None and head.hidden_w.shape == (128, head.dim)
     assert head.fast is not None and head.fast.dim == 384  # static vectors: one table
+    assert head.fast.adapter is None  # the static table is read as shipped
+    assert head.adapter is not None and head.meta["adapter_rank"] == 8
+    assert all(a.shape[0] == 8 for a, _ in head.adapter.updates.values())
     assert set(head.categories) <= set(POLICY.categories) - {"benign", "unverified"}
     assert head.meta["encoder"] == "all-MiniLM-L6-v2"
     assert head.meta["examples"] >= 500
