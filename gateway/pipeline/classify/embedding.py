@@ -9,7 +9,9 @@ Three layers:
   held-out data they separate harmful from benign better than the sentence-similarity
   output of layer 6, and the forward pass stops at the deepest layer asked for (4 of 6
   layers run), as one TorchScript call traced once per layer set and process (eager
-  PyTorch would wait for the GIL between its operations while the loop is busy). Text
+  PyTorch would wait for the GIL between its operations while the loop is busy). A head
+  with an `adapter` (head.py) is read through a copy of those layers with its low-rank
+  updates added to their weights, traced the same way (the same cost per prompt). Text
   longer than `max_tokens` keeps its head and its tail (a jailbreak preamble followed by
   the real ask keeps the ask).
 - `Embedder` (async, one per process, outlives policy reloads): one worker thread and a

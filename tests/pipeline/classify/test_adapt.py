@@ -90,6 +90,24 @@ def test_fine_tuning_separates_its_examples_and_is_repeatable(encoder: Encoder) 
     assert logits[:4].min() > logits[4:].max()
 
 
+def test_only_the_latest_adapted_traces_are_kept(encoder: Encoder,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each adapted trace holds its own copy of the weights: a policy reloaded with one new
+    head after another must not grow the process."""
+    from collections import OrderedDict
+
+    from gateway.pipeline.classify import embedding
+
+    monkeypatch.setattr(embedding, "_TRACED", OrderedDict())
+    adapters = [_random_adapter(encoder, rank=1, seed=10 + i)[0] for i in range(5)]
+    for adapter in adapters:
+        encoder.encode(TEXTS[:1], 128, LAYERS, adapter)
+    encoder.encode(TEXTS[:1], 128, LAYERS)
+    kept = [digest for _, digest in embedding._TRACED]
+    assert kept.count("") == 1  # the unadapted trace is never dropped for them
+    assert [d for d in kept if d] == [a.digest for a in adapters[-embedding._ADAPTED_KEPT:]]
+
+
 def test_an_adapted_head_is_read_through_its_adapter(encoder: Encoder,
                                                      embedder: Embedder) -> None:
     adapter, _ = _random_adapter(encoder, seed=3)
