@@ -40,6 +40,7 @@ def test_probes_are_not_training_examples() -> None:
 @pytest.mark.parametrize(("name", "least", "sources"), [
     ("fresh.jsonl", 500, ("xs_", "chat_")),
     ("blind.jsonl", 190, ("blind_toxic", "blind_hardneg")),
+    ("unseen.jsonl", 490, ("orb_safe", "xst_safe", "chat_safe", "chat_toxic", "req_harmful")),
 ])
 def test_the_evaluation_only_sets_are_not_training_data(name: str, least: int,
                                                         sources: tuple[str, ...]) -> None:
