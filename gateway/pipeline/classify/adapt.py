@@ -5,13 +5,15 @@ better than who does what to whom: "how do I support a partner who self-harms" a
 I self-harm" pool to neighbours. Here the encoder learns too, through low-rank updates
 (rank 8) to the query, value and both feed-forward weights of every layer it runs,
 trained with the harm model (one hidden ReLU layer) on the same examples. On the held-out
-split the harm model's ROC AUC rises from 0.955 to 0.975 and on the never-trained-on
-sets more (data/DATA.md, "A fine-tuned encoder"). The updates are 0.2 M weights; the
-encoder merges them into a copy of its own once, so serving costs what it did.
+split the harm model's ROC AUC rises from 0.955 to 0.975; through the whole chain the
+sets it never saw gain less, and the newest of them nothing (data/DATA.md, "A fine-tuned
+encoder"). The updates are 0.17 M weights; the encoder merges them into a copy of its
+own once, so serving costs what it did.
 
-Training: class-balanced binary cross-entropy, AdamW with a one-cycle learning rate, four
-epochs of batches of 32 in a seeded order (3-4 minutes on two cores). Seeded, with a
-fixed thread count: the same examples give the same updates.
+Training: class-balanced binary cross-entropy (plus, with `category_weight`, a category
+cross-entropy on the harmful rows), AdamW with a one-cycle learning rate, four epochs of
+batches of 32 in a seeded order (3-4 minutes on two cores). Seeded, with a fixed thread
+count: the same examples give the same updates.
 """
 
 from __future__ import annotations
