@@ -67,10 +67,14 @@ def fine_tune(encoder: Encoder, texts: list[str], harmful: list[bool],
         harm = nn.Sequential(nn.Dropout(0.3), first, nn.ReLU(), nn.Dropout(0.3), last)
         # With category_weight > 0 the category (index, -1 for none) is learnt alongside,
         # so the updates keep the categories apart; its softmax is refitted afterwards.
+        # Made only when used: its initial weights would take draws from the seeded
+        # generator, and change the updates trained without it.
         labels = torch.tensor(categories if categories is not None else [-1] * len(texts))
-        category = nn.Sequential(nn.Dropout(0.3), nn.Linear(dim, max(int(labels.max()) + 1, 1)))
+        category = (nn.Sequential(nn.Dropout(0.3),
+                                  nn.Linear(dim, max(int(labels.max()) + 1, 1)))
+                    if category_weight > 0 else None)
         params = [p for m in low_rank for p in (m.a, m.b)]
-        heads = [*harm.parameters(), *category.parameters()]
+        heads = [*harm.parameters(), *(category.parameters() if category is not None else ())]
         optimiser = torch.optim.AdamW([{"params": params, "weight_decay": 0.0},
                                        {"params": heads, "weight_decay": 1e-2}])
         steps = epochs * math.ceil(len(texts) / batch)
@@ -91,7 +95,7 @@ def fine_tune(encoder: Encoder, texts: list[str], harmful: list[bool],
                 loss = (nn.functional.binary_cross_entropy_with_logits(
                     harm(x).squeeze(1), target[rows], reduction="none") * weight[rows]).mean()
                 known = labels[rows] >= 0
-                if category_weight > 0 and bool(known.any()):
+                if category is not None and bool(known.any()):
                     loss = loss + category_weight * nn.functional.cross_entropy(
                         category(x[known]), labels[rows][known])
                 optimiser.zero_grad()
