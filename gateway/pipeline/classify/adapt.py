@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.pipeline.classify.embedding import Encoder, pooled_module
+from gateway.pipeline.classify.embedding import Encoder, padded, pooled_module
 from gateway.pipeline.classify.head import Adapter, Floats
 
 # The linear layers updated in every encoder layer the forward pass runs.
@@ -91,7 +91,7 @@ def fine_tune(encoder: Encoder, texts: list[str], harmful: list[bool],
             order = torch.randperm(n).tolist()
             for start in range(0, n, batch):
                 rows = order[start:start + batch]
-                x = pooled(*_padded([ids[i] for i in rows], torch))
+                x = pooled(*map(torch.from_numpy, padded([ids[i] for i in rows])))
                 loss = (nn.functional.binary_cross_entropy_with_logits(
                     harm(x).squeeze(1), target[rows], reduction="none") * weight[rows]).mean()
                 known = labels[rows] >= 0
@@ -113,16 +113,6 @@ def fine_tune(encoder: Encoder, texts: list[str], harmful: list[bool],
 def _array(t: Any) -> Floats:
     out: Floats = np.array(t.detach().numpy(), dtype=np.float32)
     return out
-
-
-def _padded(seqs: list[list[int]], torch: Any) -> tuple[Any, Any]:
-    width = max(len(s) for s in seqs)
-    ids = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, :len(s)] = torch.tensor(s)
-        mask[row, :len(s)] = 1
-    return ids, mask
 
 
 def _wrap(model: Any, rank: int, scale: float, torch: Any) -> list[Any]:

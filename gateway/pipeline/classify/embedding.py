@@ -175,12 +175,7 @@ class Encoder:
         out = numpy.empty((len(seqs), self.dim * len(layers)), dtype=numpy.float32)
         for start in range(0, len(order), 8):
             group = order[start:start + 8]
-            width = max(len(seqs[i]) for i in group)
-            ids = numpy.zeros((len(group), width), dtype=numpy.int64)
-            mask = numpy.zeros((len(group), width), dtype=numpy.int64)
-            for row, i in enumerate(group):
-                ids[row, :len(seqs[i])] = seqs[i]
-                mask[row, :len(seqs[i])] = 1
+            ids, mask = padded([seqs[i] for i in group])
             with torch.inference_mode():
                 vectors = forward(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
             out[group] = vectors
@@ -223,6 +218,18 @@ class Encoder:
             warnings.simplefilter("ignore")
             return torch.jit.freeze(torch.jit.trace(pooled.eval(), (ids, mask),
                                                     check_trace=False))
+
+
+def padded(seqs: Sequence[Sequence[int]]) -> tuple[Any, Any]:
+    """Token ids right-padded with 0 to the longest, and the attention mask: int64 arrays."""
+    numpy: Any = importlib.import_module("numpy")
+    width = max(len(s) for s in seqs)
+    ids = numpy.zeros((len(seqs), width), dtype=numpy.int64)
+    mask = numpy.zeros((len(seqs), width), dtype=numpy.int64)
+    for row, s in enumerate(seqs):
+        ids[row, :len(s)] = s
+        mask[row, :len(s)] = 1
+    return ids, mask
 
 
 def _merged(blocks: Any, adapter: Adapter, torch: Any) -> Any:

@@ -142,7 +142,7 @@ class Head:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        rounded = _rounded
+        rounded = _rounded  # shared with Adapter.to_json
         return {"format": FORMAT, "categories": list(self.categories),
                 "harm": {"w": rounded(self.harm_w), "b": round(self.harm_b, 6)},
                 "category": {"w": rounded(self.cat_w), "b": rounded(self.cat_b)},

@@ -317,17 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     extra = read_dev(args.dev) if args.dev is not None else []
     started = time.perf_counter()
     everything = examples + extra
-    vectors = embed([e.text for e in everything], args.threads, args.cache, args.layers)
-    print(f"embedded {len(everything)} texts in {time.perf_counter() - started:.1f}s",
-          file=sys.stderr)
+    adapted = args.adapter_rank > 0 and args.hidden > 0
+    vectors = None  # the frozen encoder's: read only without an adapter
+    if not adapted:
+        vectors = embed([e.text for e in everything], args.threads, args.cache, args.layers)
+        print(f"embedded {len(everything)} texts in {time.perf_counter() - started:.1f}s",
+              file=sys.stderr)
     train_idx = [i for i, e in enumerate(everything) if i >= len(examples) or not e.heldout]
     held_idx = [i for i, e in enumerate(examples) if e.heldout]
     held = [everything[i] for i in held_idx]
     encoder = Encoder(args.threads)
     static = encoder.static().encode([e.text for e in everything], MAX_TOKENS)
-    adapted = args.adapter_rank > 0 and args.hidden > 0
-    probe_vectors = vectors
-
     def fit_both(idx: list[int], meta: dict[str, Any]) -> tuple[Head, Floats]:
         """The head fitted on everything[idx], and the vectors of everything it reads."""
         rows = [everything[i] for i in idx]
@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                                   tuned.adapter)
             print(f"fine-tuned the encoder on {len(rows)} examples in "
                   f"{time.perf_counter() - started:.0f}s", file=sys.stderr)
+        assert read is not None
         head = fit(rows, read[idx], args.l2_harm, args.l2_cat, meta, args.operating_point,
                    args.hidden, tuned)
         return replace(head, fast=fast, layers=args.layers), read

@@ -51,15 +51,15 @@ def _random_adapter(encoder: Encoder, rank: int = 4, seed: int = 1) -> tuple[Ada
 def test_merged_updates_read_what_the_low_rank_layers_read(encoder: Encoder) -> None:
     import torch
 
-    from gateway.pipeline.classify.adapt import _padded
-    from gateway.pipeline.classify.embedding import pooled_module
+    from gateway.pipeline.classify.embedding import padded, pooled_module
 
     before = encoder.encode(TEXTS, 128, LAYERS)
     adapter, unmerged = _random_adapter(encoder)
     pooled = pooled_module(unmerged, LAYERS, torch)
     with torch.no_grad():
-        expected = np.concatenate([pooled(*_padded([encoder.ids(t, 128)], torch)).numpy()
-                                   for t in TEXTS])
+        expected = np.concatenate(
+            [pooled(*map(torch.from_numpy, padded([encoder.ids(t, 128)]))).numpy()
+             for t in TEXTS])
     merged = encoder.encode(TEXTS, 128, LAYERS, adapter)
     assert np.abs(merged - expected).max() < 1e-5
     assert np.abs(merged - before).max() > 1e-3  # the updates changed what is read
