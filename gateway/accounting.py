@@ -70,6 +70,8 @@ async def record_request(app: web.Application, ctx: RequestContext, status: int)
 
 
 def _log_line(ctx: RequestContext, status: int, key_id: str) -> None:
+    if not log.isEnabledFor(logging.INFO):  # the fields cost more than the check
+        return
     duration = time.perf_counter() - ctx.started
     log.info("request", extra=request_log_fields(ctx, status, duration, key_id=key_id))
 

@@ -25,6 +25,10 @@ from gateway.visible import visible
 
 REDACTED = "[redacted]"
 _MIN_SECRET = 8  # shorter "secrets" would redact ordinary words
+# Scrubbed strings remembered per Redactor: most fields of a request's line (tier, model,
+# route, the caller's key id) repeat from line to line. Bounded in count and length.
+_REMEMBERED = 4096
+_REMEMBERED_CHARS = 256
 _PATTERNS = (
     # Authorization header values.
     re.compile(r"(?i)(?P<keep>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}"),
@@ -37,6 +41,7 @@ _PATTERNS = (
     # User info in URLs (http://user:password@host).
     re.compile(r"(?i)(?P<keep>\b[a-z][a-z0-9+.-]*://)[^/?#@\s]+(?=@)"),
 )
+_AUTH_SCHEME = re.compile(r"(?i)bearer|basic")
 # gen_ai.operation.name of each route, as the GenAI semantic conventions spell it.
 OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 # Attributes every LogRecord has; anything else on a record came in through `extra`.
@@ -55,16 +60,28 @@ class Redactor(logging.Filter):
         super().__init__()
         self._secrets = sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len,
                                reverse=True)
+        self._scrubbed: dict[str, str] = {}
 
     def scrub(self, text: str) -> str:
+        known = self._scrubbed.get(text)
+        if known is not None:
+            return known
+        clean = text
         for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        return scrub_credentials(text)
+            clean = clean.replace(secret, REDACTED)
+        clean = scrub_credentials(clean)
+        if len(text) <= _REMEMBERED_CHARS:
+            if len(self._scrubbed) >= _REMEMBERED:
+                self._scrubbed.clear()
+            self._scrubbed[text] = clean
+        return clean
 
     def _deep(self, value: object) -> object:
         """Scrubbed copies of strings inside extra fields; the caller's objects are kept."""
         if isinstance(value, str):
             return self.scrub(value)
+        if value is None or isinstance(value, int | float):  # most fields: no ABC check
+            return value
         if isinstance(value, Mapping):
             return {k: self._deep(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
@@ -91,9 +108,19 @@ class Redactor(logging.Filter):
 
 def scrub_credentials(text: str) -> str:
     """`text` with anything shaped like a token, a JWT or URL user info redacted."""
+    if not _may_hold_credentials(text):
+        return text
     for pattern in _PATTERNS:
         text = pattern.sub(_replacement, text)
     return text
+
+
+def _may_hold_credentials(text: str) -> bool:
+    """What every pattern needs (an auth scheme's name, an "=", an "@", or the two dots of
+    a JWT), checked in C: most strings logged (ids, names, labels) hold none, and the
+    patterns themselves cost a few microseconds per string."""
+    return ("=" in text or "@" in text or text.count(".") >= 2
+            or _AUTH_SCHEME.search(text) is not None)
 
 
 def _replacement(match: re.Match[str]) -> str:

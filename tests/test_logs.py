@@ -9,6 +9,7 @@ import pytest
 
 from gateway.context import Principal, RequestContext, Usage
 from gateway.logs import (
+    _REMEMBERED,
     REDACTED,
     JsonFormatter,
     Redactor,
@@ -78,6 +79,33 @@ def test_redactor_leaves_ordinary_text_alone() -> None:
     assert r.scrub(f"Basic dXNlcjpwYXNzd29yZA== and {SECRET}") == \
         f"Basic {REDACTED} and {REDACTED}"
     assert r.scrub("see http://example.com/a@b and a@b.c") == "see http://example.com/a@b and a@b.c"
+
+
+@pytest.mark.parametrize("text", [
+    f"BEARER {JWT}",
+    "basic dXNlcjpwYXNzd29yZA==",
+    JWT,
+    "aaaaaaaaaaaaaaaaaaaa.bbbbbbbbbbbbbbbbbbbb.cccccccccccccccccccc",
+    "API_KEY=sk-live-0123456789",
+    "postgres://u:pw@db:5432/audit",
+    f"ids {SECRET}",
+])
+def test_every_credential_shape_is_redacted_each_time_it_is_seen(text: str) -> None:
+    # Scrubbed strings are remembered: the second sight must be redacted too.
+    r = Redactor([SECRET])
+    first, again = r.scrub(text), r.scrub(text)
+    assert first == again and REDACTED in first
+    assert all(part not in first for part in (JWT, SECRET, "dXNlcjpwYXNzd29yZA==",
+                                             "sk-live-0123456789", "u:pw"))
+
+
+def test_the_redactors_memory_is_bounded() -> None:
+    r = Redactor()
+    for i in range(_REMEMBERED + 10):
+        assert r.scrub(f"request-{i}") == f"request-{i}"
+    assert len(r._scrubbed) <= _REMEMBERED
+    long = "x" * 10_000
+    assert r.scrub(long) == long and long not in r._scrubbed
 
 
 def test_user_info_in_urls_is_removed() -> None:
