@@ -202,7 +202,10 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     settings, metrics = app[SETTINGS], app[METRICS]
     # limit=0: no connection cap, so hundreds of concurrent streams never queue here.
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+    # No cookie jar: one session serves every caller, so a cookie a backend (or a balancer
+    # in front of it) set must never ride along with the next caller's request.
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
         pool = Pool(settings.upstreams, session, settings.health, metrics)
         app[POOL] = pool
         app[UPSTREAM] = UpstreamClient(pool, session, settings.timeouts, settings.retries)

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.conftest import MODEL, MintToken, Server, StartGateway, chat
+from tests.conftest import MODEL, MintToken, Server, StartGateway, chat, fake_backend
 
 PROMPT_CANARY = "canary-prompt-5d1e0b"
 
@@ -146,3 +146,37 @@ async def test_detect_errors_do_not_echo_the_suspect_text(gateway: Server,
         async with http.post(gateway.url + "/admin/v1/watermark/detect", json=body) as resp:
             assert resp.status == 400
             assert PROMPT_CANARY not in await resp.text()
+
+
+async def test_cookies_an_upstream_sets_are_never_sent_for_the_next_caller(
+        start_gateway: StartGateway, servers: list[web.AppRunner], mint: MintToken) -> None:
+    """A backend (or a balancer in front of it) that sets a cookie: the gateway's one
+    upstream session must not keep it and send it with another caller's request. Named by
+    host name: aiohttp's cookie jar keeps no cookie set by an IP address."""
+    seen: list[str | None] = []
+
+    async def backend(request: web.Request) -> web.Response:
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list",
+                                      "data": [{"id": MODEL, "object": "model"}]})
+        response = web.Response()
+        if request.path == "/v1/chat/completions":
+            seen.append(request.headers.get("Cookie"))
+            response = web.json_response({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": MODEL,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "hello"}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+        response.set_cookie("session", f"for-caller-{len(seen)}")
+        return response
+
+    url = (await fake_backend(backend, servers)).replace("127.0.0.1", "localhost")
+    gateway = await start_gateway(url)
+    async with aiohttp.ClientSession() as http:
+        for caller in ("alice", "bob"):
+            headers = {"Authorization": f"Bearer {mint(sub=caller)}"}
+            async with http.post(gateway.url + "/v1/chat/completions", headers=headers,
+                                 json=chat("hi")) as resp:
+                assert resp.status == 200, await resp.text()
+                assert "Set-Cookie" not in resp.headers
+    assert seen == [None, None]
