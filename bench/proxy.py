@@ -19,12 +19,16 @@ targets (<= 250 us CPU per request, <= 25 us per chunk, <= 0.6 ms added p50 unlo
 256 slow streams with < 1 ms added TTFT) were set against a minimal relay costing about
 145 us per request; the `minimal` row says what that reference costs on this machine.
 
+The gateways log at their default level, INFO: one JSON line per request, written to
+/dev/null (`--log-level WARNING` leaves the lines out, as runs before 2026-11-29 did).
+
 The last scenario holds `--held` slow streams open (50 tokens/s each, opened one every
 4 ms) and times the first token of new streams started meanwhile. On a 2-core machine
 the simulator and the load generator share the cores with the relay: watch the `direct`
 row, which is what the machine allows before any relay is added.
 
     python bench/proxy.py [--requests N] [--quick] [--only minimal,bare,queued,full] [--held N]
+                          [--log-level LEVEL]
 """
 
 from __future__ import annotations
@@ -246,7 +250,7 @@ async def main(args: argparse.Namespace) -> None:
                     {"audit": {"acknowledge": "queued"}} if name == "queued" else {}).decode())
                 proc = start(["serve", "--port", port, "--upstream", sim_url],
                              url + "/readyz", home, timeout_s=120, GATEWAY_POLICIES=policies,
-                             GATEWAY_CONFIG=str(config))
+                             GATEWAY_CONFIG=str(config), GATEWAY_LOG_LEVEL=args.log_level)
                 relays.append(Relay(name, url, proc.pid,
                                     mint_token(Path(home), tier=tier, sub=f"bench-{name}")))
             procs.append(proc)
@@ -282,6 +286,9 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
     parser.add_argument("--held", type=int, default=256,
                         help="streams held open while new streams are timed")
+    parser.add_argument("--log-level", default="INFO",
+                        help="the gateways' log level: INFO (their default) writes one line "
+                             "per request, which is part of what a request costs")
     parser.add_argument("--only", default="minimal,bare,full",
                         help="comma-separated relays among minimal, bare, queued, full")
     ns = parser.parse_args()
