@@ -22,6 +22,7 @@ sentence is named too; a foreign word or phrase in English text is not.
 from __future__ import annotations
 
 import re
+import string
 import threading
 from typing import Any
 
@@ -55,8 +56,13 @@ _WORDS = re.compile(r"[^\W\d_]+")  # runs of letters, any script
 _NO_LANGUAGE = "zxx"
 
 
+_ASCII_LETTERS = string.ascii_letters.encode()
+
+
 def _letters(text: str) -> int:
-    return sum(c.isalpha() for c in text)
+    if text.isascii():  # the usual case, counted in C: what deleting the letters removes
+        return len(text) - len(text.encode().translate(None, _ASCII_LETTERS))
+    return sum(map(str.isalpha, text))
 
 
 _LAST_LATIN = "\u024f"  # the end of Latin Extended-B
@@ -65,6 +71,8 @@ _LAST_LATIN = "\u024f"  # the end of Latin Extended-B
 def _weight(text: str) -> int:
     """Letters, those beyond Latin counted twice: a Chinese or Japanese character is
     about a word, and a Cyrillic or Arabic sentence needs fewer letters to be clear."""
+    if text.isascii():
+        return _letters(text)
     return sum(2 if c > _LAST_LATIN else 1 for c in text if c.isalpha())
 
 
@@ -124,5 +132,5 @@ def _plainly_english(text: str) -> bool:
     busy event loop). Other languages in Latin letters share few of them ("a", "no",
     "me"); a run of Chinese is one "word", so any other script is identified."""
     words = _WORDS.findall(text.lower())
-    return bool(words) and all(max(w) <= _LAST_LATIN for w in words) \
-        and 3 * sum(w in COMMON_WORDS for w in words) >= len(words)
+    return bool(words) and (text.isascii() or all(max(w) <= _LAST_LATIN for w in words)) \
+        and 3 * sum(map(COMMON_WORDS.__contains__, words)) >= len(words)

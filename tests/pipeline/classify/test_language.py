@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pipeline.classify.language import LanguageCheck
+from gateway.pipeline.classify.language import LanguageCheck, _letters, _weight
 from gateway.pipeline.classify.structure import StructureClassifier
 from gateway.pipeline.classify.text import PromptText
 from gateway.policy.spec import LanguageSpec, StructureSpec
@@ -149,3 +149,13 @@ def test_the_structure_classifier_scores_the_category_it_is_given() -> None:
         == {"unknown_risk": 0.8}
     off = StructureClassifier(StructureSpec())  # disabled unless the policy enables it
     assert off.language is None and off.scores(_text(zulu)) == {}
+
+
+@pytest.mark.parametrize("text", [
+    "", "abc def, 123!", "héllo wörld", "Привет мир", "你好 world", "naïve café ﬁ",
+    "x" * 300 + " 9", "\u0130stanbul \u00df", "tab\tand\nnewline", "عربى 123",
+])
+def test_letter_counts_agree_with_the_plain_definition(text: str) -> None:
+    # The counts take a C shortcut for ASCII text; they must mean what they always meant.
+    assert _letters(text) == sum(c.isalpha() for c in text)
+    assert _weight(text) == sum(2 if c > "\u024f" else 1 for c in text if c.isalpha())
