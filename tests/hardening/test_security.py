@@ -13,7 +13,15 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.conftest import MODEL, MintToken, Server, StartGateway, chat, fake_backend
+from tests.conftest import (
+    MODEL,
+    MintToken,
+    Server,
+    StartGateway,
+    chat,
+    counter_totals,
+    fake_backend,
+)
 
 PROMPT_CANARY = "canary-prompt-5d1e0b"
 
@@ -180,3 +188,37 @@ async def test_cookies_an_upstream_sets_are_never_sent_for_the_next_caller(
                 assert resp.status == 200, await resp.text()
                 assert "Set-Cookie" not in resp.headers
     assert seen == [None, None]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_backend_cannot_redirect_a_prompt_elsewhere(
+        start_gateway: StartGateway, servers: list[web.AppRunner], token: str,
+        stream: bool) -> None:
+    """A 307 keeps the method and the body: followed, it would send the caller's prompt
+    to whatever host the backend named. The gateway follows no redirect."""
+    elsewhere: list[str] = []
+
+    async def other_host(request: web.Request) -> web.Response:
+        elsewhere.append(request.path)
+        return web.json_response({"object": "list", "data": [{"id": MODEL}]})
+
+    target = await fake_backend(other_host, servers)
+
+    async def backend(request: web.Request) -> web.Response:
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list",
+                                      "data": [{"id": MODEL, "object": "model"}]})
+        if request.path == "/v1/chat/completions":
+            raise web.HTTPTemporaryRedirect(target + request.path)
+        return web.Response()
+
+    gateway = await start_gateway(await fake_backend(backend, servers))
+    async with aiohttp.ClientSession() as http, http.post(
+            gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"},
+            json=chat(f"secret plans {PROMPT_CANARY}", stream=stream)) as resp:
+        status, raw = resp.status, await resp.read()
+    assert status == 502, raw
+    assert _error(raw)["message"] == "The upstream server answered with a redirect"
+    assert elsewhere == []
+    kinds = await counter_totals(gateway.url, "gateway_upstream_failures", "kind")
+    assert kinds.get("redirect", 0) >= 1

@@ -182,7 +182,7 @@ class GuardClassifier:
     async def ask(self, text: str) -> tuple[bool, tuple[str, ...], float]:
         """(unsafe, codes, P(unsafe)) for one text."""
         url, body = self._request(clip(text, self.spec.max_chars))
-        async with self.session.post(url, json=body) as resp:
+        async with self.session.post(url, json=body, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise GuardError(f"guard answered HTTP {resp.status}")
             data = await resp.json(content_type=None)

@@ -1,10 +1,11 @@
 """Sending a request upstream: backend choice, timeouts, retries, error mapping.
 
 A request is retried on another backend only while nothing has been sent to the client:
-on a refused or reset connection, a 502/503/504 answer, or a stream that ends before its
-first answer. A time-out is not retried (it would double the client's wait). A 4xx, as
-an HTTP status or as a stream's first event, is the client's answer: the backend refused
-the request, so it is neither retried nor held against the backend.
+on a refused or reset connection, a 502/503/504 answer, a redirect (never followed), or
+a stream that ends before its first answer. A time-out is not retried (it would double
+the client's wait). A 4xx, as an HTTP status or as a stream's first event, is the
+client's answer: the backend refused the request, so it is neither retried nor held
+against the backend.
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ class UpstreamClient:
                     self.pool.failed(backend, "timeout")
                     raise GatewayTimeout("The upstream server did not answer in time") from None
                 try:
+                    if 300 <= resp.status < 400:
+                        # Never followed (a 307 would take the prompt to the host it
+                        # names): a backend that redirects is misconfigured.
+                        self.pool.failed(backend, "redirect")
+                        error = BadGateway("The upstream server answered with a redirect")
+                        continue
                     if resp.status >= 400:
                         error = await self._status_error(backend, resp, ctx.body)
                         continue
@@ -141,7 +148,8 @@ class UpstreamClient:
         url = backend.url + UPSTREAM_PATHS[ctx.route]
         async with asyncio.timeout(self._timeouts.ttfb_s):
             return await self._session.post(url, data=body, headers=ctx.upstream_headers(),
-                                            timeout=self._client_timeout)
+                                            timeout=self._client_timeout,
+                                            allow_redirects=False)
 
     async def _status_error(self, backend: Backend, resp: aiohttp.ClientResponse,
                             body: dict[str, Any]) -> GatewayError:

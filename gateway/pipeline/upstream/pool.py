@@ -108,12 +108,13 @@ class Pool:
         timeout = aiohttp.ClientTimeout(total=self._health.probe_timeout_s)
         why = ""
         try:
-            async with self._session.get(f"{backend.url}/health", timeout=timeout) as resp:
+            async with self._session.get(f"{backend.url}/health", timeout=timeout,
+                                         allow_redirects=False) as resp:
                 passed = resp.status == 200
                 why = f"/health answered {resp.status}"
             if passed:
-                async with self._session.get(f"{backend.url}/v1/models",
-                                             timeout=timeout) as resp:
+                async with self._session.get(f"{backend.url}/v1/models", timeout=timeout,
+                                             allow_redirects=False) as resp:
                     status, body = resp.status, await resp.read()
                 models = _listing(body) if status == 200 else None
                 if models is None:  # the last good list stays

@@ -122,7 +122,8 @@ class PromptCounter:
         try:
             async with self._session.post(f"{backend.url}/tokenize", data=raw,
                                           headers=ctx.upstream_headers(),
-                                          timeout=self._timeout) as resp:
+                                          timeout=self._timeout,
+                                          allow_redirects=False) as resp:
                 if resp.status == 404:
                     self._no_tokenize.add(backend.url)
                     return None
