@@ -149,10 +149,12 @@ def _choice_shape_ok(choice: Any, holder_key: str | None, text_key: str) -> bool
 
 
 def _answer_shape_ok(ctx: RequestContext, data: dict[str, Any]) -> bool:
-    """A whole (non-streamed) answer's choices, each as `_choice_shape_ok` has it."""
-    choices = data.get("choices")
-    if ctx.route == "embeddings" or choices is None:
+    """A whole (non-streamed) answer's choices, each as `_choice_shape_ok` has it. A
+    completion without a `choices` list is broken too: nothing in it would pass the output
+    filters (moderation, watermark), so none of it may reach the client."""
+    if ctx.route == "embeddings":
         return True
+    choices = data.get("choices")
     holder_key = "message" if ctx.route == "chat" else None
     return isinstance(choices, list) and all(
         _choice_shape_ok(c, holder_key, _text_key(ctx)) for c in choices)

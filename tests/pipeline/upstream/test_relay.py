@@ -449,6 +449,7 @@ async def test_a_chunk_of_the_wrong_shape_is_a_malformed_event(
 
 
 BROKEN_ANSWERS = {
+    "no choices": {"output": "text no output filter would see"},
     "choices not a list": {"choices": {"0": {}}},
     "a choice not an object": {"choices": [None]},
     "index not an integer": {"choices": [{"index": "0", "message": {"content": "x"}}]},
