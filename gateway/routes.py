@@ -164,12 +164,14 @@ async def _forward(request: web.Request, ctx: RequestContext,
         relay = StreamRelay(request, ctx, pipeline.output_chain, app[METRICS],
                             settings.timeouts.ttfb_s, settings.timeouts.idle_s,
                             on_end=functools.partial(record_request, app),
-                            side_chains=pipeline.side_chain, lifecycle=app[LIFECYCLE])
+                            side_chains=pipeline.side_chain, lifecycle=app[LIFECYCLE],
+                            max_event_bytes=settings.max_answer_bytes)
         return await app[UPSTREAM].forward(ctx, relay.run)
 
     async def respond(resp: Any) -> web.StreamResponse:
         return await relay_json(ctx, resp, pipeline.output_chain, settings.timeouts.idle_s,
-                                provenance, side_chains=pipeline.side_chain)
+                                provenance, side_chains=pipeline.side_chain,
+                                max_bytes=settings.max_answer_bytes)
 
     # An answer still awaited when the drain time runs out is a 503 the client can read
     # (streams end with an error event instead: the relay registers itself).

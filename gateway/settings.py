@@ -150,6 +150,10 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
     max_body_bytes: int = 4 * 1024 * 1024
+    # The largest answer (non-streaming) or stream event read from a backend: past it, a
+    # 502 (an error event once a stream began). vLLM's are far smaller; the bound keeps a
+    # broken backend from filling the gateway's memory.
+    max_answer_bytes: int = 128 * 1024 * 1024
     retries: int = 1  # extra attempts on another backend, only before any byte is sent
     drain_timeout_s: float = 30.0
     policy_poll_s: float = 2.0  # how often the policy directory is checked for changes
@@ -271,6 +275,8 @@ def _check(settings: Settings) -> None:
                             "(pip install 'gateway[redis]'); not installed: redis")
     if settings.max_body_bytes < 1024:
         raise SettingsError("max_body_bytes: must be at least 1024")
+    if settings.max_answer_bytes < 65536:
+        raise SettingsError("max_answer_bytes: must be at least 65536")
     if settings.timeouts.idle_s <= 0 or settings.timeouts.ttfb_s <= 0:
         raise SettingsError("timeouts: ttfb_s and idle_s must be positive")
     if settings.timeouts.client_header_s <= 0 or settings.timeouts.client_idle_s <= 0 \

@@ -44,7 +44,15 @@ from gateway.pipeline.classify.moderation import OutputBlocked
 from gateway.pipeline.output import LOGPROBS_HEADER, FilterChain, asks_logprobs
 from gateway.pipeline.upstream.client import RetryUpstream, refusal
 from gateway.pipeline.upstream.echo import withhold_echo
-from gateway.pipeline.upstream.sse import DONE, DONE_EVENT, SSEParser, frame, frame_json
+from gateway.pipeline.upstream.sse import (
+    DONE,
+    DONE_EVENT,
+    MAX_EVENT_BYTES,
+    EventTooLarge,
+    SSEParser,
+    frame,
+    frame_json,
+)
 from gateway.pipeline.upstream.tokens import CHARS_PER_TOKEN
 
 log = logging.getLogger("gateway.relay")
@@ -128,6 +136,8 @@ def _record_usage(ctx: RequestContext, usage: Any) -> None:
 _MAX_CHOICE_INDEX = 1024
 _BROKEN_ANSWER = "The upstream server sent a broken answer"
 _MALFORMED_EVENT = "The upstream server sent a malformed event"
+_TOO_LARGE_ANSWER = "The upstream server's answer is larger than the gateway accepts"
+_TOO_LARGE_EVENT = "The upstream server sent an event larger than the gateway accepts"
 
 
 def _choice_shape_ok(choice: Any, holder_key: str | None, text_key: str) -> bool:
@@ -177,11 +187,13 @@ TextsHeaders = Callable[[list[str]], dict[str, str]]
 async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
                      chains: ChainFactory, idle_s: float,
                      headers_for: TextsHeaders | None = None,
-                     side_chains: ChainFactory | None = None) -> web.Response:
-    """Non-streaming: read the whole (bounded) answer, filter each choice, respond."""
+                     side_chains: ChainFactory | None = None,
+                     max_bytes: int = MAX_EVENT_BYTES) -> web.Response:
+    """Non-streaming: read the whole answer (at most `max_bytes`), filter each choice,
+    respond."""
     try:
         async with asyncio.timeout(idle_s):
-            raw = await resp.read()
+            raw = await _read_bounded(resp, max_bytes)
         data = orjson.loads(raw)
     except TimeoutError:
         raise GatewayTimeout("The upstream server stopped sending its answer") from None
@@ -203,6 +215,21 @@ async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
     await ctx.hold()  # a verdict still being reached (overlap)
     return web.Response(body=raw, content_type="application/json",
                         headers=ctx.response_headers)
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The whole body, or RetryUpstream past `max_bytes` (the connection is then closed,
+    unread: `resp.release()` of an unfinished body)."""
+    if resp.content_length is not None:  # vLLM's JSON answers: one read, as before
+        if resp.content_length > max_bytes:
+            raise RetryUpstream(BadGateway(_TOO_LARGE_ANSWER), "too_large")
+        return await resp.read()
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > max_bytes:
+            raise RetryUpstream(BadGateway(_TOO_LARGE_ANSWER), "too_large")
+    return bytes(body)
 
 
 def _estimated_tokens(data: dict[str, Any]) -> int:
@@ -284,8 +311,10 @@ class StreamRelay:
                  metrics: Metrics, ttfb_s: float, idle_s: float,
                  on_end: Callable[[RequestContext, int], Awaitable[bool]] | None = None,
                  side_chains: ChainFactory | None = None,
-                 lifecycle: Lifecycle | None = None) -> None:
+                 lifecycle: Lifecycle | None = None,
+                 max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._request = request
+        self._max_event_bytes = max_event_bytes
         self._lifecycle = lifecycle
         self._timer: asyncio.Timeout | None = None
         self._cut = False  # the drain time ran out: end now
@@ -357,7 +386,7 @@ class StreamRelay:
         return self.response
 
     async def _pump(self, upstream: aiohttp.ClientResponse) -> None:
-        parser = SSEParser()
+        parser = SSEParser(self._max_event_bytes)
         loop = asyncio.get_running_loop()
         idle = self._idle_s
         # Moving the deadline on every chunk costs a timer handle each time; moving it only
@@ -393,6 +422,8 @@ class StreamRelay:
                 else "The upstream server did not start answering in time"), "timeout")
         except aiohttp.ClientError:
             self._raise(BadGateway("The upstream server closed the stream early"), "reset")
+        except EventTooLarge:
+            self._raise(BadGateway(_TOO_LARGE_EVENT), "too_large")
         finally:
             self._timer = None  # a Timeout that has exited cannot be rescheduled
         if not self._done:

@@ -689,3 +689,75 @@ async def test_system_fingerprint_is_where_vllm_puts_it(
         return [[(c["index"], c["finish_reason"]) for c in chunk["choices"]] for chunk in chunks]
 
     assert ends(via) == ends(direct)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_an_answer_past_max_answer_bytes_is_502(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession, framing: str) -> None:
+    """A backend's answer is read into memory: past the bound it is refused, however it is
+    framed, and the next answer of a sane size still goes through."""
+    size = {"n": 200_000}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list",
+                                      "data": [{"id": MODEL, "object": "model"}]})
+        body = orjson.dumps({"id": "c", "object": "chat.completion", "model": MODEL,
+                             "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                 "role": "assistant", "content": "x" * size["n"]}}]})
+        if framing == "content-length":
+            return web.Response(body=body, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for i in range(0, len(body), 8192):
+            await response.write(body[i:i + 8192])
+        await response.write_eof()
+        return response
+
+    gateway = await start_gateway(await fake_backend(handler, servers),
+                                  max_answer_bytes=100_000)
+    status, raw, _ = await _post(http, gateway, chat())
+    assert status == 502, raw[:200]
+    assert orjson.loads(raw)["error"]["message"] == \
+        "The upstream server's answer is larger than the gateway accepts"
+    assert (await _errors_by_kind(http, gateway)).get("too_large") == 2  # and its retry
+    size["n"] = 50_000
+    status, raw, _ = await _post(http, gateway, chat())
+    assert status == 200 and len(raw) > 50_000
+
+
+@pytest.mark.parametrize("after_events", [0, 40])  # 40: past moderation's hold-back
+async def test_a_stream_event_past_max_answer_bytes_ends_the_stream(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession, after_events: int) -> None:
+    """An event that never ends: refused once it passes the bound (a 502 before anything
+    was sent; an error event after), not buffered until memory runs out."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list",
+                                      "data": [{"id": MODEL, "object": "model"}]})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(after_events):
+            await response.write(b"data: " + orjson.dumps({
+                "id": "c", "object": "chat.completion.chunk", "model": MODEL,
+                "choices": [{"index": 0, "delta": {"content": f"t{i} " + "word " * 10},
+                             "finish_reason": None}]}) + b"\n\n")
+        await response.write(b'data: {"id": "c", "choices": [{"delta": {"content": "')
+        for _ in range(100):
+            await response.write(b"y" * 8192)
+        return response
+
+    gateway = await start_gateway(await fake_backend(handler, servers),
+                                  max_answer_bytes=65_536, retries=0)
+    status, raw, _ = await _post(http, gateway, chat(stream=True))
+    message = "The upstream server sent an event larger than the gateway accepts"
+    if after_events:
+        assert status == 200
+        assert b"t0 " in raw and raw.endswith(b"\n\n")
+        assert orjson.loads(raw.rsplit(b"data: ", 1)[1])["error"]["message"] == message
+    else:
+        assert status == 502 and orjson.loads(raw)["error"]["message"] == message
+    assert (await _errors_by_kind(http, gateway)).get("too_large") == 1

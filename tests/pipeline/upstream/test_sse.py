@@ -1,6 +1,6 @@
 import pytest
 
-from gateway.pipeline.upstream.sse import SSEParser, frame
+from gateway.pipeline.upstream.sse import EventTooLarge, SSEParser, frame
 
 STREAM = (b'data: {"a": 1}\n\n'
           b": keep-alive comment\n\n"
@@ -55,3 +55,31 @@ def test_pending_data_tells_an_event_arriving_from_a_comment(fed: bytes,
     parser = SSEParser()
     parser.feed(fed)
     assert parser.pending_data is pending_data
+    bytewise = SSEParser()  # the same, read a byte at a time (pieces without a line end)
+    for i in range(len(fed)):
+        bytewise.feed(fed[i:i + 1])
+    assert bytewise.pending_data is pending_data
+
+
+def test_a_large_event_in_many_pieces_is_one_payload() -> None:
+    payload = b'{"text": "' + b"x" * 4_000_000 + b'"}'
+    raw = b": ping\n\ndata: " + payload + b"\n\ndata: [DONE]\n\n"
+    parser = SSEParser()
+    out: list[bytes] = []
+    for i in range(0, len(raw), 4096):
+        out += parser.feed(raw[i:i + 4096])
+        if len(out) == 0 and i > 100:
+            assert parser.pending_data
+    assert out == [payload, b"[DONE]"]
+    assert not parser.pending
+
+
+@pytest.mark.parametrize("piece", [10, 1000])
+def test_an_event_that_never_ends_is_refused_past_the_bound(piece: int) -> None:
+    parser = SSEParser(max_event_bytes=5_000)
+    parser.feed(b"data: " + b"y" * 4_000)  # under the bound: kept
+    with pytest.raises(EventTooLarge):
+        for _ in range(100):
+            parser.feed(b"y" * piece)
+    bounded = SSEParser(max_event_bytes=5_000)
+    assert bounded.feed(b"data: " + b"z" * 4_000 + b"\n\n") == [b"z" * 4_000]
