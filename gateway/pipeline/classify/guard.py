@@ -40,8 +40,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import orjson
 
 from gateway.pipeline.classify.text import PromptText
+from gateway.pipeline.upstream.reading import SMALL_BODY_BYTES, BodyTooLarge, read_bounded
 from gateway.policy.spec import CategorySpec, GuardSpec
 
 if TYPE_CHECKING:
@@ -185,7 +187,10 @@ class GuardClassifier:
         async with self.session.post(url, json=body, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise GuardError(f"guard answered HTTP {resp.status}")
-            data = await resp.json(content_type=None)
+            try:
+                data = orjson.loads(await read_bounded(resp, SMALL_BODY_BYTES))
+            except (BodyTooLarge, orjson.JSONDecodeError):
+                raise GuardError("guard answer is not a JSON object of a sane size") from None
         try:
             choice = data["choices"][0]
             answer = (choice["message"]["content"] if self.spec.api == "chat"

@@ -30,6 +30,7 @@ from gateway.errors import (
 from gateway.pipeline.shape import completion_bound, generations
 from gateway.pipeline.upstream.echo import withhold_echo
 from gateway.pipeline.upstream.pool import Backend, Pool
+from gateway.pipeline.upstream.reading import SMALL_BODY_BYTES, BodyTooLarge, read_bounded
 from gateway.settings import TimeoutSettings
 
 log = logging.getLogger("gateway.upstream")
@@ -156,8 +157,8 @@ class UpstreamClient:
         """The error to retry with, or raise at once when retrying cannot help."""
         try:
             async with asyncio.timeout(self._timeouts.idle_s):
-                raw = await resp.read()
-        except (aiohttp.ClientError, TimeoutError):
+                raw = await read_bounded(resp, SMALL_BODY_BYTES)
+        except (aiohttp.ClientError, TimeoutError, BodyTooLarge):
             raw = b""
         if resp.status in _RETRY_STATUSES:
             self.pool.failed(backend, f"status_{resp.status}")

@@ -26,6 +26,7 @@ import orjson
 
 from gateway.errors import ModelNotFound, Unavailable, shown
 from gateway.metrics import Metrics
+from gateway.pipeline.upstream.reading import SMALL_BODY_BYTES, BodyTooLarge, read_bounded
 from gateway.settings import HealthSettings
 from gateway.urls import redact, upstream_base
 
@@ -115,13 +116,13 @@ class Pool:
             if passed:
                 async with self._session.get(f"{backend.url}/v1/models", timeout=timeout,
                                              allow_redirects=False) as resp:
-                    status, body = resp.status, await resp.read()
+                    status, body = resp.status, await read_bounded(resp, SMALL_BODY_BYTES)
                 models = _listing(body) if status == 200 else None
                 if models is None:  # the last good list stays
                     passed, why = False, f"/v1/models answered {status} without a model list"
                 else:
                     backend.models = models
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
             passed, why = False, exc.__class__.__name__
         backend.failed_probes = 0 if passed else backend.failed_probes + 1
         healthy = passed or (backend.healthy and

@@ -44,6 +44,7 @@ from gateway.pipeline.classify.moderation import OutputBlocked
 from gateway.pipeline.output import LOGPROBS_HEADER, FilterChain, asks_logprobs
 from gateway.pipeline.upstream.client import RetryUpstream, refusal
 from gateway.pipeline.upstream.echo import withhold_echo
+from gateway.pipeline.upstream.reading import BodyTooLarge, read_bounded
 from gateway.pipeline.upstream.sse import (
     DONE,
     DONE_EVENT,
@@ -193,8 +194,10 @@ async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
     respond."""
     try:
         async with asyncio.timeout(idle_s):
-            raw = await _read_bounded(resp, max_bytes)
+            raw = await read_bounded(resp, max_bytes)
         data = orjson.loads(raw)
+    except BodyTooLarge:
+        raise RetryUpstream(BadGateway(_TOO_LARGE_ANSWER), "too_large") from None
     except TimeoutError:
         raise GatewayTimeout("The upstream server stopped sending its answer") from None
     except (aiohttp.ClientError, orjson.JSONDecodeError):
@@ -215,21 +218,6 @@ async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
     await ctx.hold()  # a verdict still being reached (overlap)
     return web.Response(body=raw, content_type="application/json",
                         headers=ctx.response_headers)
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
-    """The whole body, or RetryUpstream past `max_bytes` (the connection is then closed,
-    unread: `resp.release()` of an unfinished body)."""
-    if resp.content_length is not None:  # vLLM's JSON answers: one read, as before
-        if resp.content_length > max_bytes:
-            raise RetryUpstream(BadGateway(_TOO_LARGE_ANSWER), "too_large")
-        return await resp.read()
-    body = bytearray()
-    async for chunk in resp.content.iter_any():
-        body += chunk
-        if len(body) > max_bytes:
-            raise RetryUpstream(BadGateway(_TOO_LARGE_ANSWER), "too_large")
-    return bytes(body)
 
 
 def _estimated_tokens(data: dict[str, Any]) -> int:

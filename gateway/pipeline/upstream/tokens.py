@@ -22,6 +22,7 @@ import orjson
 
 from gateway.context import RequestContext
 from gateway.pipeline.upstream.pool import Pool
+from gateway.pipeline.upstream.reading import SMALL_BODY_BYTES, BodyTooLarge, read_bounded
 
 log = logging.getLogger("gateway.tokens")
 
@@ -129,8 +130,9 @@ class PromptCounter:
                     return None
                 if resp.status != 200:
                     return None
-                count = orjson.loads(await resp.read()).get("count")
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, AttributeError):
+                count = orjson.loads(await read_bounded(resp, SMALL_BODY_BYTES)).get("count")
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, AttributeError,
+                BodyTooLarge):
             log.debug("tokenize failed on %s; using the estimate", backend.name)
             return None
         return count if type(count) is int else None

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.context import POOL
 from gateway.pipeline.ratelimit import stage as ratelimit_stage
 from gateway.pipeline.upstream import relay as relay_module
+from gateway.pipeline.upstream.reading import SMALL_BODY_BYTES
 from gateway.pipeline.upstream.sse import DONE_EVENT, frame_json
 from tests.conftest import (
     MODEL,
@@ -761,3 +762,33 @@ async def test_a_stream_event_past_max_answer_bytes_ends_the_stream(
     else:
         assert status == 502 and orjson.loads(raw)["error"]["message"] == message
     assert (await _errors_by_kind(http, gateway)).get("too_large") == 1
+
+
+async def test_an_error_body_past_the_small_bound_is_not_read(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession) -> None:
+    """A refusal whose body runs to megabytes: the client still gets the refusal's status
+    in OpenAI's shape, with a message of the gateway's own instead of the body."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list",
+                                      "data": [{"id": MODEL, "object": "model"}]})
+        if request.path != "/v1/chat/completions":
+            return web.Response()
+        response = web.StreamResponse(status=400,
+                                      headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b'{"error": {"message": "')
+        for _ in range(SMALL_BODY_BYTES // 65536 + 2):
+            await response.write(b"z" * 65536)
+        await response.write(b'"}}')
+        await response.write_eof()
+        return response
+
+    gateway = await start_gateway(await fake_backend(handler, servers))
+    status, raw, _ = await _post(http, gateway, chat())
+    assert status == 400
+    error = orjson.loads(raw)["error"]
+    assert error["type"] == "invalid_request_error" and "zzzz" not in error["message"]
+    assert len(raw) < 4096
