@@ -203,9 +203,12 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     # limit=0: no connection cap, so hundreds of concurrent streams never queue here.
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
     # No cookie jar: one session serves every caller, so a cookie a backend (or a balancer
-    # in front of it) set must never ride along with the next caller's request.
+    # in front of it) set must never ride along with the next caller's request. Bytes are
+    # relayed as they come (no decompression), so none are asked for compressed: a proxy
+    # in front of vLLM would otherwise gzip what the relay has to read.
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
+                                     cookie_jar=aiohttp.DummyCookieJar(),
+                                     headers={"Accept-Encoding": "identity"}) as session:
         pool = Pool(settings.upstreams, session, settings.health, metrics)
         app[POOL] = pool
         app[UPSTREAM] = UpstreamClient(pool, session, settings.timeouts, settings.retries)

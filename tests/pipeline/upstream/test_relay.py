@@ -792,3 +792,43 @@ async def test_an_error_body_past_the_small_bound_is_not_read(
     error = orjson.loads(raw)["error"]
     assert error["type"] == "invalid_request_error" and "zzzz" not in error["message"]
     assert len(raw) < 4096
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_backend_behind_a_compressing_proxy_is_read(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession, stream: bool) -> None:
+    """A proxy in front of vLLM (nginx `gzip on`) compresses whatever the request says it
+    accepts. The gateway reads bytes as they come (it does not decompress), so it must
+    ask for them uncompressed."""
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        accepted = request.headers.get("Accept-Encoding", "")
+        if request.path == "/v1/chat/completions":
+            seen.append(accepted)
+        if request.path == "/v1/models":
+            response = web.json_response({"object": "list",
+                                          "data": [{"id": MODEL, "object": "model"}]})
+        elif request.path != "/v1/chat/completions":
+            return web.Response()
+        elif stream:
+            chunk = {"id": "c", "object": "chat.completion.chunk", "model": MODEL,
+                     "choices": [{"index": 0, "delta": {"content": "hello"},
+                                  "finish_reason": "stop"}]}
+            response = web.Response(body=frame_json(chunk) + DONE_EVENT,
+                                    content_type="text/event-stream")
+        else:
+            response = web.json_response({
+                "id": "c", "object": "chat.completion", "model": MODEL,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "hello"}}]})
+        if "gzip" in accepted:
+            response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    gateway = await start_gateway(await fake_backend(handler, servers))
+    status, raw, _ = await _post(http, gateway, chat(stream=stream))
+    assert status == 200, raw
+    assert b"hello" in raw
+    assert seen and all("gzip" not in accepted for accepted in seen)
