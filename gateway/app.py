@@ -53,7 +53,7 @@ from gateway.policy.loader import PolicyError, load_policy
 from gateway.policy.reload import PolicyReloader
 from gateway.policy.spec import PolicySpec
 from gateway.routes import add_routes
-from gateway.secret_store import load_secret
+from gateway.secret_store import given_secret, load_secret
 from gateway.settings import Settings
 from gateway.tracing import TRACING, Tracing
 
@@ -209,7 +209,8 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                      cookie_jar=aiohttp.DummyCookieJar(),
                                      headers={"Accept-Encoding": "identity"}) as session:
-        pool = Pool(settings.upstreams, session, settings.health, metrics)
+        pool = Pool(settings.upstreams, session, settings.health, metrics,
+                    api_key=given_secret("upstream_api_key"))
         app[POOL] = pool
         app[UPSTREAM] = UpstreamClient(pool, session, settings.timeouts, settings.retries)
         auth, close_auth = await _start_auth(settings, session, metrics)

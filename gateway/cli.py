@@ -41,6 +41,9 @@ def _sim_parser(sub: Any) -> None:
                    help="0: as fast as it can")
     p.add_argument("--ttft", type=_not_negative, default=0.0,
                    help="seconds before the first token")
+    p.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY") or None,
+                   help="as vLLM's: /v1 paths need `Authorization: Bearer KEY` "
+                        "(or VLLM_API_KEY)")
 
 
 def _port(text: str) -> int:
@@ -270,7 +273,7 @@ def _run_sim(args: argparse.Namespace) -> int:
     models = tuple(args.model) or SimSettings().models
     settings = SimSettings(models=models, ttft_s=args.ttft,
                            tokens_per_second=args.tokens_per_second,
-                           guard_models=tuple(args.guard_model))
+                           guard_models=tuple(args.guard_model), api_key=args.api_key)
     logging.getLogger("gateway.sim").info("simulating vLLM on http://%s:%d serving %s",
                                           args.host, args.port, ", ".join(settings.served))
     try:

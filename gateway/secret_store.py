@@ -2,7 +2,8 @@
 
 GATEWAY_SECRET_<NAME> (hex or text, at least 32 bytes) wins; otherwise a random 32-byte
 secret is created in <home>/secrets/<name> with mode 0600 on first use. Fleets must set the
-environment (or mount the same Secret) so every replica shares it.
+environment (or mount the same Secret) so every replica shares it. Credentials chosen
+elsewhere (`given_secret`: the backends' API key) come from the environment only.
 """
 
 from __future__ import annotations
@@ -38,3 +39,10 @@ def load_secret(home: Path, name: str, env: Mapping[str, str] | None = None) -> 
     with os.fdopen(fd, "wb") as f:
         f.write(raw)
     return raw
+
+
+def given_secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """GATEWAY_SECRET_<NAME> as set, for a credential the operator chooses (a backend's
+    API key): never generated, any length; None when unset or empty."""
+    env = os.environ if env is None else env
+    return env.get(f"GATEWAY_SECRET_{name.upper()}") or None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -75,6 +76,16 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json(exc.body(), exc.status)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
         return _json({"detail": exc.reason}, exc.status)
+
+
+@web.middleware
+async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """vLLM's --api-key: a /v1 path without the key gets its 401 and body."""
+    key = request.app[SIM_SETTINGS].api_key
+    if key is not None and request.path.startswith("/v1") and not secrets.compare_digest(
+            request.headers.get("Authorization", "").encode(), f"Bearer {key}".encode()):
+        return _json({"error": "Unauthorized"}, 401)
+    return await handler(request)
 
 
 async def _body(request: web.Request) -> dict[str, object]:
@@ -221,7 +232,7 @@ async def stats(request: web.Request) -> web.Response:
 def create_sim_app(settings: SimSettings) -> web.Application:
     if not settings.served:
         raise ValueError("the simulator needs at least one model")
-    app = web.Application(middlewares=[errors], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[api_key, errors], client_max_size=64 * 1024 * 1024)
     app[SIM_SETTINGS] = settings
     app[SIM_STATS] = SimStats()
     app[SIM_METRICS] = SimMetrics(CollectorRegistry(), settings.served, settings.max_model_len)

@@ -22,6 +22,8 @@ class SimSettings:
     max_model_len: int = 8192
     seed: int = 0
     guard_models: tuple[str, ...] = ()
+    # As vLLM's --api-key: every /v1 path needs `Authorization: Bearer <key>`.
+    api_key: str | None = None
 
     @property
     def served(self) -> tuple[str, ...]:

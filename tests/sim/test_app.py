@@ -262,3 +262,21 @@ async def test_prose_directive_streams_long_varied_text(sim: Server) -> None:
     usage = whole["usage"]["completion_tokens"]
     assert events[-1]["usage"]["completion_tokens"] == usage == counted + 1  # and the EOS
     assert refused == 400
+
+
+async def test_an_api_key_guards_the_v1_paths_as_vllm_does(start_sim: StartSim) -> None:
+    sim = await start_sim(api_key="sim-key-123")
+    async with aiohttp.ClientSession() as http:
+        for headers, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 401),
+                                ({"Authorization": "Bearer sim-key-123"}, 200)):
+            async with http.get(sim.url + "/v1/models", headers=headers) as resp:
+                assert resp.status == status
+                if status == 401:
+                    assert await resp.json() == {"error": "Unauthorized"}
+        async with http.get(sim.url + "/health") as resp:  # outside /v1: open
+            assert resp.status == 200
+    async with AsyncOpenAI(base_url=sim.url + "/v1", api_key="sim-key-123",
+                           max_retries=0) as sdk:
+        answer = await sdk.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                                   max_tokens=4)
+        assert answer.choices[0].message.content

@@ -148,7 +148,8 @@ class UpstreamClient:
                     body: bytes) -> aiohttp.ClientResponse:
         url = backend.url + UPSTREAM_PATHS[ctx.route]
         async with asyncio.timeout(self._timeouts.ttfb_s):
-            return await self._session.post(url, data=body, headers=ctx.upstream_headers(),
+            headers = {**ctx.upstream_headers(), **self.pool.auth_headers}
+            return await self._session.post(url, data=body, headers=headers,
                                             timeout=self._client_timeout,
                                             allow_redirects=False)
 
@@ -169,4 +170,11 @@ class UpstreamClient:
         if resp.status >= 500:
             self.pool.failed(backend, "status_5xx")
             raise BadGateway("The upstream server failed to process the request")
+        if resp.status in (401, 403):
+            # Not the caller's doing: the backend refused the gateway's own key (its
+            # --api-key and GATEWAY_SECRET_UPSTREAM_API_KEY disagree).
+            self.pool.failed(backend, "unauthorized")
+            log.warning("upstream %s refused the gateway's credentials (HTTP %d)",
+                        backend.name, resp.status)
+            return BadGateway("The upstream server refused the gateway's credentials")
         raise refusal(resp.status, raw, body, resp.headers.get("Retry-After", ""))

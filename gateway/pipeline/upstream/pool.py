@@ -68,9 +68,11 @@ class Backend:
 
 class Pool:
     def __init__(self, urls: tuple[str, ...], session: aiohttp.ClientSession,
-                 health: HealthSettings, metrics: Metrics) -> None:
+                 health: HealthSettings, metrics: Metrics, api_key: str | None = None) -> None:
         self.backends = tuple(Backend(upstream_base(url), redact(upstream_base(url)))
                               for url in urls)
+        # vLLM's --api-key: sent on every call to a backend (never to anyone else).
+        self.auth_headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._session = session
         self._health = health
         self._metrics = metrics
@@ -110,11 +112,13 @@ class Pool:
         why = ""
         try:
             async with self._session.get(f"{backend.url}/health", timeout=timeout,
+                                         headers=self.auth_headers,
                                          allow_redirects=False) as resp:
                 passed = resp.status == 200
                 why = f"/health answered {resp.status}"
             if passed:
                 async with self._session.get(f"{backend.url}/v1/models", timeout=timeout,
+                                             headers=self.auth_headers,
                                              allow_redirects=False) as resp:
                     status, body = resp.status, await read_bounded(resp, SMALL_BODY_BYTES)
                 models = _listing(body) if status == 200 else None

@@ -122,7 +122,8 @@ class PromptCounter:
             return None
         try:
             async with self._session.post(f"{backend.url}/tokenize", data=raw,
-                                          headers=ctx.upstream_headers(),
+                                          headers={**ctx.upstream_headers(),
+                                                   **self._pool.auth_headers},
                                           timeout=self._timeout,
                                           allow_redirects=False) as resp:
                 if resp.status == 404:

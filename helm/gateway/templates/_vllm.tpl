@@ -12,6 +12,9 @@ Call with (dict "root" $ "component" "vllm" "v" .Values.vllm).
 {{- $claim := include "gateway.component" (list $root (printf "%s-models" $component)) -}}
 {{- $watermark := and (eq $component "vllm") $v.watermark.enabled -}}
 {{- $processor := and (eq $component "vllm") $v.logitsProcessor.enabled -}}
+{{- /* vLLM's --api-key, shared with the gateway (GATEWAY_SECRET_UPSTREAM_API_KEY): only
+the gateway can call the served model. The guard is called without it. */ -}}
+{{- $keyed := and (eq $component "vllm") (has "upstream_api_key" $root.Values.secrets.names) -}}
 {{- $wmSecret := default (include "gateway.component" (list $root "vllm-watermark")) (and $watermark $v.watermark.existingSecret) -}}
 {{- if and $watermark (not $v.watermark.existingSecret) }}
 apiVersion: v1
@@ -85,11 +88,17 @@ spec:
     metadata:
       labels:
         {{- include "gateway.selectorLabels" (list $root $component) | nindent 8 }}
-      {{- if and $processor (not $root.Values.secrets.existingSecret) }}
+      {{- if and (or $processor $keyed) (not $root.Values.secrets.existingSecret) }}
       annotations:
+        {{- if $processor }}
         # The processor's master key is read at start-up and must match the gateway's
         # detector: a new secrets.values.vllm_watermark rolls vLLM too.
         checksum/secrets: {{ get $root.Values.secrets.values "vllm_watermark" | sha256sum }}
+        {{- end }}
+        {{- if $keyed }}
+        # The API key is read at start-up: a new secrets.values.upstream_api_key rolls vLLM.
+        checksum/upstream-key: {{ get $root.Values.secrets.values "upstream_api_key" | sha256sum }}
+        {{- end }}
       {{- end }}
     spec:
       automountServiceAccountToken: false
@@ -128,6 +137,13 @@ spec:
           env:
             - name: HF_HOME
               value: /models-cache
+            {{- if $keyed }}
+            - name: VLLM_API_KEY
+              valueFrom:
+                secretKeyRef:
+                  name: {{ include "gateway.secretsName" $root }}
+                  key: upstream_api_key
+            {{- end }}
             {{- if $watermark }}
             - name: VLLM_WATERMARK_KEY
               valueFrom:
