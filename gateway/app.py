@@ -201,7 +201,8 @@ def _uses_embedding(policies: Path) -> bool:
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
     settings, metrics = app[SETTINGS], app[METRICS]
     # limit=0: no connection cap, so hundreds of concurrent streams never queue here.
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
+                                     ssl=settings.upstream_tls.context() or True)
     # No cookie jar: one session serves every caller, so a cookie a backend (or a balancer
     # in front of it) set must never ride along with the next caller's request. Bytes are
     # relayed as they come (no decompression), so none are asked for compressed: a proxy

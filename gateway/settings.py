@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -125,6 +126,53 @@ class TracingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTLSSettings:
+    """https:// backends: a CA that signed their certificates (added to the system's), and
+    a client certificate for backends that ask for one (vLLM's --ssl-cert-reqs 2)."""
+
+    ca_file: Path | None = None  # PEM
+    cert_file: Path | None = None  # PEM, with key_file
+    key_file: Path | None = None
+
+    def problems(self) -> list[str]:
+        found = [f"{name}: no such file: {path}"
+                 for name, path in (("ca_file", self.ca_file), ("cert_file", self.cert_file),
+                                    ("key_file", self.key_file))
+                 if path is not None and not path.is_file()]
+        if (self.cert_file is None) != (self.key_file is None):
+            found.append("cert_file: a client certificate needs both cert_file and key_file")
+        if not found:
+            found += self._unloadable()
+        return found
+
+    def context(self) -> ssl.SSLContext | None:
+        """The context for the upstream connections; None: the system's defaults. Errors
+        (a file that is not PEM, a key that does not match) are ssl.SSLError."""
+        if self.ca_file is None and self.cert_file is None:
+            return None
+        context = ssl.create_default_context()  # the system's CAs stay (a public IdP)
+        if self.ca_file is not None:
+            context.load_verify_locations(cafile=self.ca_file)
+        if self.cert_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+    def _unloadable(self) -> list[str]:
+        context = ssl.create_default_context()
+        try:
+            if self.ca_file is not None:
+                context.load_verify_locations(cafile=self.ca_file)
+        except ssl.SSLError as exc:
+            return [f"ca_file: not a PEM certificate ({exc.reason or exc})"]
+        try:
+            if self.cert_file is not None:
+                context.load_cert_chain(self.cert_file, self.key_file)
+        except ssl.SSLError as exc:
+            return [f"cert_file: not a PEM certificate with its key ({exc.reason or exc})"]
+        return []
+
+
+@dataclass(frozen=True, slots=True)
 class WatermarkSettings:
     ledger_retention_days: float = 365.0  # provenance records older than this are deleted
     # Forward vllm_xargs.gateway_key_id for the per-tenant logits processor
@@ -169,6 +217,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     watermark: WatermarkSettings = field(default_factory=WatermarkSettings)
+    upstream_tls: UpstreamTLSSettings = field(default_factory=UpstreamTLSSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @property
@@ -301,6 +350,8 @@ def _check(settings: Settings) -> None:
         raise SettingsError(f"audit.{problem}")
     for problem in settings.tracing.problems():
         raise SettingsError(f"tracing.{problem}")
+    for problem in settings.upstream_tls.problems():
+        raise SettingsError(f"upstream_tls.{problem}")
     ledger_url = settings.watermark.ledger_url
     if ledger_url is not None and not is_postgres_url(ledger_url):
         raise SettingsError("watermark.ledger_url: expected a postgresql:// URL")
