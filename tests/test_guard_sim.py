@@ -160,3 +160,25 @@ async def test_a_failing_guard(stack: BuildStack, mint: MintToken, on_error: str
         assert answer.error is not None
         assert answer.error["code"] != "content_policy_violation"
     assert await built.guard_errors(f"error_{on_error}") == 1
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+async def test_a_guard_behind_its_own_api_key(
+        start_gateway: StartGateway, start_sim: StartSim, tmp_path: Path, mint: MintToken,
+        monkeypatch: pytest.MonkeyPatch, keyed: bool) -> None:
+    """The guard's vLLM started with --api-key: GATEWAY_SECRET_GUARD_API_KEY is sent to it
+    (and only to it: the backends' key is another). Without it the guard fails, as
+    on_error says (closed here: the unverified category)."""
+    monkeypatch.setenv("GATEWAY_SECRET_UPSTREAM_API_KEY", "backend-key-1")
+    if keyed:
+        monkeypatch.setenv("GATEWAY_SECRET_GUARD_API_KEY", "guard-key-2")
+    else:
+        monkeypatch.delenv("GATEWAY_SECRET_GUARD_API_KEY", raising=False)
+    backend = await start_sim(api_key="backend-key-1")
+    guard = await start_sim(models=("unused",), guard_models=(GUARD,), api_key="guard-key-2")
+    built = Stack(await start_gateway(
+        backend.url, policies=_policies(tmp_path, guard.url, "completions",
+                                        on_error="closed")), guard)
+    answer = await built.ask(mint(tier="public"), CBRN)
+    _blocked(answer, "cbrn" if keyed else "unverified")
+    assert await built.guard_errors("error_closed") == (0 if keyed else 1)

@@ -258,24 +258,25 @@ def test_vllm_and_guard() -> None:
     assert "hostPath" in {v["name"]: v for v in guard["volumes"]}["models"]
 
 
-def test_the_served_model_takes_only_the_gateways_api_key() -> None:
-    """vLLM's --api-key (VLLM_API_KEY) and the key the gateway sends are one secret; the
-    guard, which the gateway calls without a key, has none."""
+@pytest.mark.parametrize(("deployment", "name"), [("prod-gateway-vllm", "upstream_api_key"),
+                                                  ("prod-gateway-guard", "guard_api_key")])
+def test_each_vllm_takes_only_the_gateways_api_key(deployment: str, name: str) -> None:
+    """vLLM's --api-key (VLLM_API_KEY) and the key the gateway sends are one secret, one
+    per server; without the name in secrets.names, that server has no key."""
     rendered = render(ALL_ON)
-    ref = {"name": "prod-gateway-secrets", "key": "upstream_api_key"}
-    vllm = pod_spec(rendered.get("Deployment", "prod-gateway-vllm"))["containers"][0]
+    ref = {"name": "prod-gateway-secrets", "key": name}
+    vllm = pod_spec(rendered.get("Deployment", deployment))["containers"][0]
     assert env(vllm)["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == ref
-    assert env(gateway_container(rendered))["GATEWAY_SECRET_UPSTREAM_API_KEY"][
+    assert env(gateway_container(rendered))[f"GATEWAY_SECRET_{name.upper()}"][
         "valueFrom"]["secretKeyRef"] == ref
-    guard = pod_spec(rendered.get("Deployment", "prod-gateway-guard"))["containers"][0]
-    assert "VLLM_API_KEY" not in env(guard)
-    assert "checksum/upstream-key" in rendered.get("Deployment", "prod-gateway-vllm")[
+    assert "checksum/api-key" in rendered.get("Deployment", deployment)[
         "spec"]["template"]["metadata"]["annotations"]
-    names = ["watermark", "cache_salt", "audit", "vllm_watermark"]
-    unkeyed = render({**ALL_ON, "secrets": {"names": names}})
-    vllm = pod_spec(unkeyed.get("Deployment", "prod-gateway-vllm"))["containers"][0]
+    names = ["watermark", "cache_salt", "audit", "vllm_watermark",
+             "upstream_api_key", "guard_api_key"]
+    unkeyed = render({**ALL_ON, "secrets": {"names": [n for n in names if n != name]}})
+    vllm = pod_spec(unkeyed.get("Deployment", deployment))["containers"][0]
     assert "VLLM_API_KEY" not in env(vllm)
-    assert "GATEWAY_SECRET_UPSTREAM_API_KEY" not in env(gateway_container(unkeyed))
+    assert f"GATEWAY_SECRET_{name.upper()}" not in env(gateway_container(unkeyed))
 
 
 def test_existing_secrets_are_referenced_not_created() -> None:
@@ -332,7 +333,7 @@ def test_generated_secrets_are_long_and_distinct() -> None:
     secret = render().get("Secret", "prod-gateway-secrets")
     values = {k: base64.b64decode(v) for k, v in secret["data"].items()}
     assert set(values) == {"watermark", "cache_salt", "audit", "vllm_watermark",
-                           "upstream_api_key"}
+                           "upstream_api_key", "guard_api_key"}
     assert all(len(v) >= 32 for v in values.values())
     assert len(set(values.values())) == len(values)
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"

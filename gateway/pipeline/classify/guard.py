@@ -158,9 +158,12 @@ class GuardClassifier:
 
     def __init__(self, spec: GuardSpec, session: aiohttp.ClientSession,
                  categories: Mapping[str, CategorySpec], unverified: str,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, api_key: str | None = None) -> None:
         self.spec = spec
         self.session = session
+        # The guard's own vLLM --api-key (GATEWAY_SECRET_GUARD_API_KEY): not the backends'
+        # key, as the policy may point the guard at another host.
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.unverified = unverified
         self.metrics = metrics
         self.code_to_categories: dict[str, list[str]] = {}
@@ -184,7 +187,8 @@ class GuardClassifier:
     async def ask(self, text: str) -> tuple[bool, tuple[str, ...], float]:
         """(unsafe, codes, P(unsafe)) for one text."""
         url, body = self._request(clip(text, self.spec.max_chars))
-        async with self.session.post(url, json=body, allow_redirects=False) as resp:
+        async with self.session.post(url, json=body, headers=self._headers,
+                                     allow_redirects=False) as resp:
             if resp.status != 200:
                 raise GuardError(f"guard answered HTTP {resp.status}")
             try:

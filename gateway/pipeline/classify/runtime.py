@@ -30,6 +30,7 @@ from gateway.pipeline.classify.stage import ClassifyStage
 from gateway.pipeline.classify.structure import StructureClassifier
 from gateway.pipeline.output import OutputFilter
 from gateway.policy.spec import PolicySpec
+from gateway.secret_store import given_secret
 
 log = logging.getLogger("gateway.classify")
 
@@ -110,7 +111,8 @@ class ClassifyRuntime:
                 raise ClassifyConfigError("classifiers.guard is enabled but the runtime has "
                                           "no HTTP session")
             guard = GuardClassifier(spec.guard, self.session, policy.categories,
-                                    spec.unverified_category, self.metrics)
+                                    spec.unverified_category, self.metrics,
+                                    api_key=given_secret("guard_api_key"))
             expensive.append(Guarded(guard, spec.guard.timeout_s, spec.guard.on_error))
         return Chain(tuple(cheap), tuple(expensive), policy.categories, roles=spec.roles,
                      unverified=spec.unverified_category, unavailable=tuple(unavailable),

@@ -12,9 +12,10 @@ Call with (dict "root" $ "component" "vllm" "v" .Values.vllm).
 {{- $claim := include "gateway.component" (list $root (printf "%s-models" $component)) -}}
 {{- $watermark := and (eq $component "vllm") $v.watermark.enabled -}}
 {{- $processor := and (eq $component "vllm") $v.logitsProcessor.enabled -}}
-{{- /* vLLM's --api-key, shared with the gateway (GATEWAY_SECRET_UPSTREAM_API_KEY): only
-the gateway can call the served model. The guard is called without it. */ -}}
-{{- $keyed := and (eq $component "vllm") (has "upstream_api_key" $root.Values.secrets.names) -}}
+{{- /* vLLM's --api-key, shared with the gateway (GATEWAY_SECRET_UPSTREAM_API_KEY for the
+served model, GATEWAY_SECRET_GUARD_API_KEY for the guard): only the gateway can call them. */ -}}
+{{- $keyName := ternary "upstream_api_key" "guard_api_key" (eq $component "vllm") -}}
+{{- $keyed := has $keyName $root.Values.secrets.names -}}
 {{- $wmSecret := default (include "gateway.component" (list $root "vllm-watermark")) (and $watermark $v.watermark.existingSecret) -}}
 {{- if and $watermark (not $v.watermark.existingSecret) }}
 apiVersion: v1
@@ -96,8 +97,8 @@ spec:
         checksum/secrets: {{ get $root.Values.secrets.values "vllm_watermark" | sha256sum }}
         {{- end }}
         {{- if $keyed }}
-        # The API key is read at start-up: a new secrets.values.upstream_api_key rolls vLLM.
-        checksum/upstream-key: {{ get $root.Values.secrets.values "upstream_api_key" | sha256sum }}
+        # The API key is read at start-up: a new value in secrets.values rolls vLLM.
+        checksum/api-key: {{ get $root.Values.secrets.values $keyName | sha256sum }}
         {{- end }}
       {{- end }}
     spec:
@@ -142,7 +143,7 @@ spec:
               valueFrom:
                 secretKeyRef:
                   name: {{ include "gateway.secretsName" $root }}
-                  key: upstream_api_key
+                  key: {{ $keyName }}
             {{- end }}
             {{- if $watermark }}
             - name: VLLM_WATERMARK_KEY
