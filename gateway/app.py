@@ -198,10 +198,18 @@ def _uses_embedding(policies: Path) -> bool:
         return True  # the reloader reports it; a policy fixed later may want the model
 
 
+# Idle upstream connections are closed before vLLM closes them (its keep-alive is 5 s,
+# VLLM_HTTP_TIMEOUT_KEEP_ALIVE): a request sent on a connection the backend is closing at
+# that moment fails with a reset, which counts against the backend. The health probe runs
+# every 5 s by default, right at the edge.
+UPSTREAM_KEEPALIVE_S = 4.0
+
+
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
     settings, metrics = app[SETTINGS], app[METRICS]
     # limit=0: no connection cap, so hundreds of concurrent streams never queue here.
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0,
+                                     keepalive_timeout=UPSTREAM_KEEPALIVE_S,
                                      ssl=settings.upstream_tls.context() or True)
     # No cookie jar: one session serves every caller, so a cookie a backend (or a balancer
     # in front of it) set must never ride along with the next caller's request. Bytes are

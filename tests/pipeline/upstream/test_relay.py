@@ -832,3 +832,31 @@ async def test_a_backend_behind_a_compressing_proxy_is_read(
     assert status == 200, raw
     assert b"hello" in raw
     assert seen and all("gzip" not in accepted for accepted in seen)
+
+
+async def test_idle_upstream_connections_close_before_vllm_closes_them(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession) -> None:
+    """vLLM drops a kept-alive connection after 5 s idle: the gateway must not be the one
+    still holding it then. A connection idle 4.6 s is not reused; one used again soon is."""
+    peers: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list",
+                                      "data": [{"id": MODEL, "object": "model"}]})
+        if request.path == "/v1/chat/completions":
+            peers.append(request.transport.get_extra_info("peername")[1])  # type: ignore[union-attr]
+            return web.json_response({
+                "id": "c", "object": "chat.completion", "model": MODEL,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "hi"}}]})
+        return web.Response()
+
+    gateway = await start_gateway(await fake_backend(handler, servers),
+                                  health={"interval_s": 60})
+    for pause in (0.2, 4.6):
+        assert (await _post(http, gateway, chat()))[0] == 200
+        await asyncio.sleep(pause)
+    assert (await _post(http, gateway, chat()))[0] == 200
+    assert peers[0] == peers[1] != peers[2]
