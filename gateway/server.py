@@ -25,7 +25,7 @@ from gateway.policy.loader import PolicyError, load_policy
 from gateway.protocol import GatewayRunner
 from gateway.secret_store import SecretError
 from gateway.settings import Settings, SettingsError
-from gateway.sim import SimSettings, create_sim_app
+from gateway.sim import VLLM_KEEPALIVE_S, SimSettings, create_sim_app
 from gateway.urls import redact
 
 log = logging.getLogger("gateway")
@@ -40,7 +40,8 @@ _CONFIG_ERRORS = (SettingsError, AuthConfigError, KeySetUnavailable, DevKeyError
 async def start_embedded_sim(settings: Settings) -> tuple[web.AppRunner, str]:
     sim = SimSettings(models=settings.sim.models, ttft_s=settings.sim.ttft_s,
                       tokens_per_second=settings.sim.tokens_per_second)
-    runner = web.AppRunner(create_sim_app(sim), access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(create_sim_app(sim), access_log=None, handler_cancellation=True,
+                           keepalive_timeout=VLLM_KEEPALIVE_S)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -21,7 +21,8 @@ logprobs, so tests can run the gateway's guard classifier against it.
     app.py         the routes, SimStats, create_sim_app, run_sim
 """
 
-from gateway.sim.app import SIM_STATS, SimStats, create_sim_app, run_sim
+from gateway.sim.app import SIM_STATS, VLLM_KEEPALIVE_S, SimStats, create_sim_app, run_sim
 from gateway.sim.settings import SimSettings
 
-__all__ = ["SIM_STATS", "SimSettings", "SimStats", "create_sim_app", "run_sim"]
+__all__ = ["SIM_STATS", "VLLM_KEEPALIVE_S", "SimSettings", "SimStats", "create_sim_app",
+           "run_sim"]

@@ -247,10 +247,15 @@ def create_sim_app(settings: SimSettings) -> web.Application:
     return app
 
 
+# vLLM closes a kept-alive connection after 5 s idle (uvicorn's timeout_keep_alive, from
+# VLLM_HTTP_TIMEOUT_KEEP_ALIVE); so does the simulator.
+VLLM_KEEPALIVE_S = 5.0
+
+
 async def run_sim(settings: SimSettings, host: str, port: int) -> None:
     """Serve until cancelled (`gateway sim`)."""
     runner = web.AppRunner(create_sim_app(settings), handler_cancellation=True,
-                           access_log=None)
+                           access_log=None, keepalive_timeout=VLLM_KEEPALIVE_S)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=2048).start()

@@ -280,3 +280,30 @@ async def test_an_api_key_guards_the_v1_paths_as_vllm_does(start_sim: StartSim) 
         answer = await sdk.chat.completions.create(model=MODEL, messages=MESSAGES,
                                                    max_tokens=4)
         assert answer.choices[0].message.content
+
+
+async def test_run_sim_drops_idle_connections_after_vllms_keep_alive() -> None:
+    """As vLLM (uvicorn's timeout_keep_alive, 5 s): a kept-alive connection idle for 4 s
+    still answers; one idle past 5 s is closed by the server."""
+    port = free_port()
+    task = asyncio.create_task(run_sim(SimSettings(), "127.0.0.1", port))
+    request = b"GET /health HTTP/1.1\r\nHost: sim\r\n\r\n"
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("run_sim did not start")
+        writer.write(request)
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(4.0)
+        writer.write(request)
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(reader.read(), timeout=7.0) == b""  # closed
+        writer.close()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
