@@ -190,6 +190,11 @@ def chat(content: str = "Hello there", **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": [{"role": "user", "content": content}], **extra}
 
 
+def model_list() -> web.Response:
+    """A fake backend's /v1/models: MODEL alone."""
+    return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+
 def chat_answer(content: str = "Hi.") -> web.Response:
     """A fake backend's non-streamed chat completion, as vLLM shapes it (7 + 2 tokens)."""
     return web.json_response({"id": "c", "object": "chat.completion", "model": MODEL,

@@ -21,6 +21,7 @@ from tests.conftest import (
     chat,
     counter_totals,
     fake_backend,
+    model_list,
 )
 
 PROMPT_CANARY = "canary-prompt-5d1e0b"
@@ -93,7 +94,7 @@ async def _echoing_upstream(servers: list[web.AppRunner],
         return web.Response()
 
     async def models(_: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+        return model_list()
 
     app = web.Application()
     app.router.add_get("/health", health)
@@ -165,8 +166,7 @@ async def test_cookies_an_upstream_sets_are_never_sent_for_the_next_caller(
 
     async def backend(request: web.Request) -> web.Response:
         if request.path == "/v1/models":
-            return web.json_response({"object": "list",
-                                      "data": [{"id": MODEL, "object": "model"}]})
+            return model_list()
         response = web.Response()
         if request.path == "/v1/chat/completions":
             seen.append(request.headers.get("Cookie"))
@@ -206,8 +206,7 @@ async def test_a_backend_cannot_redirect_a_prompt_elsewhere(
 
     async def backend(request: web.Request) -> web.Response:
         if request.path == "/v1/models":
-            return web.json_response({"object": "list",
-                                      "data": [{"id": MODEL, "object": "model"}]})
+            return model_list()
         if request.path == "/v1/chat/completions":
             raise web.HTTPTemporaryRedirect(target + request.path)
         return web.Response()

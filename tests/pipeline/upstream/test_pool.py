@@ -22,6 +22,7 @@ from tests.conftest import (
     chat,
     fake_backend,
     free_port,
+    model_list,
     wait_until,
 )
 
@@ -66,7 +67,7 @@ async def _fake_backend(servers: list[web.AppRunner], health: Handler,
                         **posts: Handler) -> str:
     """A backend serving MODEL: `health` answers /health, `posts` name POST paths."""
     async def models(_: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+        return model_list()
 
     app = web.Application()
     app.router.add_get("/health", health)

@@ -29,6 +29,7 @@ from tests.conftest import (
     StartSim,
     chat,
     fake_backend,
+    model_list,
     wait_until,
 )
 
@@ -295,8 +296,7 @@ async def _streaming_backend(servers: list[web.AppRunner], events: Events,
     writes."""
     async def handler(request: web.Request) -> web.StreamResponse:
         if request.path == "/v1/models":
-            return web.json_response({"object": "list",
-                                      "data": [{"id": MODEL, "object": "model"}]})
+            return model_list()
         if request.path == "/health":
             return web.Response()
         if request.path != "/v1/chat/completions":
@@ -465,8 +465,7 @@ async def test_an_answer_of_the_wrong_shape_is_502(
         http: aiohttp.ClientSession, broken: dict[str, Any]) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         if request.path == "/v1/models":
-            return web.json_response({"object": "list",
-                                      "data": [{"id": MODEL, "object": "model"}]})
+            return model_list()
         return web.json_response({"id": "c", "object": "chat.completion", "model": MODEL,
                                   **broken})
 
@@ -485,8 +484,7 @@ async def test_negative_token_counts_from_upstream_count_as_none(
 
     async def handler(request: web.Request) -> web.StreamResponse:
         if request.path == "/v1/models":
-            return web.json_response({"object": "list",
-                                      "data": [{"id": MODEL, "object": "model"}]})
+            return model_list()
         if not stream:
             return web.json_response({"id": "c", "object": "chat.completion", "model": MODEL,
                                       "choices": [{"index": 0, "finish_reason": "stop",
@@ -702,8 +700,7 @@ async def test_an_answer_past_max_answer_bytes_is_502(
 
     async def handler(request: web.Request) -> web.StreamResponse:
         if request.path == "/v1/models":
-            return web.json_response({"object": "list",
-                                      "data": [{"id": MODEL, "object": "model"}]})
+            return model_list()
         body = orjson.dumps({"id": "c", "object": "chat.completion", "model": MODEL,
                              "choices": [{"index": 0, "finish_reason": "stop", "message": {
                                  "role": "assistant", "content": "x" * size["n"]}}]})
@@ -737,8 +734,7 @@ async def test_a_stream_event_past_max_answer_bytes_ends_the_stream(
     was sent; an error event after), not buffered until memory runs out."""
     async def handler(request: web.Request) -> web.StreamResponse:
         if request.path == "/v1/models":
-            return web.json_response({"object": "list",
-                                      "data": [{"id": MODEL, "object": "model"}]})
+            return model_list()
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for i in range(after_events):
@@ -771,8 +767,7 @@ async def test_an_error_body_past_the_small_bound_is_not_read(
     in OpenAI's shape, with a message of the gateway's own instead of the body."""
     async def handler(request: web.Request) -> web.StreamResponse:
         if request.path == "/v1/models":
-            return web.json_response({"object": "list",
-                                      "data": [{"id": MODEL, "object": "model"}]})
+            return model_list()
         if request.path != "/v1/chat/completions":
             return web.Response()
         response = web.StreamResponse(status=400,
@@ -808,8 +803,7 @@ async def test_a_backend_behind_a_compressing_proxy_is_read(
         if request.path == "/v1/chat/completions":
             seen.append(accepted)
         if request.path == "/v1/models":
-            response = web.json_response({"object": "list",
-                                          "data": [{"id": MODEL, "object": "model"}]})
+            response = model_list()
         elif request.path != "/v1/chat/completions":
             return web.Response()
         elif stream:
@@ -843,8 +837,7 @@ async def test_idle_upstream_connections_close_before_vllm_closes_them(
 
     async def handler(request: web.Request) -> web.StreamResponse:
         if request.path == "/v1/models":
-            return web.json_response({"object": "list",
-                                      "data": [{"id": MODEL, "object": "model"}]})
+            return model_list()
         if request.path == "/v1/chat/completions":
             peers.append(request.transport.get_extra_info("peername")[1])  # type: ignore[union-attr]
             return web.json_response({

@@ -17,6 +17,7 @@ from tests.conftest import (
     chat,
     counter_totals,
     fake_backend,
+    model_list,
 )
 
 KEY = "upstream-key-7c1f0e"
@@ -48,8 +49,7 @@ async def test_a_backend_refusing_the_gateways_key_is_a_502(
 
     async def backend(request: web.Request) -> web.Response:
         if request.path == "/v1/models":
-            return web.json_response({"object": "list",
-                                      "data": [{"id": MODEL, "object": "model"}]})
+            return model_list()
         if request.path == "/v1/chat/completions":
             seen.append(request.headers.get("Authorization", ""))
             return web.json_response({"error": "Unauthorized"}, status=401)
@@ -79,8 +79,7 @@ async def test_without_a_key_no_authorization_goes_upstream(
     async def backend(request: web.Request) -> web.Response:
         seen.append(request.headers.get("Authorization"))
         if request.path == "/v1/models":
-            return web.json_response({"object": "list",
-                                      "data": [{"id": MODEL, "object": "model"}]})
+            return model_list()
         if request.path == "/v1/chat/completions":
             return web.json_response({
                 "id": "c", "object": "chat.completion", "model": MODEL,

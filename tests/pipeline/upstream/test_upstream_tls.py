@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.settings import SettingsError, load_settings
-from tests.conftest import MODEL, StartGateway, chat
+from tests.conftest import MODEL, StartGateway, chat, model_list
 
 ANSWER = {"id": "c", "object": "chat.completion", "model": MODEL,
           "choices": [{"index": 0, "finish_reason": "stop",
@@ -63,8 +63,7 @@ async def _tls_backend(servers: list[web.AppRunner], pki: Path, *,
                        require_client: bool) -> str:
     async def handler(request: web.Request) -> web.Response:
         if request.path == "/v1/models":
-            return web.json_response({"object": "list",
-                                      "data": [{"id": MODEL, "object": "model"}]})
+            return model_list()
         if request.path == "/v1/chat/completions":
             return web.json_response(ANSWER)
         return web.Response()
