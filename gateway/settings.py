@@ -142,34 +142,31 @@ class UpstreamTLSSettings:
         if (self.cert_file is None) != (self.key_file is None):
             found.append("cert_file: a client certificate needs both cert_file and key_file")
         if not found:
-            found += self._unloadable()
+            try:
+                self.context()
+            except ValueError as exc:
+                found.append(str(exc))
         return found
 
     def context(self) -> ssl.SSLContext | None:
-        """The context for the upstream connections; None: the system's defaults. Errors
-        (a file that is not PEM, a key that does not match) are ssl.SSLError."""
+        """The context for the upstream connections; None: the system's defaults.
+        ValueError naming the key of a file that cannot be loaded (not PEM, or a key that
+        does not match its certificate)."""
         if self.ca_file is None and self.cert_file is None:
             return None
         context = ssl.create_default_context()  # the system's CAs stay (a public IdP)
-        if self.ca_file is not None:
-            context.load_verify_locations(cafile=self.ca_file)
-        if self.cert_file is not None:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        return context
-
-    def _unloadable(self) -> list[str]:
-        context = ssl.create_default_context()
         try:
             if self.ca_file is not None:
                 context.load_verify_locations(cafile=self.ca_file)
         except ssl.SSLError as exc:
-            return [f"ca_file: not a PEM certificate ({exc.reason or exc})"]
+            raise ValueError(f"ca_file: not a PEM certificate ({exc.reason or exc})") from None
         try:
             if self.cert_file is not None:
                 context.load_cert_chain(self.cert_file, self.key_file)
         except ssl.SSLError as exc:
-            return [f"cert_file: not a PEM certificate with its key ({exc.reason or exc})"]
-        return []
+            raise ValueError(f"cert_file: not a PEM certificate with its key "
+                             f"({exc.reason or exc})") from None
+        return context
 
 
 @dataclass(frozen=True, slots=True)
