@@ -44,6 +44,7 @@ from gateway.pipeline.ratelimit.stage import RateLimitStage
 from gateway.pipeline.shape import ShapeStage
 from gateway.pipeline.tier import TierStage
 from gateway.pipeline.upstream.client import UpstreamClient
+from gateway.pipeline.upstream.http import UpstreamHTTP
 from gateway.pipeline.upstream.pool import Pool
 from gateway.pipeline.upstream.tokens import PromptCounter
 from gateway.pipeline.watermark.filters import watermark_filters
@@ -221,7 +222,10 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         pool = Pool(settings.upstreams, session, settings.health, metrics,
                     api_key=given_secret("upstream_api_key"))
         app[POOL] = pool
-        app[UPSTREAM] = UpstreamClient(pool, session, settings.timeouts, settings.retries)
+        http = UpstreamHTTP(connect_timeout_s=settings.timeouts.connect_s,
+                            keepalive_s=UPSTREAM_KEEPALIVE_S,
+                            tls=settings.upstream_tls.context())
+        app[UPSTREAM] = UpstreamClient(pool, http, settings.timeouts, settings.retries)
         auth, close_auth = await _start_auth(settings, session, metrics)
         limiter, close_limiter = _limiter(settings, metrics)
         app[LIMITER] = limiter
@@ -254,6 +258,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         await pool.close()
+        await http.close()
         await close_auth()
         await close_limiter()
         await classify.close()

@@ -38,10 +38,7 @@ class LeakCheck:
     baseline: set[asyncio.Task[object]]
 
     def _acquired(self) -> int:
-        # aiohttp has no public count of connections handed out and not yet released; its
-        # connector's own bookkeeping is the honest source (a stuck relay shows up here).
-        session = self.gateway.app[UPSTREAM]._session
-        return len(session.connector._acquired)  # type: ignore[union-attr]
+        return self.gateway.app[UPSTREAM].http.busy  # a stuck relay shows up here
 
     def _server_connections(self) -> int:
         server = self.runner.server

@@ -29,6 +29,7 @@ from gateway.errors import (
 )
 from gateway.pipeline.shape import completion_bound, generations
 from gateway.pipeline.upstream.echo import withhold_echo
+from gateway.pipeline.upstream.http import ConnectFailed, UpstreamHTTP, UpstreamResponse
 from gateway.pipeline.upstream.pool import Backend, Pool
 from gateway.pipeline.upstream.reading import SMALL_BODY_BYTES, BodyTooLarge, read_bounded
 from gateway.settings import TimeoutSettings
@@ -52,7 +53,7 @@ def failure_kind(exc: aiohttp.ClientError) -> str:
     """The metric's `kind` for a request that failed before any answer: `connect` when no
     connection could be opened, `reset` when the backend closed or reset it, else
     `protocol` (an answer aiohttp could not parse)."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, (aiohttp.ClientConnectorError, ConnectFailed)):
         return "connect"
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
         return "reset"
@@ -71,17 +72,15 @@ def refusal(status: int, raw: bytes, body: dict[str, Any],
 
 
 class UpstreamClient:
-    def __init__(self, pool: Pool, session: aiohttp.ClientSession,
-                 timeouts: TimeoutSettings, retries: int) -> None:
+    def __init__(self, pool: Pool, http: UpstreamHTTP, timeouts: TimeoutSettings,
+                 retries: int) -> None:
         self.pool = pool
-        self._session = session
+        self.http = http
         self._timeouts = timeouts
         self._retries = retries
-        self._client_timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeouts.connect_s, sock_connect=timeouts.connect_s)
 
     async def forward(self, ctx: RequestContext,
-                      relay: Callable[[aiohttp.ClientResponse], Awaitable[T]]) -> T:
+                      relay: Callable[[UpstreamResponse], Awaitable[T]]) -> T:
         """Send ctx.body to a backend and hand its 2xx response to `relay`."""
         if ctx.route != "embeddings":
             context = self.pool.context_length(ctx.model)
@@ -145,15 +144,13 @@ class UpstreamClient:
             return self.pool.pick(model)
 
     async def _send(self, backend: Backend, ctx: RequestContext,
-                    body: bytes) -> aiohttp.ClientResponse:
+                    body: bytes) -> UpstreamResponse:
         url = backend.url + UPSTREAM_PATHS[ctx.route]
         async with asyncio.timeout(self._timeouts.ttfb_s):
             headers = {**ctx.upstream_headers(), **self.pool.auth_headers}
-            return await self._session.post(url, data=body, headers=headers,
-                                            timeout=self._client_timeout,
-                                            allow_redirects=False)
+            return await self.http.post(url, body, headers)  # redirects are not followed
 
-    async def _status_error(self, backend: Backend, resp: aiohttp.ClientResponse,
+    async def _status_error(self, backend: Backend, resp: UpstreamResponse,
                             body: dict[str, Any]) -> GatewayError:
         """The error to retry with, or raise at once when retrying cannot help."""
         try:

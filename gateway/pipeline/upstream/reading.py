@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import aiohttp
 
+from gateway.pipeline.upstream.http import UpstreamResponse
+
 # Error bodies, model lists, token counts, guard verdicts: kilobytes when sane.
 SMALL_BODY_BYTES = 4 * 1024 * 1024
 
@@ -13,7 +15,7 @@ class BodyTooLarge(Exception):
     """The body is longer than the bound (the rest is left unread)."""
 
 
-async def read_bounded(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+async def read_bounded(resp: aiohttp.ClientResponse | UpstreamResponse, max_bytes: int) -> bytes:
     """The whole body, or BodyTooLarge past `max_bytes`; releasing the response then
     closes its connection unread."""
     if resp.content_length is not None:  # the usual case: one read

@@ -44,6 +44,7 @@ from gateway.pipeline.classify.moderation import OutputBlocked
 from gateway.pipeline.output import LOGPROBS_HEADER, FilterChain, asks_logprobs
 from gateway.pipeline.upstream.client import RetryUpstream, refusal
 from gateway.pipeline.upstream.echo import withhold_echo
+from gateway.pipeline.upstream.http import UpstreamResponse
 from gateway.pipeline.upstream.reading import BodyTooLarge, read_bounded
 from gateway.pipeline.upstream.sse import (
     DONE,
@@ -185,7 +186,7 @@ def _record_answer(ctx: RequestContext, data: dict[str, Any]) -> None:
 TextsHeaders = Callable[[list[str]], dict[str, str]]
 
 
-async def relay_json(ctx: RequestContext, resp: aiohttp.ClientResponse,
+async def relay_json(ctx: RequestContext, resp: UpstreamResponse,
                      chains: ChainFactory, idle_s: float,
                      headers_for: TextsHeaders | None = None,
                      side_chains: ChainFactory | None = None,
@@ -333,7 +334,7 @@ class StreamRelay:
         self._itl = metrics.itl.labels(ctx.route, ctx.tier)
         self.response: web.StreamResponse | None = None
 
-    async def run(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    async def run(self, upstream: UpstreamResponse) -> web.StreamResponse:
         self._metrics.open_streams.inc()
         try:
             if self._lifecycle is not None:
@@ -373,7 +374,7 @@ class StreamRelay:
         assert self.response is not None
         return self.response
 
-    async def _pump(self, upstream: aiohttp.ClientResponse) -> None:
+    async def _pump(self, upstream: UpstreamResponse) -> None:
         parser = SSEParser(self._max_event_bytes)
         loop = asyncio.get_running_loop()
         idle = self._idle_s

@@ -1,0 +1,267 @@
+"""The completion path's own HTTP/1.1 client, against real servers on loopback: aiohttp
+backends, and bare-socket ones for what aiohttp would never send."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.pipeline.upstream.http import ConnectFailed, Disconnected, UpstreamHTTP
+from tests.conftest import fake_backend, free_port
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[UpstreamHTTP]:
+    http = UpstreamHTTP(connect_timeout_s=2.0, keepalive_s=0.3)
+    yield http
+    await http.close()
+
+
+async def _raw_backend(answer: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                        Awaitable[None]]) -> tuple[str, asyncio.Server]:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            await answer(reader, writer)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return f"http://127.0.0.1:{port}", server
+
+
+async def test_a_connection_is_kept_and_reused_then_closed_when_idle(
+        client: UpstreamHTTP) -> None:
+    connections = [0]
+    answered: list[int] = []
+    closed = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                answered.append(connections[0])
+                body = str(len(answered)).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+        closed.set()  # the client closed it
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        for n in (1, 2, 3):
+            resp = await client.post(url + "/v1/x", b"{}", JSON)
+            assert resp.status == 200 and await resp.read() == str(n).encode()
+            resp.release()
+            assert client.busy == 0
+        assert answered == [1, 1, 1]  # one connection for all three
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(closed.wait(), 2.0)
+        assert asyncio.get_running_loop().time() - started > 0.2  # keepalive_s: 0.3
+
+
+async def test_releasing_an_unread_answer_closes_its_connection(
+        client: UpstreamHTTP, servers: list[web.AppRunner]) -> None:
+    """What makes vLLM abort a generation whose caller went away."""
+    aborted = asyncio.Event()
+
+    async def backend(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        try:
+            for _ in range(200):
+                await resp.write(b"data: {}\n\n")
+                await asyncio.sleep(0.01)
+        except (ConnectionError, asyncio.CancelledError):
+            aborted.set()
+            raise
+        return resp
+
+    url = await fake_backend(backend, servers)
+    resp = await client.post(url + "/v1/x", b"{}", JSON)
+    async for chunk in resp.content.iter_any():
+        assert chunk.startswith(b"data:")
+        break
+    resp.release()
+    assert client.busy == 0
+    await asyncio.wait_for(aborted.wait(), 2.0)
+
+
+async def test_a_slow_reader_holds_back_the_backend_not_the_gateways_memory(
+        client: UpstreamHTTP, servers: list[web.AppRunner]) -> None:
+    piece = b"x" * 65536
+    pieces = 1024  # 64 MiB: more than loopback's socket buffers can hold
+    written = [0]
+
+    async def backend(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(pieces):
+            await resp.write(piece)
+            written[0] += len(piece)
+        await resp.write_eof()
+        return resp
+
+    url = await fake_backend(backend, servers)
+    resp = await client.post(url + "/v1/x", b"{}", JSON)
+    await asyncio.sleep(0.5)  # not reading
+    assert written[0] < pieces * len(piece) // 2
+    total = 0
+    async for chunk in resp.content.iter_any():
+        total += len(chunk)
+    assert total == pieces * len(piece)
+    resp.release()
+
+
+async def test_chunked_and_close_delimited_bodies_are_read_whole(
+        client: UpstreamHTTP) -> None:
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\nhello ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"world")
+        await writer.drain()
+
+    for answer in (chunked, until_close):
+        url, server = await _raw_backend(answer)
+        async with server:
+            resp = await client.post(url + "/", b"{}", JSON)
+            assert await resp.read() == b"hello world"
+            resp.release()
+
+
+async def test_an_informational_answer_before_the_answer_is_skipped(
+        client: UpstreamHTTP) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n"
+                     b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok")
+        await writer.drain()
+
+    url, server = await _raw_backend(answer)
+    async with server:
+        resp = await client.post(url + "/", b"{}", JSON)
+        assert (resp.status, resp.headers["x-a"], await resp.read()) == (201, "b", b"ok")
+        resp.release()
+
+
+async def test_a_connection_the_backend_will_close_is_not_reused(
+        client: UpstreamHTTP) -> None:
+    connections = [0]
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+
+    url, server = await _raw_backend(answer)
+    async with server:
+        for _ in range(2):
+            resp = await client.post(url + "/", b"{}", JSON)
+            assert await resp.read() == b"ok"
+            resp.release()
+    assert connections[0] == 2
+
+
+async def test_failures_are_aiohttps_errors_of_the_right_kind(client: UpstreamHTTP) -> None:
+    with pytest.raises(ConnectFailed):
+        await client.post(f"http://127.0.0.1:{free_port()}/", b"{}", JSON)
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        await writer.drain()
+
+    async def silent_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pass
+
+    url, server = await _raw_backend(garbage)
+    async with server:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await client.post(url + "/", b"{}", JSON)
+    url, server = await _raw_backend(silent_close)
+    async with server:
+        with pytest.raises(Disconnected):
+            await client.post(url + "/", b"{}", JSON)
+    url, server = await _raw_backend(cut)
+    async with server:
+        resp = await client.post(url + "/", b"{}", JSON)
+        with pytest.raises(Disconnected):
+            await resp.read()
+        resp.release()
+    assert client.busy == 0
+
+
+async def test_a_time_out_while_waiting_closes_the_connection(client: UpstreamHTTP) -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    url, server = await _raw_backend(stall)
+    async with server:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await client.post(url + "/", b"{}", JSON)
+        assert client.busy == 0
+
+
+async def test_headers_cannot_smuggle_a_second_request(client: UpstreamHTTP) -> None:
+    with pytest.raises(ValueError, match="line break"):
+        await client.post("http://127.0.0.1:1/", b"{}",
+                          {"x-request-id": "a\r\nContent-Length: 0\r\n\r\nPOST /x HTTP/1.1"})
+
+
+async def test_user_info_in_the_url_is_basic_auth_unless_a_key_is_sent(
+        client: UpstreamHTTP, servers: list[web.AppRunner]) -> None:
+    seen: list[str] = []
+
+    async def backend(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.Response(text="ok")
+
+    url = (await fake_backend(backend, servers)).replace("http://", "http://ad%40min:p%3Aw@")
+    for headers in (JSON, {**JSON, "Authorization": "Bearer k"}):
+        resp = await client.post(url + "/", b"{}", headers)
+        await resp.read()
+        resp.release()
+    assert seen == ["Basic YWRAbWluOnA6dw==", "Bearer k"]  # ad@min:p:w
+
+
+async def test_bytes_on_an_idle_connection_retire_it(client: UpstreamHTTP) -> None:
+    """Nothing is owed on an idle connection: what arrives there is not an answer to the
+    next request."""
+    connections = [0]
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+        await writer.drain()
+        await reader.read()
+
+    url, server = await _raw_backend(answer)
+    async with server:
+        for _ in range(2):
+            resp = await client.post(url + "/", b"{}", JSON)
+            assert await resp.read() == b"ok"
+            resp.release()
+            await asyncio.sleep(0.1)
+    assert connections[0] == 2
