@@ -27,6 +27,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 # A stream the client reads slower than the backend writes is held here, at most this
 # much, before the backend connection stops being read (TCP then slows the backend).
 _HIGH_WATER = 256 * 1024
+# A status line and headers longer than this are no backend's answer (aiohttp allows
+# 8 KiB a line); the parser would otherwise collect them without end.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class ConnectFailed(aiohttp.ClientConnectionError):
@@ -148,6 +151,7 @@ class _Connection(asyncio.Protocol):
         self._response: UpstreamResponse | None = None
         self._complete = False  # the answer arrived whole
         self._keep_alive = False  # ... and the backend keeps the connection open
+        self._head_bytes = 0  # received before the answer's headers were complete
         self.idle_timer: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -165,8 +169,14 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._broken(aiohttp.ClientPayloadError("The backend switched protocols"))
+            return
         except httptools.HttpParserError as exc:
             self._broken(aiohttp.ClientPayloadError(f"Not an HTTP answer: {exc}"))
+            return
+        if self._response is None:  # the headers are not complete yet
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._broken(aiohttp.ClientPayloadError("The answer's headers are too long"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -219,6 +229,7 @@ class _Connection(asyncio.Protocol):
         self._waiter = asyncio.get_running_loop().create_future()
         self._response = None
         self._complete = self._keep_alive = False
+        self._head_bytes = 0
         self.transport.write(data)
         return self._waiter
 

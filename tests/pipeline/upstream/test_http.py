@@ -193,6 +193,18 @@ async def test_failures_are_aiohttps_errors_of_the_right_kind(client: UpstreamHT
     async def silent_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         pass
 
+    async def endless_headers(reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+        for _ in range(64):
+            writer.write(b"a" * 4096)
+            await writer.drain()
+        await reader.read()
+
+    url, server = await _raw_backend(endless_headers)
+    async with server:
+        with pytest.raises(aiohttp.ClientPayloadError, match="headers are too long"):
+            await client.post(url + "/", b"{}", JSON)
     url, server = await _raw_backend(garbage)
     async with server:
         with pytest.raises(aiohttp.ClientPayloadError):
