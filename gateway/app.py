@@ -235,7 +235,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         app[CLASSIFY] = classify
         rt = Runtime(settings=settings, metrics=metrics, auth=auth, limiter=limiter,
                      watermark=app[WATERMARK], classify=classify,
-                     counter=PromptCounter(pool, session),
+                     counter=PromptCounter(pool, http),
                      cache_salt_secret=load_secret(settings.home, "cache_salt"))
         ref = PipelineRef(None)
 

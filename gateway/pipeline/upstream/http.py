@@ -1,8 +1,8 @@
-"""HTTP/1.1 to the backends for completions and embeddings: pooled keep-alive connections
-and httptools' C parser, without aiohttp's client machinery (request objects, tracing,
-per-request timers), which cost about as much CPU per request as the rest of the proxy
-path (bench/proxy.py). Probes, token counts and the guard model keep aiohttp's session:
-they are rare and want its generality.
+"""HTTP/1.1 to the backends for what every request sends (completions, embeddings, token
+counts): pooled keep-alive connections and httptools' C parser, without aiohttp's client
+machinery (request objects, tracing, per-request timers), which cost about 100 us of CPU
+per request (bench/proxy.py). Health probes, model discovery and the guard model keep
+aiohttp's session: they are rare and want its generality.
 
 Failures raise aiohttp's exception classes, so callers handle both clients alike:
 `ConnectFailed` (a ClientConnectionError) when no connection could be opened,

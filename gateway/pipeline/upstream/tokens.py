@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 
 from gateway.context import RequestContext
+from gateway.pipeline.upstream.http import UpstreamHTTP
 from gateway.pipeline.upstream.pool import Pool
 from gateway.pipeline.upstream.reading import SMALL_BODY_BYTES, BodyTooLarge, read_bounded
 
@@ -62,11 +63,11 @@ async def count_prompt(ctx: RequestContext, counter: PromptCounter | None) -> in
 
 
 class PromptCounter:
-    def __init__(self, pool: Pool, session: aiohttp.ClientSession, timeout_s: float = 1.0,
+    def __init__(self, pool: Pool, http: UpstreamHTTP, timeout_s: float = 1.0,
                  cache_size: int = 4096) -> None:
         self._pool = pool
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._http = http  # once per request on tiers that bound the prompt: the lean client
+        self._timeout_s = timeout_s
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._cache_size = cache_size
         self._no_tokenize: set[str] = set()  # backends that answered 404 once
@@ -121,17 +122,20 @@ class PromptCounter:
         if backend.url in self._no_tokenize:
             return None
         try:
-            async with self._session.post(f"{backend.url}/tokenize", data=raw,
-                                          headers={**ctx.upstream_headers(),
-                                                   **self._pool.auth_headers},
-                                          timeout=self._timeout,
-                                          allow_redirects=False) as resp:
-                if resp.status == 404:
-                    self._no_tokenize.add(backend.url)
-                    return None
-                if resp.status != 200:
-                    return None
-                count = orjson.loads(await read_bounded(resp, SMALL_BODY_BYTES)).get("count")
+            async with asyncio.timeout(self._timeout_s):
+                resp = await self._http.post(f"{backend.url}/tokenize", raw,
+                                             {**ctx.upstream_headers(),
+                                              **self._pool.auth_headers})
+                try:
+                    if resp.status == 404:
+                        self._no_tokenize.add(backend.url)
+                        return None
+                    if resp.status != 200:  # a redirect too: never followed
+                        return None
+                    count = orjson.loads(await read_bounded(resp, SMALL_BODY_BYTES)).get(
+                        "count")
+                finally:
+                    resp.release()
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, AttributeError,
                 BodyTooLarge):
             log.debug("tokenize failed on %s; using the estimate", backend.name)
