@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -54,19 +55,33 @@ def start(args: list[str], ready_url: str, home: str, timeout_s: float = 60,
 def start_command(command: list[str], ready_url: str, home: str, timeout_s: float = 60,
                   **env: str) -> subprocess.Popen[bytes]:
     environ = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_HOME": home, **env}
-    proc = subprocess.Popen(command, env=environ, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    # What the process says goes to a file, so a start that fails can say why.
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(command, env=environ, stdout=subprocess.DEVNULL,
+                                stderr=errors)
+        if _ready(proc, ready_url, timeout_s):
+            return proc
+        how = f"exited with {proc.returncode}" if proc.poll() is not None else \
+            f"not ready after {timeout_s:g} s"
+        proc.kill()
+        proc.wait()
+        errors.seek(0)
+        said = errors.read()[-2000:].decode(errors="replace").strip()
+    raise SystemExit(f"could not start ({how}): {' '.join(command)}"
+                     + (f"\n{said}" if said else ""))
+
+
+def _ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(ready_url, timeout=1):
-                return proc
+            with urllib.request.urlopen(url, timeout=1):
+                return True
         except OSError:
             if proc.poll() is not None:
-                break
+                return False
             time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"could not start: {' '.join(command)}")
+    return False
 
 
 def stop(*procs: subprocess.Popen[bytes]) -> None:
