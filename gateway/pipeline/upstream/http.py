@@ -16,7 +16,7 @@ import asyncio
 import ssl
 from base64 import b64encode
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -30,6 +30,11 @@ _HIGH_WATER = 256 * 1024
 # A status line and headers longer than this are no backend's answer (aiohttp allows
 # 8 KiB a line); the parser would otherwise collect them without end.
 MAX_HEAD_BYTES = 64 * 1024
+# After a stream's [DONE] only the body's framing is left (the chunked encoding's end,
+# often a packet later): a released connection waits this long for it and is then kept,
+# not closed. Closing after every stream would open a connection per request and leave
+# each closed one in TIME_WAIT for a minute: a busy gateway runs out of ports.
+_DRAIN_S = 2.0
 
 
 class ConnectFailed(aiohttp.ClientConnectionError):
@@ -53,8 +58,8 @@ class _Target:
 
 class UpstreamResponse:
     """One answer: status and headers at once, the body as it arrives. `release()` hands
-    a connection whose answer was read whole back to the pool and closes any other (an
-    unfinished body: vLLM aborts the generation when its client goes away)."""
+    a connection whose answer has ended back to the pool and closes any other (an
+    unfinished answer: vLLM aborts the generation when its client goes away)."""
 
     def __init__(self, conn: _Connection, status: int, headers: CIMultiDictProxy[str],
                  eof_delimited: bool) -> None:
@@ -71,10 +76,13 @@ class UpstreamResponse:
         self._eof = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._ending = False
 
     # -- fed by the connection ------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        if not data:
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > _HIGH_WATER and not self._paused and self._conn is not None:
@@ -98,21 +106,23 @@ class UpstreamResponse:
 
     # -- read by the relay ----------------------------------------------------------------
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
+    def iter_any(self) -> _Pieces:
         """Each piece of the body as soon as it arrives (what arrived meanwhile, joined)."""
-        while True:
-            if self._chunks:
-                yield self._take()
-            elif self._eof:
-                return
-            elif self._error is not None:
+        return _Pieces(self)
+
+    async def readany(self) -> bytes:
+        """The next piece of the body; b"" at its end."""
+        while not self._chunks:
+            if self._eof:
+                return b""
+            if self._error is not None:
                 raise self._error
-            else:
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._take()
 
     async def read(self) -> bytes:
         """The whole body."""
@@ -130,12 +140,36 @@ class UpstreamResponse:
                 self._conn.resume()
         return data
 
+    def expect_end(self) -> None:
+        """The caller has what it wants (a stream's [DONE]): on release, the connection
+        may wait for the body's framing to end, and be kept."""
+        self._ending = True
+
     def release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.done_with(self, reusable=self._eof and not self._chunks)
+            conn.done_with(drain=self._ending)
 
     close = release
+
+
+class _Pieces:
+    """`async for piece in response.iter_any()`: a plain iterator, not an async generator,
+    so a caller that stops early (at a stream's [DONE]) leaves nothing to finalise."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: UpstreamResponse) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Pieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await self._response.readany()
+        if not data:
+            raise StopAsyncIteration
+        return data
 
 
 class _Connection(asyncio.Protocol):
@@ -152,6 +186,8 @@ class _Connection(asyncio.Protocol):
         self._complete = False  # the answer arrived whole
         self._keep_alive = False  # ... and the backend keeps the connection open
         self._head_bytes = 0  # received before the answer's headers were complete
+        self._busy = False  # a request is out (or its answer's end awaited): bytes are owed
+        self._drain_timer: asyncio.TimerHandle | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -162,7 +198,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:  # idle in the pool: nothing is owed, so this is not HTTP
+        if not self._busy:  # idle in the pool: nothing is owed, so this is not HTTP
             self.close()
             return
         try:
@@ -181,6 +217,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._owner.forget(self)
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         response = self._response
         if response is not None and not self._complete:
             if exc is None and response.eof_delimited:
@@ -197,6 +236,9 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        if not self._busy:  # a second answer in the bytes that ended the first
+            self.close()
+            return
         status = self._parser.get_status_code()
         if status < 200:  # 100 Continue and the like: the answer follows
             self._headers.clear()
@@ -211,7 +253,9 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(self._response)
 
     def on_body(self, body: bytes) -> None:
-        if self._response is not None:
+        if self._drain_timer is not None:  # body after [DONE]: not the framing awaited
+            self.close()
+        elif self._response is not None:
             self._response.feed(body)
 
     def on_message_complete(self) -> None:
@@ -221,6 +265,10 @@ class _Connection(asyncio.Protocol):
         # Asked now: once this callback returns, the parser is reset for the next answer.
         self._keep_alive = self._parser.should_keep_alive()
         self._response.feed_eof()
+        if self._drain_timer is not None:  # released at [DONE]: this was what it waited for
+            self._drain_timer.cancel()
+            self._drain_timer = None
+            self._settle()
 
     # -- used by UpstreamHTTP and UpstreamResponse ---------------------------------------
 
@@ -230,6 +278,7 @@ class _Connection(asyncio.Protocol):
         self._response = None
         self._complete = self._keep_alive = False
         self._head_bytes = 0
+        self._busy = True
         self.transport.write(data)
         return self._waiter
 
@@ -241,15 +290,27 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
-    def done_with(self, response: UpstreamResponse, reusable: bool) -> None:
-        self._waiter = None
-        if reusable and self._complete and self._keep_alive and not self.closed:
+    def done_with(self, *, drain: bool) -> None:
+        """The answer's reader is done: keep the connection when the answer has ended on
+        the wire (or, with `drain`, once its framing does), else close it."""
+        if self._complete or self.closed or not drain:
+            self._settle()
+            return
+        self._drain_timer = asyncio.get_running_loop().call_later(_DRAIN_S, self.close)
+
+    def _settle(self) -> None:
+        if self._complete and self._keep_alive and not self.closed:
+            self._busy = False
+            self._waiter = None
             self._response = None
             self._owner.keep(self)
         else:
             self.close()
 
     def close(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         if not self.closed:
             self.closed = True
             self._owner.forget(self)

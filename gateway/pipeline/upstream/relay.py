@@ -397,6 +397,7 @@ class StreamRelay:
                         await self._send(b"".join(out))
                         self._observe_latency()
                     if self._done:
+                        upstream.expect_end()  # only the body's framing is left
                         break
         except TimeoutError:
             if self._cut:

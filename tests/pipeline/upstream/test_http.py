@@ -277,3 +277,42 @@ async def test_bytes_on_an_idle_connection_retire_it(client: UpstreamHTTP) -> No
             resp.release()
             await asyncio.sleep(0.1)
     assert connections[0] == 2
+
+
+@pytest.mark.parametrize("after_done", [b"0\r\n\r\n", b"5\r\nextra\r\n0\r\n\r\n", b""])
+async def test_a_connection_released_at_done_is_kept_once_its_body_ends(
+        monkeypatch: pytest.MonkeyPatch, after_done: bytes) -> None:
+    """Released after [DONE] with the chunked end still to come: kept once the end arrives;
+    closed when more body arrives instead, or nothing within the drain time."""
+    monkeypatch.setattr("gateway.pipeline.upstream.http._DRAIN_S", 0.3)
+    client = UpstreamHTTP(connect_timeout_s=2.0, keepalive_s=5.0)
+    connections = [0]
+    done = b"data: [DONE]\n\n"
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        while True:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + b"%x\r\n%s\r\n" % (len(done), done))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(after_done)
+            await writer.drain()
+            try:
+                await reader.readuntil(b"\r\n\r\n")  # the next request on this connection
+                await reader.readexactly(2)
+            except asyncio.IncompleteReadError:
+                return
+
+    url, server = await _raw_backend(answer)
+    async with server:
+        for _ in range(2):
+            resp = await client.post(url + "/", b"{}", JSON)
+            assert await resp.content.iter_any().__anext__() == done
+            resp.expect_end()
+            resp.release()
+            await asyncio.sleep(0.5)
+            assert client.busy == 0  # kept or closed, not left waiting
+        await client.close()
+        await asyncio.sleep(0.05)
+    assert connections[0] == (1 if after_done == b"0\r\n\r\n" else 2)

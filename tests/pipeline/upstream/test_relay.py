@@ -853,3 +853,40 @@ async def test_idle_upstream_connections_close_before_vllm_closes_them(
         await asyncio.sleep(pause)
     assert (await _post(http, gateway, chat()))[0] == 200
     assert peers[0] == peers[1] != peers[2]
+
+
+async def test_streams_one_after_another_share_one_upstream_connection(
+        start_gateway: StartGateway, servers: list[web.AppRunner],
+        http: aiohttp.ClientSession) -> None:
+    """A stream's last bytes (the chunked encoding's end) arrive after its [DONE]: the
+    connection is kept for the next request, not closed and opened again each time (a
+    busy gateway would run out of ports, each closed connection waiting a minute)."""
+    peers: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/models":
+            return model_list()
+        if request.path != "/v1/chat/completions":
+            return web.Response()
+        peers.append(request.transport.get_extra_info("peername")[1])  # type: ignore[union-attr]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for event in ({"id": "c", "object": "chat.completion.chunk", "model": MODEL,
+                       "choices": [{"index": 0, "delta": {"content": "hi"},
+                                    "finish_reason": "stop"}]},
+                      {"id": "c", "object": "chat.completion.chunk", "model": MODEL,
+                       "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1,
+                                                "total_tokens": 4}}):
+            await resp.write(b"data: " + orjson.dumps(event) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await asyncio.sleep(0.02)  # the end of the body comes in a later packet
+        await resp.write_eof()
+        return resp
+
+    gateway = await start_gateway(await fake_backend(handler, servers),
+                                  health={"interval_s": 60})
+    for _ in range(3):
+        status, raw, _ = await _post(http, gateway, chat(stream=True))
+        assert status == 200 and raw.endswith(b"data: [DONE]\n\n"), raw
+        await asyncio.sleep(0.1)  # the body's end has arrived by now
+    assert len(peers) == 3 and len(set(peers)) == 1, peers
