@@ -229,7 +229,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         auth, close_auth = await _start_auth(settings, session, metrics)
         limiter, close_limiter = _limiter(settings, metrics)
         app[LIMITER] = limiter
-        classify = ClassifyRuntime(metrics, session)
+        classify = ClassifyRuntime(metrics, http)
         # The embedding model (hundreds of MB) loads once, and only for a policy that uses it.
         await classify.start(load_model=_uses_embedding(settings.policies))
         app[CLASSIFY] = classify

@@ -39,10 +39,10 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from gateway.pipeline.classify.text import PromptText
+from gateway.pipeline.upstream.http import UpstreamHTTP
 from gateway.pipeline.upstream.reading import SMALL_BODY_BYTES, BodyTooLarge, read_bounded
 from gateway.policy.spec import CategorySpec, GuardSpec
 
@@ -156,14 +156,16 @@ class GuardClassifier:
     name = "guard"
     cheap = False
 
-    def __init__(self, spec: GuardSpec, session: aiohttp.ClientSession,
+    def __init__(self, spec: GuardSpec, http: UpstreamHTTP,
                  categories: Mapping[str, CategorySpec], unverified: str,
                  metrics: Metrics | None = None, api_key: str | None = None) -> None:
         self.spec = spec
-        self.session = session
+        self.http = http  # a call per request: the lean client
         # The guard's own vLLM --api-key (GATEWAY_SECRET_GUARD_API_KEY): not the backends'
         # key, as the policy may point the guard at another host.
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
         self.unverified = unverified
         self.metrics = metrics
         self.code_to_categories: dict[str, list[str]] = {}
@@ -187,14 +189,16 @@ class GuardClassifier:
     async def ask(self, text: str) -> tuple[bool, tuple[str, ...], float]:
         """(unsafe, codes, P(unsafe)) for one text."""
         url, body = self._request(clip(text, self.spec.max_chars))
-        async with self.session.post(url, json=body, headers=self._headers,
-                                     allow_redirects=False) as resp:
-            if resp.status != 200:
+        resp = await self.http.post(url, orjson.dumps(body), self._headers)
+        try:
+            if resp.status != 200:  # a redirect too: never followed
                 raise GuardError(f"guard answered HTTP {resp.status}")
             try:
                 data = orjson.loads(await read_bounded(resp, SMALL_BODY_BYTES))
             except (BodyTooLarge, orjson.JSONDecodeError):
                 raise GuardError("guard answer is not a JSON object of a sane size") from None
+        finally:
+            resp.release()
         try:
             choice = data["choices"][0]
             answer = (choice["message"]["content"] if self.spec.api == "chat"

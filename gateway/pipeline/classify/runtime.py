@@ -1,12 +1,12 @@
 """ClassifyRuntime: the long-lived side of classification, and the builders per policy.
 
 The embedding model loads once per process (seconds, hundreds of MB) and must survive
-policy reloads; the guard needs the app's HTTP session. So the app holds one
+policy reloads; the guard needs the app's upstream HTTP client. So the app holds one
 ClassifyRuntime (opened and closed with the app) and, on every policy (re)load, asks it
 for the policy's Chain, ClassifyStage and moderation filter factory. Building is
 synchronous and raises `ClassifyConfigError` on anything the policy asks that cannot be
 honoured (a required embedding classifier without the `ml` extra, a broken head file, a
-guard without a session), so a reload keeps the old pipeline.
+guard without that client), so a reload keeps the old pipeline.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import concurrent.futures
 import logging
 from collections.abc import Callable
 from pathlib import Path
-
-import aiohttp
 
 from gateway.context import RequestContext
 from gateway.metrics import Metrics
@@ -29,6 +27,7 @@ from gateway.pipeline.classify.rules import RulesClassifier, compile_patterns
 from gateway.pipeline.classify.stage import ClassifyStage
 from gateway.pipeline.classify.structure import StructureClassifier
 from gateway.pipeline.output import OutputFilter
+from gateway.pipeline.upstream.http import UpstreamHTTP
 from gateway.policy.spec import PolicySpec
 from gateway.secret_store import given_secret
 
@@ -63,10 +62,10 @@ class ClassifyRuntime:
     """Open with `await start()`, close with `await close()`; `ready` once start has run."""
 
     def __init__(self, metrics: Metrics | None = None,
-                 session: aiohttp.ClientSession | None = None,
+                 http: UpstreamHTTP | None = None,
                  embedder: Embedder | None = None) -> None:
         self.metrics = metrics
-        self.session = session
+        self.http = http
         self.embedder = embedder if embedder is not None else Embedder()
         self.ready = False
         self._preparing: list[concurrent.futures.Future[None]] = []
@@ -107,10 +106,10 @@ class ClassifyRuntime:
                 expensive.append(Guarded(classifier, spec.embedding.timeout_s,
                                          spec.embedding.on_error))
         if spec.guard.enabled:
-            if self.session is None:
+            if self.http is None:
                 raise ClassifyConfigError("classifiers.guard is enabled but the runtime has "
-                                          "no HTTP session")
-            guard = GuardClassifier(spec.guard, self.session, policy.categories,
+                                          "no HTTP client")
+            guard = GuardClassifier(spec.guard, self.http, policy.categories,
                                     spec.unverified_category, self.metrics,
                                     api_key=given_secret("guard_api_key"))
             expensive.append(Guarded(guard, spec.guard.timeout_s, spec.guard.on_error))

@@ -1,7 +1,7 @@
 """HTTP/1.1 to the backends for what every request sends (completions, embeddings, token
-counts): pooled keep-alive connections and httptools' C parser, without aiohttp's client
-machinery (request objects, tracing, per-request timers), which cost about 100 us of CPU
-per request (bench/proxy.py). Health probes, model discovery and the guard model keep
+counts, guard verdicts): pooled keep-alive connections and httptools' C parser, without
+aiohttp's client machinery (request objects, tracing, per-request timers), which cost
+about 100 us of CPU per request (bench/proxy.py). Health probes and model discovery keep
 aiohttp's session: they are rare and want its generality.
 
 Failures raise aiohttp's exception classes, so callers handle both clients alike:

@@ -6,12 +6,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from gateway.metrics import Metrics
 from gateway.pipeline.classify import ClassifyStage
 from gateway.pipeline.classify.runtime import ClassifyConfigError, ClassifyRuntime
+from gateway.pipeline.upstream.http import UpstreamHTTP
 from gateway.policy.loader import load_policy
 from tests.pipeline.classify.conftest import POLICY
 
@@ -31,14 +31,15 @@ async def test_stage_and_filters(metrics: Metrics) -> None:
     await runtime.close()
 
 
-async def test_guard_needs_a_session() -> None:
+async def test_guard_needs_an_http_client() -> None:
     policy = _with(guard=dataclasses.replace(POLICY.classifiers.guard, enabled=True,
                                              url="http://127.0.0.1:9", model="g"))
-    with pytest.raises(ClassifyConfigError, match="session"):
+    with pytest.raises(ClassifyConfigError, match="HTTP client"):
         ClassifyRuntime().build_chain(policy)
-    async with aiohttp.ClientSession() as session:
-        chain = ClassifyRuntime(session=session).build_chain(policy)
-        assert "guard" in chain.names
+    http = UpstreamHTTP(connect_timeout_s=1.0, keepalive_s=4.0)
+    chain = ClassifyRuntime(http=http).build_chain(policy)
+    assert "guard" in chain.names
+    await http.close()
 
 
 def test_stage_needs_metrics() -> None:
