@@ -296,6 +296,7 @@ class _Connection(asyncio.Protocol):
         if self._complete or self.closed or not drain:
             self._settle()
             return
+        self.resume()  # a reader that paused it is gone: the framing must get in
         self._drain_timer = asyncio.get_running_loop().call_later(_DRAIN_S, self.close)
 
     def _settle(self) -> None:
