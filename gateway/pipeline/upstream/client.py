@@ -52,10 +52,10 @@ class RetryUpstream(Exception):
 def failure_kind(exc: aiohttp.ClientError) -> str:
     """The metric's `kind` for a request that failed before any answer: `connect` when no
     connection could be opened, `reset` when the backend closed or reset it, else
-    `protocol` (an answer aiohttp could not parse)."""
-    if isinstance(exc, (aiohttp.ClientConnectorError, ConnectFailed)):
+    `protocol` (an answer that is not HTTP)."""
+    if isinstance(exc, ConnectFailed):
         return "connect"
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "reset"
     return "protocol"
 

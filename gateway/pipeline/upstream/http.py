@@ -150,8 +150,6 @@ class UpstreamResponse:
         if conn is not None:
             conn.done_with(drain=self._ending)
 
-    close = release
-
 
 class _Pieces:
     """`async for piece in response.iter_any()`: a plain iterator, not an async generator,
