@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway import eventloop
 from gateway.audit.cli import add_audit_parser
+from gateway.eventloop import check_event_loop
 from gateway.pipeline.classify.eval import add_eval_parser, run_eval
 from gateway.pipeline.watermark.cli import add_watermark_parsers, run_watermark
 from gateway.report import add_report_parser
@@ -260,7 +262,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level, settings.log_format)
     from gateway.server import serve
 
-    return asyncio.run(serve(settings))
+    return eventloop.run(serve(settings), settings.event_loop)
 
 
 def _run_sim(args: argparse.Namespace) -> int:
@@ -270,6 +272,9 @@ def _run_sim(args: argparse.Namespace) -> int:
     if log_format.lower() not in LOG_FORMATS:
         raise SettingsError(f"GATEWAY_LOG_FORMAT: log_format: one of {', '.join(LOG_FORMATS)}")
     _configure_logging("INFO", log_format)
+    loop = os.environ.get("GATEWAY_EVENT_LOOP") or "auto"
+    if (why := check_event_loop(loop)) is not None:
+        raise SettingsError(f"GATEWAY_EVENT_LOOP: event_loop: {why}")
     models = tuple(args.model) or SimSettings().models
     settings = SimSettings(models=models, ttft_s=args.ttft,
                            tokens_per_second=args.tokens_per_second,
@@ -277,7 +282,7 @@ def _run_sim(args: argparse.Namespace) -> int:
     logging.getLogger("gateway.sim").info("simulating vLLM on http://%s:%d serving %s",
                                           args.host, args.port, ", ".join(settings.served))
     try:
-        asyncio.run(run_sim(settings, args.host, args.port))
+        eventloop.run(run_sim(settings, args.host, args.port), loop)
     except OSError as exc:  # the port is taken, the host is not ours: one line, no trace
         print(f"gateway sim: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
               file=sys.stderr)

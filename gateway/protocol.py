@@ -183,8 +183,9 @@ def _unsent(transport: asyncio.BaseTransport) -> int:
     kernel's send queue. The kernel's share matters: the transport may write again only
     once a third of a send buffer of megabytes has drained, so a client reading slowly
     can be taking bytes for seconds while the transport's buffer stays the same."""
-    unsent = transport.get_write_buffer_size() \
-        if isinstance(transport, asyncio.WriteTransport) else 0
+    # uvloop's transports do not subclass asyncio's, so ask for the method, not the class
+    buffered = getattr(transport, "get_write_buffer_size", None)
+    unsent: int = buffered() if buffered is not None else 0
     sock = transport.get_extra_info("socket")
     if _OUTQ is not None and sock is not None:
         try:

@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.context import CLASSIFY, LIFECYCLE, METRICS, POOL, RELOADER
 from gateway.devkeys import DevKeyError, ensure_dev_keys
+from gateway.eventloop import running_loop_name
 from gateway.lifecycle import Lifecycle, StartupError
 from gateway.pipeline.auth.build import AuthConfigError, check_keys
 from gateway.pipeline.auth.jwks import KeySetUnavailable
@@ -183,7 +184,8 @@ async def serve(settings: Settings) -> int:
             await sim_runner.cleanup()
         return _refuse(exc)
     host, port = runner.addresses[0][:2]
-    log.info("fronting %s", ", ".join(map(redact, settings.upstreams)))
+    log.info("fronting %s (event loop: %s)", ", ".join(map(redact, settings.upstreams)),
+             running_loop_name())
     # The pool has asked every upstream for its models once by now.
     models = list(app[POOL].models())
     if not models and sim_runner is not None:

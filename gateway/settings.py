@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from gateway.audit.log import AuditSettings
 from gateway.audit.postgres import is_postgres_url
+from gateway.eventloop import check_event_loop
 from gateway.extras import installed
 from gateway.pipeline.auth.settings import AuthSettings
 from gateway.urls import redact as redact_url
@@ -194,6 +195,7 @@ class Settings:
     redis_url: str | None = None
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
+    event_loop: str = "auto"  # auto (uvloop where installed) | uvloop | asyncio
     max_body_bytes: int = 4 * 1024 * 1024
     # The largest answer (non-streaming) or stream event read from a backend: past it, a
     # 502 (an error event once a stream began). vLLM's are far smaller; the bound keeps a
@@ -231,6 +233,7 @@ _ENV = {
     "GATEWAY_PORT": "port",
     "GATEWAY_LOG_LEVEL": "log_level",
     "GATEWAY_LOG_FORMAT": "log_format",
+    "GATEWAY_EVENT_LOOP": "event_loop",
     "GATEWAY_AUDIT_URL": "audit.url",
     "GATEWAY_LEDGER_URL": "watermark.ledger_url",
     "GATEWAY_OTLP_ENDPOINT": "tracing.otlp_endpoint",
@@ -313,6 +316,8 @@ def _check(settings: Settings) -> None:
         raise SettingsError("log_level: one of DEBUG, INFO, WARNING, ERROR")
     if settings.log_format.lower() not in LOG_FORMATS:
         raise SettingsError(f"log_format: one of {', '.join(LOG_FORMATS)}")
+    if (why := check_event_loop(settings.event_loop)) is not None:
+        raise SettingsError(f"event_loop: {why}")
     if settings.redis_url is not None and urlsplit(settings.redis_url).scheme not in \
             _REDIS_SCHEMES:
         raise SettingsError("redis_url: expected a redis://, rediss:// or unix:// URL")

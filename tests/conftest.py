@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,6 +30,18 @@ pytest_plugins = ["tests.postgres"]  # the postgres_server / postgres_url fixtur
 
 MODEL = "sim-llama-3-8b-instruct"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item,
+                                  ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests marked `both_loops` (code that handles transports itself) run on asyncio's
+    loop and on uvloop, which `gateway serve` runs on (gateway/eventloop.py); with
+    GATEWAY_TEST_LOOP=uvloop every test runs on uvloop."""
+    if os.environ.get("GATEWAY_TEST_LOOP") == "uvloop":
+        return {"uvloop": uvloop.new_event_loop}
+    if item.get_closest_marker("both_loops"):
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @dataclass

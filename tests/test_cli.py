@@ -180,6 +180,11 @@ def test_a_bad_setting_is_one_line_for_every_command(home: Path,
     assert _refusal(["sim", "--port", "1"], capsys) == (
         "gateway: invalid configuration: GATEWAY_LOG_FORMAT: log_format: one of json, text")
     monkeypatch.delenv("GATEWAY_LOG_FORMAT")
+    monkeypatch.setenv("GATEWAY_EVENT_LOOP", "trio")
+    assert _refusal(["sim", "--port", "1"], capsys) == (
+        "gateway: invalid configuration: GATEWAY_EVENT_LOOP: event_loop: one of auto, uvloop, "
+        "asyncio, got 'trio'")
+    monkeypatch.delenv("GATEWAY_EVENT_LOOP")
     monkeypatch.setenv("GATEWAY_SECRET_WATERMARK", "short")
     text = home.parent / "text.txt"
     text.write_text("hello\n")

@@ -20,9 +20,11 @@ from gateway.devkeys import PRIVATE
 from tests.conftest import Process, chat, free_port, requests_total
 
 
+@pytest.mark.parametrize(("event_loop", "runs_on"), [("", "uvloop"), ("asyncio", "asyncio")])
 async def test_embedded_default_says_so_and_answers(
-        gateway_process: Callable[..., Process], token: str) -> None:
-    gw = gateway_process()
+        gateway_process: Callable[..., Process], token: str, event_loop: str,
+        runs_on: str) -> None:
+    gw = gateway_process(env={"GATEWAY_EVENT_LOOP": event_loop})
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
             http.post(gw.url + "/v1/chat/completions", json=chat()) as resp:
         assert resp.status == 200
@@ -31,6 +33,7 @@ async def test_embedded_default_says_so_and_answers(
     assert gw.proc.wait(timeout=10) == 0
     output = gw.output()
     assert "built-in vLLM simulator" in output
+    assert f"(event loop: {runs_on})" in output
     assert "curl -s " + gw.url + "/v1/chat/completions" in output
     assert "from openai import OpenAI" in output
 

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import eventloop
 from gateway.settings import Settings, SettingsError, load_settings
 from tests.test_yamlfile import alias_bomb
 
@@ -135,6 +136,18 @@ def test_log_format_from_the_environment_and_validated() -> None:
     with pytest.raises(SettingsError, match=r"^GATEWAY_LOG_FORMAT: log_format: one of json, "
                                             r"text$"):
         load_settings(env={"GATEWAY_LOG_FORMAT": "xml"})
+
+
+def test_event_loop_from_the_environment_and_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(env={}).event_loop == "auto"
+    assert load_settings(env={"GATEWAY_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+    with pytest.raises(SettingsError, match=r"^GATEWAY_EVENT_LOOP: event_loop: one of auto, "
+                                            r"uvloop, asyncio, got 'trio'$"):
+        load_settings(env={"GATEWAY_EVENT_LOOP": "trio"})
+    monkeypatch.setattr(eventloop, "installed", lambda module: module != "uvloop")
+    with pytest.raises(SettingsError, match=r"^event_loop: uvloop is not installed here"):
+        load_settings(env={}, overrides={"event_loop": "uvloop"})
+    assert load_settings(env={}).event_loop == "auto"  # auto: asyncio's loop, no error
 
 
 @pytest.mark.parametrize("url", ["redis://cache:6379/0", "rediss://u@cache:6380",

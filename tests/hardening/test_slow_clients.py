@@ -22,6 +22,8 @@ from gateway.devkeys import mint_token
 from gateway.protocol import AcceptErrorThrottle, GatewayRunner
 from tests.conftest import Process
 
+pytestmark = pytest.mark.both_loops
+
 HEAD_S = 0.5
 SEND_S = 0.5
 # Far more than loopback's socket buffers hold (a few MiB) while the client reads nothing.

@@ -14,6 +14,8 @@ from aiohttp import web
 from gateway.pipeline.upstream.http import ConnectFailed, Disconnected, UpstreamHTTP
 from tests.conftest import fake_backend, free_port
 
+pytestmark = pytest.mark.both_loops
+
 JSON = {"content-type": "application/json"}
 
 

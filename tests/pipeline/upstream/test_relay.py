@@ -33,6 +33,8 @@ from tests.conftest import (
     wait_until,
 )
 
+pytestmark = pytest.mark.both_loops
+
 
 def _events(raw: bytes) -> list[bytes]:
     assert raw.endswith(b"\n\n")
