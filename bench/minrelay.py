@@ -2,7 +2,8 @@
 
 POST /v1/chat/completions is forwarded to the upstream as is, and the answer is copied
 back: whole for JSON, chunk by chunk as it arrives for event streams. No parsing, no
-checks, no metrics. Whatever the gateway costs beyond this is the gateway's own work.
+checks, no metrics. Whatever the gateway costs beyond this is the gateway's own work. It
+runs on the event loop the gateway runs on (uvloop where installed, gateway/eventloop.py).
 
     python bench/minrelay.py UPSTREAM_URL PORT
 """
@@ -13,6 +14,8 @@ import asyncio
 import sys
 
 from aiohttp import ClientSession, TCPConnector, web
+
+from gateway import eventloop
 
 SESSION = web.AppKey("session", ClientSession)
 
@@ -47,4 +50,4 @@ async def main(port: int) -> None:
 
 if __name__ == "__main__":
     UPSTREAM = sys.argv[1]
-    asyncio.run(main(int(sys.argv[2])))
+    eventloop.run(main(int(sys.argv[2])))
