@@ -25,10 +25,12 @@ The gateways log at their default level, INFO: one JSON line per request, writte
 The last scenario holds `--held` slow streams open (50 tokens/s each, opened one every
 4 ms) and times the first token of new streams started meanwhile. On a 2-core machine
 the simulator and the load generator share the cores with the relay: watch the `direct`
-row, which is what the machine allows before any relay is added.
+row, which is what the machine allows before any relay is added. One run's figures move
+by a third between runs there: `--rounds 3` runs each scenario three times per relay, the
+relays taking turns, and pools them (the CPU column adds its range per round).
 
     python bench/proxy.py [--requests N] [--quick] [--only minimal,bare,queued,full] [--held N]
-                          [--log-level LEVEL]
+                          [--log-level LEVEL] [--rounds N]
 """
 
 from __future__ import annotations
@@ -190,14 +192,38 @@ async def _held(relay: Relay, streams: int = 256, probes: int = 100) -> Result:
 Run = Callable[[Relay], Awaitable[Result]]
 
 
-async def scenario(title: str, relays: list[Relay], run: Run, ttft: bool = False,
-                   per_request_cpu: dict[str, float] | None = None) -> dict[str, float]:
-    """Print one table; return each relay's CPU per request (for the per-chunk figure)."""
+def _pooled(rounds: list[Result]) -> Result:
+    """One relay's rounds of a scenario as one sample: their mean, in effect."""
+    busy = [r.busy for r in rounds if r.busy is not None]
+    return Result(latencies=[x for r in rounds for x in r.latencies],
+                  ttfts=[x for r in rounds for x in r.ttfts],
+                  chunks=sum(r.chunks for r in rounds), wall=sum(r.wall for r in rounds),
+                  cpu=sum(r.cpu for r in rounds),
+                  busy=sum(busy) / len(busy) if busy else None)
+
+
+def _relay_cpu(res: Result, per_request: float | None) -> float:
+    """CPU per request, or per chunk once `per_request` is taken out of each request."""
+    if per_request is None:
+        return res.cpu / len(res.latencies)
+    return (res.cpu - per_request * len(res.latencies)) / res.chunks
+
+
+async def scenario(title: str, relays: list[Relay], run: Run, rounds: int = 1,
+                   ttft: bool = False, per_request_cpu: dict[str, float] | None = None,
+                   ) -> dict[str, float]:
+    """Print one table; return each relay's CPU per request (for the per-chunk figure).
+    With several rounds, the relays take turns, so a slow spell of the machine falls on
+    all of them; the figures pool the rounds, and the CPU column's range is per round."""
     label = "TTFT" if ttft else "latency"
     print(f"\n{title}")
     print(f"  {'':8} {'req/s':>8} {label + ' p50':>12} {'p99':>9} {'added p50':>10} "
           f"{'CPU/req':>9} {'CPU/chunk':>10} {'x minimal':>10}")
-    results = {r.name: await run(r) for r in relays}
+    runs: dict[str, list[Result]] = {r.name: [] for r in relays}
+    for _ in range(rounds):
+        for relay in relays:
+            runs[relay.name].append(await run(relay))
+    results = {name: _pooled(done) for name, done in runs.items()}
     direct = results["direct"]
     values: Callable[[Result], list[float]] = (
         (lambda r: r.ttfts) if ttft else (lambda r: r.latencies))
@@ -210,21 +236,18 @@ async def scenario(title: str, relays: list[Relay], run: Run, ttft: bool = False
         if res.busy is not None:
             line += f"   relay busy {res.busy * 100:3.0f}% of a core"
         elif relay.pid:
-            per_req = res.cpu / len(res.latencies)
-            cpu_per_request[relay.name] = per_req
-            line += f" {per_req * 1e6:6.0f} us"
-            ratio_of = per_req
-            if res.chunks and per_request_cpu is not None:
-                # What each chunk costs once the relay's per-request cost is taken out.
-                per_chunk = (res.cpu - per_request_cpu[relay.name] * len(res.latencies)
-                             ) / res.chunks
-                line += f" {per_chunk * 1e6:7.1f} us"
-                cpu_per_request[relay.name] = per_chunk
-                ratio_of = per_chunk
-            else:
-                line += f" {'':>10}"
+            per_chunk = bool(res.chunks and per_request_cpu is not None)
+            taken_out = per_request_cpu[relay.name] if per_chunk and per_request_cpu else None
+            figure = _relay_cpu(res, taken_out)
+            cpu_per_request[relay.name] = figure
+            line += f" {res.cpu / len(res.latencies) * 1e6:6.0f} us"
+            line += f" {figure * 1e6:7.1f} us" if per_chunk else f" {'':>10}"
             if relay.name != "minimal" and "minimal" in cpu_per_request:
-                line += f" {ratio_of / cpu_per_request['minimal']:9.1f}x"
+                line += f" {figure / cpu_per_request['minimal']:9.1f}x"
+            if rounds > 1:
+                each = sorted(_relay_cpu(r, taken_out) * 1e6 for r in runs[relay.name])
+                line += f"   rounds {each[0]:.{1 if per_chunk else 0}f}-" \
+                        f"{each[-1]:.{1 if per_chunk else 0}f} us"
         print(line)
     return cpu_per_request
 
@@ -254,36 +277,39 @@ async def main(args: argparse.Namespace) -> None:
                 relays.append(Relay(name, url, proc.pid,
                                     mint_token(Path(home), tier=tier, sub=f"bench-{name}")))
             procs.append(proc)
-        await _scenarios(relays, args.requests, args.held)
+        await _scenarios(relays, args.requests, args.held, args.rounds)
         print("\nRSS: " + ", ".join(f"{r.name} {rss_mib(r.pid):.0f} MiB"
                                     for r in relays if r.pid))
     finally:
         stop(*reversed(procs))
 
 
-async def _scenarios(relays: list[Relay], requests: int, held: int) -> None:
+async def _scenarios(relays: list[Relay], requests: int, held: int, rounds: int) -> None:
     small = {"model": MODEL, "messages": [{"role": "user", "content": "bench"}],
              "max_tokens": 16, "ignore_eos": True}
     streamed = {**small, "max_tokens": 64, "stream": True}
     slow = {**small, "max_tokens": 50, "stream": True,
             "messages": [{"role": "user", "content": "[[sim:tps=50]] bench"}]}
     await scenario("unloaded, non-streaming, 16 tokens, concurrency 1", relays,
-                   lambda r: _load(r, small, max(50, requests // 10), 1))
+                   lambda r: _load(r, small, max(50, requests // 10), 1), rounds)
     per_request = await scenario("non-streaming, 16 tokens, concurrency 32", relays,
-                                 lambda r: _load(r, small, requests, 32))
+                                 lambda r: _load(r, small, requests, 32), rounds)
     await scenario("streaming, 64 tokens, concurrency 32 (CPU/chunk: per-request cost "
                    "taken out)", relays, lambda r: _load(r, streamed, requests // 4, 32),
-                   per_request_cpu=per_request)
+                   rounds, per_request_cpu=per_request)
     await scenario("256 concurrent slow streams (50 tokens/s, 50 tokens), all started at once",
-                   relays, lambda r: _load(r, slow, 512, 256), ttft=True)
+                   relays, lambda r: _load(r, slow, 512, 256), rounds, ttft=True)
     await scenario(f"new streams while {held} slow streams are held (one every 20 ms)",
-                   relays, lambda r: _held(r, streams=held), ttft=True)
+                   relays, lambda r: _held(r, streams=held), rounds, ttft=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of each scenario per relay, taking turns; one run moves by "
+                             "a third between runs on a shared 2-core machine")
     parser.add_argument("--held", type=int, default=256,
                         help="streams held open while new streams are timed")
     parser.add_argument("--log-level", default="INFO",
