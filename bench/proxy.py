@@ -236,8 +236,8 @@ async def scenario(title: str, relays: list[Relay], run: Run, rounds: int = 1,
         if res.busy is not None:
             line += f"   relay busy {res.busy * 100:3.0f}% of a core"
         elif relay.pid:
-            per_chunk = bool(res.chunks and per_request_cpu is not None)
-            taken_out = per_request_cpu[relay.name] if per_chunk and per_request_cpu else None
+            taken_out = per_request_cpu[relay.name] if res.chunks and per_request_cpu else None
+            per_chunk = taken_out is not None
             figure = _relay_cpu(res, taken_out)
             cpu_per_request[relay.name] = figure
             line += f" {res.cpu / len(res.latencies) * 1e6:6.0f} us"

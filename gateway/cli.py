@@ -13,7 +13,6 @@ from typing import Any
 
 from gateway import eventloop
 from gateway.audit.cli import add_audit_parser
-from gateway.eventloop import check_event_loop
 from gateway.pipeline.classify.eval import add_eval_parser, run_eval
 from gateway.pipeline.watermark.cli import add_watermark_parsers, run_watermark
 from gateway.report import add_report_parser
@@ -273,7 +272,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         raise SettingsError(f"GATEWAY_LOG_FORMAT: log_format: one of {', '.join(LOG_FORMATS)}")
     _configure_logging("INFO", log_format)
     loop = os.environ.get("GATEWAY_EVENT_LOOP") or "auto"
-    if (why := check_event_loop(loop)) is not None:
+    if (why := eventloop.check_event_loop(loop)) is not None:
         raise SettingsError(f"GATEWAY_EVENT_LOOP: event_loop: {why}")
     models = tuple(args.model) or SimSettings().models
     settings = SimSettings(models=models, ttft_s=args.ttft,
