@@ -47,6 +47,7 @@ OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "e
 # Attributes every LogRecord has; anything else on a record came in through `extra`.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 _HANDLER_MARK = "_gateway_handler"
+_PLAIN = frozenset({int, float, bool})  # field types with nothing to scrub
 
 
 class Redactor(logging.Filter):
@@ -78,10 +79,13 @@ class Redactor(logging.Filter):
 
     def _deep(self, value: object) -> object:
         """Scrubbed copies of strings inside extra fields; the caller's objects are kept."""
-        if isinstance(value, str):
-            return self.scrub(value)
-        if value is None or isinstance(value, int | float):  # most fields: no ABC check
+        kind = type(value)
+        if kind is str:
+            return self.scrub(value)  # type: ignore[arg-type]
+        if value is None or kind in _PLAIN:  # most fields: no ABC check
             return value
+        if isinstance(value, str):  # a str subclass
+            return self.scrub(value)
         if isinstance(value, Mapping):
             return {k: self._deep(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
@@ -91,9 +95,19 @@ class Redactor(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.scrub(record.getMessage())
         record.args = None
-        for name, value in record.__dict__.items():
-            if name not in _STANDARD:
-                record.__dict__[name] = self._deep(value)
+        fields = record.__dict__
+        # A request's line has a dozen extra fields: the common cases inline (this runs
+        # once per request).
+        remembered = self._scrubbed
+        for name, value in fields.items():
+            if name in _STANDARD:
+                continue
+            kind = type(value)
+            if kind is str:
+                known = remembered.get(value)
+                fields[name] = known if known is not None else self.scrub(value)
+            elif value is not None and kind not in _PLAIN:
+                fields[name] = self._deep(value)
         # Exception text too; another handler may already have cached it unscrubbed.
         if record.exc_info:
             text = record.exc_text or logging.Formatter().formatException(record.exc_info)
@@ -146,7 +160,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for name, value in record.__dict__.items():
-            if name not in _STANDARD and not name.startswith("_"):
+            if name not in _STANDARD and name[0] != "_":
                 line[name] = value
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
@@ -185,9 +199,16 @@ def _text_value(value: object) -> str:
     return visible(orjson.dumps(value, default=str).decode())
 
 
+_last_second: tuple[int, str] = (-1, "")  # replaced whole: a thread reads both or neither
+
+
 def _rfc3339(created: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-    return f"{seconds}.{int(created % 1 * 1000):03d}Z"
+    # Lines come many a second: the formatted second is kept (strftime is the cost).
+    global _last_second
+    second = int(created)
+    if second != _last_second[0]:
+        _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_last_second[1]}.{int(created % 1 * 1000):03d}Z"
 
 
 def configure_logging(level: str, json: bool = True, *, stream: IO[str] | None = None,

@@ -50,6 +50,33 @@ def test_one_json_object_per_line_with_extra_fields(stream: io.StringIO) -> None
     assert second["message"] == "multi\nline" and len(stream.getvalue().splitlines()) == 2
 
 
+def test_the_time_is_each_records_own_to_the_millisecond() -> None:
+    # The formatted second is reused between lines: a new second must still show.
+    formatter = JsonFormatter()
+    times = []
+    for created in (1_700_000_000.5, 1_700_000_000.999, 1_700_000_001.0, 86_400.25):
+        record = logging.makeLogRecord({"msg": "m"})
+        record.created = created
+        times.append(orjson.loads(formatter.format(record))["time"])
+    assert times == ["2023-11-14T22:13:20.500Z", "2023-11-14T22:13:20.999Z",
+                     "2023-11-14T22:13:21.000Z", "1970-01-02T00:00:00.250Z"]
+
+
+class _Label(str):
+    """A str subclass, as an enum's value can be."""
+
+
+def test_extra_fields_of_every_kind_are_scrubbed_or_kept(stream: io.StringIO) -> None:
+    logging.getLogger("gateway.test").info("request", extra={
+        "label": _Label(f"sent {JWT}"), "ok": True, "ratio": 0.5, "count": 3, "none": None,
+        "pair": (JWT, 1)})
+    (line,) = lines(stream)
+    assert JWT not in stream.getvalue()
+    assert line["label"] == f"sent {REDACTED}" and line["pair"] == [REDACTED, 1]
+    assert line["ok"] is True and line["ratio"] == 0.5 and line["count"] == 3
+    assert line["none"] is None
+
+
 def test_planted_jwt_and_secret_never_reach_the_output(stream: io.StringIO) -> None:
     log = logging.getLogger("gateway.test")
     log.warning("auth header was Bearer %s", JWT)
