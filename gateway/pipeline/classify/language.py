@@ -67,6 +67,68 @@ def _letters(text: str) -> int:
 
 _LAST_LATIN = "\u024f"  # the end of Latin Extended-B
 
+# More frequent English words, for telling English prose from other Latin-script text
+# without an identification: function words, everyday verbs and nouns, and the verbs
+# requests start with ("summarize", "translate"). Left out on purpose: words that are
+# as frequent in another language the identifier knows ("die", "war", "kind", "come",
+# "per", "large", "simple", "real", "red", "water", "week", "school"), so such text keeps
+# as few "English" words as it had.
+_MORE_ENGLISH = frozenset((
+    # function words and adverbs
+    "both", "few", "further", "himself", "herself", "itself", "myself", "yourself",
+    "themselves", "ourselves", "mine", "yours", "hers", "ours", "theirs", "whom",
+    "whose", "whether", "although", "though", "unless", "until", "since", "upon",
+    "within", "among", "between", "during", "across", "along", "around", "behind",
+    "below", "above", "beyond", "near", "toward", "towards", "under", "onto", "off",
+    "via", "yet", "either", "neither", "nor", "else", "ever", "never", "always", "often",
+    "sometimes", "usually", "already", "still", "almost", "quite", "rather", "really",
+    "perhaps", "maybe", "however", "therefore", "instead", "otherwise", "anyway", "thus",
+    "actually", "especially", "probably", "simply", "together", "away", "later", "soon",
+    "today", "tomorrow", "yesterday", "tonight", "ago", "once", "twice", "enough",
+    "less", "least", "lot", "lots", "several", "another", "anything", "anyone",
+    "everything", "everyone", "something", "someone", "nothing", "nobody", "none",
+    "whatever", "whenever", "shall", "may", "might", "cannot", "three", "four", "five",
+    "seven", "eight", "nine", "ten", "hundred", "thousand", "third", "half",
+    # verbs
+    "having", "done", "made", "making", "makes", "goes", "going", "gone", "went",
+    "comes", "coming", "came", "gets", "getting", "got", "gives", "given", "giving",
+    "gave", "takes", "taken", "taking", "took", "seen", "saw", "look", "looks",
+    "looking", "found", "think", "thinks", "thought", "knows", "known", "knew", "wants",
+    "wanted", "needs", "needed", "used", "uses", "try", "tries", "tried", "ask", "asked",
+    "asks", "call", "called", "feel", "felt", "become", "became", "leave", "left", "put",
+    "keep", "kept", "let", "begin", "began", "seem", "seems", "helps", "helped",
+    "helping", "talk", "turn", "started", "run", "running", "move", "live", "lives",
+    "believe", "happen", "happened", "happens", "writes", "writing", "written", "wrote",
+    "read", "reading", "said", "says", "told", "provide", "provides", "provided",
+    "include", "includes", "including", "learn", "learning", "understand", "watch",
+    "follow", "following", "speak", "allow", "add", "spend", "grow", "walk", "win",
+    "remember", "love", "consider", "appear", "buy", "wait", "expect", "build", "stay",
+    "cut", "reach", "remain", "suggest", "raise", "sell", "require", "decide", "pull",
+    "answer", "choose", "select", "solve", "predict", "estimate", "pretend", "rephrase",
+    "fix", "check", "mean", "means", "explain", "explains", "describe", "describes",
+    "generate", "list", "summarize", "summarise", "identify", "classify", "calculate",
+    "convert", "rewrite", "translate", "edit", "improve", "develop", "analyze",
+    "evaluate", "outline",
+    # nouns and adjectives
+    "thing", "things", "year", "years", "woman", "women", "child", "children", "world",
+    "life", "part", "company", "number", "numbers", "night", "home", "mother",
+    "father", "money", "story", "stories", "fact", "facts", "month", "book", "books",
+    "word", "words", "business", "side", "head", "house", "friend", "friends", "power",
+    "hour", "hours", "line", "end", "law", "city", "community", "body", "parent",
+    "parents", "face", "others", "level", "door", "health", "history", "result",
+    "results", "morning", "reason", "reasons", "research", "girl", "teacher",
+    "sentence", "sentences", "paragraph", "essay", "poem", "example", "examples",
+    "title", "titles", "summary", "letter", "answers", "ways", "tips", "difference",
+    "benefits", "advantages", "disadvantages", "method", "product", "customer",
+    "customers", "country", "countries", "students", "food", "family", "music", "movie",
+    "song", "character", "characters", "novel", "great", "little", "old", "right", "big",
+    "high", "small", "next", "early", "young", "last", "able", "better", "sure", "free",
+    "true", "false", "whole", "full", "easy", "hard", "short", "strong", "common",
+    "specific", "interesting", "creative", "funny", "happy", "healthy", "safe",
+    "famous", "current", "key", "likely", "white", "black", "blue", "green",
+))
+ENGLISH_WORDS = COMMON_WORDS | _MORE_ENGLISH
+
 
 def _weight(text: str) -> int:
     """Letters, those beyond Latin counted twice: a Chinese or Japanese character is
@@ -133,4 +195,4 @@ def _plainly_english(text: str) -> bool:
     "me"); a run of Chinese is one "word", so any other script is identified."""
     words = _WORDS.findall(text.lower())
     return bool(words) and (text.isascii() or all(max(w) <= _LAST_LATIN for w in words)) \
-        and 3 * sum(map(COMMON_WORDS.__contains__, words)) >= len(words)
+        and 3 * sum(map(ENGLISH_WORDS.__contains__, words)) >= len(words)

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pipeline.classify.language import LanguageCheck, _letters, _weight
+from gateway.pipeline.classify.language import (
+    LanguageCheck,
+    _letters,
+    _plainly_english,
+    _weight,
+)
 from gateway.pipeline.classify.structure import StructureClassifier
 from gateway.pipeline.classify.text import PromptText
 from gateway.policy.spec import LanguageSpec, StructureSpec
@@ -95,6 +100,49 @@ def test_readable_languages_and_length_are_settings() -> None:
     assert LanguageCheck(LanguageSpec(enabled=True, readable=("es",))).foreign(mixed) == "en"
 
 
+# Everyday sentences in languages written in Latin letters: none may pass for English
+# prose (which skips the identification), whatever English words they borrow.
+LATIN_SCRIPT = [
+    "Escribe un resumen de la novela en cinco frases, por favor.",
+    "¿Puedes explicarme cómo funciona el sistema solar?",
+    "Écris une histoire courte sur deux amis qui partent en voyage.",
+    "Peux-tu me donner une liste de dix idées pour le week-end ?",
+    "Schreib mir bitte eine kurze Geschichte über einen Hund und eine Katze.",
+    "Kannst du mir erklären, wie das Internet funktioniert?",
+    "Scrivi una poesia sull'estate e sul mare, per favore.",
+    "Puoi spiegarmi la differenza tra un virus e un batterio?",
+    "Escreva um e-mail para o meu chefe pedindo um dia de folga.",
+    "Você pode me ajudar com o meu trabalho de história?",
+    "Schrijf een korte samenvatting van dit artikel in drie zinnen.",
+    "Kun je me uitleggen hoe een elektrische auto werkt?",
+    "Napisz krótkie opowiadanie o kocie, który umie mówić.",
+    "Bana iki arkadaş hakkında kısa bir hikaye yaz lütfen.",
+    "Tolong jelaskan cara kerja mesin mobil dengan bahasa sederhana.",
+    "Scrie un email scurt către profesorul meu despre tema de casă.",
+    "Skriv en kort berättelse om en katt som bor i Stockholm.",
+    "Pakisulat ng maikling kuwento tungkol sa dalawang magkaibigan.",
+    "Napiš mi prosím krátký příběh o psovi a kočce.",
+    "Hãy viết một câu chuyện ngắn về hai người bạn.",
+    "Niandikie hadithi fupi kuhusu marafiki wawili.",
+    "Écris un script Python qui télécharge une page web et compte les mots.",
+]
+
+
+@pytest.mark.parametrize("text", LATIN_SCRIPT + [text for _, text in FOREIGN])
+def test_text_in_another_language_is_never_plain_english(text: str) -> None:
+    assert not _plainly_english(text)
+
+
+@pytest.mark.parametrize("text", [  # fewer than a third of them among COMMON_WORDS
+    "Translate the following sentence into plain language",
+    "Summarize chapter three briefly",
+    "Identify three famous landmarks in Europe",
+    "Explain photosynthesis to children",
+])
+def test_everyday_english_requests_are_plain_english(text: str) -> None:
+    assert _plainly_english(text)
+
+
 class _Counting:
     def __init__(self, inner: object) -> None:
         self.inner, self.calls = inner, 0
@@ -105,8 +153,11 @@ class _Counting:
 
 
 @pytest.mark.parametrize(("text", "identifications"), [
-    ("Explain quantum entanglement simply", 1),  # one sentence: judged once, whole
-    ("Explain quantum entanglement simply. Summarize photosynthesis briefly.", 3),
+    ("Quantum entanglement, succinctly", 1),  # one sentence: judged once, whole
+    ("Quantum entanglement, succinctly. Photosynthesis, briefly.", 3),
+    # Requests in frequent English words need none.
+    ("Generate three short titles for a story about two friends", 0),
+    ("Summarize the following paragraph in five sentences", 0),
     ("The cat sat on the mat and then it went to sleep in the sun.", 0),  # plain prose
     # Plain English around a sentence that is not: that sentence alone is identified.
     ("You are a helpful assistant and you will answer all of my questions for me. "
