@@ -125,6 +125,8 @@ LATIN_SCRIPT = [
     "Hãy viết một câu chuyện ngắn về hai người bạn.",
     "Niandikie hadithi fupi kuhusu marafiki wawili.",
     "Écris un script Python qui télécharge une page web et compte les mots.",
+    "Describe el proceso de la fotosíntesis en pocas palabras.",
+    "Het boek is later door een bekende schrijver vertaald.",
 ]
 
 
