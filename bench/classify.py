@@ -314,7 +314,9 @@ async def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=640)
+    # Part 1 runs four rounds of requests/4 per variant: rounds of 160 (the default until
+    # 2026-11-29) moved a variant's added p50 by 5 ms between runs; of 600, by 1-2 ms.
+    parser.add_argument("--requests", type=int, default=2400)
     parser.add_argument("--warmup", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
