@@ -79,13 +79,10 @@ class Redactor(logging.Filter):
 
     def _deep(self, value: object) -> object:
         """Scrubbed copies of strings inside extra fields; the caller's objects are kept."""
-        kind = type(value)
-        if kind is str:
-            return self.scrub(value)  # type: ignore[arg-type]
-        if value is None or kind in _PLAIN:  # most fields: no ABC check
-            return value
-        if isinstance(value, str):  # a str subclass
+        if isinstance(value, str):
             return self.scrub(value)
+        if value is None or type(value) in _PLAIN:  # most fields: no ABC check
+            return value
         if isinstance(value, Mapping):
             return {k: self._deep(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
