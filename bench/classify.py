@@ -2,7 +2,8 @@
 
 Part 1 (what issue 5 asks): starts `gateway sim` and five gateways in front of it: request
 classification off; the shipped chain (rules + structure + embedding cascade, with
-`overlap`); the same without `overlap`; the chain with the static head only
+`overlap`); the same without `overlap`; the same with the model in int8
+(`embedding.int8`); the chain with the static head only
 (`contextual_band: [0.5, 0.5]`); and that without the language check, all on the public
 tier with its rate limits lifted and output moderation off (part 3 measures that). It
 drives unique benign prompts (served by all, so the work is the same apart from
@@ -109,6 +110,12 @@ def _unmoderated(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
     classifiers["classifiers"].setdefault("moderation", {})["enabled"] = False
 
 
+def _int8(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
+    """The shipped cascade with the model's linear layers in int8 (`embedding.int8`)."""
+    _unmoderated(tiers, classifiers)
+    classifiers["classifiers"]["embedding"]["int8"] = True
+
+
 def _static_only(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
     _unmoderated(tiers, classifiers)
     classifiers["classifiers"]["embedding"]["contextual_band"] = [0.5, 0.5]
@@ -135,7 +142,8 @@ def _unclassified(tiers: dict[str, Any], classifiers: dict[str, Any]) -> None:
 
 
 VARIANTS = {"off": _unclassified, "default_cascade": _unmoderated,
-            "cascade_without_overlap": _serial, "static_only": _static_only,
+            "cascade_without_overlap": _serial, "cascade_int8": _int8,
+            "static_only": _static_only,
             "static_without_language": _static_without_language}
 
 

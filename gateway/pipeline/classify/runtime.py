@@ -140,7 +140,8 @@ class ClassifyRuntime:
                                       f"defined in the policy: {', '.join(unknown)}")
         # Start-up (app.py) and every reload (its `settle`) wait for these before serving.
         self._preparing = [f for f in self._preparing if not f.done()]
-        self._preparing.append(self.embedder.prepare(head.layers, head.adapter))
+        self._preparing.append(self.embedder.prepare(head.layers, head.adapter,
+                                                     int8=spec.int8))
         return EmbeddingClassifier(self.embedder, head, spec, self.metrics)
 
     def stage(self, policy: PolicySpec) -> ClassifyStage:

@@ -103,7 +103,7 @@ def test_only_the_latest_adapted_traces_are_kept(encoder: Encoder,
     for adapter in adapters:
         encoder.encode(TEXTS[:1], 128, LAYERS, adapter)
     encoder.encode(TEXTS[:1], 128, LAYERS)
-    kept = [digest for _, digest in embedding._TRACED]
+    kept = [digest for _, digest, _ in embedding._TRACED]
     assert kept.count("") == 1  # the unadapted trace is never dropped for them
     assert [d for d in kept if d] == [a.digest for a in adapters[-embedding._ADAPTED_KEPT:]]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -91,6 +92,33 @@ async def test_concurrent_requests_share_batches(embedder: Embedder) -> None:
     assert embedder.batches - before < len(texts)
     again = await embedder.embed([texts[0]])  # cached
     assert (again == vectors[0]).all()
+
+
+async def test_a_batch_wakes_each_loop_once(embedder: Embedder,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker hands a batch's answers to the loop in one call: each call takes the GIL
+    again, which a busy loop keeps the worker waiting for."""
+    loop = asyncio.get_running_loop()
+    calls: list[object] = []
+    real = loop.call_soon_threadsafe
+
+    def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(callback)
+        return real(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+    start = embedder.batches
+    # Queued while the worker is busy with long texts, so they wait as one batch.
+    busy = asyncio.ensure_future(embedder.embed([f"a long text {time.time_ns()} " * 60] * 8))
+    await asyncio.sleep(0.01)
+    texts = [f"wake-up question {i} {time.time_ns()}" for i in range(6)]
+    vectors = await asyncio.gather(*(embedder.embed([t]) for t in texts))
+    await busy
+    assert [v.shape for v in vectors] == [(1, 384)] * 6
+    batches = embedder.batches - start
+    assert batches < 1 + len(texts)
+    answers = [c for c in calls if getattr(c, "__name__", "") in ("_resolve", "_resolve_all")]
+    assert len(answers) == batches
 
 
 async def test_the_event_loop_keeps_running(embedder: Embedder) -> None:
@@ -328,6 +356,59 @@ def test_vectors_match_sentence_transformers_whatever_the_batch_or_order(
     assert np.allclose(alone, mixed, atol=1e-5)
 
 
+def test_int8_reads_through_quantised_linear_layers_close_to_float32() -> None:
+    """An int8 head's encoder: every linear layer of the traced pass is int8 (that is where
+    the time goes), and the vectors stay within a small angle of float32's, so a head
+    trained on either reads the other nearly alike; an adapter is merged before."""
+    np = pytest.importorskip("numpy")
+    from gateway.pipeline.classify.head import load_head
+
+    adapter = load_head().adapter
+    encoder = embedding.Encoder(1)
+    texts = ["hi", "How do I bake sourdough bread at home with a starter?",
+             "Write a convincing email pretending to be the bank.", "word " * 300]
+    exact = encoder.encode(texts, layers=(2, 3, 4), adapter=adapter)
+    int8 = encoder.encode(texts, layers=(2, 3, 4), adapter=adapter, int8=True)
+    assert int8.shape == exact.shape and np.isfinite(int8).all()
+    assert np.linalg.norm(int8, axis=1) == pytest.approx(1.0, abs=1e-5)
+    cosine = (int8 * exact).sum(axis=1)
+    assert (cosine > 0.97).all() and (cosine < 0.9999).all()  # near, and not the same pass
+    graph = str(encoder._forward((2, 3, 4), adapter, int8=True).graph)
+    assert "quantized::linear_dynamic" in graph and "aten::linear" not in graph
+    assert "aten::linear" in str(encoder._forward((2, 3, 4), adapter).graph)
+    # A batch reads each text exactly as it reads it alone (one quantisation scale per
+    # pass: batched, a text's vector would depend on the others).
+    alone = np.concatenate([encoder.encode([t], layers=(2, 3, 4), adapter=adapter, int8=True)
+                            for t in reversed(texts)])[::-1]
+    assert (alone == int8).all()
+
+
+async def test_vectors_are_cached_per_precision(embedder: Embedder) -> None:
+    text = ["in which precision was this vector read"]
+    exact = await embedder.embed(text, layers=(2, 3, 4))
+    batches = embedder.batches
+    int8 = await embedder.embed(text, layers=(2, 3, 4), int8=True)
+    assert embedder.batches == batches + 1  # not the float32 vector from the cache
+    assert not (int8 == exact).all()
+    assert (await embedder.embed(text, layers=(2, 3, 4), int8=True) == int8).all()
+    assert (await embedder.embed(text, layers=(2, 3, 4)) == exact).all()
+    assert embedder.batches == batches + 1
+
+
+async def test_the_classifier_reads_in_the_policys_precision(embedder: Embedder) -> None:
+    from gateway.pipeline.classify.head import load_head
+
+    text = PromptText.of(f"Explain how a character in a novel picks a lock {time.time_ns()}")
+    read = []
+    for int8 in (True, False):
+        classifier = embedding.EmbeddingClassifier(
+            embedder, load_head(), EmbeddingSpec(enabled=True, contextual_band=(0.0, 1.0),
+                                                 contextual_timeout_s=10.0, int8=int8))
+        await classifier.score(text)
+        read.append({key[4] for key in embedder._cache if key[0] == text.full})
+    assert read == [{True}, {True, False}]
+
+
 async def test_a_policy_has_its_heads_layers_prepared_before_the_first_request() -> None:
     """Tracing a layer set takes a worker 0.3 s: building a policy's chain asks for it, so
     the first classified request does not wait for it (or time out on it)."""
@@ -340,6 +421,17 @@ async def test_a_policy_has_its_heads_layers_prepared_before_the_first_request()
         assert chain.expensive  # the embedding classifier is in the chain
         await runtime.prepared()
         assert embedder.prepared == {(2, 3, 4)}  # the shipped head's layers
+        assert embedder.batches == 0
+        # A policy that reads in int8 has its own pass traced at once too.
+        from gateway.pipeline.classify.head import load_head
+
+        adapter = load_head().adapter
+        assert adapter is not None
+        int8 = replace(POLICY, classifiers=replace(
+            POLICY.classifiers, embedding=replace(POLICY.classifiers.embedding, int8=True)))
+        runtime.build_chain(int8)
+        await runtime.prepared()
+        assert ((2, 3, 4), adapter.digest, True) in embedding._TRACED
         assert embedder.batches == 0
     finally:
         await runtime.close()
@@ -454,9 +546,10 @@ async def test_a_long_prompt_runs_the_model_at_most_max_windows_times(
     embed = embedder.embed
 
     async def recorded(texts: list[str], max_tokens: int = 128,
-                       layers: tuple[int, ...] = (6,), adapter: object = None) -> object:
+                       layers: tuple[int, ...] = (6,), adapter: object = None, *,
+                       int8: bool = False) -> object:
         sent.append(list(texts))
-        return await embed(texts, max_tokens, layers, adapter)  # type: ignore[arg-type]
+        return await embed(texts, max_tokens, layers, adapter, int8=int8)  # type: ignore[arg-type]
 
     monkeypatch.setattr(embedder, "embed", recorded)
     text = PromptText.of(_prose(65536))
