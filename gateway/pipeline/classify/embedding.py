@@ -50,6 +50,7 @@ import collections
 import concurrent.futures
 import contextlib
 import copy
+import functools
 import importlib
 import logging
 import math
@@ -103,6 +104,18 @@ def missing() -> str | None:
     if lacking:
         return (f"the embedding classifier needs the `ml` extra (pip install 'gateway[ml]'); "
                 f"not installed: {', '.join(lacking)}")
+    return None
+
+
+@functools.cache
+def int8_unavailable() -> str | None:
+    """Why this torch cannot run int8 linear layers (no quantised engine for this CPU),
+    or None when it can: one tiny layer quantised and run, once per process."""
+    torch: Any = importlib.import_module("torch")
+    try:
+        _quantized(torch.nn.Sequential(torch.nn.Linear(4, 4)), torch)(torch.ones(1, 4))
+    except Exception as exc:  # torch raises RuntimeError, or NotImplementedError per engine
+        return f"this machine's torch cannot run int8 linear layers: {exc}"
     return None
 
 

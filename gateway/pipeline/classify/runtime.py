@@ -20,7 +20,12 @@ from pathlib import Path
 from gateway.context import RequestContext
 from gateway.metrics import Metrics
 from gateway.pipeline.classify.chain import Chain, Classifier, Guarded
-from gateway.pipeline.classify.embedding import Embedder, EmbeddingClassifier, missing
+from gateway.pipeline.classify.embedding import (
+    Embedder,
+    EmbeddingClassifier,
+    int8_unavailable,
+    missing,
+)
 from gateway.pipeline.classify.guard import GuardClassifier
 from gateway.pipeline.classify.moderation import ModerationFilter, OutputCheck
 from gateway.pipeline.classify.rules import RulesClassifier, compile_patterns
@@ -133,6 +138,9 @@ class ClassifyRuntime:
             head = load_head(Path(spec.head) if spec.head else None)
         except HeadError as exc:
             raise ClassifyConfigError(f"classifiers.embedding.head: {exc}") from None
+        if spec.int8 and (reason := int8_unavailable()) is not None:
+            # Every batch would fail its trace again; the last good policy keeps serving.
+            raise ClassifyConfigError(f"classifiers.embedding.int8: {reason}")
         unknown = [c for c in head.categories if policy.categories
                    and c not in policy.categories]
         if unknown:

@@ -77,3 +77,25 @@ async def test_broken_head_is_a_config_error(tmp_path: Path) -> None:
     runtime.embedder.ready = True  # pretend loaded: the head is checked at build time
     with pytest.raises(ClassifyConfigError, match="head"):
         runtime.build_chain(policy)
+
+
+async def test_int8_without_an_int8_engine_is_a_config_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch that cannot run int8 linear layers (no quantised engine for the CPU) refuses
+    the policy that asks for them, naming the key: else every batch would fail its trace."""
+    from gateway.pipeline.classify import embedding
+    from gateway.pipeline.classify import runtime as runtime_module
+
+    reason = embedding.missing()
+    if reason is not None:
+        pytest.skip(reason)
+    assert embedding.int8_unavailable() is None  # this machine's torch runs them
+    int8 = _with(embedding=dataclasses.replace(POLICY.classifiers.embedding, int8=True))
+    runtime = ClassifyRuntime()
+    runtime.embedder.ready = True  # pretend loaded: the setting is checked at build time
+    runtime.build_chain(int8)
+    monkeypatch.setattr(runtime_module, "int8_unavailable",
+                        lambda: "this machine's torch cannot run int8 linear layers: no engine")
+    with pytest.raises(ClassifyConfigError, match=r"classifiers\.embedding\.int8: .*no engine"):
+        runtime.build_chain(int8)
+    runtime.build_chain(POLICY)  # float32 does not need one
