@@ -1,6 +1,6 @@
 """Classifier cost: the gateway with request classification on and off, in one run.
 
-Part 1 (what issue 5 asks): starts `gateway sim` and five gateways in front of it: request
+Part 1 (what issue 5 asks): starts `gateway sim` and six gateways in front of it: request
 classification off; the shipped chain (rules + structure + embedding cascade, with
 `overlap`); the same without `overlap`; the same with the model in int8
 (`embedding.int8`); the chain with the static head only
