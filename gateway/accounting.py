@@ -20,7 +20,14 @@ from aiohttp import web
 from gateway.audit import AUDIT, AUDIT_KEYS
 from gateway.audit.build import build_record
 from gateway.audit.record import AuditRecord
-from gateway.context import PIPELINE, PRINCIPAL, REQUEST_ID, SETTINGS, RequestContext
+from gateway.context import (
+    LIFECYCLE,
+    PIPELINE,
+    PRINCIPAL,
+    REQUEST_ID,
+    SETTINGS,
+    RequestContext,
+)
 from gateway.errors import AuditUnavailable
 from gateway.logs import request_log_fields
 
@@ -55,7 +62,9 @@ async def record_request(app: web.Application, ctx: RequestContext, status: int)
         store_prompt=app[SETTINGS].audit.store_prompts and tier_opt_in)
     settings = app[SETTINGS].audit
     try:
-        committed = await app[AUDIT].submit(record, wait=settings.acknowledge == "committed")
+        # Alone in flight, the record may be committed on the loop: nobody else waits.
+        committed = await app[AUDIT].submit(record, wait=settings.acknowledge == "committed",
+                                            inline=app[LIFECYCLE].in_flight <= 1)
     except asyncio.CancelledError:
         # The client left while the record was committed: the record is still written
         # (AuditLog.submit), and the request still gets its line (a second call returns

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from gateway.audit import AUDIT, AUDIT_KEYS, verify_chain
+from gateway.audit.record import AuditRecord
 from tests.conftest import MintToken, Server, StartGateway, chat, requests_total, wait_until
 
 
@@ -128,6 +129,31 @@ async def test_queued_acknowledge_answers_before_the_commit(
         stored = {r["request_id"]: r["status"] for r in (await resp.json())["records"]}
     assert [stored.get(rid) for _, _, rid in answers] == [200, 200]
     assert verify_chain(home / "audit.sqlite3").ok
+
+
+async def test_a_request_alone_in_flight_has_its_record_committed_on_the_loop(
+        gateway: Server, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alone, nothing else waits on the event loop, so the record may be committed there
+    (AuditLog's inline commit); while another request is in flight it goes to the writer
+    thread, off the loop."""
+    audit, asked = gateway.app[AUDIT], []
+    submit = audit.submit
+
+    async def spy(record: AuditRecord, **kw: bool) -> bool:
+        asked.append(kw.get("inline", False))
+        return await submit(record, **kw)
+
+    monkeypatch.setattr(audit, "submit", spy)
+    url = gateway.url + "/v1/chat/completions"
+    async with http.post(url, json=chat(max_tokens=2)) as resp:
+        assert resp.status == 200
+    async with http.post(url, json=chat("[[sim:tps=20]] held", stream=True,
+                                        max_tokens=4)) as held:
+        await held.content.readline()  # the stream is in flight
+        async with http.post(url, json=chat(max_tokens=2)) as resp:
+            assert resp.status == 200
+        assert (await held.read()).rstrip().endswith(b"data: [DONE]")
+    assert asked == [True, False, True]
 
 
 @pytest.mark.parametrize("on_error", ["fail_open", "fail_closed"])

@@ -13,6 +13,15 @@ cannot lose it. Records still queued when the process dies were never acknowledg
 `submit(record, wait=False)`, which returns once the record is queued, so the answer does
 not wait for the commit; a crash loses what was queued, a graceful stop (`close`) does not.
 
+While the writer is idle, a record whose request was the only one in flight
+(`submit(..., inline=True)`) is committed on the event loop itself instead: one SQLite
+transaction of ~50-90 us, against ~0.25 ms and ~150 us of CPU for the round trip
+through the writer thread, with nothing else waiting on the loop meanwhile. That
+connection never waits for a lock (a write lock held elsewhere sends the record to the
+writer) and never checkpoints: every INLINE_RUN-th record goes through the writer, whose
+connection does. Only for SQLite with synchronous=NORMAL (no fsync per commit) and
+`acknowledge: committed` (with `queued` nobody waits for the commit).
+
 The queue bound counts records not yet committed. When it is full, `overflow="block"`
 makes `submit` wait for space: the finishing request holds its slot (and its concurrency
 limit) longer, so admission slows to the disk's pace; an admission stage can also shed
@@ -41,7 +50,7 @@ from typing import Protocol
 
 from gateway.audit.postgres import is_postgres_url
 from gateway.audit.record import AuditRecord, ChainedRecord
-from gateway.audit.store import SYNCHRONOUS, AuditStore, QueryFilter, open_store
+from gateway.audit.store import SYNCHRONOUS, AuditStore, QueryFilter, SqliteStore, open_store
 
 log = logging.getLogger("gateway.audit")
 
@@ -54,6 +63,9 @@ DROP_LOG_S = 10.0  # drops in a burst: one log line, not one per record
 # long before committing: fewer, larger transactions. Unbatched, each record was its own
 # commit under load, which cost more CPU per request than the wait it saved.
 QUEUED_LINGER_S = 0.005
+# Inline commits in a row before one goes through the writer thread, so that its
+# connection checkpoints the WAL (~5 pages a commit; it checkpoints past 1,000).
+INLINE_RUN = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +83,7 @@ class AuditSettings:
     on_error: str = "fail_open"
     # When a request's record counts as written, for the answer: `committed` (in the store
     # before the last byte of the response goes out) or `queued` (in the writer's queue;
-    # the answer goes out without waiting for the commit, ~0.3 ms sooner unloaded, and a
+    # the answer goes out without waiting for the commit, ~0.2 ms sooner unloaded, and a
     # crash loses the records not yet committed: a graceful stop still commits them).
     acknowledge: str = "committed"
 
@@ -141,6 +153,8 @@ class AuditLog:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._linger_s = QUEUED_LINGER_S if settings.acknowledge == "queued" else 0.0
+        self._inline: SqliteStore | None = None  # the event loop's own connection
+        self._inline_run = 0  # inline commits since the writer's last
         self.pending = 0  # submitted, not yet settled: for a queue-depth gauge
         self._unlogged_drops, self._next_drop_log = 0, 0.0
 
@@ -158,18 +172,31 @@ class AuditLog:
                                         daemon=True)
         self._thread.start()
         await asyncio.wrap_future(ready)
+        if self.settings.url is None and self.settings.acknowledge == "committed" \
+                and self.settings.synchronous == "normal":
+            store = self._open(False)  # after the writer's: it created the file
+            if isinstance(store, SqliteStore):
+                self._inline = store.nonblocking()
+            else:  # a test's stand-in
+                store.close()
 
-    async def submit(self, record: AuditRecord, *, wait: bool = True) -> bool:
+    async def submit(self, record: AuditRecord, *, wait: bool = True,
+                     inline: bool = False) -> bool:
         """True once committed; False when dropped (queue full in drop mode, or closed)
         or when the write failed. Cancelling the caller does not withdraw the record.
 
         wait=False: True once queued (a full queue in block mode is still waited out);
-        a write that fails later is counted and logged, not told to the caller."""
+        a write that fails later is counted and logged, not told to the caller.
+
+        inline=True: the caller has nothing else waiting on the loop (its request is the
+        only one in flight), so the record may be committed right here (module doc)."""
         if self._slots is None or self._loop is None:
             raise RuntimeError("AuditLog.submit() before start()")
         if self._closed or (self.settings.overflow == "drop" and self._slots.locked()):
             self._drop(1)
             return False
+        if inline and wait and self._commit_inline(record):
+            return True
         try:
             await self._slots.acquire()
         except asyncio.CancelledError:
@@ -187,6 +214,22 @@ class AuditLog:
         # still written (and _settle skips outcomes nobody waits for any more).
         outcome = self._enqueue(record, holds_slot=True)
         return await outcome if wait else True
+
+    def _commit_inline(self, record: AuditRecord) -> bool:
+        """Commit on the loop's connection; False leaves the record to the writer: while
+        it has records (the chain's order is the order of submission), every INLINE_RUN-th
+        time, and when the write fails (a lock held elsewhere, a full disk: the writer
+        waits for the lock, and counts and logs what fails)."""
+        if self._inline is None or self.pending or self._inline_run >= INLINE_RUN:
+            return False
+        try:
+            self._inline.append([record])
+        except Exception as exc:
+            log.debug("audit record left to the writer: %s", exc)
+            return False
+        self._inline_run += 1
+        self._on_written(1)
+        return True
 
     def _drop(self, n: int) -> None:
         """Count a drop; log them, at most one line per DROP_LOG_S, with how many."""
@@ -208,6 +251,7 @@ class AuditLog:
         assert self._loop is not None
         outcome: asyncio.Future[bool] = self._loop.create_future()
         self.pending += 1
+        self._inline_run = 0
         self._queue.put((record, outcome, holds_slot))
         return outcome
 
@@ -218,6 +262,8 @@ class AuditLog:
         self._closed = True
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
+        if self._inline is not None:
+            self._inline.close()
 
     async def query(self, flt: QueryFilter | None = None, *, limit: int = 100,
                     cursor: str | None = None) -> tuple[list[ChainedRecord], str | None]:

@@ -123,6 +123,14 @@ class SqliteStore:
         self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
 
+    def nonblocking(self) -> SqliteStore:
+        """Set up for commits on the event loop: a write lock held elsewhere fails the
+        append at once instead of waiting for it, and checkpoints (which fsync) are left
+        to the other connections."""
+        self._db.execute("PRAGMA busy_timeout=0")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        return self
+
     def append(self, records: Sequence[AuditRecord]) -> list[ChainedRecord]:
         db = self._db
         # IMMEDIATE takes the write lock before reading the head, so no other writer can

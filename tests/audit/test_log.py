@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +22,7 @@ from gateway.audit.record import AuditRecord, ChainedRecord
 from gateway.audit.store import AuditStore, QueryFilter, SqliteStore
 from gateway.audit.verify import verify_chain
 from tests.audit.records import T0, make_record
+from tests.conftest import wait_until
 
 
 class Counts:
@@ -206,6 +210,120 @@ async def test_cancelled_caller_does_not_withdraw_its_record(tmp_path: Path) -> 
     await audit.close()
     ids = {r.request_id for r in SqliteStore(tmp_path / "audit.sqlite3").scan(None, None)}
     assert ids == {"req-1", "req-2", "req-3"}
+
+
+def finished_without_waiting(submit: Coroutine[Any, Any, bool]) -> bool | None:
+    """The result of a submit that completed without giving the loop back once (an
+    inline commit), or None when it had to wait for the writer (the wait is given up;
+    the record, already queued, is still written)."""
+    try:
+        submit.send(None)
+    except StopIteration as done:
+        return bool(done.value)
+    submit.close()
+    return None
+
+
+async def test_a_record_alone_is_committed_on_the_loop(tmp_path: Path) -> None:
+    """inline=True while the writer is idle: committed before submit returns, with no
+    round trip through the writer thread; wait=False (acknowledge: queued) never is."""
+    counts = Counts()
+    audit = counts.log(AuditSettings(), tmp_path)
+    await audit.start()
+    for i in range(1, 4):
+        assert finished_without_waiting(audit.submit(make_record(i), inline=True)) is True
+    assert counts.written == 3 and audit.pending == 0
+    assert await audit.submit(make_record(4), inline=True, wait=False) is True
+    assert audit.pending == 1  # queued for the writer, not committed here
+    await wait_until(lambda: audit.pending == 0)
+    assert finished_without_waiting(audit.submit(make_record(5))) is None
+    await audit.close()
+    assert counts.written == 5
+    assert [r.request_id for r in SqliteStore(tmp_path / "audit.sqlite3").scan(None, None)] \
+        == [f"req-{i}" for i in range(1, 6)]
+    assert verify_chain(tmp_path / "audit.sqlite3").ok
+
+
+@pytest.mark.parametrize("settings", [AuditSettings(acknowledge="queued"),
+                                      AuditSettings(synchronous="full")])
+async def test_no_inline_commit_where_it_would_cost_the_loop(
+        tmp_path: Path, settings: AuditSettings) -> None:
+    """synchronous=full fsyncs each commit (milliseconds on the loop); with queued the
+    writer batches what nobody waits for."""
+    audit = AuditLog(settings, tmp_path)
+    await audit.start()
+    assert finished_without_waiting(audit.submit(make_record(1), inline=True)) is None
+    assert await audit.submit(make_record(2), inline=True) is True
+    await audit.close()
+
+
+async def test_an_inline_record_waits_behind_the_writers(tmp_path: Path) -> None:
+    """While the writer has records, an inline one joins the queue: the chain keeps the
+    order of submission."""
+    gate, opened = threading.Event(), []
+
+    def opener(readonly: bool) -> AuditStore:  # the writer's store is gated, not the loop's
+        path = tmp_path / "audit.sqlite3"
+        opened.append(readonly)
+        return GatedStore(path, gate) if len(opened) == 1 else SqliteStore(path)
+
+    audit = AuditLog(AuditSettings(), tmp_path, opener=opener)
+    await audit.start()
+    first = asyncio.create_task(audit.submit(make_record(1)))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(audit.submit(make_record(2), inline=True))
+    await asyncio.sleep(0.05)
+    assert not second.done() and audit.pending == 2
+    gate.set()
+    assert [await first, await second] == [True, True]
+    assert finished_without_waiting(audit.submit(make_record(3), inline=True)) is True
+    await audit.close()
+    assert [r.request_id for r in SqliteStore(tmp_path / "audit.sqlite3").scan(None, None)] \
+        == ["req-1", "req-2", "req-3"]
+
+
+async def test_an_inline_commit_never_waits_for_a_lock(tmp_path: Path) -> None:
+    """Another process holding the write lock: the record goes to the writer, which waits
+    for the lock off the loop, at once."""
+    counts = Counts()
+    audit = counts.log(AuditSettings(), tmp_path)
+    await audit.start()
+    lock = sqlite3.connect(tmp_path / "audit.sqlite3", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.perf_counter()
+        task = asyncio.create_task(audit.submit(make_record(1), inline=True))
+        await asyncio.sleep(0.1)
+        assert not task.done() and audit.pending == 1
+        assert time.perf_counter() - started < 0.2  # the loop was never held
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert await task is True
+    await audit.close()
+    assert counts.written == 1 and counts.failed == 0
+    assert verify_chain(tmp_path / "audit.sqlite3").checked == 1
+
+
+@pytest.mark.parametrize("run", [10, 10**9])
+async def test_inline_commits_leave_checkpoints_to_the_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: int) -> None:
+    """The loop's connection never checkpoints (an fsync): left to itself the WAL grows
+    by ~5 pages a record. Every INLINE_RUN-th record goes through the writer, whose
+    connection checkpoints past 1,000 pages, so the WAL stops growing there."""
+    monkeypatch.setattr("gateway.audit.log.INLINE_RUN", run)
+    audit = AuditLog(AuditSettings(), tmp_path)
+    await audit.start()
+    inline = 0
+    for i in range(1, 601):
+        if finished_without_waiting(audit.submit(make_record(i), inline=True)):
+            inline += 1
+        else:  # queued: the writer commits it
+            await wait_until(lambda: audit.pending == 0)
+    wal_pages = (tmp_path / "audit.sqlite3-wal").stat().st_size // 4096
+    await audit.close()
+    assert inline == 600 - 600 // (run + 1)
+    assert (wal_pages < 1500) if run == 10 else (wal_pages > 2500), wal_pages
 
 
 async def test_start_fails_loudly_and_submit_needs_start(tmp_path: Path) -> None:
