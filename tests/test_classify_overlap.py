@@ -254,7 +254,7 @@ async def test_with_overlap_the_models_budget_starts_when_the_answer_is_ready(
     without, the static head's answer stands."""
     policies = edited_policies(
         tmp_path,
-        ("    contextual_band: [0.2, 0.8]\n    contextual_timeout_s: 0.05\n",
+        ("    contextual_band: [0.2, 0.9]\n    contextual_timeout_s: 0.05\n",
          "    contextual_band: [0.0, 1.0]\n    contextual_timeout_s: 0.0001\n"),
         ("  overlap: true\n", f"  overlap: {str(overlap).lower()}\n"))
     upstream = await start_sim(ttft_s=0.3)

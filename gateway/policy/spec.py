@@ -185,7 +185,7 @@ class EmbeddingSpec:
     on_error: OnError = "open"
     # The fast static head decides alone when its P(harm) is outside [low, high]; inside,
     # the contextual model decides. (0.5, 0.5): static only; (0, 1): always the model.
-    contextual_band: tuple[float, float] = (0.2, 0.8)
+    contextual_band: tuple[float, float] = (0.2, 0.9)
     # Then the static head's answer stands; with overlap, counted from the answer's
     # readiness (budget.py).
     contextual_timeout_s: float = 0.05
