@@ -35,8 +35,9 @@ log = logging.getLogger("gateway.request")
 
 
 async def record_request(app: web.Application, ctx: RequestContext, status: int) -> bool:
-    """Audit and log the request. False when its record was not committed and
-    `audit.on_error` is fail_closed: the caller must not complete the response."""
+    """Audit the request (its log line is `log_request`'s, once the answer is sent). False
+    when its record was not committed and `audit.on_error` is fail_closed: the caller
+    must not complete the response."""
     if ctx.audited:
         return True
     ctx.audited = True
@@ -60,6 +61,7 @@ async def record_request(app: web.Application, ctx: RequestContext, status: int)
         policy_version=pipeline.version,
         policy_hash=pipeline.policy.digest if pipeline.policy is not None else "",
         store_prompt=app[SETTINGS].audit.store_prompts and tier_opt_in)
+    ctx.key_id = record.key_id
     settings = app[SETTINGS].audit
     try:
         # Alone in flight, the record may be committed on the loop: nobody else waits.
@@ -67,22 +69,20 @@ async def record_request(app: web.Application, ctx: RequestContext, status: int)
                                             inline=app[LIFECYCLE].in_flight <= 1)
     except asyncio.CancelledError:
         # The client left while the record was committed: the record is still written
-        # (AuditLog.submit), and the request still gets its line (a second call returns
-        # at `audited`).
-        _log_line(ctx, status, record.key_id)
+        # (AuditLog.submit).
         raise
     withheld = not committed and settings.on_error == "fail_closed"
     if withheld:
         ctx.status = status = AuditUnavailable.status
-    _log_line(ctx, status, record.key_id)
     return not withheld
 
 
-def _log_line(ctx: RequestContext, status: int, key_id: str) -> None:
+def log_request(ctx: RequestContext, status: int) -> None:
+    """The request's one log line, once it is audited (and, where it could be, answered)."""
     if not log.isEnabledFor(logging.INFO):  # the fields cost more than the check
         return
     duration = time.perf_counter() - ctx.started
-    log.info("request", extra=request_log_fields(ctx, status, duration, key_id=key_id))
+    log.info("request", extra=request_log_fields(ctx, status, duration, key_id=ctx.key_id))
 
 
 async def record_admin(app: web.Application, request: web.Request, route: str,

@@ -87,6 +87,7 @@ class RequestContext:
     output_action: str = "none"
     output_categories: tuple[str, ...] = ()
     audited: bool = False  # the audit record has been written
+    key_id: str = "-"  # the caller's keyed id, as audited (for the log line)
     usage: Usage = field(default_factory=Usage)
     traceparent: str | None = None  # the gateway span's, sent upstream (tracing on)
     # What the relay saw of the backend's answer (span attributes; a tuple: no allocation).

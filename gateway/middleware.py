@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -11,7 +12,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.accounting import record_admin, record_request
+from gateway.accounting import log_request, record_admin, record_request
 from gateway.audit import AUDIT_KEYS
 from gateway.context import CONTEXT, LIFECYCLE, METRICS, POOL, PRINCIPAL, REQUEST_ID, TIER
 from gateway.errors import (
@@ -77,7 +78,8 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, drain refusal, in-flight accounting and request metrics."""
+    """Request id, drain refusal, in-flight accounting, the audit record, and then (once
+    the answer is sent) request metrics and the log line."""
     _set_request_id(request)
     app = request.app
     lifecycle, metrics = app[LIFECYCLE], app[METRICS]
@@ -110,6 +112,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             status = response.status
         if ctx is None and PRINCIPAL in request and request.path.startswith(ADMIN_PREFIX):
             await record_admin(app, request, _route(request), status)
+        if not response.prepared:
+            # Sent here, so that the client does not wait for the metrics and the log
+            # line. A client gone by now had its whole answer written, as far as the
+            # gateway can tell: counted as served, as when aiohttp sends it.
+            with contextlib.suppress(ConnectionError):
+                await response.prepare(request)
+                await response.write_eof()
         return response
     except (asyncio.CancelledError, ConnectionResetError):
         status = CLIENT_CLOSED
@@ -120,6 +129,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         lifecycle.end()
         metrics.in_flight.dec()
+        ctx = request.get(CONTEXT)
+        if ctx is not None and ctx.audited:
+            log_request(ctx, ctx.status or status)
         route = _route(request)
         elapsed = time.perf_counter() - started
         _count(request, route, status, elapsed)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -94,6 +96,41 @@ async def test_a_client_that_leaves_while_its_record_is_committed_still_gets_its
     assert [r["status"] for r in records] == [200]  # the answer was whole when it left
     line, = [r for r in caplog.records if getattr(r, "request_id", None) == "left-while-audited"]
     assert line.status == 200  # type: ignore[attr-defined]
+
+
+async def test_the_answer_is_sent_before_its_log_line(
+        gateway: Server, token: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The log line and the metrics come after the answer has gone: a log handler that
+    holds the loop (a full pipe to a slow log collector) holds it with the answer already
+    on its way. The client reads it from another thread while the handler waits; had the
+    line been written first, the handler would wait for an answer not yet sent."""
+    answered = threading.Event()
+    waits: list[bool] = []
+
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "request":
+                waits.append(answered.wait(5))
+
+    def call() -> bytes:
+        request = urllib.request.Request(
+            gateway.url + "/v1/chat/completions", data=orjson.dumps(chat(max_tokens=2)),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            body = resp.read()
+        answered.set()
+        return body
+
+    handler = Waiting()
+    logger = logging.getLogger("gateway.request")
+    logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="gateway.request"):
+            body = await asyncio.to_thread(call)
+    finally:
+        logger.removeHandler(handler)
+    assert orjson.loads(body)["choices"][0]["message"]["content"]
+    assert waits == [True]
 
 
 @pytest.mark.parametrize("acknowledge", ["committed", "queued"])
