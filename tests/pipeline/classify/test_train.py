@@ -41,7 +41,7 @@ def test_probes_are_not_training_examples() -> None:
     ("fresh.jsonl", 500, ("xs_", "chat_")),
     ("blind.jsonl", 190, ("blind_toxic", "blind_hardneg")),
     ("unseen.jsonl", 490, ("orb_safe", "xst_safe", "chat_safe", "chat_toxic", "req_harmful")),
-    ("hardneg_dev.jsonl", 450, (
+    ("hardneg_dev.jsonl", 440, (
         "target_side", "quoted_speech", "moderation", "support_self_harm",
         "stereotypes_discussed", "figurative", "fiction_safe", "security_defence",
         "legal_history_news", "rough_but_harmless", "harass_", "hate_", "sexual_explicit",
