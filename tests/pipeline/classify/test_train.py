@@ -48,7 +48,7 @@ def test_probes_are_not_training_examples() -> None:
         "self_harm_seek", "violent_request", "crime_request", "scam_request",
         "cyber_request")),
 ])
-def test_the_evaluation_only_sets_are_not_training_data(name: str, least: int,
+def test_the_sets_kept_out_of_training_are_not_training_data(name: str, least: int,
                                                         sources: tuple[str, ...]) -> None:
     import json
 
