@@ -102,8 +102,9 @@ async def test_the_answer_is_sent_before_its_log_line(
         gateway: Server, token: str, caplog: pytest.LogCaptureFixture) -> None:
     """The log line (and the metrics, after it) come once the answer has gone: a log
     handler that holds the loop (a full pipe to a slow log collector) holds it with the
-    answer already on its way. The client reads it from another thread while the handler waits; had the
-    line been written first, the handler would wait for an answer not yet sent."""
+    answer already on its way. The client reads it from another thread while the handler
+    waits; had the line been written first, the handler would wait for an answer not yet
+    sent."""
     answered = threading.Event()
     waits: list[bool] = []
 
