@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import replace
@@ -136,6 +139,26 @@ async def test_the_event_loop_keeps_running(embedder: Embedder) -> None:
     elapsed = time.perf_counter() - started
     task.cancel()
     assert ticks >= max(1, int(elapsed / 0.005) // 4)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's nice: Linux")
+def test_the_model_runs_nicer_than_the_event_loop(embedder: Embedder) -> None:
+    assert embedder._thread is not None and embedder._thread.native_id is not None
+    loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    model_nice = os.getpriority(os.PRIO_PROCESS, embedder._thread.native_id)
+    assert model_nice == min(loop_nice + embedding.MODEL_NICE, 19) > loop_nice
+
+
+def test_a_priority_it_cannot_set_leaves_a_log_line(monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    def refuse(which: int, who: int, prio: int) -> None:
+        raise PermissionError("not allowed")
+
+    monkeypatch.setattr(embedding.sys, "platform", "linux")
+    monkeypatch.setattr(embedding.os, "setpriority", refuse)
+    with caplog.at_level("WARNING", logger="gateway.classify"):
+        embedding.lower_priority(10)
+    assert "event loop's priority" in caplog.text
 
 
 def test_long_text_keeps_head_and_tail(embedder: Embedder) -> None:
