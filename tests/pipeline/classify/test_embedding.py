@@ -146,7 +146,8 @@ def test_the_model_runs_nicer_than_the_event_loop(embedder: Embedder) -> None:
     assert embedder._thread is not None and embedder._thread.native_id is not None
     loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     model_nice = os.getpriority(os.PRIO_PROCESS, embedder._thread.native_id)
-    assert model_nice == min(loop_nice + embedding.MODEL_NICE, 19) > loop_nice
+    assert model_nice == min(loop_nice + embedding.MODEL_NICE, 19)
+    assert model_nice > loop_nice or loop_nice == 19  # 19: as nice as a thread gets
 
 
 def test_a_priority_it_cannot_set_leaves_a_log_line(monkeypatch: pytest.MonkeyPatch,
