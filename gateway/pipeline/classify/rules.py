@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from re import _constants, _parser  # type: ignore[attr-defined]
 
 from gateway.pipeline.classify.tense import restate
 from gateway.pipeline.classify.text import PromptText, fold
@@ -60,15 +61,44 @@ def joinable(patterns: tuple[CompiledPattern, ...]) -> bool:
 
 def any_of(patterns: tuple[CompiledPattern, ...]) -> re.Pattern[str] | None:
     """One pattern that matches where any of them does, or None when they cannot be
-    joined (see `joinable`; or a global flag inside one)."""
+    joined (see `joinable`; or a global flag inside one).
+
+    Those whose every match starts at a word boundary go behind one more `\\b`: the
+    engine tries each alternative at each position, and the shared boundary rules out
+    the positions inside words once instead of once per pattern. (Python's parser does
+    that itself when every alternative starts with `\\b`; one that does not, such as a
+    look-behind first, stopped it and cost the shipped rules 2.8 times the time.)"""
     if not joinable(patterns):
         return None
-    joined = "|".join(f"(?{'i' if p.regex.flags & re.IGNORECASE else ''}:{p.spec.pattern})"
-                      for p in patterns)
+    bounded: list[str] = []
+    parts: list[str] = []
+    for p in patterns:
+        (bounded if _starts_at_boundary(p.spec.pattern) else parts).append(
+            _scoped(p, p.spec.pattern))
+    if bounded and not parts:  # all of them: the parser takes their `\b` out itself
+        parts = bounded
+    elif bounded:
+        parts.insert(0, r"\b(?:" + "|".join(bounded) + ")")
     try:
-        return re.compile(joined)
+        return re.compile("|".join(parts))
     except re.error:
         return None
+
+
+def _scoped(pattern: CompiledPattern, text: str) -> str:
+    """`text` in a group with the pattern's own case flag."""
+    return f"(?{'i' if pattern.regex.flags & re.IGNORECASE else ''}:{text})"
+
+
+def _starts_at_boundary(pattern: str) -> bool:
+    """Whether every match of the pattern starts at a word boundary: it starts with `\\b`,
+    every alternative of it included (Python's own parser says: it takes a prefix all
+    alternatives share out in front)."""
+    try:
+        first = _parser.parse(pattern).data[0]
+    except Exception:  # the parser is CPython's own, private: a doubt is a no
+        return False
+    return bool(first == (_constants.AT, _constants.AT_BOUNDARY))
 
 
 def match_scores(patterns: tuple[CompiledPattern, ...], folded: str,

@@ -148,6 +148,22 @@ def test_shipped_patterns_match_alike_with_and_without_ignorecase() -> None:
             assert bool(p.regex.search(text)) is bool(careful.search(text)), (p.spec.id, text)
 
 
+def test_only_patterns_that_start_at_a_word_boundary_share_one() -> None:
+    """The joined pattern puts those behind one `\\b`; one with an alternative that
+    starts anywhere, or a look-behind first, keeps matching where it did."""
+    specs = [PatternSpec(id=f"p{i}", category="crime", pattern=pattern, score=1.0)
+             for i, pattern in enumerate([r"\bfoo|bar", r"(?<!x )\bbaz", r"\bqux|\bquux",
+                                          r"\bCorge"])]
+    patterns = compile_patterns(specs, ("prompt", "both"))
+    joined = any_of(patterns)
+    assert joined is not None
+    cases = {"foobar": True, "afoo": False, "xbar": True, "a baz": True, "x baz": False,
+             "abaz": False, "qux": True, "aquux": False, "CORGE": True, "acorge": False}
+    for text, found in cases.items():
+        assert bool(joined.search(text)) is found, text
+        assert any(p.regex.search(text) for p in patterns) is found, text
+
+
 @pytest.mark.parametrize("specs", [POLICY.classifiers.rules.patterns,
                                    POLICY.classifiers.structure.phrases,
                                    POLICY.classifiers.structure.cues],
