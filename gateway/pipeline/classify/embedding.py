@@ -105,8 +105,8 @@ _ADAPTED_KEPT = 3
 # own nice value, and the threads it starts inherit it). A nice-10 thread gets about a
 # tenth of a core that a nice-0 thread also wants. With the simulator answering at once,
 # concurrency 16 on two cores: the cascade's added p99 +75 -> +24 ms, the model reading
-# 12 prompts in 2,400 instead of 146; paced like a GPU (50 ms, 100 tokens/s) it read all
-# of its 574 in time, as at nice 0 (2026-11-29).
+# 16 prompts in 2,400 (in time or late) instead of 146; paced like a GPU (50 ms, 100
+# tokens/s) it read all of its 574 in time, as at nice 0 (2026-11-29).
 MODEL_NICE = 10
 
 
