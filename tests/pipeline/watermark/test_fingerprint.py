@@ -60,3 +60,15 @@ def test_sliding_window_signatures_equal_direct_minima() -> None:
         rows = [fp._perm_values(s) for s in fp.shingles(hashes)]
         direct = [fp.signature(rows[a:a + fp.CHUNK]) for a in range(len(rows) - fp.CHUNK + 1)]
         assert fp.query_signatures(hashes) == direct
+
+
+def test_signatures_are_those_stored_ledgers_hold() -> None:
+    """The scheme's values, pinned: a ledger written by an earlier build must still match
+    (SCHEME names the parameters, not the hash functions' output)."""
+    hashes = fp.word_hashes("The quick brown fox jumps over the lazy dog")
+    assert fp.pack(fp.record_signatures(hashes)[0]).hex().startswith(
+        "83191fa226fa91575dac4a6ae055ef543c4f08143c616f77")
+    values = fp._perm_values(0x0123456789ABCDEF)
+    assert len(values) == fp.PERMS
+    assert values[:4] == (389383955, 1971217790, 855595960, 1193705470)
+    assert values[-1] == 653939093
