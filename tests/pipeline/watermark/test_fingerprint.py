@@ -72,3 +72,11 @@ def test_signatures_are_those_stored_ledgers_hold() -> None:
     assert len(values) == fp.PERMS
     assert values[:4] == (389383955, 1971217790, 855595960, 1193705470)
     assert values[-1] == 653939093
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, (1 << 64) - 1), max_size=120))
+def test_record_signatures_are_each_chunks_minima(hashes: list[int]) -> None:
+    rows = [fp._perm_values(s) for s in fp.shingles(hashes)]
+    expected = [fp.signature(rows[a:b]) for a, b in fp.chunk_spans(len(rows))]
+    assert fp.record_signatures(hashes) == expected
