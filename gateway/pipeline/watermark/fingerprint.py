@@ -131,8 +131,7 @@ def shingles(hashes: Sequence[int]) -> list[int]:
 _PERSONS = tuple(b"gw-minhash-%d" % i for i in range(8))
 # The PERMS values are four 64-byte blake2b digests, each under its own person, read as
 # 32-bit words. Each shingle copies a state set up once: setting up a person costs as
-# much as hashing the 8 bytes (5.0-6.1 -> 2.8-3.0 us a shingle, the same values; the
-# ledger's writer spends half its time here).
+# much as hashing the 8 bytes (5.0-6.1 -> 2.8-3.0 us a shingle, the same values).
 _S0, _S1, _S2, _S3 = (hashlib.blake2b(digest_size=64, person=p) for p in _PERSONS[:4])
 _PERM_WORDS = struct.Struct(f"<{PERMS}I")
 assert _PERM_WORDS.size == 4 * _S0.digest_size, "PERMS is four digests of 32-bit words"
