@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 
 import regex
 
-from gateway.pipeline.classify.rules import CompiledPattern, joinable
+from gateway.pipeline.classify.rules import CompiledPattern, joinable, scoped
 from gateway.pipeline.classify.structure import JAILBREAK, StructureClassifier
 from gateway.pipeline.classify.text import fold, fold_char
 from gateway.pipeline.classify.verdict import matched
@@ -102,7 +102,7 @@ class OutputCheck:
         # for each match, and taking it back on the event loop waits out the switch
         # interval (5 ms) whenever another thread (ledger, audit writer) is busy.
         self.any = regex.compile(
-            "|".join(f"(?{'i' if _case(p) else ''}:{p.spec.pattern})" for p in patterns),
+            "|".join(scoped(p) for p in patterns),
             regex.V0) if joinable(patterns) else None
         self.structure = structure
         self.categories = categories

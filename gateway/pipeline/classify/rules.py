@@ -73,8 +73,7 @@ def any_of(patterns: tuple[CompiledPattern, ...]) -> re.Pattern[str] | None:
     bounded: list[str] = []
     parts: list[str] = []
     for p in patterns:
-        (bounded if _starts_at_boundary(p.spec.pattern) else parts).append(
-            _scoped(p, p.spec.pattern))
+        (bounded if _starts_at_boundary(p.spec.pattern) else parts).append(scoped(p))
     if bounded and not parts:  # all of them: the parser takes their `\b` out itself
         parts = bounded
     elif bounded:
@@ -85,9 +84,9 @@ def any_of(patterns: tuple[CompiledPattern, ...]) -> re.Pattern[str] | None:
         return None
 
 
-def _scoped(pattern: CompiledPattern, text: str) -> str:
-    """`text` in a group with the pattern's own case flag."""
-    return f"(?{'i' if pattern.regex.flags & re.IGNORECASE else ''}:{text})"
+def scoped(pattern: CompiledPattern) -> str:
+    """The pattern in a group with its own case flag: for joining patterns."""
+    return f"(?{'i' if pattern.regex.flags & re.IGNORECASE else ''}:{pattern.spec.pattern})"
 
 
 def _starts_at_boundary(pattern: str) -> bool:
