@@ -135,7 +135,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = _route(request)
         elapsed = time.perf_counter() - started
         _count(request, route, status, elapsed)
-        if request.get(CONTEXT) is None and request.path not in _ALWAYS_OPEN:
+        if ctx is None and request.path not in _ALWAYS_OPEN:
             _log_unaudited(request, route, status, elapsed)
         if tracing is not None and span is not None:
             tracing.finish(span, request, route, status)
