@@ -617,6 +617,30 @@ def test_windows_cover_the_text_with_overlap(embedder: Embedder) -> None:
     assert np.array_equal(short.rows, static.encode(short.texts, 128))
 
 
+def test_the_static_path_keeps_the_gil(embedder: Embedder) -> None:
+    """The event loop runs it: a thread waiting for the GIL must not get it meanwhile
+    (numpy's take, reductions and np.dot would hand it over; static.py)."""
+    static = embedder.static
+    assert static is not None
+    texts = ["How do I bake sourdough bread at home?", _prose(3000)]
+    ran = threading.Event()
+    go = threading.Event()
+    waiter = threading.Thread(target=lambda: (go.wait(), ran.set()))
+    waiter.start()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)  # no forced hand-over: only letting go can run it
+    try:
+        go.set()  # from now on it waits for the GIL
+        for _ in range(300):
+            static.encode(texts[:1])
+            static.windows(texts[1], 64)
+        handed_over = ran.is_set()
+    finally:
+        sys.setswitchinterval(interval)
+        waiter.join()
+    assert not handed_over
+
+
 def test_windows_of_text_the_fast_path_does_not_read(embedder: Embedder) -> None:
     """Non-ASCII text is cut on the tokenizer's own offsets: still within the size."""
     static = embedder.static
