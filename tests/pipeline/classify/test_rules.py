@@ -12,6 +12,7 @@ from gateway.pipeline.classify.rules import (
     any_of,
     case_flags,
     compile_patterns,
+    first_characters,
     matching_ids,
 )
 from gateway.pipeline.classify.text import PromptText, fold
@@ -159,6 +160,29 @@ def test_only_patterns_that_start_at_a_word_boundary_share_one() -> None:
     assert joined is not None
     cases = {"foobar": True, "afoo": False, "xbar": True, "a baz": True, "x baz": False,
              "abaz": False, "qux": True, "aquux": False, "CORGE": True, "acorge": False}
+    for text, found in cases.items():
+        assert bool(joined.search(text)) is found, text
+        assert any(p.regex.search(text) for p in patterns) is found, text
+
+
+def test_patterns_whose_first_character_is_known_share_a_look_ahead() -> None:
+    """The joined pattern looks ahead for a first character only for the patterns whose
+    first character is plain; the others (an optional start, a class such as \\w, a
+    case-blind letter, a boundary before punctuation) match where they did."""
+    patterns = compile_patterns(
+        [PatternSpec(id=f"p{i}", category="crime", pattern=pattern, score=1.0)
+         for i, pattern in enumerate([r"\b(?<!no )(?:make|build)s? bombs?", r"\b[x-z]ap",
+                                      r"\b(?:un)?safe\b", r"\b\w+ware\b", r"\bKelvin",
+                                      r"\b-flag", r"\b(?=q)\w+z", r"\b[^a-z]9"])],
+        ("prompt", "both"))
+    assert [first_characters(p) for p in patterns] == [
+        "bm", "xyz", None, None, None, "-", None, None]
+    joined = any_of(patterns)
+    assert joined is not None and "(?=[" in joined.pattern
+    cases = {"make bombs": True, "no make bombs": False, "remake bombs": False,
+             "zap": True, "azap": False, "unsafe": True, "safe": True, "unsafely": False,
+             "malware": True, "KELVIN": True, "a-flag": True, "a -flag": False,
+             "quiz": True, "a 9": True, "a.9": True, "9": False}
     for text, found in cases.items():
         assert bool(joined.search(text)) is found, text
         assert any(p.regex.search(text) for p in patterns) is found, text
