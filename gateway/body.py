@@ -39,6 +39,8 @@ async def read_body(request: web.Request) -> bytes:
         # Refused from its declared size, not after waiting for bytes that may never come.
         raise PayloadTooLarge("Request body is too large")
     try:
+        if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
+            return await request.read()
         async with asyncio.timeout(timeouts.client_body_s):
             return await request.read()
     except TimeoutError:

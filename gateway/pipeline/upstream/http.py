@@ -107,6 +107,11 @@ class UpstreamResponse:
 
     # -- read by the relay ----------------------------------------------------------------
 
+    @property
+    def arrived(self) -> bool:
+        """The whole body has arrived (read or not): reading it cannot wait."""
+        return self._eof
+
     def iter_any(self) -> _Pieces:
         """Each piece of the body as soon as it arrives (what arrived meanwhile, joined)."""
         return _Pieces(self)

@@ -194,8 +194,11 @@ async def relay_json(ctx: RequestContext, resp: UpstreamResponse,
     """Non-streaming: read the whole answer (at most `max_bytes`), filter each choice,
     respond."""
     try:
-        async with asyncio.timeout(idle_s):
+        if resp.arrived:  # with its headers, as a short answer does: no timer to set
             raw = await read_bounded(resp, max_bytes)
+        else:
+            async with asyncio.timeout(idle_s):
+                raw = await read_bounded(resp, max_bytes)
         data = orjson.loads(raw)
     except BodyTooLarge:
         raise RetryUpstream(BadGateway(_TOO_LARGE_ANSWER), "too_large") from None
