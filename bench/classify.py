@@ -330,8 +330,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # Part 1 runs rounds of requests/rounds per variant: rounds of 160 (the default until
     # 2026-11-29) moved a variant's added p50 by 5 ms between runs; of 600, by 1-2 ms.
-    # Four rounds (until 2026-11-30) moved the default chain's by 2-8 ms on a machine whose
-    # speed drifted within minutes; six, each compared with its own "off" run, less.
+    # Four rounds gave the default chain's added p50 as 2.0 to 9.7 ms in five runs on one
+    # day (the machine's speed drifted within minutes); six, each paired with its own
+    # "off" run, 5.8 and 8.0 in the two runs after.
     parser.add_argument("--rounds", type=int, default=6,
                         help="part 1: rounds per variant, requests/rounds prompts each")
     parser.add_argument("--requests", type=int, default=3600)
