@@ -30,7 +30,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import ALLOW, Decision, deny
 from gateway.pipeline.classify.budget import ANSWER_READY
 from gateway.pipeline.classify.chain import Chain, Partial, Scored
-from gateway.pipeline.classify.text import PromptText, prompt_text
+from gateway.pipeline.classify.text import PromptText, carries_token_ids, prompt_text
 from gateway.pipeline.classify.verdict import BENIGN
 
 FLAG = Decision(True, None, "flag")
@@ -51,9 +51,10 @@ class ClassifyStage:
     async def check(self, ctx: RequestContext) -> Decision:
         if ctx.route == "embeddings":
             return ALLOW
-        text = prompt_text(ctx, self.chain.roles).clipped(self.chain.max_chars)
-        if not (self.chain.cheap or self.chain.expensive or text.opaque):
+        if not (self.chain.cheap or self.chain.expensive
+                or carries_token_ids(ctx.body, self.chain.roles)):
             return ALLOW  # nothing configured to classify with: no verdict to record
+        text = prompt_text(ctx, self.chain.roles).clipped(self.chain.max_chars)
         first = await self.chain.first(text, ctx.tier_spec)
         if not first.waiting:
             return self._decide(ctx, first.scored)

@@ -296,6 +296,16 @@ def prompt_text(ctx: RequestContext, roles: tuple[str, ...] = CALLER_ROLES) -> P
                              _constraint_text(body))
 
 
+def carries_token_ids(body: dict[str, Any], roles: tuple[str, ...] = CALLER_ROLES) -> bool:
+    """`prompt_text(ctx, roles).opaque` without building the text: all a chain without a
+    classifier needs to know (token ids are scored as unverified)."""
+    messages = body.get("messages")
+    if "messages" in body and isinstance(messages, list):
+        return any(isinstance(message, dict) and message.get("role") in roles
+                   and _content_text(message.get("content"))[1] for message in messages)
+    return _prompt_parts(body.get("prompt"))[1]
+
+
 def _with_constraints(parts: list[str], last_user: str, opaque: bool,
                       constraints: list[str]) -> PromptText:
     tail = "\n\n".join(constraints)

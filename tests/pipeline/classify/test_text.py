@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gateway.audit.record import AuditKeys
 from gateway.context import RequestContext
-from gateway.pipeline.classify.text import PromptText, fold, prompt_hash, prompt_text
+from gateway.pipeline.classify.text import (
+    PromptText,
+    carries_token_ids,
+    fold,
+    prompt_hash,
+    prompt_text,
+)
 from gateway.policy.spec import SystemPromptSpec, TierSpec
 
 
@@ -164,6 +170,33 @@ def test_token_id_prompts_are_opaque() -> None:
     assert prompt_text(_ctx({"prompt": [1, 2, 3]})).opaque
     assert prompt_text(_ctx({"prompt": [[1, 2], "x"]})).opaque
     assert prompt_text(_ctx({"messages": [{"role": "user", "content": 5}]})).opaque
+
+
+_CONTENT = st.one_of(st.none(), st.text(max_size=5), st.integers(),
+                    st.lists(st.integers(), max_size=3),
+                    st.lists(st.fixed_dictionaries({"type": st.just("text"),
+                                                    "text": st.text(max_size=5)}), max_size=2),
+                    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+_MESSAGE = st.one_of(st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant", "tool", "other"]),
+     "content": _CONTENT}), st.integers())
+_BODY = st.one_of(
+    st.fixed_dictionaries({"messages": st.one_of(st.lists(_MESSAGE, max_size=4), _CONTENT)}),
+    st.fixed_dictionaries({"prompt": st.one_of(
+        _CONTENT, st.lists(st.one_of(st.text(max_size=5), st.lists(st.integers(), max_size=3)),
+                           max_size=3))}),
+    st.just({}))
+
+
+@given(_BODY, st.sampled_from([("user",), ("user", "system", "assistant", "tool")]))
+@example({"messages": [{"role": "system", "content": [1, 2]}]}, ("user",))
+@example({"messages": [{"role": "user", "content": 5}, 7]}, ("user",))
+@example({"messages": "hi", "prompt": [[1, 2], "x"]}, ("user",))
+def test_token_ids_are_found_without_the_text(body: dict[str, Any],
+                                               roles: tuple[str, ...]) -> None:
+    """The stage asks `carries_token_ids` when no classifier is configured: it must say
+    what the text's `opaque` says, for any body."""
+    assert carries_token_ids(body, roles) == prompt_text(_ctx(body), roles).opaque
 
 
 def test_fold() -> None:
