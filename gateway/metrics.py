@@ -149,7 +149,7 @@ class Metrics:
             "gateway_classifier_embedding_paths",
             "Embedding classifications by who answered: static (the static head, sure "
             "alone), contextual (the model), static_after_timeout (the model was late), "
-            "static_busy (the model, late too often, was not asked: admission.py).",
+            "static_busy (the model, late too often, was not waited for: admission.py).",
             ["path"], registry=registry)
         self.classifier_errors = Counter(
             "gateway_classifier_errors", "Classifier failures or time-outs, by outcome.",

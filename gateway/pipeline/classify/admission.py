@@ -3,20 +3,27 @@
 When the machine is saturated the model answers after `contextual_timeout_s`, and the
 static head's answer stands anyway: the prompt waited its whole budget for nothing, and
 the model spent CPU the requests needed. The limit follows the model's punctuality, as
-TCP's congestion window follows the network's: each answer in time raises it by 1/limit
-(about one more prompt per limit's worth of answers in time), a late one halves it. When
-lateness is no accident but the rule (a moving share of late answers reaches
-`CLOSE_SHARE`), the model closes to all but one probe every `PROBE_S`; a probe answered
-in time opens it to one prompt at a time. A prompt turned away keeps the static head's
-answer at once (path `static_busy`), where it would have kept it after waiting the
-whole budget.
+TCP's congestion window follows the network's. It starts at `START` prompts; each answer
+in time raises it by one (slow start: it doubles with each round of answers) up to a
+threshold, and by 1/limit above it (about one more prompt per limit's worth of answers
+in time). A late answer is the time-out of TCP: the threshold becomes half the limit and
+the limit one prompt, since every prompt already waiting on the slow model is late too.
+When lateness is no accident but the rule (a moving share of late answers reaches
+`CLOSE_SHARE`), the model closes: every prompt keeps the static head's answer at once
+(path `static_busy`), where it would have kept it after waiting the whole budget. While
+closed, one prompt every `PROBE_S` is also put to the model in the background, a probe
+that no request waits for; `OPEN_AFTER` probes in time in a row open the model again, to
+one prompt at a time.
 
 Measured with bench/classify.py on the 2-core development machine: with an unpaced
 simulator, unlimited, two or three model-bound prompts in four were late, and halving
 alone still left 4% of all requests waiting the whole budget; with a paced one, without
 overlap, about one model answer in 18 is late, several of them from one slow batch, and
 closing on every late answer turned up to 42% of the prompts the model should have
-read away from a model that mostly kept time.
+read away from a model that mostly kept time. Unpaced, about 1% of all requests still
+waited the whole budget (20-45 in 3,600): the p99. A trace showed where they came from:
+a limit of 64 (the start) or 32 (halved once) let 8-12 prompts wait on one slow batch,
+and a request waited on every probe.
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ import time
 from collections.abc import Callable
 
 CEILING = 64  # the worker reads at most max_batch (16) prompts per pass anyway
-# While closed, one prompt this often still goes to the model, to see whether it keeps
-# time again; under saturation it is the only one that waits the whole budget.
+START = 4  # at first: one slow batch at start-up makes at most this many prompts late
+# While closed, one prompt this often also goes to the model, to see whether it keeps
+# time again, and this many in time in a row open it: one alone is often luck.
 PROBE_S = 1.0
+OPEN_AFTER = 2
 # The late share is a moving average over about the last 1/WEIGHT answers: one late
 # answer (or batch) alone (0.2) does not close the model, two close together (0.36) do.
 WEIGHT = 0.2
@@ -36,19 +45,22 @@ CLOSE_SHARE = 0.3
 
 class ModelAdmission:
     """Event-loop only (no locking): `enter()` before waiting on the model, then exactly one
-    of `kept_time()`, `missed(budget_s)` or `left()` for each True it returned."""
+    of `kept_time()`, `missed(budget_s)` or `left()` for each True it returned; `probe()`
+    before a probe, then `probed(...)` for each True it returned."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, *,
                  adaptive: bool = True) -> None:
         # Not adaptive: every prompt waits for the model (`gateway eval classify`, where a
         # late answer must not change how the next rows are scored).
         self.adaptive = adaptive
-        self.limit = float(CEILING)
+        self.limit = float(START if adaptive else CEILING)
+        self._threshold = float(CEILING)  # slow start below it
         self.waiting = 0
         self.late_share = 0.0
         self._clock = clock
         self._next_probe = 0.0
-        self._probing = False  # the one prompt let in while closed is waiting
+        self._probing = False
+        self._in_time = 0  # probes in time in a row
         self._same_batch_until = 0.0
 
     @property
@@ -56,46 +68,69 @@ class ModelAdmission:
         return self.limit < 1.0
 
     def enter(self) -> bool:
-        if self.closed:
-            now = self._clock()
-            if self.waiting or now < self._next_probe:
-                return False
-            self._next_probe, self._probing = now + PROBE_S, True
-        elif self.waiting >= int(self.limit):
+        if self.closed or self.waiting >= int(self.limit):
             return False
         self.waiting += 1
         return True
 
+    def probe(self) -> bool:
+        """Closed: whether to put a prompt to the model now, in the background. One at a
+        time, once every PROBE_S, and not while prompts from before it closed still wait
+        (their batch would make the probe late)."""
+        if not self.closed or self._probing or self.waiting:
+            return False
+        now = self._clock()
+        if now < self._next_probe:
+            return False
+        self._next_probe, self._probing = now + PROBE_S, True
+        return True
+
+    def probed(self, in_time: bool | None) -> None:
+        """The probe's outcome: in time, late, or None (it failed: no verdict)."""
+        self._probing = False
+        if in_time is None:
+            return
+        if not in_time:
+            self._in_time = 0
+            self._late(self._clock())
+            return
+        self._kept()
+        self._in_time += 1
+        if self._in_time >= OPEN_AFTER and self.closed:
+            self.limit, self._threshold, self._in_time = 1.0, float(START), 0
+
     def left(self) -> None:
         """Gone without a verdict on the model (cancelled, failed)."""
         self.waiting -= 1
-        self._probing = False
 
     def kept_time(self) -> None:
-        """The model answered within its budget."""
+        """The model answered within its budget. While closed, an answer to a prompt let in
+        before it closed does not open it: only probes do."""
         self.waiting -= 1
-        probe, self._probing = self._probing, False
         if not self.adaptive:
             return
-        self.late_share -= WEIGHT * self.late_share
-        if self.closed:
-            if probe:  # not one let in before it closed, still answering
-                self.limit = 1.0
-        else:
-            self.limit = min(float(CEILING), self.limit + 1.0 / self.limit)
+        self._kept()
+        if not self.closed:
+            step = 1.0 if self.limit < self._threshold else 1.0 / self.limit
+            self.limit = min(float(CEILING), self.limit + step)
 
     def missed(self, budget_s: float) -> None:
         """The model's answer was late. Prompts that waited together (one slow batch) are
         late together, within `budget_s` of each other: they count as one late answer."""
         self.waiting -= 1
-        self._probing = False
         now = self._clock()
         if not self.adaptive or now < self._same_batch_until:
             return
         self._same_batch_until = now + budget_s
+        self._late(now)
+
+    def _kept(self) -> None:
+        self.late_share -= WEIGHT * self.late_share
+
+    def _late(self, now: float) -> None:
         self.late_share += WEIGHT * (1.0 - self.late_share)
         if self.late_share >= CLOSE_SHARE:
             self.limit = 0.0
             self._next_probe = now + PROBE_S
         elif not self.closed:
-            self.limit = max(1.0, self.limit / 2)
+            self._threshold, self.limit = max(1.0, self.limit / 2), 1.0

@@ -577,6 +577,7 @@ class EmbeddingClassifier:
         self.metrics = metrics
         # quick()'s unsure static answers, taken by the score() that follows (Chain.rest)
         self._unsure: dict[tuple[str, ...], _Screened] = {}
+        self._probes: set[asyncio.Task[None]] = set()  # held, so none is collected early
 
     def _inputs(self, text: PromptText) -> list[str]:
         texts: list[str] = []
@@ -628,15 +629,14 @@ class EmbeddingClassifier:
                                                 int8=self.spec.int8)
         else:
             admission = self.embedder.admission
-            if not admission.enter():  # a saturated model: no waiting for a late answer
-                return self._count("static_busy", _max_per_category(static))
             # The budget of a prompt read whole, and as much again per window of a long one.
             budget = self.spec.contextual_timeout_s * (1 + len(read) - screened.inputs)
+            if not admission.enter():  # a saturated model: no waiting for a late answer
+                if admission.probe():
+                    self._probe(texts, budget)
+                return self._count("static_busy", _max_per_category(static))
             try:
-                vectors = await within(
-                    self.embedder.embed(texts, self.spec.max_tokens, self.head.layers,
-                                        self.head.adapter, int8=self.spec.int8),
-                    budget, _BEFORE_TIMEOUT * self.spec.timeout_s)
+                vectors = await self._within(texts, budget)
             except TimeoutError:  # a busy model: the static head's answer stands
                 admission.missed(budget)
                 return self._count("static_after_timeout", _max_per_category(static))
@@ -652,6 +652,33 @@ class EmbeddingClassifier:
         merged = (list(rows.values()) if static is None
                   else [rows.get(i, row) for i, row in enumerate(static)])
         return self._count("contextual", _max_per_category(merged))
+
+    async def _within(self, texts: list[str], budget_s: float) -> Floats:
+        work = self.embedder.embed(texts, self.spec.max_tokens, self.head.layers,
+                                   self.head.adapter, int8=self.spec.int8)
+        return await within(work, budget_s, _BEFORE_TIMEOUT * self.spec.timeout_s)
+
+    def _probe(self, texts: list[str], budget_s: float) -> None:
+        """Time the model on these texts in the background (admission.py); the task runs
+        in the request's context, so the budget counts as it would for the request."""
+        task = asyncio.ensure_future(self._time_probe(texts, budget_s))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _time_probe(self, texts: list[str], budget_s: float) -> None:
+        admission = self.embedder.admission
+        try:
+            await self._within(texts, budget_s)
+        except TimeoutError:
+            admission.probed(False)
+        except asyncio.CancelledError:  # shutting down
+            admission.probed(None)
+            raise
+        except Exception as exc:  # no verdict on the model's pace; requests will say why
+            log.debug("embedding probe failed: %s", exc)
+            admission.probed(None)
+        else:
+            admission.probed(True)
 
     def _chosen(self, screened: _Screened) -> list[int]:
         """What the model reads: every input (read whole as before, head and tail of a

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.pipeline.classify.admission import CEILING, PROBE_S, ModelAdmission
+from gateway.pipeline.classify.admission import (
+    CEILING,
+    OPEN_AFTER,
+    PROBE_S,
+    START,
+    ModelAdmission,
+)
 
 BUDGET_S = 0.05
 
@@ -24,6 +30,19 @@ def _fill(admission: ModelAdmission) -> int:
     return entered
 
 
+def _answer_all(admission: ModelAdmission) -> None:
+    for _ in range(admission.waiting):
+        admission.kept_time()
+
+
+def _grown(clock: Clock) -> ModelAdmission:
+    """A model that has kept time long enough to take up to the ceiling."""
+    admission = ModelAdmission(clock)
+    while _fill(admission) < CEILING:
+        _answer_all(admission)
+    return admission
+
+
 def _late(admission: ModelAdmission, clock: Clock) -> None:
     admission.missed(BUDGET_S)
     clock.now += BUDGET_S  # a later batch
@@ -38,48 +57,70 @@ def _closed(clock: Clock) -> ModelAdmission:
     return admission
 
 
-def test_an_idle_model_takes_up_to_the_ceiling() -> None:
+def test_the_limit_starts_small_and_doubles_with_each_round_of_answers_in_time() -> None:
     admission = ModelAdmission(Clock())
+    assert _fill(admission) == START
+    for expected in (8, 16, 32, 64):  # one more per answer in time
+        _answer_all(admission)
+        assert _fill(admission) == expected
+    _answer_all(admission)
     assert _fill(admission) == CEILING
     admission.left()
     assert admission.waiting == CEILING - 1 and admission.enter()
 
 
-def test_a_late_answer_now_and_then_halves_the_limit_and_no_more() -> None:
+def test_a_late_batch_leaves_one_prompt_waiting_then_slow_start_to_half_the_limit() -> None:
+    clock = Clock()
+    admission = _grown(clock)
+    for _ in range(CEILING):  # one slow batch: every prompt waiting on it is late
+        admission.missed(BUDGET_S)
+    assert admission.limit == 1.0 and _fill(admission) == 1
+    while admission.limit < CEILING / 2:  # doubling, with each round of answers
+        _answer_all(admission)
+        _fill(admission)
+    assert admission.limit == CEILING / 2
+    _answer_all(admission)  # then about one more per limit's worth of answers
+    assert _fill(admission) == CEILING / 2 and admission.limit < CEILING / 2 + 1
+
+
+def test_a_late_answer_now_and_then_drops_the_limit_but_does_not_close() -> None:
     clock = Clock()
     admission = ModelAdmission(clock)
     for _ in range(20):  # one late answer in ten
         assert admission.enter()
         _late(admission, clock)
+        assert admission.limit == 1.0
         for _ in range(9):
             assert admission.enter()
             admission.kept_time()
-        assert not admission.closed
-    assert 1.0 <= admission.limit < CEILING / 2
+        assert not admission.closed and admission.limit > 1.0
 
 
 def test_late_answers_close_together_close_the_model_to_one_probe_a_period() -> None:
     clock = Clock()
     admission = _closed(clock)
-    assert not admission.enter()
+    assert not admission.enter() and not admission.probe()
     clock.now += PROBE_S
-    assert admission.enter()  # the probe
-    assert not admission.enter()  # one at a time, and no second probe this period
-    admission.missed(BUDGET_S)
+    assert admission.probe()  # a probe, in the background: still no prompt waits
+    assert not admission.enter() and admission.waiting == 0
+    assert not admission.probe()  # one at a time, and no second probe this period
+    clock.now += BUDGET_S
+    admission.probed(False)
     clock.now += PROBE_S / 2
-    assert not admission.enter()  # the late probe restarted the period
+    assert not admission.probe()  # the late probe restarted the period
     clock.now += PROBE_S / 2
-    assert admission.enter()
+    assert admission.probe()
+    admission.probed(None)  # it failed: no verdict, and the period runs on
+    assert admission.closed and not admission.probe()
 
 
 def test_one_slow_batch_counts_once_and_answers_from_before_it_closed_do_not_open_it(
         ) -> None:
     clock = Clock()
-    admission = ModelAdmission(clock)
-    assert _fill(admission) == CEILING
+    admission = _grown(clock)
     for _ in range(8):  # eight prompts of one batch, late together
         admission.missed(BUDGET_S)
-    assert not admission.closed and admission.limit == CEILING / 2
+    assert not admission.closed and admission.limit == 1.0
     clock.now += BUDGET_S
     admission.missed(BUDGET_S)  # a second slow batch: lateness is the rule now
     assert admission.closed
@@ -88,23 +129,51 @@ def test_one_slow_batch_counts_once_and_answers_from_before_it_closed_do_not_ope
     assert admission.closed and admission.waiting == 0 and not admission.enter()
 
 
-def test_a_probe_in_time_opens_one_at_a_time_then_grows_about_one_per_limit() -> None:
+def _probe(admission: ModelAdmission, clock: Clock, in_time: bool) -> None:
+    clock.now += PROBE_S
+    assert admission.probe()
+    admission.probed(in_time)
+
+
+def test_probes_in_time_in_a_row_open_one_at_a_time_then_slow_start_to_start() -> None:
     clock = Clock()
     admission = _closed(clock)
-    clock.now += PROBE_S
-    assert admission.enter()
-    admission.kept_time()
-    assert admission.limit == 1.0
+    for _ in range(OPEN_AFTER - 1):
+        _probe(admission, clock, True)
+    _probe(admission, clock, False)  # a late one: the count starts again
+    for _ in range(OPEN_AFTER - 1):
+        _probe(admission, clock, True)
+    assert admission.closed
+    _probe(admission, clock, True)
+    assert admission.limit == 1.0 and not admission.probe()
     assert admission.enter() and not admission.enter()
     admission.kept_time()  # 1 -> 2
     assert _fill(admission) == 2
-    for _ in range(2):
-        admission.kept_time()  # 2 -> 2.5 -> 2.9
-    assert 2.8 < admission.limit < 3.0
+    _answer_all(admission)  # 2 -> 4: START
+    assert _fill(admission) == START
+    _answer_all(admission)  # then about one more per limit's worth
+    assert _fill(admission) == START
+    _answer_all(admission)
+    assert _fill(admission) == START + 1
+    _answer_all(admission)
     for _ in range(10_000):
         admission.enter()
         admission.kept_time()
     assert admission.limit == CEILING and admission.waiting == 0
+
+
+def test_no_probe_while_prompts_from_before_it_closed_still_wait() -> None:
+    clock = Clock()
+    admission = _grown(clock)
+    admission.missed(BUDGET_S)
+    clock.now += BUDGET_S
+    admission.missed(BUDGET_S)
+    assert admission.closed
+    clock.now += PROBE_S
+    assert not admission.probe()  # their batch would make the probe late
+    for _ in range(CEILING - 2):
+        admission.kept_time()
+    assert admission.closed and admission.probe()
 
 
 def test_not_adaptive_every_prompt_waits_for_the_model() -> None:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.metrics import Metrics
 from gateway.pipeline.classify import embedding
-from gateway.pipeline.classify.admission import PROBE_S, ModelAdmission
+from gateway.pipeline.classify.admission import OPEN_AFTER, PROBE_S, ModelAdmission
 from gateway.pipeline.classify.embedding import Embedder, EmbedderUnavailable
 from gateway.pipeline.classify.runtime import ClassifyConfigError, ClassifyRuntime
 from gateway.pipeline.classify.text import PromptText
@@ -266,27 +266,46 @@ def test_static_vectors_are_unit_and_keep_head_and_tail(embedder: Embedder) -> N
 
 async def test_a_busy_model_leaves_the_static_answer_standing(
         embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A late model keeps the static answer; late again, the model is closed, and the next
-    prompts keep it at once, without waiting for the model's budget (admission.py)."""
+    """A late model keeps the static answer; late again, the model is closed: the next
+    prompts keep it at once, and probes that no request waits for tell when the model keeps
+    time again (admission.py)."""
     from gateway.pipeline.classify.head import load_head
 
     clock = [0.0]
-    monkeypatch.setattr(embedder, "admission", ModelAdmission(lambda: clock[0]))
+    admission = ModelAdmission(lambda: clock[0])
+    monkeypatch.setattr(embedder, "admission", admission)
     metrics = Metrics(CollectorRegistry())
-    spec = EmbeddingSpec(enabled=True, contextual_band=(0.0, 1.0), contextual_timeout_s=1e-4)
-    classifier = embedding.EmbeddingClassifier(embedder, load_head(), spec, metrics)
-    static_only, _ = _cascade(embedder, (0.5, 0.5))
+
+    def classifier(timeout_s: float) -> embedding.EmbeddingClassifier:
+        spec = EmbeddingSpec(enabled=True, contextual_band=(0.0, 1.0),
+                             contextual_timeout_s=timeout_s)
+        return embedding.EmbeddingClassifier(embedder, load_head(), spec, metrics)
+
+    busy, static_only = classifier(1e-4), _cascade(embedder, (0.5, 0.5))[0]
     texts = [PromptText.of(f"Which rivers flow into the {sea} Sea? (timeout case)")
-             for sea in ("Black", "Caspian", "Aral")]
-    for text in texts:
-        assert await classifier.score(text) == await static_only.score(text)
+             for sea in ("Black", "Caspian", "Aral", "Red")]
+    for text in texts[:3]:
+        assert await busy.score(text) == await static_only.score(text)
         clock[0] += 0.01  # the next prompt is another batch
     # A late answer, and another: the third prompt is not even put to the model.
     assert _paths(metrics, "static_after_timeout") == 2 and _paths(metrics, "contextual") == 0
-    assert _paths(metrics, "static_busy") == 1
-    clock[0] += PROBE_S  # the probe: the model is asked again, and is late again
-    assert await classifier.score(texts[2]) == await static_only.score(texts[2])
-    assert _paths(metrics, "static_after_timeout") == 3  # only a wait on the model ends so
+    assert _paths(metrics, "static_busy") == 1 and admission.closed
+    for _ in range(2):  # a probe: this prompt keeps the static answer at once, and the
+        clock[0] += PROBE_S  # model, asked in the background, is late again
+        assert await busy.score(texts[3]) == await static_only.score(texts[3])
+        assert busy._probes
+        await asyncio.gather(*busy._probes)
+    assert _paths(metrics, "static_busy") == 3 and _paths(metrics, "static_after_timeout") == 2
+    assert admission.closed
+    # A model that keeps time (a budget it can meet) is opened by its probes in time.
+    punctual = classifier(10.0)
+    for _ in range(OPEN_AFTER):
+        clock[0] += PROBE_S
+        await punctual.score(texts[3])
+        await asyncio.gather(*punctual._probes)
+    assert not admission.closed
+    await punctual.score(texts[0])
+    assert _paths(metrics, "contextual") == 1 and _paths(metrics, "static_busy") == 3 + OPEN_AFTER
 
 
 def test_static_tokens_match_the_tokenizer(embedder: Embedder) -> None:
