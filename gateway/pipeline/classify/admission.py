@@ -12,8 +12,8 @@ When lateness is no accident but the rule (a moving share of late answers reache
 `CLOSE_SHARE`), the model closes: every prompt keeps the static head's answer at once
 (path `static_busy`), where it would have kept it after waiting the whole budget. While
 closed, one prompt every `PROBE_S` is also put to the model in the background, a probe
-that no request waits for; `OPEN_AFTER` probes in time in a row open the model again, to
-one prompt at a time.
+that no request waits for; `OPEN_AFTER` probes in a row answered within `PROBE_SHARE` of
+the budget open the model again, to one prompt at a time.
 
 Measured with bench/classify.py on the 2-core development machine: with an unpaced
 simulator, unlimited, two or three model-bound prompts in four were late, and halving
@@ -34,9 +34,13 @@ from collections.abc import Callable
 CEILING = 64  # the worker reads at most max_batch (16) prompts per pass anyway
 START = 4  # at first: one slow batch at start-up makes at most this many prompts late
 # While closed, one prompt this often also goes to the model, to see whether it keeps
-# time again, and this many in time in a row open it: one alone is often luck.
+# time again, and this many in time in a row open it: one alone is often luck. A probe
+# is read alone, so it counts as in time only within this share of its budget: on a
+# saturated machine one prompt alone still came back in 30-46 ms of 50, and prompts let
+# in after it were late again within 0.2 s.
 PROBE_S = 1.0
 OPEN_AFTER = 2
+PROBE_SHARE = 0.5
 # The late share is a moving average over about the last 1/WEIGHT answers: one late
 # answer (or batch) alone (0.2) does not close the model, two close together (0.36) do.
 WEIGHT = 0.2
@@ -85,12 +89,12 @@ class ModelAdmission:
         self._next_probe, self._probing = now + PROBE_S, True
         return True
 
-    def probed(self, in_time: bool | None) -> None:
-        """The probe's outcome: in time, late, or None (it failed: no verdict)."""
+    def probed(self, seconds: float | None, budget_s: float) -> None:
+        """The probe took `seconds` (None: it failed, no verdict) of its budget."""
         self._probing = False
-        if in_time is None:
+        if seconds is None:
             return
-        if not in_time:
+        if seconds > PROBE_SHARE * budget_s:
             self._in_time = 0
             self._late(self._clock())
             return

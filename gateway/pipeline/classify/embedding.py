@@ -636,7 +636,10 @@ class EmbeddingClassifier:
                     self._probe(texts, budget)
                 return self._count("static_busy", _max_per_category(static))
             try:
-                vectors = await self._within(texts, budget)
+                vectors = await within(
+                    self.embedder.embed(texts, self.spec.max_tokens, self.head.layers,
+                                        self.head.adapter, int8=self.spec.int8),
+                    budget, _BEFORE_TIMEOUT * self.spec.timeout_s)
             except TimeoutError:  # a busy model: the static head's answer stands
                 admission.missed(budget)
                 return self._count("static_after_timeout", _max_per_category(static))
@@ -653,32 +656,31 @@ class EmbeddingClassifier:
                   else [rows.get(i, row) for i, row in enumerate(static)])
         return self._count("contextual", _max_per_category(merged))
 
-    async def _within(self, texts: list[str], budget_s: float) -> Floats:
-        work = self.embedder.embed(texts, self.spec.max_tokens, self.head.layers,
-                                   self.head.adapter, int8=self.spec.int8)
-        return await within(work, budget_s, _BEFORE_TIMEOUT * self.spec.timeout_s)
-
     def _probe(self, texts: list[str], budget_s: float) -> None:
-        """Time the model on these texts in the background (admission.py); the task runs
-        in the request's context, so the budget counts as it would for the request."""
+        """Time the model on these texts in the background (admission.py)."""
         task = asyncio.ensure_future(self._time_probe(texts, budget_s))
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
 
     async def _time_probe(self, texts: list[str], budget_s: float) -> None:
-        admission = self.embedder.admission
+        admission, batches = self.embedder.admission, self.embedder.batches
+        started = time.perf_counter()
         try:
-            await self._within(texts, budget_s)
+            await asyncio.wait_for(
+                self.embedder.embed(texts, self.spec.max_tokens, self.head.layers,
+                                    self.head.adapter, int8=self.spec.int8),
+                _BEFORE_TIMEOUT * self.spec.timeout_s)
         except TimeoutError:
-            admission.probed(False)
+            admission.probed(math.inf, budget_s)
         except asyncio.CancelledError:  # shutting down
-            admission.probed(None)
+            admission.probed(None, budget_s)
             raise
         except Exception as exc:  # no verdict on the model's pace; requests will say why
             log.debug("embedding probe failed: %s", exc)
-            admission.probed(None)
-        else:
-            admission.probed(True)
+            admission.probed(None, budget_s)
+        else:  # answered from the cache, it says nothing about the model's pace
+            ran = self.embedder.batches != batches
+            admission.probed(time.perf_counter() - started if ran else None, budget_s)
 
     def _chosen(self, screened: _Screened) -> list[int]:
         """What the model reads: every input (read whole as before, head and tail of a

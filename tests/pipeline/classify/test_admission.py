@@ -8,6 +8,7 @@ from gateway.pipeline.classify.admission import (
     CEILING,
     OPEN_AFTER,
     PROBE_S,
+    PROBE_SHARE,
     START,
     ModelAdmission,
 )
@@ -105,12 +106,12 @@ def test_late_answers_close_together_close_the_model_to_one_probe_a_period() -> 
     assert not admission.enter() and admission.waiting == 0
     assert not admission.probe()  # one at a time, and no second probe this period
     clock.now += BUDGET_S
-    admission.probed(False)
+    admission.probed(BUDGET_S * 2, BUDGET_S)
     clock.now += PROBE_S / 2
     assert not admission.probe()  # the late probe restarted the period
     clock.now += PROBE_S / 2
     assert admission.probe()
-    admission.probed(None)  # it failed: no verdict, and the period runs on
+    admission.probed(None, BUDGET_S)  # it failed: no verdict, and the period runs on
     assert admission.closed and not admission.probe()
 
 
@@ -129,22 +130,27 @@ def test_one_slow_batch_counts_once_and_answers_from_before_it_closed_do_not_ope
     assert admission.closed and admission.waiting == 0 and not admission.enter()
 
 
-def _probe(admission: ModelAdmission, clock: Clock, in_time: bool) -> None:
+def _probe(admission: ModelAdmission, clock: Clock, seconds: float) -> None:
     clock.now += PROBE_S
     assert admission.probe()
-    admission.probed(in_time)
+    admission.probed(seconds, BUDGET_S)
+
+
+PROMPT = PROBE_SHARE * BUDGET_S  # the slowest answer to a probe that counts as in time
 
 
 def test_probes_in_time_in_a_row_open_one_at_a_time_then_slow_start_to_start() -> None:
     clock = Clock()
     admission = _closed(clock)
     for _ in range(OPEN_AFTER - 1):
-        _probe(admission, clock, True)
-    _probe(admission, clock, False)  # a late one: the count starts again
+        _probe(admission, clock, PROMPT)
+    # Within its budget, but read alone it should have been quicker: the count restarts.
+    assert PROMPT * 1.01 < BUDGET_S
+    _probe(admission, clock, PROMPT * 1.01)
     for _ in range(OPEN_AFTER - 1):
-        _probe(admission, clock, True)
+        _probe(admission, clock, PROMPT)
     assert admission.closed
-    _probe(admission, clock, True)
+    _probe(admission, clock, PROMPT)
     assert admission.limit == 1.0 and not admission.probe()
     assert admission.enter() and not admission.enter()
     admission.kept_time()  # 1 -> 2

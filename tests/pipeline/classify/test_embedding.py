@@ -283,29 +283,33 @@ async def test_a_busy_model_leaves_the_static_answer_standing(
 
     busy, static_only = classifier(1e-4), _cascade(embedder, (0.5, 0.5))[0]
     texts = [PromptText.of(f"Which rivers flow into the {sea} Sea? (timeout case)")
-             for sea in ("Black", "Caspian", "Aral", "Red")]
+             for sea in ("Black", "Caspian", "Aral", "Red", "Dead", "Yellow", "White")]
     for text in texts[:3]:
         assert await busy.score(text) == await static_only.score(text)
         clock[0] += 0.01  # the next prompt is another batch
     # A late answer, and another: the third prompt is not even put to the model.
     assert _paths(metrics, "static_after_timeout") == 2 and _paths(metrics, "contextual") == 0
     assert _paths(metrics, "static_busy") == 1 and admission.closed
-    for _ in range(2):  # a probe: this prompt keeps the static answer at once, and the
-        clock[0] += PROBE_S  # model, asked in the background, is late again
-        assert await busy.score(texts[3]) == await static_only.score(texts[3])
-        assert busy._probes
-        await asyncio.gather(*busy._probes)
-    assert _paths(metrics, "static_busy") == 3 and _paths(metrics, "static_after_timeout") == 2
+
+    async def probe(classifier: embedding.EmbeddingClassifier, text: PromptText) -> None:
+        """A prompt keeps the static answer at once; the model reads it in the background."""
+        clock[0] += PROBE_S
+        assert await classifier.score(text) == await static_only.score(text)
+        assert classifier._probes
+        await asyncio.gather(*classifier._probes)
+
+    for text in texts[3:5]:  # late again (and again if it asks the model on the same text:
+        await probe(busy, text)  # an answer from the cache says nothing of its pace)
+    assert OPEN_AFTER == 2  # in time twice in a row: the next one opens the model
+    await probe(classifier(10.0), texts[5])
+    await probe(classifier(10.0), texts[3])
+    assert _paths(metrics, "static_busy") == 5 and _paths(metrics, "static_after_timeout") == 2
     assert admission.closed
     # A model that keeps time (a budget it can meet) is opened by its probes in time.
-    punctual = classifier(10.0)
-    for _ in range(OPEN_AFTER):
-        clock[0] += PROBE_S
-        await punctual.score(texts[3])
-        await asyncio.gather(*punctual._probes)
+    await probe(classifier(10.0), texts[6])
     assert not admission.closed
-    await punctual.score(texts[0])
-    assert _paths(metrics, "contextual") == 1 and _paths(metrics, "static_busy") == 3 + OPEN_AFTER
+    await classifier(10.0).score(texts[0])
+    assert _paths(metrics, "contextual") == 1 and _paths(metrics, "static_busy") == 6
 
 
 def test_static_tokens_match_the_tokenizer(embedder: Embedder) -> None:
