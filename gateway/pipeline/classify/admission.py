@@ -71,8 +71,13 @@ class ModelAdmission:
     def closed(self) -> bool:
         return self.limit < 1.0
 
+    @property
+    def full(self) -> bool:
+        """Whether `enter()` would turn a prompt away now."""
+        return self.closed or self.waiting >= int(self.limit)
+
     def enter(self) -> bool:
-        if self.closed or self.waiting >= int(self.limit):
+        if self.full:
             return False
         self.waiting += 1
         return True

@@ -600,13 +600,16 @@ class EmbeddingClassifier:
         return restate(text.last_user, encoder.is_word) if encoder is not None else None
 
     def quick(self, text: PromptText) -> dict[str, float] | None:
-        """The static head's scores when it is sure of them; None: the model must decide."""
+        """The static head's scores when it is sure of them, or when the model would not
+        be waited for (admission.py); None: the model must decide."""
         texts = self._inputs(text)
         if not texts:
             return {}
         screened = self._screen(texts)
         if screened.static is not None and not screened.unsure:
             return self._count("static", _max_per_category(screened.static))
+        if screened.static is not None and self.embedder.admission.full:
+            return self._busy(screened, screened.static)
         if screened.static is not None:  # score() follows for the same texts: keep it
             if len(self._unsure) >= _UNSURE_KEPT:  # left by requests that never got there
                 self._unsure.clear()
@@ -629,12 +632,9 @@ class EmbeddingClassifier:
                                                 int8=self.spec.int8)
         else:
             admission = self.embedder.admission
-            # The budget of a prompt read whole, and as much again per window of a long one.
-            budget = self.spec.contextual_timeout_s * (1 + len(read) - screened.inputs)
             if not admission.enter():  # a saturated model: no waiting for a late answer
-                if admission.probe():
-                    self._probe(texts, budget)
-                return self._count("static_busy", _max_per_category(static))
+                return self._busy(screened, static)
+            budget = self._budget(screened, read)
             try:
                 vectors = await within(
                     self.embedder.embed(texts, self.spec.max_tokens, self.head.layers,
@@ -655,6 +655,18 @@ class EmbeddingClassifier:
         merged = (list(rows.values()) if static is None
                   else [rows.get(i, row) for i, row in enumerate(static)])
         return self._count("contextual", _max_per_category(merged))
+
+    def _budget(self, screened: _Screened, read: list[int]) -> float:
+        """That of a prompt read whole, and as much again per window of a long one."""
+        return self.spec.contextual_timeout_s * (1 + len(read) - screened.inputs)
+
+    def _busy(self, screened: _Screened, static: list[dict[str, float]]) -> dict[str, float]:
+        """The static head's answer, the model being too busy to be waited for; it may
+        read these texts in the background all the same, as a probe of its pace."""
+        if self.embedder.admission.probe():
+            read = self._chosen(screened)
+            self._probe([screened.texts[i] for i in read], self._budget(screened, read))
+        return self._count("static_busy", _max_per_category(static))
 
     def _probe(self, texts: list[str], budget_s: float) -> None:
         """Time the model on these texts in the background (admission.py)."""

@@ -292,9 +292,10 @@ async def test_a_busy_model_leaves_the_static_answer_standing(
     assert _paths(metrics, "static_busy") == 1 and admission.closed
 
     async def probe(classifier: embedding.EmbeddingClassifier, text: PromptText) -> None:
-        """A prompt keeps the static answer at once; the model reads it in the background."""
+        """A prompt keeps the static answer at once, as the quick answer (Chain.first need
+        not wait for score()); the model reads it in the background."""
         clock[0] += PROBE_S
-        assert await classifier.score(text) == await static_only.score(text)
+        assert classifier.quick(text) == await static_only.score(text)
         assert classifier._probes
         await asyncio.gather(*classifier._probes)
 
