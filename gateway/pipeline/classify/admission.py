@@ -21,7 +21,7 @@ alone still left 4% of all requests waiting the whole budget; with a paced one, 
 overlap, about one model answer in 18 is late, several of them from one slow batch, and
 closing on every late answer turned up to 42% of the prompts the model should have
 read away from a model that mostly kept time. Unpaced, about 1% of all requests still
-waited the whole budget (20-45 in 3,600): the p99. A trace showed where they came from:
+waited the whole budget (19-45 in 3,600): the p99. A trace showed where they came from:
 a limit of 64 (the start) or 32 (halved once) let 8-12 prompts wait on one slow batch,
 and a request waited on every probe.
 """

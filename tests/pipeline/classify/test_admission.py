@@ -136,21 +136,21 @@ def _probe(admission: ModelAdmission, clock: Clock, seconds: float) -> None:
     admission.probed(seconds, BUDGET_S)
 
 
-PROMPT = PROBE_SHARE * BUDGET_S  # the slowest answer to a probe that counts as in time
+PUNCTUAL_S = PROBE_SHARE * BUDGET_S  # the slowest answer to a probe that counts as in time
 
 
-def test_probes_in_time_in_a_row_open_one_at_a_time_then_slow_start_to_start() -> None:
+def test_probes_in_time_in_a_row_open_it_to_one_prompt_then_slow_start_follows() -> None:
     clock = Clock()
     admission = _closed(clock)
     for _ in range(OPEN_AFTER - 1):
-        _probe(admission, clock, PROMPT)
+        _probe(admission, clock, PUNCTUAL_S)
     # Within its budget, but read alone it should have been quicker: the count restarts.
-    assert PROMPT * 1.01 < BUDGET_S
-    _probe(admission, clock, PROMPT * 1.01)
+    assert PUNCTUAL_S * 1.01 < BUDGET_S
+    _probe(admission, clock, PUNCTUAL_S * 1.01)
     for _ in range(OPEN_AFTER - 1):
-        _probe(admission, clock, PROMPT)
+        _probe(admission, clock, PUNCTUAL_S)
     assert admission.closed
-    _probe(admission, clock, PROMPT)
+    _probe(admission, clock, PUNCTUAL_S)
     assert admission.limit == 1.0 and not admission.probe()
     assert admission.enter() and not admission.enter()
     admission.kept_time()  # 1 -> 2
