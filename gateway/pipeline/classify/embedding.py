@@ -608,9 +608,10 @@ class EmbeddingClassifier:
         screened = self._screen(texts)
         if screened.static is not None and not screened.unsure:
             return self._count("static", _max_per_category(screened.static))
-        if screened.static is not None and self.embedder.admission.full:
-            return self._busy(screened, screened.static)
-        if screened.static is not None:  # score() follows for the same texts: keep it
+        if screened.static is not None:
+            if self.embedder.admission.full:
+                return self._busy(screened, screened.static)
+            # score() follows for the same texts: keep the screening for it
             if len(self._unsure) >= _UNSURE_KEPT:  # left by requests that never got there
                 self._unsure.clear()
             self._unsure[tuple(texts)] = screened
@@ -627,19 +628,15 @@ class EmbeddingClassifier:
         read = self._chosen(screened)
         texts = [screened.texts[i] for i in read]
         if static is None:
-            vectors = await self.embedder.embed(texts, self.spec.max_tokens,
-                                                self.head.layers, self.head.adapter,
-                                                int8=self.spec.int8)
+            vectors = await self._embed(texts)
         else:
             admission = self.embedder.admission
             if not admission.enter():  # a saturated model: no waiting for a late answer
                 return self._busy(screened, static)
             budget = self._budget(screened, read)
             try:
-                vectors = await within(
-                    self.embedder.embed(texts, self.spec.max_tokens, self.head.layers,
-                                        self.head.adapter, int8=self.spec.int8),
-                    budget, _BEFORE_TIMEOUT * self.spec.timeout_s)
+                vectors = await within(self._embed(texts), budget,
+                                       _BEFORE_TIMEOUT * self.spec.timeout_s)
             except TimeoutError:  # a busy model: the static head's answer stands
                 admission.missed(budget)
                 return self._count("static_after_timeout", _max_per_category(static))
@@ -655,6 +652,10 @@ class EmbeddingClassifier:
         merged = (list(rows.values()) if static is None
                   else [rows.get(i, row) for i, row in enumerate(static)])
         return self._count("contextual", _max_per_category(merged))
+
+    async def _embed(self, texts: list[str]) -> Floats:
+        return await self.embedder.embed(texts, self.spec.max_tokens, self.head.layers,
+                                         self.head.adapter, int8=self.spec.int8)
 
     def _budget(self, screened: _Screened, read: list[int]) -> float:
         """That of a prompt read whole, and as much again per window of a long one."""
@@ -678,10 +679,7 @@ class EmbeddingClassifier:
         admission, batches = self.embedder.admission, self.embedder.batches
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(
-                self.embedder.embed(texts, self.spec.max_tokens, self.head.layers,
-                                    self.head.adapter, int8=self.spec.int8),
-                _BEFORE_TIMEOUT * self.spec.timeout_s)
+            await asyncio.wait_for(self._embed(texts), _BEFORE_TIMEOUT * self.spec.timeout_s)
         except TimeoutError:
             admission.probed(math.inf, budget_s)
         except asyncio.CancelledError:  # shutting down
